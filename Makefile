@@ -1,0 +1,36 @@
+# One command to set up and run the demo, one to set up and run the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel (installed from local disk on the dev/CI machines). On a CUDA box:
+#   make setup TORCH="torch==2.13.0+cu126" (any torch spec pip can resolve)
+TORCH ?= torch==2.13.0
+DEMO_OUT ?= demo
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check jepa_edge tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/head_overhead.py
+	$(BIN)/python benchmarks/runtime_bench.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

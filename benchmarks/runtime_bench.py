@@ -1,0 +1,114 @@
+"""Runtime latency: backends × fused/unfused head × batch size on a generated video.
+
+    python benchmarks/runtime_bench.py                       # fixture ONNX (tests/onnx_fixtures.py)
+    python benchmarks/runtime_bench.py --model out/agentB.onnx --backends ort-cpu ort-cuda tensorrt
+    python benchmarks/runtime_bench.py --torch               # + PyTorch eager of the fixture, if torch is here
+
+Writes a simulator video with cv2.VideoWriter (MJPG .avi), then runs
+``jepa_edge.runtime.benchmark`` on it: every configuration decodes the same
+file through the capture thread, so decode, resize, inference and head are
+timed separately and end to end. Prints a table; writes JSON to
+``benchmarks/results/runtime_bench.json``. Backends missing on this machine
+are listed as skipped, with the reason. Keep ``--frames`` small on a shared
+machine: numbers from a loaded CPU are noisy, compare p50 rather than max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+from rich.console import Console
+
+from jepa_edge.runtime import BenchConfig, bench_table, benchmark
+from jepa_edge.world import WorldConfig, render, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_sim_video(path: Path, n_frames: int, size: int, view: str, fps: float = 30.0) -> Path:
+    frames = render(simulate(WorldConfig(), 1, n_frames, 0), view, size, 0)[0]  # (T, S, S, 3) BGR
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write MJPG .avi here")
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def fixture_models(folder: Path, size: int, latent_dim: int):
+    """A contract ONNX pair (fused + head_inputs) the size of a small real agent, and its head."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from onnx_fixtures import make_encoder, make_model, reference_head
+
+    enc = make_encoder(height=size, width=size, latent_dim=latent_dim, seed=0)
+    head = reference_head(enc)
+    models = [make_model(folder / "fixture_fused.onnx", enc, "fused", head),
+              make_model(folder / "fixture_head_inputs.onnx", enc, "head_inputs")]
+    return models, enc, head
+
+
+def torch_eager(enc, head):
+    """PyTorch eager of the fixture encoder + head: the runtime cannot import torch, so it is passed in."""
+    import numpy as np
+    import torch
+
+    w, b = torch.from_numpy(enc.weight), torch.from_numpy(enc.bias)
+    hw, hb = torch.from_numpy(head.weight), torch.from_numpy(head.bias)
+
+    @torch.inference_mode()
+    def infer(frames: np.ndarray) -> dict:
+        x = torch.from_numpy(frames).float().div_(255.0).reshape(len(frames), -1)  # (B, H*W*3)
+        z = torch.tanh(x @ w + b)
+        return {"z": z.numpy(), "head": (z @ hw.T + hb).numpy()}
+
+    return infer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", action="append", help="exported .onnx / .engine (repeatable); default: fixture")
+    ap.add_argument("--backends", nargs="*", default=[], help="default: every backend available here")
+    ap.add_argument("--frames", type=int, default=200, help="timed frames per configuration")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed batches per configuration")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--head-modes", nargs="+", default=["fused", "unfused"])
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
+    ap.add_argument("--video-size", type=int, default=64, help="side of the generated video frames")
+    ap.add_argument("--model-size", type=int, default=64, help="fixture input side (frames are resized to it)")
+    ap.add_argument("--latent-dim", type=int, default=64, help="fixture latent dim")
+    ap.add_argument("--view", default="top")
+    ap.add_argument("--realtime", action="store_true", help="play the video at 30 FPS (drops when too slow)")
+    ap.add_argument("--torch", action="store_true", help="also time PyTorch eager of the fixture model")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_bench.json")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        video = write_sim_video(tmp / "sim.avi", 150, args.video_size, args.view)
+        extra = {}
+        if args.model:
+            models = [Path(m) for m in args.model]
+        else:
+            models, enc, head = fixture_models(tmp, args.model_size, args.latent_dim)
+            if args.torch:
+                extra["torch-eager"] = torch_eager(enc, head)
+        cfg = BenchConfig(warmup=args.warmup, n_frames=args.frames, batch_sizes=tuple(args.batch),
+                          head_modes=tuple(args.head_modes), backends=tuple(args.backends),
+                          realtime=args.realtime, intra_op_threads=args.threads)
+        report = benchmark(models, str(video), cfg, extra_backends=extra)
+    report["source"] = f"generated {args.view} video {args.video_size}px, 150 frames, MJPG (looped)"
+    report["models"] = [str(m) if args.model else m.name for m in models]
+    Console(width=220).print(bench_table(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

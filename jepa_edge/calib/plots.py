@@ -1,0 +1,103 @@
+"""PNG figures of a study result dict (matplotlib, no pyplot state, no display)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.calib.postcard import atomic_write_bytes
+
+COLORS = {"trained": "tab:blue", "untrained": "tab:orange", "other_world": "tab:green", "shuffled": "tab:gray"}
+TITLES = {"trained": "trained", "untrained": "untrained encoders", "other_world": "different world",
+          "shuffled": "shuffled anchors"}
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+    from matplotlib.figure import Figure  # Agg canvas, no global pyplot state
+
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_sweep(results: dict[str, Any], path: Path) -> None:
+    """Metric vs number of anchors, one line per condition (style per estimator)."""
+    sweep = results["sweep"]
+    counts = sweep["counts"]
+    ests = [e for e in results["config"]["sweep_estimators"] if e in sweep]
+    keys = list(sweep[ests[0]]["trained"]) if ests else []
+    fig, axes = _figure(1, max(1, len(keys)), (4.0 * max(1, len(keys)), 3.4))
+    for ax, key in zip(axes[0], keys):
+        for est, style in zip(ests, ("-", "--", ":", "-.")):
+            for cond, d in sweep[est].items():
+                mean = np.array([np.nan if v is None else v for v in d[key]["mean"]])
+                ax.plot(counts, mean, style, marker="o", ms=3, color=COLORS.get(cond, "k"),
+                        label=f"{TITLES.get(cond, cond)} ({est})")
+        if key == "retrieval_top1":
+            ax.plot(counts, [results["split"]["n_eval"] ** -1] * len(counts), "k:", lw=1, label="chance")
+        if key == "r2" or ax.get_ylim()[0] < -1.05:  # a bad control's R² would squash the others
+            ax.set_ylim(-1.05, 1.05)
+        ax.set_xscale("log")
+        ax.set_xlabel("anchors")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    if keys:
+        axes[0][0].legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_controls(results: dict[str, Any], path: Path) -> None:
+    """Bars: CKA and mutual k-NN (no W) and retrieval (primary estimator) per condition."""
+    sim = results["similarity"]
+    row = results["estimators"][results["config"]["primary_estimator"]]
+    panels = {
+        "linear CKA": {c: sim[c]["cka"] for c in sim},
+        "mutual k-NN": {c: sim[c]["mutual_knn"] for c in sim},
+        "retrieval top-1": {c: (v["retrieval_top1"]["mean"] if c == "shuffled" else v["retrieval_top1"])
+                            for c, v in row.items() if "error" not in v},
+    }
+    fig, axes = _figure(1, 3, (12, 3.4))
+    for ax, (title, vals) in zip(axes[0], panels.items()):
+        names = list(vals)
+        ax.bar(range(len(names)), [vals[n] for n in names], color=[COLORS.get(n, "k") for n in names])
+        ax.set_xticks(range(len(names)), [TITLES.get(n, n) for n in names], rotation=20, fontsize=8)
+        for i, n in enumerate(names):
+            ax.text(i, max(vals[n], 0) + 0.02, f"{vals[n]:.2f}", ha="center", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_pca(results: dict[str, Any], path: Path) -> None:
+    """A's latents, B's before W (own PCA basis) and after W (A's basis), coloured by ground truth."""
+    p = results["pca"]
+    src, tgt = results["agents"]["source"]["name"], results["agents"]["target"]["name"]
+    panels = [("target", f"{tgt} (A)"), ("source_before", f"{src} (B) before W, own PCA"),
+              ("source_after", f"{src} (B) after W, A's PCA")]
+    fig, axes = _figure(1, 3, (12, 3.8))
+    for ax, (key, title) in zip(axes[0], panels):
+        xy = np.asarray(p[key])  # (P, 2)
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=p["color"], s=6, cmap="viridis")
+        ax.set_title(title, fontsize=9)
+    lim_src = np.asarray(p["target"])
+    for ax in (axes[0][0], axes[0][2]):  # same axes for A and B-after-W so alignment is visible
+        ax.set_xlim(lim_src[:, 0].min() * 1.2, lim_src[:, 0].max() * 1.2)
+        ax.set_ylim(lim_src[:, 1].min() * 1.2, lim_src[:, 1].max() * 1.2)
+    fig.colorbar(sc, ax=axes[0].tolist(), label=p["color_label"])
+    _save(fig, path)
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """All figures; returns their file names."""
+    figures = {"anchor_sweep.png": plot_sweep, "controls.png": plot_controls, "pca.png": plot_pca}
+    for name, fn in figures.items():
+        fn(results, out_dir / name)
+    return list(figures)

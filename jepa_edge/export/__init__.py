@@ -1,0 +1,44 @@
+"""Export agents for the edge: ONNX (always) and TensorRT engines (``jepa-edge[trt]``).
+
+One module per backend:
+
+* ``graph``: ``EdgeGraph``, the torch module that is exported (uint8 NHWC BGR frames → z [+ head]);
+* ``onnx_export``: ``export_onnx`` / ``export_agent`` (metadata, checker, ORT-vs-PyTorch parity);
+* ``trt_build``: ``build_engine`` (TensorRT builder, profile, precision, timing cache, sidecar);
+* ``calibration``: INT8 calibration frames (simulator / video / recording) and calibrators;
+* ``ort_providers``: ``ort_session`` on CPU / CUDA EP / TensorRT EP, never a silent fallback.
+
+Importing this package needs neither torch nor TensorRT: ``EdgeGraph`` is
+loaded on first use, and TensorRT is imported only when an engine is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jepa_edge.export.calibration import CalibrationConfig, CalibrationError, load_calibration_frames
+from jepa_edge.export.onnx_export import (
+    ExportError,
+    ExportResult,
+    OnnxExportConfig,
+    ParityError,
+    export_agent,
+    export_onnx,
+    read_metadata,
+)
+from jepa_edge.export.ort_providers import ort_session
+from jepa_edge.export.trt_build import TrtBuildConfig, TrtBuildError, TrtBuildResult, build_engine, require_tensorrt
+
+__all__ = [
+    "CalibrationConfig", "CalibrationError", "EdgeGraph", "ExportError", "ExportResult", "OnnxExportConfig",
+    "ParityError", "TrtBuildConfig", "TrtBuildError", "TrtBuildResult", "build_engine", "export_agent",
+    "export_onnx", "load_calibration_frames", "ort_session", "read_metadata", "require_tensorrt",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EdgeGraph":  # torch: only when asked for
+        from jepa_edge.export.graph import EdgeGraph
+
+        return EdgeGraph
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

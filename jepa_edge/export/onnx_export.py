@@ -1,0 +1,415 @@
+"""Export an agent (encoder + optional fused head) to ONNX, checked against PyTorch.
+
+``export_onnx`` traces ``EdgeGraph`` with ``torch.onnx.export`` (the
+TorchScript exporter by default: fast and fully offline on CPU; the dynamo
+exporter on request), writes the ``metadata_props["jepa_edge"]`` contract
+of docs/FORMATS.md, runs ``onnx.checker`` and then an ONNX Runtime vs
+PyTorch parity check before the file is published (atomically). A graph that
+disagrees with PyTorch is never written.
+
+``export_agent`` is the high-level entry point: run directory + postcard +
+probe files in, ``.onnx`` out.
+
+Parity, per output, on seeded random uint8 frames at batch 1 and 3:
+
+* ``z``: ``max |z_ort - z_torch| <= z_atol`` (default 1e-4);
+* head outputs, against the numpy head on PyTorch's ``z`` (float64):
+  ``|h_ort - h_ref| <= |W| @ |z_ort - z_torch| + head_rtol * max(1, max |h_ref|)``
+  elementwise: the first term is exactly how far the (already accepted) ``z``
+  error can move a linear head, the second the float32 rounding of the Gemm.
+
+Torch is imported inside functions: reading metadata or inspecting a graph
+from this module works without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.calib.head import FusedHead
+from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.export.calibration import downstream_nodes
+
+FORMAT = "jepa-edge/onnx"
+VERSION = 1
+METADATA_KEY = "jepa_edge"
+EXPORT_MODES = ("fused", "head_inputs", "bare")
+EXPORTERS = ("torchscript", "dynamo")
+# A bare export is the graph the runtime calls "encoder_only" (frames → z): same contract, same name.
+META_MODE = {"fused": "fused", "head_inputs": "head_inputs", "bare": "encoder_only"}
+
+
+class ExportError(ValueError):
+    """Inputs that cannot be exported as asked (bad mode, metadata, head, agent files)."""
+
+
+class ParityError(RuntimeError):
+    """The exported graph is invalid ONNX or disagrees with PyTorch beyond the stated tolerance; nothing written."""
+
+
+@dataclass
+class OnnxExportConfig:
+    opset: int = 17  # 17: native LayerNormalization; TensorRT >= 8.6 and onnxruntime >= 1.14 read it
+    exporter: str = "torchscript"  # "torchscript" (legacy tracer, fast, offline) | "dynamo" (torch.export, opset >= 18)
+    check: bool = True  # onnx.checker (full_check: shape inference) + ORT parity; False only for debugging
+    z_atol: float = 1e-4  # parity: max abs error on z
+    head_rtol: float = 1e-4  # parity: head error allowed beyond the propagated z error, × max(1, max |ref|)
+    parity_batches: tuple[int, ...] = (1, 3)  # batch sizes checked (1 and >1 prove the batch axis is dynamic)
+    trace_batch: int = 2  # batch of the tracing example: neither 1 nor a parity size, so no size is baked in
+    seed: int = 0  # random frames / placeholder head for tracing and parity
+
+    def validate(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise ExportError(f"OnnxExportConfig.exporter={self.exporter!r}; choose one of {list(EXPORTERS)}")
+        if self.exporter == "dynamo" and self.opset < 18:
+            raise ExportError(f"the dynamo exporter writes opset >= 18, asked for {self.opset}; "
+                              "use exporter='torchscript' or opset=18")
+        if not 14 <= self.opset <= 23:
+            raise ExportError(
+                f"OnnxExportConfig.opset={self.opset}: use 14..23 (scaled_dot_product_attention needs 14)"
+            )
+        if self.z_atol <= 0 or self.head_rtol <= 0:
+            raise ExportError("OnnxExportConfig.z_atol and head_rtol must be > 0")
+        if not self.parity_batches or min(self.parity_batches) < 1 or self.trace_batch < 1:
+            raise ExportError("OnnxExportConfig.parity_batches must be non-empty and every batch size >= 1")
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the written .onnx
+    mode: str  # "fused" | "head_inputs" | "bare"
+    metadata: dict[str, Any]  # the metadata_props["jepa_edge"] JSON, parsed
+    parity: dict[str, float] = field(default_factory=dict)  # output name → max abs error vs PyTorch (+numpy head)
+    tolerance: dict[str, float] = field(default_factory=dict)  # z_atol, head_rtol
+    sha256: str = ""  # of the written file
+
+
+# ---- agent metadata --------------------------------------------------------------------
+
+
+def _agent_meta(meta: dict[str, Any]) -> dict[str, str]:
+    if not isinstance(meta, dict) or not meta.get("name") or not meta.get("fingerprint"):
+        raise ExportError(
+            f"agent metadata must be a dict with 'name' and 'fingerprint' (as load_agent returns), got {meta!r}"
+        )
+    return {"name": str(meta["name"]), "fingerprint": str(meta["fingerprint"]), "view": str(meta.get("view", ""))}
+
+
+def encoder_fingerprint(encoder: Any) -> str:
+    """Fingerprint of an in-memory encoder (same bytes as its encoder.safetensors)."""
+    from jepa_edge.calib.fingerprint import fingerprint_arrays
+
+    return fingerprint_arrays({k: v.detach().cpu().contiguous().numpy() for k, v in encoder.state_dict().items()})
+
+
+def build_metadata(
+    encoder: Any, agent: dict[str, str], mode: str, head: FusedHead | None, provenance: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``metadata_props["jepa_edge"]`` JSON (docs/FORMATS.md), plus provenance."""
+    import onnx
+    import torch
+
+    import jepa_edge
+
+    cfg = encoder.cfg
+    fused = mode == "fused" and head is not None
+    head_meta: dict[str, Any] = {
+        "outputs": [asdict(o) for o in head.outputs] if fused else [],  # name, start, stop, kind, labels
+        "width": head.width if fused else None,
+    }
+    if fused and provenance:
+        head_meta.update(provenance)  # postcard / probes this head was fused from
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "mode": META_MODE[mode],
+        "input": {"name": "frames", "layout": "NHWC", "dtype": "uint8", "channels": "BGR",
+                  "height": int(cfg.img_size), "width": int(cfg.img_size)},
+        "latent_dim": int(cfg.latent_dim),
+        "agent": agent,
+        "head": head_meta,
+        "encoder": asdict(cfg),
+        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "jepa_edge": getattr(jepa_edge, "__version__", "unknown")},
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``jepa_edge`` metadata of an exported ONNX file, parsed (no torch, no weights loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file; export one with `jepa-edge export`")
+    model = onnx.load(str(path), load_external_data=False)
+    raw = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+    if raw is None:
+        raise ExportError(f"{path}: no metadata_props['{METADATA_KEY}']: not a `jepa-edge export` model; re-export it")
+    return json.loads(raw)
+
+
+def head_nodes(model: Any) -> list[Any]:
+    """Graph nodes computed from ``z`` (the head), for inspection and tests."""
+    return downstream_nodes(model, "z")
+
+
+# ---- export ------------------------------------------------------------------------------
+
+
+def _example_inputs(graph: Any, batch: int, seed: int, head_arrays: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
+    """Seeded random uint8 frames (+ the head arrays for a head_inputs graph), as torch tensors."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    side = int(graph.encoder.cfg.img_size)
+    frames = torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8, generator=g)
+    if graph.mode != "head_inputs":
+        return (frames,)
+    return frames, torch.from_numpy(head_arrays[0]), torch.from_numpy(head_arrays[1])
+
+
+def _parity_head(latent_dim: int, head: FusedHead | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) fed to a head_inputs graph: the given head, or a seeded random one (K=3)."""
+    if head is not None and head.width > 0:
+        return head.weight.astype(np.float32), head.bias.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((3, latent_dim)).astype(np.float32),
+            rng.standard_normal(3).astype(np.float32))
+
+
+def _dynamic_axes(graph: Any) -> dict[str, dict[int, str]]:
+    axes = {name: {0: "batch"} for name in (*graph.output_names, "frames")}
+    if graph.mode == "head_inputs":
+        axes.update(head_weight={0: "K"}, head_bias={0: "K"}, head={0: "batch", 1: "K"})
+    return axes
+
+
+def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: OnnxExportConfig) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        # the TorchScript exporter announces its own deprecation; the export itself is checked below
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\._internal\.torchscript")
+        if config.exporter == "torchscript":
+            torch.onnx.export(
+                graph, example, str(path), input_names=graph.input_names, output_names=graph.output_names,
+                dynamic_axes=_dynamic_axes(graph), opset_version=config.opset, do_constant_folding=True,
+                dynamo=False,
+            )
+        else:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            shapes: tuple[dict[int, Any], ...] = ({0: batch},)  # one entry per example input
+            if graph.mode == "head_inputs":
+                k = torch.export.Dim("K", min=1, max=65536)
+                shapes += ({0: k}, {0: k})
+            torch.onnx.export(
+                graph, example, str(path), input_names=graph.input_names, output_names=graph.output_names,
+                dynamic_shapes=shapes, opset_version=config.opset, dynamo=True, external_data=False,
+                verbose=False,
+            )
+
+
+def _set_metadata(model: Any, metadata: dict[str, Any]) -> None:
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+
+
+def export_onnx(
+    encoder: Any,
+    meta: dict[str, Any],
+    out_path: str | Path,
+    head: FusedHead | None = None,
+    mode: str = "fused",
+    config: OnnxExportConfig | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export ``encoder`` (+ ``head``) to ``out_path`` and verify it against PyTorch.
+
+    ``meta``: the agent's ``{name, fingerprint, view}`` (``load_agent``'s meta);
+    the fingerprint must be that of ``encoder``'s weights. ``head``: a
+    ``FusedHead`` for this encoder; baked in for ``mode="fused"``, used only as
+    the parity-check head for ``head_inputs``, refused for ``bare``.
+    ``provenance``: JSON recorded under ``head`` (postcard / probe files).
+    Raises ``ExportError`` (bad inputs) or ``ParityError`` (nothing written).
+    """
+    import onnx
+    import torch
+
+    from jepa_edge.export.graph import EdgeGraph
+
+    config = config or OnnxExportConfig()
+    config.validate()
+    if mode not in EXPORT_MODES:
+        raise ExportError(f"unknown export mode {mode!r}; choose one of {list(EXPORT_MODES)}")
+    if mode == "bare" and head is not None:
+        raise ExportError("mode 'bare' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+    agent = _agent_meta(meta)
+    actual = encoder_fingerprint(encoder)
+    if actual != agent["fingerprint"]:
+        raise ExportError(
+            f"agent metadata says fingerprint {agent['fingerprint'][:12]}…, but the encoder's weights are "
+            f"{actual[:12]}…; pass the meta that belongs to these weights (load both with load_agent)"
+        )
+    if head is not None and head.encoder_fingerprint != actual:
+        raise ExportError(
+            f"the head was built for encoder {head.encoder_fingerprint[:12]}…, this encoder is {actual[:12]}…; "
+            "build it with build_head(meta['fingerprint'], ...)"
+        )
+    if head is not None and head.latent_dim != encoder.cfg.latent_dim:
+        raise ExportError(f"the head reads latent dim {head.latent_dim}, the encoder gives {encoder.cfg.latent_dim}")
+    encoder = copy.deepcopy(encoder).cpu().eval()  # export a CPU copy in eval mode; the caller's module is untouched
+    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode).eval()
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="jepa-edge-export-") as tmp:
+        traced = Path(tmp) / "graph.onnx"
+        head_arrays = _parity_head(graph.latent_dim, head, config.seed)
+        example = _example_inputs(graph, config.trace_batch, config.seed, head_arrays)
+        _torch_export(graph, example, traced, config)
+        model = onnx.load(str(traced))
+    metadata = build_metadata(encoder, agent, mode, head, provenance)
+    metadata["exporter"].update(name=config.exporter, opset=config.opset)
+    _set_metadata(model, metadata)
+    parity: dict[str, float] = {}
+    if config.check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ParityError(f"the exported graph is not valid ONNX ({exc}); nothing was written, "
+                              "try another opset or exporter") from exc
+        parity = check_parity(model.SerializeToString(), graph, head, config)
+        metadata["exporter"]["parity_max_abs_error"] = parity
+        _set_metadata(model, metadata)
+    data = model.SerializeToString()
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, data)
+    return ExportResult(out_path, mode, metadata, parity, {"z_atol": config.z_atol, "head_rtol": config.head_rtol},
+                        hashlib.sha256(data).hexdigest())
+
+
+# ---- parity --------------------------------------------------------------------------------
+
+
+def _head_bound(w: np.ndarray, dz: np.ndarray, ref: np.ndarray, rtol: float) -> np.ndarray:
+    """Elementwise allowed error: |W| @ |dz| + rtol * max(1, max |ref|)."""
+    return np.abs(dz) @ np.abs(w).T + rtol * max(1.0, float(np.abs(ref).max(initial=0.0)))
+
+
+def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig) -> dict[str, float]:
+    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement."""
+    import torch
+
+    from jepa_edge.export.ort_providers import ort_session
+
+    sess = ort_session(model_bytes, provider="cpu")
+    head_arrays = _parity_head(graph.latent_dim, head, config.seed)
+    worst: dict[str, float] = {}
+    for i, batch in enumerate(config.parity_batches):
+        example = _example_inputs(graph, batch, config.seed + 1 + i, head_arrays)
+        feeds = dict(zip(graph.input_names, (t.numpy() for t in example)))
+        got = dict(zip(graph.output_names, sess.run(graph.output_names, feeds)))
+        with torch.no_grad():
+            z_ref = graph.encoder(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
+        dz = got["z"].astype(np.float64) - z_ref
+        errors = {"z": float(np.abs(dz).max())}
+        if errors["z"] > config.z_atol:
+            raise ParityError(
+                f"ONNX Runtime and PyTorch disagree on z at batch {batch}: max abs error {errors['z']:.3g} > "
+                f"z_atol {config.z_atol:g}; the exported graph is wrong (try exporter='dynamo' or another opset)"
+            )
+        if graph.mode == "fused":
+            w, b = head.weight.astype(np.float64), head.bias.astype(np.float64)
+            slices = {o.name: (o.start, o.stop) for o in head.outputs}
+        elif graph.mode == "head_inputs":
+            w, b = (a.astype(np.float64) for a in head_arrays)
+            slices = {"head": (0, w.shape[0])}
+        else:
+            slices = {}
+        for name, (start, stop) in slices.items():
+            ref = z_ref @ w[start:stop].T + b[start:stop]  # (B, width): PyTorch z, numpy head
+            if got[name].shape != ref.shape:
+                raise ParityError(f"ONNX Runtime output {name!r} has shape {got[name].shape}, the numpy head gives "
+                                  f"{ref.shape} at batch {batch}; the head slices are wrong, re-export")
+            err = np.abs(got[name].astype(np.float64) - ref)
+            bound = _head_bound(w[start:stop], dz, ref, config.head_rtol)
+            if np.any(err > bound):
+                raise ParityError(
+                    f"ONNX Runtime output {name!r} disagrees with the numpy head on PyTorch's z at batch {batch}: "
+                    f"max abs error {err.max():.3g}, allowed {bound.min():.3g}..{bound.max():.3g}; "
+                    "the fused head is wrong, re-export"
+                )
+            errors[name] = float(err.max())
+        for name, e in errors.items():
+            worst[name] = max(worst.get(name, 0.0), e)
+    return worst
+
+
+# ---- high level: run directory + postcard + probes → ONNX ---------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_agent(
+    run_dir: str | Path,
+    out_path: str | Path,
+    postcard_path: str | Path | None = None,
+    probe_paths: Sequence[str | Path] = (),
+    mode: str = "fused",
+    config: OnnxExportConfig | None = None,
+    fused_attn: bool = True,
+) -> ExportResult:
+    """Load an agent run directory, fuse its postcard/probes into a head, export and verify.
+
+    The postcard must map *from* this agent (its source fingerprint is checked);
+    each probe must belong to this agent or to the postcard's target agent.
+    ``mode="fused"`` needs a postcard and/or probes; ``"bare"`` takes neither;
+    ``"head_inputs"`` uses them, if given, only for the parity check.
+    ``fused_attn``: trace the encoder with ``scaled_dot_product_attention``
+    (True) or the manual reference attention (False); both export the same maths.
+    Raises ``CheckpointError`` (run directory), ``PostcardError``/``ProbeError``
+    (files, fingerprints), ``HeadError`` (dims), ``ExportError``, ``ParityError``.
+    """
+    from jepa_edge.calib.head import build_head
+    from jepa_edge.calib.postcard import load_postcard
+    from jepa_edge.calib.probes import load_probe
+    from jepa_edge.train.checkpoint import load_agent
+
+    if mode not in EXPORT_MODES:
+        raise ExportError(f"unknown export mode {mode!r}; choose one of {list(EXPORT_MODES)}")
+    has_head = postcard_path is not None or bool(probe_paths)
+    if mode == "fused" and not has_head:
+        raise ExportError("mode 'fused' needs a postcard and/or probes to fuse; pass them, or use mode='bare' "
+                          "(encoder only) or mode='head_inputs' (head fed at run time)")
+    if mode == "bare" and has_head:
+        raise ExportError("mode 'bare' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+    encoder, meta = load_agent(run_dir, fused_attn=fused_attn)
+    fingerprint, latent_dim = str(meta["fingerprint"]), int(encoder.cfg.latent_dim)
+    postcard = None
+    provenance: dict[str, Any] = {"postcard": None, "probes": []}
+    if postcard_path is not None:
+        postcard = load_postcard(postcard_path, expect_source_fingerprint=fingerprint)
+        provenance["postcard"] = {
+            "name": postcard.name, "file": Path(postcard_path).name, "sha256": _file_sha256(Path(postcard_path)),
+            "source": postcard.source, "target": postcard.target, "estimator": postcard.estimator,
+            "n_anchors": int(postcard.n_anchors),
+        }
+    probes = []
+    for p in probe_paths:
+        probe = load_probe(p)
+        probes.append(probe)
+        provenance["probes"].append({"name": probe.name, "task": probe.task, "file": Path(p).name,
+                                     "sha256": _file_sha256(Path(p)), "agent": probe.agent})
+    head = build_head(fingerprint, latent_dim, postcard, probes) if has_head else None
+    return export_onnx(encoder, meta, out_path, head=head, mode=mode, config=config, provenance=provenance)

@@ -1,0 +1,80 @@
+"""ONNX Runtime sessions for export checks and benchmarks: CPU, CUDA EP or TensorRT EP.
+
+The provider lists and their options (TensorRT EP: fp16, engine cache,
+timing cache; CUDA EP: device) come from the torch-free runtime
+(``jepa_edge.runtime.backend_ort``), so export, bench and the robot build
+sessions the same way. A requested GPU provider that this onnxruntime lacks,
+or that ONNX Runtime drops while building the session, is an error: never a
+silent CPU fallback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jepa_edge.runtime.backend_ort import OrtConfig, _ort_errors, _providers
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
+
+PROVIDERS = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}  # name → runtime backend
+
+
+def ort_session(
+    model: str | Path | bytes,
+    provider: str = "cpu",
+    fp16: bool = False,
+    cache_dir: str | Path | None = None,
+    threads: int = 0,
+    device_id: int = 0,
+    optimization: str = "all",
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on exactly ``provider``.
+
+    ``model``: an ``.onnx`` path or its serialised bytes. ``fp16`` and
+    ``cache_dir`` (engine + timing cache) apply to the TensorRT EP only and are
+    refused for the others. ``threads``: intra-op threads, 0 = ORT default.
+    ``optimization``: "disable" | "basic" | "extended" | "all".
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown ONNX Runtime provider {provider!r}; choose one of {sorted(PROVIDERS)}")
+    if provider != "tensorrt" and (fp16 or cache_dir):
+        raise ValueError(f"fp16 and cache_dir are TensorRT EP options; provider {provider!r} does not take them")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        if provider != "cpu":
+            raise missing_extra("onnxruntime-gpu", "gpu", exc) from exc
+        raise BackendUnavailableError(
+            f"onnxruntime is not installed ({exc}); reinstall with `pip install jepa-edge`"
+        ) from exc
+    backend = PROVIDERS[provider]
+    cfg = OrtConfig(intra_op_threads=threads, device_id=device_id, graph_optimization=optimization,
+                    trt_fp16=fp16, trt_cache_dir=str(cache_dir or ""))
+    cfg.validate()
+    providers = _providers(backend, cfg)  # raises BackendUnavailableError naming jepa-edge[gpu]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = cfg.log_severity
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    where = "<in-memory model>" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"{model}: no such ONNX model; export one with `jepa-edge export`")
+        model = str(model)
+    try:
+        sess = ort.InferenceSession(model, so, providers=providers)
+    except _ort_errors(ort) as exc:
+        raise RuntimeModelError(f"{where}: ONNX Runtime could not load the model on {provider}: {exc}") from exc
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if wanted not in sess.get_providers():
+        raise BackendUnavailableError(
+            f"{where}: ONNX Runtime dropped {wanted} while building the session (active: {sess.get_providers()}); "
+            "check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build "
+            "(`pip install 'jepa-edge[gpu]'`), or use provider='cpu'"
+        )
+    return sess

@@ -1,0 +1,82 @@
+"""``load_model``: one entry point over ONNX Runtime (CPU / CUDA EP / TensorRT EP) and native TensorRT."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from jepa_edge.config import from_dict
+from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers
+from jepa_edge.runtime.backend_trt import TrtConfig, TrtModel
+from jepa_edge.runtime.errors import BackendUnavailableError
+from jepa_edge.runtime.model import Model
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", *ORT_BACKENDS, "tensorrt")
+
+
+def _config(cls: type, config: Any) -> Any:
+    if config is None or isinstance(config, cls):
+        return config
+    if isinstance(config, dict):
+        return from_dict(cls, config)
+    raise TypeError(f"config for this backend must be {cls.__name__} or a dict, got {type(config).__name__}")
+
+
+def resolve_backend(path: Path, backend: str) -> str:
+    """``auto``: a ``.engine`` runs on TensorRT; an ONNX on the CUDA EP when present, else the CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if path.suffix == ".engine":
+        return "tensorrt"
+    chosen = "ort-cuda" if "CUDAExecutionProvider" in available_providers() else "ort-cpu"
+    log.info("backend auto → %s for %s", chosen, path)
+    return chosen
+
+
+def load_model(
+    path: str | Path,
+    backend: str = "auto",
+    config: OrtConfig | TrtConfig | dict[str, Any] | None = None,
+    encoder_only: bool = False,
+) -> Model:
+    """Load an exported model.
+
+    ``backend``: ``auto`` | ``ort-cpu`` | ``ort-cuda`` | ``ort-trt`` | ``tensorrt``.
+    ``config``: ``OrtConfig`` for the ``ort-*`` backends, ``TrtConfig`` for
+    ``tensorrt`` (a dict is validated into the right one). ``encoder_only``
+    (ONNX Runtime) cuts the graph at ``z`` so the head can run unfused in numpy.
+    A ``.onnx`` path with ``tensorrt`` loads the ``.engine`` beside it.
+    """
+    path = Path(path)
+    backend = resolve_backend(path, backend)
+    if backend == "tensorrt":
+        if encoder_only:
+            raise ValueError("encoder_only cuts an ONNX graph; a TensorRT engine is fixed at build time "
+                             "(its `z` output is still returned, so run the numpy head on that)")
+        engine = path.with_suffix(".engine") if path.suffix == ".onnx" else path
+        return TrtModel(engine, _config(TrtConfig, config))
+    if path.suffix == ".engine":
+        raise ValueError(f"{path}: ONNX Runtime backends load the .onnx file, not a TensorRT engine; "
+                         "pass the .onnx or use backend='tensorrt'")
+    return OrtModel(path, backend, _config(OrtConfig, config), encoder_only=encoder_only)
+
+
+def available_backends(path: str | Path | None = None) -> list[str]:
+    """Backends that can run here (``tensorrt`` only when it imports and, given ``path``, its engine exists)."""
+    have = set(available_providers())
+    names = [name for name, provider in ORT_BACKENDS.items() if provider in have]
+    try:
+        from jepa_edge.runtime.backend_trt import import_cudart, import_tensorrt
+
+        import_tensorrt()
+        import_cudart()
+    except BackendUnavailableError:
+        return names
+    if path is None or Path(path).with_suffix(".engine").is_file():
+        names.append("tensorrt")
+    return names

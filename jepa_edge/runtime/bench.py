@@ -1,0 +1,217 @@
+"""Benchmark backends × head modes × batch sizes on one source; report per-stage latency.
+
+Every configuration reads the same source through a ``Capture`` (so decode
+cost and dropped frames are measured too), then preprocess → infer → head.
+Stages are timed per batch; ``e2e`` per frame (read → outputs ready). Each
+result records RSS at start/end and the latency drift (p50 of the first 10%
+vs the last 10% of frames), which is what a soak run watches.
+
+Head modes: ``fused`` runs the head inside the graph (baked into a fused
+model, or set with ``set_head`` on a head_inputs one); ``unfused`` runs an
+encoder-only graph (ONNX cut at ``z``) and the head in numpy. PyTorch eager
+(or anything else) is measured through ``extra_backends``: name →
+callable(uint8 (B, H, W, 3)) → dict; the runtime itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig
+from jepa_edge.runtime.backends import available_backends, load_model
+from jepa_edge.runtime.capture import Capture, CaptureConfig
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
+from jepa_edge.runtime.headswap import HeadStage
+from jepa_edge.runtime.meta import ModelMeta
+from jepa_edge.runtime.pipeline import preprocess
+from jepa_edge.runtime.sources import open_source
+from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
+
+log = logging.getLogger(__name__)
+HEAD_MODES = ("fused", "unfused")
+Infer = Callable[[np.ndarray], dict]
+
+
+@dataclass
+class BenchConfig:
+    warmup: int = 10  # untimed batches per configuration (allocations, EP graph capture, caches)
+    n_frames: int = 200  # timed frames per configuration
+    batch_sizes: tuple[int, ...] = (1, 8)
+    head_modes: tuple[str, ...] = HEAD_MODES  # "fused" and/or "unfused"
+    backends: tuple[str, ...] = ()  # () = every backend available on this machine
+    realtime: bool = False  # pace the source at its fps (then frames are dropped if inference is slow)
+    intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
+    head_width: int = 8  # rows of the synthetic head when the model has none to copy
+
+    def validate(self) -> None:
+        bad = set(self.head_modes) - set(HEAD_MODES)
+        if bad:
+            raise ValueError(f"BenchConfig.head_modes has {sorted(bad)}; choose from {HEAD_MODES}")
+        if self.n_frames < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError("BenchConfig: need n_frames >= 1, warmup >= 0 and batch sizes >= 1")
+
+
+def synthetic_head(meta: ModelMeta, width: int = 8, seed: int = 0) -> Any:
+    """A random head with the model's output layout (timing only: the values mean nothing)."""
+    from jepa_edge.calib.head import FusedHead, HeadOutput
+
+    slices = meta.head_outputs or []
+    outputs = [HeadOutput(s.name, s.start, s.stop, s.kind or "regression", list(s.labels)) for s in slices]
+    if not outputs:
+        outputs = [HeadOutput("synthetic", 0, width, "regression")]
+    K = outputs[-1].stop
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((K, meta.latent_dim)) / np.sqrt(meta.latent_dim)).astype(np.float32)
+    return FusedHead(weight, np.zeros(K, np.float32), outputs, meta.agent_fingerprint, meta.latent_dim)
+
+
+def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict], dict],
+          size: tuple[int, int] | None, batch: int, source: str) -> None:
+    """One batch: wait for frames → preprocess → infer → head; e2e recorded per frame."""
+    t0 = time.perf_counter()
+    frames = [cap.get(timeout=30.0) for _ in range(batch)]
+    if any(f is None for f in frames):
+        raise RuntimeModelError(f"source {source!r} ended during the benchmark; use a video file, folder or sim")
+    times.add("wait", (time.perf_counter() - t0) * 1e3)
+    with times.stage("preprocess"):
+        x = preprocess([f.image for f in frames], size or frames[0].image.shape[:2])  # (B, H, W, 3)
+    with times.stage("infer"):
+        raw = infer(x)
+    with times.stage("head"):
+        head_fn(raw)
+    done = time.perf_counter()
+    for f in frames:
+        times.add("e2e", (done - f.t_mono) * 1e3)
+
+
+def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int] | None, source: str,
+             batch: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Time one configuration; returns stage summaries, FPS, drops, RSS and drift."""
+    n_timed = -(-cfg.n_frames // batch)  # ceil: whole batches
+    with Capture(open_source(source, loop=True), CaptureConfig(realtime=cfg.realtime)) as cap:
+        for _ in range(cfg.warmup):
+            _step(cap, StageTimes(), infer, head_fn, size, batch, source)
+        times, dropped0, rss_start, t_start = StageTimes(), cap.stats.dropped, rss_kb(), time.perf_counter()
+        for _ in range(n_timed):
+            _step(cap, times, infer, head_fn, size, batch, source)
+        elapsed = time.perf_counter() - t_start
+        dropped = cap.stats.dropped - dropped0
+    summary = times.summary()
+    e2e = times.samples("e2e")
+    return {
+        "stages_ms_per_batch": {k: v.to_dict() for k, v in summary.items() if k != "e2e"},
+        "e2e_ms": summary["e2e"].to_dict(),
+        "frames": n_timed * batch,
+        "fps": n_timed * batch / elapsed,
+        "dropped": dropped,
+        "rss_start_kb": rss_start,
+        "rss_end_kb": rss_kb(),
+        "drift": drift(e2e).to_dict(),
+    }
+
+
+def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
+                source: str) -> list[dict[str, Any]]:
+    results = []
+    for mode in cfg.head_modes:
+        encoder_only = mode == "unfused" and backend in ORT_BACKENDS
+        ort_cfg = OrtConfig(intra_op_threads=cfg.intra_op_threads) if backend in ORT_BACKENDS else None
+        base = {"model": str(path), "backend": backend, "head_mode": mode}
+        try:
+            model = load_model(path, backend, ort_cfg, encoder_only=encoder_only)
+        except (BackendUnavailableError, RuntimeModelError, FileNotFoundError) as exc:
+            results.append({**base, "status": "skipped", "reason": str(exc)})
+            continue
+        with model:
+            h = head or synthetic_head(model.meta, cfg.head_width)
+            if mode == "unfused":
+                stage = HeadStage(model, "numpy", h)
+            elif model.meta.mode == "head_inputs":
+                stage = HeadStage(model, "graph", h)
+            else:
+                stage = HeadStage(model, "graph")  # the head baked into the fused graph
+            graph = "encoder-only" if encoder_only else f"{model.meta.mode}"
+            for batch in cfg.batch_sizes:
+                try:
+                    r = _measure(model.infer, stage, model.meta.input_size, source, batch, cfg)
+                except ValueError as exc:  # e.g. batch above a TensorRT profile's maximum
+                    results.append({**base, "batch": batch, "status": "skipped", "reason": str(exc)})
+                    continue
+                results.append({**base, "batch": batch, "graph": graph, "head_width": h.width,
+                                "input_size": list(model.meta.input_size),
+                                "precision": getattr(model, "precision", "fp32"), "status": "ok", **r})
+    return results
+
+
+def benchmark(
+    models: str | Path | Sequence[str | Path],
+    source: str,
+    config: BenchConfig | None = None,
+    *,
+    head: Any | None = None,
+    extra_backends: dict[str, Infer] | None = None,
+    extra_input_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Benchmark every (model, backend, head mode, batch size); returns a JSON-able report.
+
+    ``head``: the FusedHead to time (default: a synthetic one with the model's
+    layout). ``extra_backends`` are timed at ``extra_input_size`` (default: the
+    first model's input size) with head mode "callable".
+    """
+    cfg = config or BenchConfig()
+    cfg.validate()
+    paths = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
+    results: list[dict[str, Any]] = []
+    sizes: list[tuple[int, int]] = []
+    for path in paths:
+        backends = cfg.backends or tuple(available_backends(path))
+        for backend in backends:
+            runs = _model_runs(path, backend, cfg, head, source)
+            results += runs
+            sizes += [tuple(r["input_size"]) for r in runs if "input_size" in r]
+    for name, fn in (extra_backends or {}).items():
+        size = extra_input_size or (sizes[0] if sizes else None)
+        for batch in cfg.batch_sizes:
+            r = _measure(fn, lambda raw: raw, size, source, batch, cfg)
+            results.append({"model": name, "backend": name, "head_mode": "callable", "batch": batch,
+                            "graph": "callable", "status": "ok", **r})
+    return {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "source": source,
+        "config": asdict(cfg),
+        "results": results,
+    }
+
+
+def bench_table(report: dict[str, Any]) -> Any:
+    """A rich Table of a ``benchmark`` report (stage times are per batch, e2e per frame)."""
+    from rich.table import Table
+
+    table = Table(title=f"jepa-edge runtime benchmark — {report['source']}")
+    for col in ("model", "backend", "head", "batch", "prep ms", "infer ms", "head ms", "e2e mean", "p50",
+                "p90", "p99", "max", "FPS", "dropped", "drift", "RSS Δ MB"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "head") else "right")
+    for r in report["results"]:
+        name = Path(r["model"]).name
+        if r["status"] != "ok":
+            table.add_row(name, r["backend"], r["head_mode"], str(r.get("batch", "")),
+                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * 11)
+            continue
+        st, e = r["stages_ms_per_batch"], r["e2e_ms"]
+        rss = (r["rss_end_kb"] - r["rss_start_kb"]) / 1024 if r["rss_start_kb"] is not None else float("nan")
+        table.add_row(
+            name, r["backend"], r["head_mode"], str(r["batch"]),
+            f"{st['preprocess']['p50_ms']:.3f}", f"{st['infer']['p50_ms']:.3f}", f"{st['head']['p50_ms']:.3f}",
+            *(f"{e[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
+            f"{r['fps']:.1f}", str(r["dropped"]), f"{r['drift'].get('ratio', float('nan')):.2f}", f"{rss:+.1f}",
+        )
+    return table

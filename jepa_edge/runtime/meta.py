@@ -1,0 +1,92 @@
+"""The ``metadata_props["jepa_edge"]`` contract of an exported model (docs/FORMATS.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from jepa_edge.runtime.errors import RuntimeModelError
+
+FORMAT = "jepa-edge/onnx"
+VERSION = 1
+MODES = ("fused", "head_inputs", "encoder_only")  # encoder_only: a graph cut at `z` by the runtime
+
+
+@dataclass(frozen=True)
+class OutputSlice:
+    name: str
+    start: int
+    stop: int
+    kind: str
+    labels: tuple[str, ...] = ()  # per-column names (probe outputs / classes), when the exporter wrote them
+
+
+@dataclass
+class ModelMeta:
+    mode: str  # "fused" | "head_inputs" | "encoder_only"
+    height: int  # input frame height the graph expects
+    width: int
+    latent_dim: int
+    agent_name: str
+    agent_fingerprint: str
+    agent_view: str
+    head_outputs: list[OutputSlice]  # baked-in slices of a fused model (empty otherwise)
+    raw: dict[str, Any] = field(default_factory=dict)  # the full JSON, extra keys included
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def _need(d: dict[str, Any], key: str, where: str, source: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise RuntimeModelError(
+            f"{source}: metadata lacks {where}{key!r}; re-export the model with `jepa-edge export`"
+        )
+    return d[key]
+
+
+def parse_meta(text: str | None, source: str) -> ModelMeta:
+    """Parse and validate the JSON string; ``source`` names the file in errors."""
+    if text is None:
+        raise RuntimeModelError(
+            f"{source}: no metadata_props['jepa_edge']; this is not a `jepa-edge export` model, re-export it"
+        )
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RuntimeModelError(f"{source}: metadata_props['jepa_edge'] is not valid JSON ({exc}); re-export") from exc
+    if _need(d, "format", "", source) != FORMAT:
+        raise RuntimeModelError(f"{source}: metadata format is {d['format']!r}, expected {FORMAT!r}")
+    if _need(d, "version", "", source) != VERSION:
+        raise RuntimeModelError(
+            f"{source}: metadata version {d['version']} is not supported (this runtime reads {VERSION}); "
+            "upgrade jepa-edge or re-export with this version"
+        )
+    mode = _need(d, "mode", "", source)
+    if mode not in MODES:
+        raise RuntimeModelError(f"{source}: unknown export mode {mode!r}; expected one of {MODES}")
+    inp = _need(d, "input", "", source)
+    for key, want in (("name", "frames"), ("layout", "NHWC"), ("dtype", "uint8"), ("channels", "BGR")):
+        got = _need(inp, key, "input.", source)
+        if got != want:
+            raise RuntimeModelError(f"{source}: input.{key} is {got!r}; the runtime feeds {want!r}, re-export")
+    agent = _need(d, "agent", "", source)
+    head = d.get("head") or {}
+    slices = [
+        OutputSlice(str(o["name"]), int(o["start"]), int(o["stop"]), str(o.get("kind", "")),
+                    tuple(str(x) for x in o.get("labels", ())))
+        for o in head.get("outputs", [])
+    ]
+    return ModelMeta(
+        mode=mode,
+        height=int(_need(inp, "height", "input.", source)),
+        width=int(_need(inp, "width", "input.", source)),
+        latent_dim=int(_need(d, "latent_dim", "", source)),
+        agent_name=str(_need(agent, "name", "agent.", source)),
+        agent_fingerprint=str(_need(agent, "fingerprint", "agent.", source)),
+        agent_view=str(agent.get("view", "")),
+        head_outputs=slices,
+        raw=d,
+    )

@@ -1,0 +1,342 @@
+"""Frame sources: camera, video file, RTSP/HTTP, GStreamer, image folder, simulator.
+
+``open_source(spec)`` returns an opened ``Source`` whose ``read()`` gives one
+uint8 BGR frame (H, W, 3), ``None`` at the end of a finite stream, raises
+``CorruptFrame`` for one undecodable frame and ``SourceDisconnected`` when a
+live source stops (the capture thread then reopens it). Resizing to the
+model's input happens later, in ``preprocess``.
+
+spec                         kind
+"0", "1"                     camera index (live)
+"rtsp://…", "http(s)://…"    network stream (live)
+"… ! … ! appsink"            GStreamer pipeline, e.g. Jetson CSI ``nvarguscamerasrc`` (live)
+"clip.mp4"                   video file
+"frames/"                    folder of *.png / *.jpg, sorted by name
+"sim:top?size=32&seed=0&fps=30&frames=300"   the built-in simulator (jepa_edge.world)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import cv2
+import numpy as np
+
+from jepa_edge.config import ConfigError, from_dict
+from jepa_edge.runtime.errors import CorruptFrame, SourceDisconnected, SourceOpenError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # (H, W, 3) uint8 BGR, as read (not yet resized)
+    index: int  # position in the stream; frames dropped by the capture leave gaps
+    t_wall: float  # time.time() when read (for logs)
+    t_mono: float  # time.perf_counter() when read (latency reference)
+    pts: float | None = None  # media time in s for files / folders / sim (index / fps), None for live
+    info: dict[str, Any] = field(default_factory=dict)  # source extras, e.g. sim ground truth
+
+
+def as_bgr(img: Any, where: str) -> np.ndarray:
+    """Validate a decoded frame; grey/BGRA are converted, anything else is a CorruptFrame."""
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.size == 0:
+        raise CorruptFrame(f"{where}: frame could not be decoded")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise CorruptFrame(f"{where}: frame has shape {img.shape}, expected (H, W, 3)")
+    return img
+
+
+class Source(ABC):
+    """One stream of frames. ``live`` sources are reopened on failure; others end."""
+
+    name: str
+    live: bool = False
+    fps: float | None = None  # nominal rate (paces file playback with realtime=True)
+    last_info: dict[str, Any]  # extras about the frame last read
+
+    def __init__(self) -> None:
+        self.last_info = {}
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None:
+        """Release the device / file (idempotent)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+# ---- OpenCV VideoCapture sources ----------------------------------------------------------
+def gstreamer_available() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30,
+                        flip: int = 0) -> str:
+    """GStreamer pipeline for a Jetson CSI camera (``nvarguscamerasrc``) ending in a BGR appsink."""
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1 ! "
+        f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! "
+        "videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=1"
+    )
+
+
+class CaptureSource(Source):
+    """Anything ``cv2.VideoCapture`` opens: camera index, file, URL, GStreamer pipeline."""
+
+    def __init__(self, spec: str, kind: str, loop: bool = False, timeout_ms: int = 5000,
+                 fps: float | None = None) -> None:
+        super().__init__()
+        self.name, self.kind, self.loop, self.timeout_ms = spec, kind, loop, timeout_ms
+        self.fps_override = fps  # a file's nominal rate replaced (e.g. a badly tagged recording)
+        self.live = kind in ("camera", "network", "gstreamer")
+        self._cap: Any = None
+        self._index = 0
+
+    def _open_args(self) -> tuple[Any, int, list[int]]:
+        if self.kind == "camera":
+            return int(self.name), cv2.CAP_ANY, []
+        if self.kind == "gstreamer":
+            return self.name, cv2.CAP_GSTREAMER, []
+        if self.kind == "network":
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+            return self.name, cv2.CAP_FFMPEG, timeouts
+        return self.name, cv2.CAP_ANY, []
+
+    def _hint(self) -> str:
+        return {
+            "camera": "check the camera is plugged in, /dev/video* exists and is readable by this user, "
+            "and no other process holds it",
+            "network": "check the URL, credentials and that the stream is up (try `ffprobe URL`)",
+            "gstreamer": "test the pipeline with `gst-launch-1.0` (replace appsink by fakesink); for CSI cameras "
+            "check `nvargus-daemon` is running",
+            "file": "check the file is a video OpenCV's FFmpeg can decode (`ffprobe FILE`)",
+        }[self.kind]
+
+    def open(self) -> None:
+        self.close()
+        if self.kind == "gstreamer":
+            if "appsink" not in self.name:
+                raise SourceOpenError(
+                    f"GStreamer pipeline {self.name!r} has no appsink; end it with "
+                    "`! videoconvert ! video/x-raw,format=BGR ! appsink drop=1`"
+                )
+            if not gstreamer_available():
+                raise SourceOpenError(
+                    f"cannot open GStreamer pipeline {self.name!r}: this OpenCV ({cv2.__version__}) was built "
+                    "without GStreamer (pip's opencv-python wheels are); on a Jetson use JetPack's OpenCV "
+                    "(`sudo apt install python3-opencv`, venv created with --system-site-packages and "
+                    "opencv-python-headless uninstalled from it)"
+                )
+        target, api, params = self._open_args()
+        cap = cv2.VideoCapture(target, api, params) if params else cv2.VideoCapture(target, api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceOpenError(f"cannot open {self.kind} source {self.name!r}: {self._hint()}")
+        if self.live:
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # best effort: fewer stale frames queued in the driver
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+        if self.fps_override and not self.live:
+            self.fps = float(self.fps_override)
+        self._cap, self._index = cap, 0
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            raise SourceDisconnected(f"{self.kind} source {self.name!r} is not open")
+        ok, img = self._cap.read()
+        if not ok:
+            if self.live:
+                raise SourceDisconnected(f"{self.kind} source {self.name!r} stopped delivering frames")
+            if self.loop and self._index > 0:
+                self.open()  # rewinding by reopening works for every container
+                return self.read()
+            return None  # end of file
+        self._index += 1
+        return as_bgr(img, f"{self.name} frame {self._index - 1}")
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+# ---- image folder ---------------------------------------------------------------------------------
+class ImageFolderSource(Source):
+    def __init__(self, folder: str | Path, fps: float | None = 30.0, loop: bool = False) -> None:
+        super().__init__()
+        self.folder, self.loop = Path(folder), loop
+        self.name, self.fps = str(folder), fps
+        self._files: list[Path] = []
+        self._i = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceOpenError(f"{self.folder}: no such image folder")
+        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceOpenError(f"{self.folder}: no {'/'.join(IMAGE_SUFFIXES)} images in this folder")
+        self._i = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= len(self._files):
+            if not self.loop:
+                return None
+            self._i = 0
+        path = self._files[self._i]
+        self._i += 1
+        self.last_info = {"file": path.name}
+        return as_bgr(cv2.imread(str(path), cv2.IMREAD_COLOR), str(path))
+
+
+# ---- in-memory frames -------------------------------------------------------------------------------
+class ArraySource(Source):
+    """Frames already in memory, (N, H, W, 3) uint8: tests, and benchmarks that exclude decoding."""
+
+    def __init__(self, frames: np.ndarray, fps: float | None = None, loop: bool = False, name: str = "array") -> None:
+        super().__init__()
+        self.frames, self.fps, self.loop, self.name = frames, fps, loop, name
+        self._i = 0
+
+    def open(self) -> None:
+        if self.frames.ndim != 4 or self.frames.dtype != np.uint8 or self.frames.shape[-1] != 3:
+            raise SourceOpenError(f"ArraySource needs uint8 (N, H, W, 3) frames, got {self.frames.dtype} "
+                                  f"{self.frames.shape}")
+        self._i = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= len(self.frames):
+            if not self.loop or len(self.frames) == 0:
+                return None
+            self._i = 0
+        self._i += 1
+        return self.frames[self._i - 1]
+
+
+# ---- simulator -------------------------------------------------------------------------------------
+@dataclass
+class SimSourceConfig:
+    size: int = 32  # rendered frame side in pixels (the view renders square frames)
+    seed: int = 0  # episode k is simulated and rendered with seed + k
+    fps: float = 30.0  # nominal rate, used when paced with realtime=True
+    frames: int = 0  # total frames before the stream ends; 0 = endless
+    steps: int = 64  # episode length: a new episode (new objects) starts every `steps` frames
+
+
+class SimSource(Source):
+    """Renders ``jepa_edge.world`` episodes on demand; ``last_info["positions"]`` is the ground truth."""
+
+    def __init__(self, view: str, config: SimSourceConfig | None = None) -> None:
+        super().__init__()
+        from jepa_edge.world import get_view
+
+        self.cfg = config or SimSourceConfig()
+        if self.cfg.size < 4 or self.cfg.steps < 1 or self.cfg.frames < 0 or self.cfg.fps <= 0:
+            raise SourceOpenError(f"sim source: invalid settings {self.cfg}; size >= 4, steps >= 1, fps > 0")
+        try:
+            self.view = get_view(view).name
+        except ValueError as exc:
+            raise SourceOpenError(f"sim source: {exc}") from exc
+        self.name, self.fps = f"sim:{view}", self.cfg.fps
+        self._n = 0
+        self._chunk: np.ndarray | None = None
+        self._truth: np.ndarray | None = None
+
+    def open(self) -> None:
+        self._n, self._chunk = 0, None
+
+    def _render_episode(self, episode: int) -> None:
+        from jepa_edge.world import WorldConfig, render, simulate
+
+        seed = self.cfg.seed + episode
+        states = simulate(WorldConfig(), 1, self.cfg.steps, seed)
+        self._chunk = render(states, self.view, self.cfg.size, seed)[0]  # (T, S, S, 3)
+        self._truth = states.positions[0]  # (T, n, 2)
+
+    def read(self) -> np.ndarray | None:
+        if self.cfg.frames and self._n >= self.cfg.frames:
+            return None
+        episode, t = divmod(self._n, self.cfg.steps)
+        if t == 0 or self._chunk is None:
+            self._render_episode(episode)
+        self._n += 1
+        self.last_info = {"episode": episode, "step": t, "positions": self._truth[t].tolist()}
+        return self._chunk[t]
+
+
+def parse_sim_spec(spec: str) -> tuple[str, SimSourceConfig]:
+    """``sim:VIEW?key=value&…`` → (view, SimSourceConfig); unknown keys are errors."""
+    body = spec[len("sim:"):]
+    view, _, query = body.partition("?")
+    raw = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    types = {"size": int, "seed": int, "fps": float, "frames": int, "steps": int}
+    try:
+        values = {k: types[k](v) if k in types else v for k, v in raw.items()}
+        return view, from_dict(SimSourceConfig, values)
+    except (ConfigError, ValueError) as exc:
+        raise SourceOpenError(f"bad simulator spec {spec!r}: {exc}; e.g. 'sim:top?size=32&seed=0&fps=30'") from exc
+
+
+# ---- dispatch -------------------------------------------------------------------------------
+def source_kind(spec: str) -> str:
+    if spec.startswith("sim:"):
+        return "sim"
+    if "!" in spec:
+        return "gstreamer"
+    if spec.lower().startswith(NETWORK_SCHEMES):
+        return "network"
+    if spec.isdigit():
+        return "camera"
+    if Path(spec).is_dir():
+        return "folder"
+    return "file"
+
+
+def open_source(spec: str, *, loop: bool = False, fps: float | None = None, timeout_ms: int = 5000) -> Source:
+    """Open ``spec`` (see the module docstring). ``loop`` rewinds files/folders at their end;
+    ``fps`` overrides the nominal rate of a file or folder (for realtime pacing)."""
+    spec = str(spec)
+    kind = source_kind(spec)
+    if kind == "sim":
+        view, cfg = parse_sim_spec(spec)
+        source: Source = SimSource(view, cfg)
+    elif kind == "folder":
+        source = ImageFolderSource(spec, fps=fps or 30.0, loop=loop)
+    else:
+        if kind == "file" and not Path(spec).is_file():
+            raise SourceOpenError(
+                f"{spec!r}: no such video file, folder or device; a source is a camera index ('0'), "
+                "a video file, an image folder, an rtsp:// or http:// URL, a GStreamer pipeline with '!', "
+                "or 'sim:VIEW'"
+            )
+        source = CaptureSource(spec, kind, loop=loop, timeout_ms=timeout_ms, fps=fps)
+    source.open()
+    return source
+

@@ -1,0 +1,182 @@
+"""`jepa-edge calib` and `jepa-edge probe`: the torch side that feeds latents to calib.
+
+Both agents see the same fresh simulated moments, each from its own view.
+Moments are split by episode: anchors come from the first episodes, every
+number is scored on held-out episodes, and always beside its controls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.calib.fit import FitConfig, fit_map
+from jepa_edge.calib.metrics import isomorphism_metrics, permutation_null
+from jepa_edge.calib.postcard import Postcard, load_postcard, save_postcard
+from jepa_edge.calib.probes import (
+    Probe,
+    evaluate_probe,
+    fit_probe,
+    load_probe,
+    primary_score,
+    save_probe,
+    transfer_probe,
+)
+from jepa_edge.train.checkpoint import load_agent
+from jepa_edge.train.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.world.dataset import load_recording
+from jepa_edge.world.sim import WorldConfig
+
+
+@dataclass
+class MomentsConfig:
+    episodes: int = 64  # fresh simulated episodes (neither agent trained on them)
+    steps: int = 32  # steps per episode
+    seed: int = 777  # world seed of these moments
+    heldout_fraction: float = 0.3  # last episodes: scoring only, never anchors or probe training
+    recording: str = ""  # use a recorded multi-camera folder (with states for probes) instead
+
+
+@dataclass
+class CalibConfig:
+    estimator: str = "ridge"  # lstsq | ridge | procrustes | orth_lstsq
+    ridge_alpha: float = 1e-2
+    anchors: int = 300  # paired anchor moments used to fit W
+    n_perm: int = 10  # shuffled-anchor refits (the permutation null)
+    anchor_seed: int = 0  # which pool moments become anchors
+
+
+def load_moments(views: list[str], size: int, cfg: MomentsConfig) -> Moments:
+    if not cfg.recording:
+        return world_moments(views, cfg.episodes, cfg.steps, size, cfg.seed, WorldConfig())
+    rec = load_recording(cfg.recording, views=list(dict.fromkeys(views)), resize=size)
+    if rec.states is None:
+        raise ValueError(f"{cfg.recording}: the recording has no states.npz, so there is nothing to score against")
+    return Moments(rec.frames, rec.states)
+
+
+def split_episodes(moments: Moments, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the anchor/probe pool and of the held-out moments."""
+    E = moments.states.n_episodes
+    n_held = max(1, int(round(E * heldout_fraction)))
+    if n_held >= E:
+        raise ValueError(f"{E} episode(s) cannot be split into a pool and a held-out set; use more episodes")
+    ep = moments.episode
+    return np.flatnonzero(ep < E - n_held), np.flatnonzero(ep >= E - n_held)
+
+
+def calibrate(source_run: str | Path, target_run: str | Path, out: str | Path, cfg: CalibConfig,
+              mcfg: MomentsConfig) -> tuple[Postcard, dict[str, Any]]:
+    """Fit W (source → target) on anchors, score it on held-out moments against controls, save a postcard."""
+    (enc_s, meta_s), (enc_t, meta_t) = load_agent(source_run), load_agent(target_run)
+    size = int(meta_s["encoder"]["img_size"])
+    if int(meta_t["encoder"]["img_size"]) != size:
+        raise ValueError("the two agents take different input sizes; calibrate agents with the same img_size")
+    moments = load_moments([meta_s["view"], meta_t["view"]], size, mcfg)
+    fs, ft = moments.frames[meta_s["view"]], moments.frames[meta_t["view"]]
+    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    rng = np.random.default_rng(cfg.anchor_seed)
+    if cfg.anchors > len(pool):
+        raise ValueError(f"{cfg.anchors} anchors requested but the pool holds {len(pool)} moments; "
+                         "lower --anchors or raise --episodes")
+    anchors = np.sort(rng.choice(pool, cfg.anchors, replace=False))
+    fit_cfg = FitConfig(estimator=cfg.estimator, ridge_alpha=cfg.ridge_alpha)
+    conditions = {
+        "trained": (latents_of(enc_s, fs), latents_of(enc_t, ft)),
+        "untrained": (latents_of(untrained_like(meta_s, 10_002), fs), latents_of(untrained_like(meta_t, 10_001), ft)),
+    }
+    report: dict[str, Any] = {"n_anchors": len(anchors), "n_heldout": len(held), "estimator": cfg.estimator}
+    lm = None
+    for name, (zs, zt) in conditions.items():
+        fitted = fit_map(zs[anchors], zt[anchors], fit_cfg)
+        report[name] = isomorphism_metrics(fitted.apply(zs[held]), zt[held], fitted.weight, center=fitted.target_mean)
+        lm = fitted if name == "trained" else lm
+    zs, zt = conditions["trained"]
+    null = permutation_null(zs[anchors], zt[anchors], zs[held], zt[held], fit_cfg, cfg.n_perm, rng)
+    report["shuffled"] = {k: float(np.mean(v)) for k, v in null.items()}
+    report["retrieval_chance"] = 1.0 / len(held)
+    postcard = Postcard.from_map(lm, name=Path(out).name.split(".")[0], source=agent_descriptor(meta_s),
+                                 target=agent_descriptor(meta_t), metrics=report)
+    save_postcard(out, postcard)
+    return postcard, report
+
+
+@dataclass
+class ProbeRunConfig:
+    tasks: tuple[str, ...] = ("position", "danger")  # simulator labels: object positions, danger zone
+
+
+def _task_targets(moments: Moments, task: str) -> tuple[str, np.ndarray, list[str]]:
+    if task == "position":
+        n = moments.positions.shape[1] // 2
+        return "regression", moments.positions, [f"obj{i}_{a}" for i in range(n) for a in "xy"]
+    if task == "danger":
+        return "classification", moments.danger, ["safe", "danger"]
+    raise ValueError(f"unknown probe task {task!r}; use position or danger")
+
+
+def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg: MomentsConfig
+                 ) -> tuple[list[Path], dict[str, Any]]:
+    """Fit each task's probe on the agent's pool latents; score held-out, beside an untrained encoder's."""
+    enc, meta = load_agent(run)
+    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg)
+    frames = moments.frames[meta["view"]]
+    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_003), frames)
+    agent = agent_descriptor(meta)
+    paths, report = [], {}
+    for task in cfg.tasks:
+        kind, y, labels = _task_targets(moments, task)
+        probe = fit_probe(z[pool], y[pool], kind, task, agent, labels=labels)
+        control = fit_probe(z0[pool], y[pool], kind, task, {**agent, "fingerprint": "untrained"}, labels=labels)
+        probe.metrics["heldout"] = evaluate_probe(probe, z[held], y[held])
+        probe.metrics["heldout_untrained_control"] = evaluate_probe(control, z0[held], y[held])
+        path = Path(out_dir) / f"{meta['name']}.{task}.probe.safetensors"
+        save_probe(path, probe)
+        paths.append(path)
+        report[task] = {"trained": primary_score(probe.metrics["heldout"], kind),
+                        "untrained": primary_score(probe.metrics["heldout_untrained_control"], kind)}
+    return paths, report
+
+
+def transfer_probes(probe_paths: list[Path], postcard_path: Path, run: str | Path, mcfg: MomentsConfig
+                    ) -> dict[str, Any]:
+    """probe_A ∘ W_BA on agent B (no gradient step) vs B's native probe and controls, held-out."""
+    enc, meta = load_agent(run)
+    postcard = load_postcard(postcard_path, expect_source_fingerprint=meta["fingerprint"])
+    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg)
+    frames = moments.frames[meta["view"]]
+    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_004), frames)
+    rng = np.random.default_rng(0)
+    report = {}
+    for path in probe_paths:
+        probe_a: Probe = load_probe(path, expect_agent_fingerprint=postcard.target_fingerprint)
+        kind, y, labels = _task_targets(moments, probe_a.name)
+        moved = transfer_probe(probe_a, postcard)
+        native = fit_probe(z[pool], y[pool], kind, probe_a.name, moved.agent, labels=labels)
+        native0 = fit_probe(z0[pool], y[pool], kind, probe_a.name, moved.agent, labels=labels)
+        scrambled = []  # control: the same W with its input dimensions shuffled (same spectrum, wrong pairing)
+        for _ in range(5):
+            perm = rng.permutation(z.shape[1])
+            scrambled.append(primary_score(evaluate_probe(moved, z[held][:, perm], y[held]), kind))
+        score = primary_score(evaluate_probe(moved, z[held], y[held]), kind)
+        nat = primary_score(evaluate_probe(native, z[held], y[held]), kind)
+        report[probe_a.name] = {
+            "task": kind, "transferred": score, "native": nat,
+            "untrained_native": primary_score(evaluate_probe(native0, z0[held], y[held]), kind),
+            "scrambled_W": float(np.mean(scrambled)),
+            "kept_fraction": _kept(score, nat, kind),
+        }
+    return report
+
+
+def _kept(transferred: float, native: float, kind: str) -> float | None:
+    """Fraction of the native score kept, measured above chance (0 for R², 0.5 balanced accuracy)."""
+    chance = 0.0 if kind == "regression" else 0.5
+    if native - chance <= 1e-6:
+        return None
+    return float((transferred - chance) / (native - chance))

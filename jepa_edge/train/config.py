@@ -1,0 +1,66 @@
+"""Run configuration for `jepa-edge train`: one dataclass per component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jepa_edge.train.jepa import JEPAConfig
+
+from jepa_edge.config import from_dict, to_dict
+from jepa_edge.world.sim import WorldConfig
+
+
+@dataclass
+class DataConfig:
+    view: str = "top"  # simulator view, or the camera name inside a recording folder
+    recording: str = ""  # "" = built-in simulator; else a folder of multi-camera video
+    img_size: int = 32  # frames are rendered / resized to img_size x img_size
+    n_episodes: int = 512  # simulated training episodes (pre-rendered once, ~12 MB at 32 px)
+    episode_len: int = 32  # steps per episode
+    eval_episodes: int = 64  # held-out episodes for the state probe (a different world seed)
+    world_seed: int = 0  # seed of the simulated world (the training episodes)
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimiser steps
+    batch_size: int = 64  # clips per step (per process under DDP)
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup: int = 50  # linear warm-up steps, then cosine decay to 0
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0  # model init and clip sampling
+    eval_every: int = 250  # state-probe evaluation period (steps)
+    ckpt_every: int = 250  # checkpoint period (steps)
+    log_every: int = 25
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast (CUDA only; CPU stays fp32)
+    compile: bool = False  # torch.compile the encoder (CUDA)
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+
+
+@dataclass
+class RunConfig:
+    name: str = "agent"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    jepa: JEPAConfig = field(default_factory=JEPAConfig)
+
+    def validate(self) -> None:
+        if self.train.steps < 1 or self.train.batch_size < 2:
+            raise ValueError("train.steps must be >= 1 and train.batch_size >= 2 (the regulariser needs a batch)")
+        if self.data.img_size != self.jepa.encoder.img_size:
+            raise ValueError(
+                f"data.img_size={self.data.img_size} but jepa.encoder.img_size={self.jepa.encoder.img_size}; "
+                "set both to the same value"
+            )
+        if self.data.episode_len < self.jepa.context_frames + self.jepa.horizon:
+            raise ValueError("data.episode_len is shorter than one training clip (context_frames + horizon)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return from_dict(cls, d)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)

@@ -1,0 +1,210 @@
+"""Small ViT encoder and JEPA predictor.
+
+The encoder takes what a camera gives, converted to float: BGR images,
+NCHW, values in [0, 255]. Normalisation happens inside the module so the
+PyTorch model and its exported ONNX graph see exactly the same input.
+
+``forward_features`` returns patch tokens (B, N, D); ``forward`` returns the
+global latent ``z`` (B, latent_dim) obtained by attention pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class EncoderConfig:
+    img_size: int = 32  # square input side, pixels
+    patch_size: int = 4  # 32/4 → 8x8 = 64 tokens: fine enough to localise small objects
+    in_chans: int = 3
+    embed_dim: int = 96  # token width
+    depth: int = 4  # transformer blocks
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    latent_dim: int = 64  # size of the global latent z exchanged through W
+    fused_attn: bool = True  # F.scaled_dot_product_attention; False = manual reference path
+
+    def validate(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+@dataclass
+class PredictorConfig:
+    embed_dim: int = 96  # predictor width
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    context_frames: int = 2  # frames t-k+1..t fed as context
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, fused_attn: bool = True, attn_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = fused_attn
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
+        p = self.attn_drop if self.training else 0.0
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+            attn = F.dropout(attn.softmax(dim=-1), p)
+            x = attn @ v  # (B, h, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, fused_attn: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, fused_attn)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding → (grid*grid, dim)."""
+    coords = torch.arange(grid, dtype=torch.float32)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))  # (dim/4,)
+    out = []
+    for c in (yy.flatten(), xx.flatten()):
+        angles = c[:, None] * omega[None]  # (N, dim/4)
+        out += [angles.sin(), angles.cos()]
+    emb = torch.cat(out, 1)  # (N, 4*(dim/4))
+    return F.pad(emb, (0, dim - emb.shape[1]))  # (N, dim)
+
+
+class AttentionPool(nn.Module):
+    """One learned query attends over tokens → a single vector."""
+
+    def __init__(self, dim: int, num_heads: int, out_dim: int, fused_attn: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.fused_attn = fused_attn
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self.query.expand(B, -1, -1).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, 1, hd)
+        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, h, N, hd)
+        k, v = kv.unbind(0)
+        if self.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1) @ v  # (B, h, 1, hd)
+        return self.out(o.reshape(B, C))  # (B, out_dim)
+
+
+class Encoder(nn.Module):
+    """ViT: images (B, 3, H, W) in [0, 255] → tokens (B, N, D) → z (B, latent_dim)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.patch_embed = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, cfg.patch_size)
+        grid = cfg.img_size // cfg.patch_size
+        self.register_buffer("pos_embed", sincos_pos_embed(D, grid)[None], persistent=False)  # (1, N, D)
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.fused_attn) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(D)
+        self.pool = AttentionPool(D, cfg.num_heads, cfg.latent_dim, cfg.fused_attn)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pool.query, std=0.02)
+
+    def set_fused_attn(self, fused: bool) -> None:
+        for m in self.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = fused
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - 127.5) / 64.0  # (B, 3, H, W) roughly zero-mean, unit-ish scale
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)  # (B, N, D)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(images))  # (B, latent_dim)
+
+
+class Predictor(nn.Module):
+    """Context tokens of k frames → predicted tokens (and z) of the next frame."""
+
+    def __init__(self, enc: EncoderConfig, cfg: PredictorConfig):
+        super().__init__()
+        self.cfg = cfg
+        P, D = cfg.embed_dim, enc.embed_dim
+        self.k = cfg.context_frames
+        self.embed = nn.Linear(D, P)
+        grid = enc.img_size // enc.patch_size
+        self.register_buffer("pos_embed", sincos_pos_embed(P, grid)[None, None], persistent=False)  # (1, 1, N, P)
+        self.frame_embed = nn.Parameter(torch.zeros(1, self.k, 1, P))
+        self.blocks = nn.ModuleList(Block(P, cfg.num_heads, cfg.mlp_ratio, enc.fused_attn) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(P)
+        self.out = nn.Linear(P, D)
+        self.z_head = nn.Sequential(nn.Linear(self.k * enc.latent_dim, 2 * enc.latent_dim), nn.GELU(),
+                                    nn.Linear(2 * enc.latent_dim, enc.latent_dim))
+        nn.init.trunc_normal_(self.frame_embed, std=0.02)
+
+    def forward(self, ctx_tokens: torch.Tensor, ctx_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ctx_tokens (B, k, N, D), ctx_z (B, k, Z) → (pred tokens (B, N, D), pred z (B, Z))."""
+        B, k, N, D = ctx_tokens.shape
+        x = self.embed(ctx_tokens) + self.pos_embed + self.frame_embed  # (B, k, N, P)
+        x = x.reshape(B, k * N, -1)  # (B, k*N, P)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x).reshape(B, k, N, -1)[:, -1]  # (B, N, P) outputs at the last frame's slots
+        z = self.z_head(ctx_z.reshape(B, -1))  # (B, Z)
+        return self.out(x), z

@@ -1,0 +1,140 @@
+"""`jepa-edge reproduce`: the paper's experiment on the built-in simulator.
+
+Trains (or reuses) agent A on one view and agent B on another, each on its own
+simulated episodes, plus a control agent trained on a *different world*;
+renders a fresh set of paired moments; hands every latent, with untrained
+encoders as controls, to the numpy study (``jepa_edge.calib.study``); writes
+the report, a postcard W_BA and agent A's probes for export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from jepa_edge.calib.fit import FitConfig, fit_map
+from jepa_edge.calib.postcard import Postcard, save_postcard
+from jepa_edge.calib.probes import fit_probe, save_probe
+from jepa_edge.calib.study import StudyConfig, StudyInputs, run_study, write_report
+from jepa_edge.config import from_dict, to_dict
+from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
+from jepa_edge.train.config import RunConfig
+from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.train.loop import train
+
+
+@dataclass
+class ReproduceConfig:
+    view_a: str = "top"  # agent A (W's target; its probes get transferred)
+    view_b: str = "oblique"  # agent B (W's source; receives A's probes zero-shot)
+    steps: int = 0  # training steps per agent (0 = RunConfig default)
+    seed_a: int = 1  # model seeds: the agents share nothing but the world's physics
+    seed_b: int = 2
+    world_seed_a: int = 0  # each agent trains on its own simulated episodes
+    world_seed_b: int = 1
+    other_world: bool = True  # also train the different-world control agent (costs one more run)
+    anchor_episodes: int = 96  # paired moments for W and its evaluation: 96 x 32 = 3072
+    anchor_steps: int = 32
+    anchor_seed: int = 4242  # a world neither agent trained on
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides shared by all agents
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+
+OTHER_WORLD = {"radius": [0.06, 0.13, 0.09], "speed": 0.03, "max_speed": 0.05, "dynamics_noise": 0.012}
+
+
+def _agent_config(cfg: ReproduceConfig, name: str, view: str, seed: int, world_seed: int,
+                  world: dict | None = None) -> RunConfig:
+    d = to_dict(RunConfig())
+    d = _merge(d, cfg.run)
+    d["name"] = name
+    d["data"].update(view=view, world_seed=world_seed)
+    if world:
+        d["data"]["world"] = _merge(d["data"]["world"], world)
+    d["train"]["seed"] = seed
+    if cfg.steps:
+        d["train"]["steps"] = cfg.steps
+    return from_dict(RunConfig, d)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console) -> None:
+    """Train ``out`` unless it already holds this exact finished run; resume an interrupted one."""
+    try:
+        meta = load_agent_meta(out)
+        if from_dict(RunConfig, meta["run"]) == run_cfg and meta["step"] == run_cfg.train.steps:
+            console.print(f"reusing {out} (step {meta['step']})")
+            return
+    except CheckpointError:
+        pass
+    resume = (out / "train_state.json").is_file()
+    train(run_cfg, out, resume=resume, progress=progress)
+
+
+def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    console = Console(stderr=True)
+    runs = out_dir / "runs"
+
+    # ---- agents
+    cfg_a = _agent_config(cfg, "agentA", cfg.view_a, cfg.seed_a, cfg.world_seed_a)
+    cfg_b = _agent_config(cfg, "agentB", cfg.view_b, cfg.seed_b, cfg.world_seed_b)
+    ensure_agent(cfg_a, runs / "agentA", progress, console)
+    ensure_agent(cfg_b, runs / "agentB", progress, console)
+    if cfg.other_world:
+        cfg_c = _agent_config(cfg, "agentC_otherworld", cfg.view_b, cfg.seed_b + 100, cfg.world_seed_b + 100,
+                              OTHER_WORLD)
+        ensure_agent(cfg_c, runs / "agentC_otherworld", progress, console)
+    (enc_a, meta_a), (enc_b, meta_b) = load_agent(runs / "agentA"), load_agent(runs / "agentB")
+
+    # ---- paired moments and latents
+    size = cfg_a.data.img_size
+    moments = world_moments([cfg.view_a, cfg.view_b], cfg.anchor_episodes, cfg.anchor_steps, size, cfg.anchor_seed,
+                            cfg_a.data.world)
+    fa, fb = moments.frames[cfg.view_a], moments.frames[cfg.view_b]
+    inputs = StudyInputs(
+        target=latents_of(enc_a, fa), source=latents_of(enc_b, fb),
+        positions=moments.positions, danger=moments.danger, episode=moments.episode,
+        target_agent=agent_descriptor(meta_a), source_agent=agent_descriptor(meta_b),
+        target_untrained=latents_of(untrained_like(meta_a, 10_001), fa),
+        source_untrained=latents_of(untrained_like(meta_b, 10_002), fb),
+        other_world=latents_of(load_agent(runs / "agentC_otherworld")[0], fb) if cfg.other_world else None,
+        position_labels=[f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"],
+    )
+    console.print("running the study (W estimators, controls, anchor sweep, probe transfer)…")
+    results = run_study(inputs, cfg.study)
+    results["agents"] = {"A": {"run": str(runs / "agentA"), "metrics": meta_a.get("metrics"),
+                               "untrained_metrics": meta_a.get("untrained_metrics")},
+                         "B": {"run": str(runs / "agentB"), "metrics": meta_b.get("metrics"),
+                               "untrained_metrics": meta_b.get("untrained_metrics")}}
+    results["config"] = to_dict(cfg)
+    write_report(results, out_dir)
+
+    # ---- artifacts for export: W_BA on all anchors + agent A's probes
+    write_artifacts(inputs, cfg.study, out_dir)
+    return results
+
+
+def write_artifacts(inputs: StudyInputs, study: StudyConfig, out_dir: Path) -> dict[str, Path]:
+    lm = fit_map(inputs.source, inputs.target, FitConfig(estimator=study.primary_estimator,
+                                                          ridge_alpha=study.ridge_alpha))
+    postcard = Postcard.from_map(lm, name="W_BA", source=inputs.source_agent, target=inputs.target_agent)
+    paths = {"postcard": out_dir / "W_BA.postcard.safetensors"}
+    save_postcard(paths["postcard"], postcard)
+    for task, y, kind, labels in (("position", inputs.positions, "regression", inputs.position_labels),
+                                  ("danger", inputs.danger, "classification", ["safe", "danger"])):
+        probe = fit_probe(inputs.target, y, kind, task, inputs.target_agent, labels=labels)
+        paths[task] = out_dir / "probes" / f"agentA.{task}.probe.safetensors"
+        save_probe(paths[task], probe)
+    np.save(out_dir / "anchor_episode.npy", inputs.episode)
+    return paths

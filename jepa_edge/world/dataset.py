@@ -1,0 +1,372 @@
+"""Read recordings back, and hand one view's frames to the trainer.
+
+``load_recording(path)`` accepts two kinds of folder:
+
+* a simulator recording written by ``record.write_recording``
+  (``recording.json`` + one video per view + ``states.npz``): frames come
+  back as (E, T, S, S, 3) using the back-to-back episode layout, states as
+  ``WorldStates``;
+* a real robot recording: a folder of video files, one per camera
+  (``.mp4 .avi .mkv .mov``), no ``recording.json``, no states. The view
+  name is the file stem; the whole video is one episode, so frames are
+  (1, T, H, W, 3); cameras of different lengths are cut to the shortest
+  (the *end* is dropped, so frame ``i`` stays frame ``i``) with a warning.
+
+``ViewData`` is what training consumes: one view's frames (E, T, S, S, 3)
+uint8 BGR plus ground truth when there is any, from the simulator or from
+a recording, through one type.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jepa_edge.config import from_dict
+from jepa_edge.world.record import RECORDING_FORMAT, RECORDING_JSON, RECORDING_VERSION, RecordingError
+from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
+from jepa_edge.world.views import render
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
+_STATE_KEYS = ("positions", "velocities", "danger", "radius", "episode_index", "step_index")
+_META_KEYS = ("views", "files", "size", "fps", "n_episodes", "n_steps", "codec", "states")
+
+
+def _resize(frame: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or frame.shape[:2] == (size, size):
+        return frame
+    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)  # non-square input is squashed
+
+
+def _read_video(path: Path, resize: int | None) -> tuple[np.ndarray, tuple[int, int], float | None]:
+    """Decode every frame → ((N, H', W', 3) uint8 BGR, native (H, W), fps or None); resized frame by frame."""
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    cap = cv2.VideoCapture(str(path))
+    frames, native = [], None
+    try:
+        if not cap.isOpened():
+            raise RecordingError(
+                f"cannot open video {path}: OpenCV found no decoder for it (corrupt, empty or an "
+                "unsupported codec); re-encode it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`"
+            )
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            if native is None:
+                native = frame.shape[:2]
+            elif frame.shape[:2] != native:
+                raise RecordingError(f"video {path} changes frame size mid-stream ({native} → {frame.shape[:2]})")
+            frames.append(_resize(frame, resize))
+    finally:
+        cap.release()
+    if not frames:
+        raise RecordingError(
+            f"video {path} holds no decodable frames (corrupt or truncated file); re-record or re-encode it"
+        )
+    return np.stack(frames), native, (fps if fps > 0 else None)
+
+
+def read_video(path: str | Path, resize: int | None = None) -> np.ndarray:
+    """All frames of one video file → (N, H, W, 3) uint8 BGR (``resize``: square side, INTER_AREA)."""
+    return _read_video(Path(path), resize)[0]
+
+
+@dataclass
+class Recording:
+    frames: dict[str, np.ndarray]  # view → (E, T, H, W, 3) uint8 BGR
+    states: WorldStates | None  # ground truth (E, T, ...), None for real-robot recordings
+    meta: dict  # recording.json, or what the loader knows about a plain video folder
+    path: Path  # the folder it was loaded from
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.frames)
+
+    @property
+    def n_episodes(self) -> int:
+        return next(iter(self.frames.values())).shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return next(iter(self.frames.values())).shape[1]
+
+    @property
+    def source(self) -> str:
+        return self.meta.get("source", "recording")
+
+    def view(self, name: str) -> np.ndarray:
+        if name not in self.frames:
+            raise KeyError(f"view {name!r} is not loaded from {self.path}; loaded views: {self.views}")
+        return self.frames[name]
+
+    def world_config(self) -> WorldConfig | None:
+        world = self.meta.get("world")
+        return None if world is None else from_dict(WorldConfig, world)
+
+
+def _pick_views(available: list[str], views: list[str] | None, where: Path) -> list[str]:
+    if views is None:
+        return available
+    missing = [v for v in views if v not in available]
+    if missing:
+        raise RecordingError(f"view(s) {missing} not in recording {where}; available views: {available}")
+    return list(dict.fromkeys(views))
+
+
+def load_recording(path: str | Path, views: list[str] | None = None, resize: int | None = None) -> Recording:
+    """Load a recording folder (simulator or real robot, see module doc).
+
+    ``views`` limits which videos are decoded (default: all). ``resize``
+    resizes every frame to ``resize`` × ``resize`` on load (cv2.INTER_AREA;
+    non-square camera frames are squashed, not cropped).
+    """
+    path = Path(path)
+    if path.is_file() and path.name == RECORDING_JSON:
+        path = path.parent
+    if not path.exists():
+        raise FileNotFoundError(f"recording folder {path} does not exist")
+    if not path.is_dir():
+        raise RecordingError(f"{path} is a file; pass the recording folder that holds it")
+    if resize is not None and (not isinstance(resize, int) or resize < 1):
+        raise RecordingError(f"resize must be a positive int (square side in pixels), got {resize!r}")
+    if (path / RECORDING_JSON).is_file():
+        return _load_simulated(path, views, resize)
+    return _load_video_folder(path, views, resize)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / RECORDING_JSON).read_text())
+    except json.JSONDecodeError as e:
+        raise RecordingError(f"{path / RECORDING_JSON} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != RECORDING_FORMAT:
+        raise RecordingError(f"{path / RECORDING_JSON} is not a {RECORDING_FORMAT!r} file")
+    if not isinstance(meta.get("version"), int) or meta["version"] > RECORDING_VERSION:
+        raise RecordingError(
+            f"{path / RECORDING_JSON} has version {meta.get('version')!r}; this jepa-edge reads up to "
+            f"version {RECORDING_VERSION}: upgrade jepa-edge"
+        )
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise RecordingError(f"{path / RECORDING_JSON} lacks {missing}")
+    return meta
+
+
+def _member(name: object, path: Path) -> str:
+    """A file name from recording.json: a plain name inside the folder, nothing else."""
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise RecordingError(f"{path / RECORDING_JSON} names file {name!r}; expected a plain file name in {path}")
+    return name
+
+
+def _load_simulated(path: Path, views: list[str] | None, resize: int | None) -> Recording:
+    meta = _read_meta(path)
+    E, T, S = int(meta["n_episodes"]), int(meta["n_steps"]), int(meta["size"])
+    frames = {}
+    for view in _pick_views(list(meta["views"]), views, path):
+        file = path / _member(meta["files"].get(view), path)
+        video, native, _ = _read_video(file, resize)  # (E*T, S', S', 3)
+        if native != (S, S):
+            raise RecordingError(
+                f"{file} has {native[1]}x{native[0]} frames but recording.json says size {S}; "
+                "the video was replaced or the metadata edited"
+            )
+        if len(video) != E * T:
+            raise RecordingError(
+                f"{file} holds {len(video)} frames; recording.json says {E} episodes x {T} steps = {E * T}"
+            )
+        frames[view] = video.reshape(E, T, *video.shape[1:])  # (E, T, S', S', 3)
+    states = None if meta["states"] is None else _load_states(path / _member(meta["states"], path), E, T)
+    return Recording(frames, states, meta, path)
+
+
+def _load_states(file: Path, E: int, T: int) -> WorldStates:
+    """states.npz (flat back-to-back layout) → WorldStates (E, T, ...); never unpickles."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is named in recording.json but missing")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in _STATE_KEYS if key in npz.files}
+            names = sorted(npz.files)
+    except ValueError as e:  # numpy's refusal to unpickle: an object array, or not an .npz at all
+        raise RecordingError(
+            f"{file} holds pickled data (an object array) or is not a numpy archive; refusing to unpickle ({e})"
+        ) from e
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise RecordingError(f"{file} is not a readable .npz archive ({e})") from e
+    missing = [k for k in _STATE_KEYS if k not in arrays]
+    if missing:
+        raise RecordingError(f"{file} lacks arrays {missing}; it has {names}")
+    for key, a in arrays.items():
+        if a.dtype.kind not in "fiu":
+            raise RecordingError(f"{file}: array {key!r} has dtype {a.dtype}, expected a numeric array")
+    n = arrays["radius"].shape[0] if arrays["radius"].ndim == 1 else -1
+    expected = {
+        "positions": (E * T, n, 2),
+        "velocities": (E * T, n, 2),
+        "danger": (E * T,),
+        "radius": (n,),
+        "episode_index": (E * T,),
+        "step_index": (E * T,),
+    }
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise RecordingError(
+                f"{file}: {key} has shape {arrays[key].shape}, expected {shape} for {E} episodes x {T} steps "
+                f"of {n} objects; states and videos do not belong together"
+            )
+    if not (
+        np.array_equal(arrays["episode_index"], np.repeat(np.arange(E), T))
+        and np.array_equal(arrays["step_index"], np.tile(np.arange(T), E))
+    ):
+        raise RecordingError(f"{file}: episode_index/step_index are not the back-to-back layout of {E}x{T}")
+    return WorldStates.from_arrays(
+        {
+            "positions": arrays["positions"].reshape(E, T, n, 2),
+            "velocities": arrays["velocities"].reshape(E, T, n, 2),
+            "danger": arrays["danger"].reshape(E, T),
+            "radius": arrays["radius"],
+        }
+    )
+
+
+def _load_video_folder(path: Path, views: list[str] | None, resize: int | None) -> Recording:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise RecordingError(
+            f"{path} has no {RECORDING_JSON} and no video files ({', '.join(VIDEO_EXTENSIONS)}); "
+            f"found {found}. Put one video per camera in the folder"
+        )
+    by_view: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_view:
+            raise RecordingError(f"two videos for camera {f.stem!r}: {by_view[f.stem].name} and {f.name}; keep one")
+        by_view[f.stem] = f
+    frames, sizes, lengths, fps = {}, {}, {}, {}
+    for view in _pick_views(list(by_view), views, path):
+        video, native, fps[view] = _read_video(by_view[view], resize)  # (N, H, W, 3)
+        frames[view], sizes[view], lengths[view] = video, list(native), len(video)
+    T = min(lengths.values())
+    if len(set(lengths.values())) > 1:
+        warnings.warn(
+            f"cameras in {path} have different lengths {lengths}; truncating all to the shortest ({T} frames, "
+            "dropping the ends)",
+            stacklevel=3,
+        )
+    frames = {v: f[None, :T] for v, f in frames.items()}  # (1, T, H, W, 3)
+    meta = {
+        "format": RECORDING_FORMAT,
+        "version": RECORDING_VERSION,
+        "source": "video-folder",
+        "views": list(frames),
+        "files": {v: by_view[v].name for v in frames},
+        "frame_sizes": sizes,  # native (H, W) per camera, before resize
+        "frame_counts": lengths,  # before truncation
+        "size": resize,
+        "fps": fps,
+        "n_episodes": 1,
+        "n_steps": T,
+        "codec": None,
+        "world": None,
+        "seed": None,
+        "states": None,
+    }
+    return Recording(frames, None, meta, path)
+
+
+@dataclass
+class ViewData:
+    """One view's frames for training, from the simulator or from a recording."""
+
+    frames: np.ndarray  # (E, T, S, S, 3) uint8 BGR
+    states: WorldStates | None  # ground truth (E, T, ...) or None (real robot)
+    view: str  # view name (simulator view, or camera file stem)
+    source: str  # human-readable provenance, e.g. "simulator(seed=0, ...)" or "recording /path/top.avi"
+
+    def __post_init__(self) -> None:
+        f = self.frames
+        if f.ndim != 5 or f.shape[-1] != 3 or f.dtype != np.uint8 or f.shape[2] != f.shape[3]:
+            raise ValueError(
+                f"ViewData.frames must be (E, T, S, S, 3) uint8, got {f.dtype} {f.shape}; "
+                "pass size=S to resize non-square camera frames"
+            )
+        if self.states is not None and self.states.positions.shape[:2] != f.shape[:2]:
+            raise ValueError(
+                f"ViewData: states cover {self.states.positions.shape[:2]} (E, T) but frames {f.shape[:2]}"
+            )
+
+    @property
+    def n_episodes(self) -> int:
+        return self.frames.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.frames.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.frames.shape[2]
+
+    @classmethod
+    def from_simulator(
+        cls, world_cfg: WorldConfig, view: str, n_episodes: int, n_steps: int, size: int = 32, seed: int = 0
+    ) -> ViewData:
+        """Simulate with ``seed`` and render ``view`` with the same seed (as ``simulate_recording`` does)."""
+        states = simulate(world_cfg, n_episodes, n_steps, seed)
+        frames = render(states, view, size=size, seed=seed)  # (E, T, S, S, 3)
+        return cls(frames, states, view, f"simulator(view={view}, episodes={n_episodes}, steps={n_steps}, seed={seed})")
+
+    @classmethod
+    def from_recording(cls, path: str | Path, view: str, size: int | None = None) -> ViewData:
+        """One view of a recording folder; ``size`` resizes on load (required for non-square cameras)."""
+        rec = load_recording(path, views=[view], resize=size)
+        return cls(rec.frames[view], rec.states, view, f"recording {Path(path) / rec.meta['files'][view]}")
+
+
+def make_view_dataset(
+    view: str,
+    size: int | None = 32,
+    *,
+    recording: str | Path | None = None,
+    world: WorldConfig | None = None,
+    n_episodes: int | None = None,
+    n_steps: int | None = None,
+    seed: int | None = None,
+) -> ViewData:
+    """Frames of one view for training: from ``recording`` when given, else from the simulator.
+
+    Simulator defaults: ``WorldConfig()``, 8 episodes x 64 steps, seed 0. With a
+    recording those simulator arguments must stay unset (they would be
+    ignored otherwise); ``size=None`` keeps the recording's native size.
+    """
+    if recording is not None:
+        given = [
+            k
+            for k, v in {"world": world, "n_episodes": n_episodes, "n_steps": n_steps, "seed": seed}.items()
+            if v is not None
+        ]
+        if given:
+            raise ValueError(f"make_view_dataset: {given} describe a simulator run; a recording fixes them, drop them")
+        return ViewData.from_recording(recording, view, size)
+    if size is None:
+        raise ValueError("make_view_dataset: the simulator needs a frame size; pass size=32 (or another even int)")
+    return ViewData.from_simulator(
+        world or WorldConfig(),
+        view,
+        8 if n_episodes is None else n_episodes,
+        64 if n_steps is None else n_steps,
+        size,
+        0 if seed is None else seed,
+    )

@@ -1,0 +1,275 @@
+"""Write multi-camera recordings: one video file per view plus ground truth.
+
+A recording folder (format ``jepa-edge/recording``, version 1)::
+
+  recording.json   metadata, written last and atomically: its presence marks a complete recording
+  <view>.avi       one video per view (``.avi`` for MJPG, ``.mp4`` for mp4v, ``.mkv`` for lossless FFV1)
+  states.npz       ground truth (plain arrays, never pickle)
+
+Layout: **one video per view holding all episodes back-to-back**. Frame ``i``
+of every video is episode ``i // n_steps``, step ``i % n_steps``; all views
+are frame-synchronous. ``states.npz`` uses the same flat time axis:
+
+  positions      (E*T, n, 2) float32
+  velocities     (E*T, n, 2) float32
+  danger         (E*T,)      int64
+  radius         (n,)        float32
+  episode_index  (E*T,)      int64   = i // n_steps
+  step_index     (E*T,)      int64   = i %  n_steps
+
+A real robot produces the same thing minus ``recording.json`` and
+``states.npz``: a folder of one video per camera (see ``dataset.load_recording``).
+
+Frames are rendered with ``render(states, view, size, seed=seed)``, so
+``ViewData.from_simulator`` with the same seed yields exactly the frames that
+were encoded (before MJPG/mp4v compression; FFV1 is lossless).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jepa_edge.config import to_dict
+from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
+from jepa_edge.world.views import get_view, render
+
+RECORDING_FORMAT = "jepa-edge/recording"
+RECORDING_VERSION = 1
+RECORDING_JSON = "recording.json"
+STATES_NPZ = "states.npz"
+
+
+class RecordingError(ValueError):
+    """A recording (or one of its videos) cannot be written or read as asked."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    fourcc: str  # four-character code passed to cv2.VideoWriter_fourcc
+    extension: str  # container the FFmpeg backend picks from the file name
+    lossless: bool  # True: decoded frames equal the written ones bit for bit
+
+
+CODECS: dict[str, Codec] = {
+    "MJPG": Codec("MJPG", ".avi", False),  # default: readable everywhere, cheap to decode
+    "mp4v": Codec("mp4v", ".mp4", False),  # smaller files, inter-frame compression
+    "FFV1": Codec("FFV1", ".mkv", True),  # lossless; larger files
+}
+
+
+def _check_codec(codec: str) -> Codec:
+    if codec not in CODECS:
+        raise RecordingError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    return CODECS[codec]
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary sibling of ``path``, then ``os.replace`` it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    _atomic_write_bytes(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "MJPG") -> Path:
+    """Write ``frames`` (N, H, W, 3) uint8 BGR to ``path`` with OpenCV; returns ``path``.
+
+    ``codec`` is any FourCC the local OpenCV/FFmpeg build can encode into the
+    container named by the suffix of ``path`` (``CODECS`` lists the tested
+    pairs). The file is written under a temporary name and ``os.replace``d,
+    then reopened to check its frame count and size.
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise RecordingError(
+            f"write_video wants non-empty (N, H, W, 3) uint8 BGR frames, got {frames.dtype} {frames.shape}"
+        )
+    n, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise RecordingError(
+            f"frame size {w}x{h} is odd: OpenCV's FFmpeg writer silently crops odd sizes to even; use an even size"
+        )
+    if not fps > 0:
+        raise RecordingError(f"fps must be > 0, got {fps}")
+    if len(codec) != 4:
+        raise RecordingError(f"codec {codec!r} is not a four-character FourCC such as {sorted(CODECS)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # keep the suffix: it picks the container
+    try:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h), True)
+        if not writer.isOpened():
+            raise RecordingError(
+                f"OpenCV could not open a video writer for codec {codec!r} in a {path.suffix!r} file "
+                f"({path}); this OpenCV build lacks that encoder/container pair. "
+                f"Tested pairs: {', '.join(f'{c.fourcc}{c.extension}' for c in CODECS.values())}"
+            )
+        try:
+            for frame in frames:
+                writer.write(np.ascontiguousarray(frame))
+        finally:
+            writer.release()
+        _check_written(tmp, path, n, h, w)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_written(tmp: Path, path: Path, n: int, h: int, w: int) -> None:
+    """Reopen a fresh video and compare its header with what was written (no decoding)."""
+    cap = cv2.VideoCapture(str(tmp))
+    try:
+        if not cap.isOpened():
+            raise RecordingError(f"the video just written to {path} cannot be reopened by OpenCV")
+        got_w, got_h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        got_n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    if (got_w, got_h) != (w, h) or (got_n > 0 and got_n != n):
+        raise RecordingError(
+            f"writing {path} went wrong: wrote {n} frames of {w}x{h}, the file holds {got_n} of "
+            f"{got_w}x{got_h}; try another codec"
+        )
+
+
+def _flat_states(states: WorldStates) -> dict[str, np.ndarray]:
+    """(E, T, ...) ground truth → the flat back-to-back arrays of ``states.npz``."""
+    E, T, n, _ = states.positions.shape
+    return {
+        "positions": np.ascontiguousarray(states.positions, np.float32).reshape(E * T, n, 2),
+        "velocities": np.ascontiguousarray(states.velocities, np.float32).reshape(E * T, n, 2),
+        "danger": np.ascontiguousarray(states.danger, np.int64).reshape(E * T),
+        "radius": np.ascontiguousarray(states.radius, np.float32).reshape(n),
+        "episode_index": np.repeat(np.arange(E, dtype=np.int64), T),  # (E*T,)
+        "step_index": np.tile(np.arange(T, dtype=np.int64), E),  # (E*T,)
+    }
+
+
+def _check_states(states: WorldStates) -> None:
+    p = states.positions
+    if p.ndim != 4 or p.shape[-1] != 2 or p.shape[0] < 1 or p.shape[1] < 1:
+        raise RecordingError(f"states.positions must be (E, T, n, 2) with E, T >= 1, got {p.shape}")
+    E, T, n, _ = p.shape
+    if states.velocities.shape != p.shape:
+        raise RecordingError(f"states.velocities {states.velocities.shape} != positions {p.shape}")
+    if states.danger.shape != (E, T):
+        raise RecordingError(f"states.danger must be (E, T) = {(E, T)}, got {states.danger.shape}")
+    if states.radius.shape != (n,):
+        raise RecordingError(f"states.radius must be (n,) = {(n,)}, got {states.radius.shape}")
+
+
+def _versions() -> dict[str, str]:
+    try:
+        jepa_version = metadata.version("jepa-edge")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not pip-installed
+        jepa_version = "unknown"
+    return {"jepa_edge": jepa_version, "opencv": cv2.__version__, "numpy": np.__version__}
+
+
+def write_recording(
+    out_dir: str | Path,
+    states: WorldStates,
+    views: list[str],
+    size: int = 32,
+    fps: float = 30.0,
+    seed: int = 0,
+    codec: str = "MJPG",
+    world_config: WorldConfig | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Render ``states`` from every view in ``views`` and write a recording folder.
+
+    ``seed`` is the sensor-noise seed given to ``render``. ``world_config`` is
+    stored in ``recording.json`` when given (``null`` otherwise). An existing
+    recording in ``out_dir`` is refused unless ``overwrite``. Returns ``out_dir``.
+    """
+    out = Path(out_dir)
+    spec = _check_codec(codec)
+    views = list(views)
+    if not views or len(set(views)) != len(views):
+        raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
+    for v in views:
+        get_view(v)  # unknown view → ValueError listing the valid ones
+    if not isinstance(size, int) or size < 2 or size % 2:
+        raise RecordingError(f"size must be an even int >= 2 (video encoders need even sizes), got {size!r}")
+    _check_states(states)
+    if world_config is not None:
+        world_config.validate()
+    meta_path = out / RECORDING_JSON
+    if meta_path.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a recording; pass overwrite=True or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # a crash below must not leave a stale "complete" marker
+
+    files = {}
+    for view in views:
+        frames = render(states, view, size=size, seed=seed)  # (E, T, S, S, 3)
+        files[view] = f"{view}{spec.extension}"
+        write_video(out / files[view], frames.reshape(-1, size, size, 3), fps=fps, codec=spec.fourcc)
+    flat = _flat_states(states)
+    _atomic_write_bytes(out / STATES_NPZ, lambda f: np.savez(f, **flat))
+
+    meta = {
+        "format": RECORDING_FORMAT,
+        "version": RECORDING_VERSION,
+        "layout": "episodes-back-to-back",
+        "views": views,
+        "files": files,
+        "size": size,
+        "fps": float(fps),
+        "n_episodes": states.n_episodes,
+        "n_steps": states.n_steps,
+        "n_objects": int(states.positions.shape[2]),
+        "codec": codec,
+        "lossless": spec.lossless,
+        "seed": int(seed),
+        "world": None if world_config is None else to_dict(world_config),
+        "states": STATES_NPZ,
+        "versions": _versions(),
+    }
+    write_json_atomic(meta_path, meta)
+    return out
+
+
+def simulate_recording(
+    out_dir: str | Path,
+    world_config: WorldConfig | None = None,
+    n_episodes: int = 8,
+    n_steps: int = 64,
+    views: list[str] | tuple[str, ...] = ("top", "oblique"),
+    size: int = 32,
+    seed: int = 0,
+    fps: float = 30.0,
+    codec: str = "MJPG",
+    overwrite: bool = False,
+) -> Path:
+    """Simulate ``n_episodes`` × ``n_steps`` with ``seed`` and record them (same seed for render noise)."""
+    cfg = world_config or WorldConfig()
+    states = simulate(cfg, n_episodes, n_steps, seed)
+    return write_recording(
+        out_dir,
+        states,
+        list(views),
+        size=size,
+        fps=fps,
+        seed=seed,
+        codec=codec,
+        world_config=cfg,
+        overwrite=overwrite,
+    )

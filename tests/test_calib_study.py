@@ -1,0 +1,104 @@
+"""run_study on synthetic latents: a planted linear relation beats random controls."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jepa_edge.calib.probes import ProbeConfig
+from jepa_edge.calib.study import StudyConfig, StudyError, StudyInputs, render_report, run_study, write_report
+from jepa_edge.config import from_dict, to_dict
+
+SMALL = StudyConfig(anchor_counts=(10, 30, 100, 300), sweep_repeats=1, n_perm=3, n_anchors=300, max_eval=150,
+                    pca_points=100, probe=ProbeConfig(alphas=(1e-3, 1e-1), max_iter=150))
+
+
+def _world(rng, episodes=12, steps=40, d=12, related=True, controls=True):
+    """Ground truth moves smoothly; A's latents are a nonlinear readout of it; B = linear map of A + noise."""
+    m = episodes * steps
+    positions = np.cumsum(rng.normal(scale=0.1, size=(episodes, steps, 4)), 1).reshape(m, 4)  # (M, 2n)
+    features = np.concatenate([positions, np.sin(2 * positions)], 1)  # (M, 8)
+    target = features @ rng.normal(size=(8, d)) + 0.05 * rng.normal(size=(m, d))
+    source = target @ rng.normal(size=(d, d)) / 3 + 0.05 * rng.normal(size=(m, d)) if related \
+        else rng.normal(size=(m, d))
+    noise = (lambda: rng.normal(size=(m, d))) if controls else (lambda: None)
+    return StudyInputs(
+        target=target, source=source, positions=positions, danger=(positions[:, 0] > 0).astype(int),
+        episode=np.repeat(np.arange(episodes), steps),
+        target_agent={"name": "agentA", "view": "top", "fingerprint": "a" * 64},
+        source_agent={"name": "agentB", "view": "oblique", "fingerprint": "b" * 64},
+        target_untrained=noise(), source_untrained=noise(), other_world=noise(),
+    )
+
+
+def test_trained_pair_beats_every_control_and_report_is_written(tmp_path):
+    res = run_study(_world(np.random.default_rng(0)), SMALL)
+    ridge = res["estimators"]["ridge"]
+    chance = ridge["trained"]["retrieval_chance"]
+    assert ridge["trained"]["retrieval_top1"] > 0.5
+    for control in ("untrained", "other_world"):
+        assert ridge[control]["retrieval_top1"] < 0.1
+        assert res["similarity"][control]["cka"] < res["similarity"]["trained"]["cka"] - 0.3
+    assert ridge["shuffled"]["retrieval_top1"]["mean"] < 10 * chance
+    assert res["similarity"]["trained"]["cka"] > 0.8
+    pos = ridge["trained"]["probes"]["position"]
+    assert pos["native_on_source"] > 0.8 and pos["kept"] > 0.9
+    assert ridge["untrained"]["probes"]["position"]["transferred"] < 0.2
+    v = res["verdicts"]
+    assert v["retrieval"]["pass"] and v["probe_keep"]["pass"]
+    assert v["retrieval"]["margin"] == pytest.approx(v["retrieval"]["trained"] - max(v["retrieval"]["controls"].values()))
+    assert res["sweep"]["counts"] == [10, 30, 100, 300]
+    assert res["sweep"]["errors"] == []  # ridge and procrustes fit any anchor count
+    sweep = res["sweep"]["ridge"]
+    assert sweep["trained"]["retrieval_top1"]["mean"][-1] > sweep["trained"]["retrieval_top1"]["mean"][0]
+    paths = write_report(res, tmp_path / "report")
+    names = sorted(p.name for p in paths)
+    assert names == ["anchor_sweep.png", "controls.png", "pca.png", "report.md", "results.json"]
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert loaded["verdicts"]["retrieval"]["pass"] is True
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "beats every control by at least 0.20: **yes**" in md
+    assert "different world" in md and "shuffled anchors" in md
+    assert render_report(loaded) == md  # the report can be rebuilt from results.json alone
+
+
+def test_verdicts_follow_the_numbers_and_thresholds():
+    res = run_study(_world(np.random.default_rng(1), related=False), SMALL)  # B unrelated to A
+    v = res["verdicts"]
+    assert not v["retrieval"]["pass"] and not v["probe_keep"]["pass"]
+    assert "**no**" in render_report(res)
+    strict = from_dict(StudyConfig, {**to_dict(SMALL), "retrieval_margin": 1.01, "estimators": ["ridge"]})
+    res = run_study(_world(np.random.default_rng(0)), strict)  # related, but the bar is impossible
+    assert not res["verdicts"]["retrieval"]["pass"]
+
+
+def test_study_without_controls_and_with_unfittable_estimators():
+    cfg = from_dict(StudyConfig, {**to_dict(SMALL), "n_anchors": 8, "primary_estimator": "procrustes",
+                                  "sweep_estimators": ["lstsq"], "anchor_counts": [5, 50]})
+    res = run_study(_world(np.random.default_rng(2), controls=False), cfg)
+    assert res["conditions"] == ["trained", "shuffled"]
+    assert "error" in res["estimators"]["lstsq"]["trained"]  # 8 anchors < 12 dims
+    assert res["estimators"]["procrustes"]["trained"]["retrieval_top1"] > 0
+    assert res["sweep"]["lstsq"]["trained"]["r2"]["mean"][0] is None
+    assert "lstsq/trained/N=5" in res["sweep"]["errors"]
+    assert "not fittable" in render_report(res)
+
+
+def test_bad_inputs_and_config_refused():
+    inputs = _world(np.random.default_rng(3))
+    inputs.source = inputs.source[:-1]
+    with pytest.raises(StudyError, match="source has"):
+        run_study(inputs, SMALL)
+    with pytest.raises(StudyError, match="primary_estimator"):
+        run_study(_world(np.random.default_rng(3)), from_dict(StudyConfig, {"estimators": ["procrustes"]}))
+
+
+def test_importing_calib_does_not_import_torch():
+    code = "import sys, jepa_edge.calib, jepa_edge.calib.study; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

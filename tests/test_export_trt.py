@@ -1,0 +1,276 @@
+"""TensorRT build: clear failure without TensorRT, config/profile/parser-error helpers,
+INT8 calibration data and the explicit-quantization (Q/DQ) ONNX; the real build runs only
+where TensorRT and a CUDA GPU exist (marked trt/gpu, skipped elsewhere)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from jepa_edge.calib.head import build_head
+from jepa_edge.config import ConfigError, from_dict
+from jepa_edge.export import CalibrationConfig, CalibrationError, export_onnx, load_calibration_frames
+from jepa_edge.export.calibration import calibration_batches, downstream_nodes, quantize_qdq
+from jepa_edge.export.onnx_export import encoder_fingerprint
+from jepa_edge.export.trt_build import (
+    TrtBuildConfig,
+    TrtBuildError,
+    _resolve_int8,
+    build_engine,
+    engine_profile,
+    parser_errors,
+    require_tensorrt,
+)
+from jepa_edge.runtime.errors import BackendUnavailableError
+from jepa_edge.train.model import Encoder, EncoderConfig
+
+TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "latent_dim": 8}
+
+
+class _Probe:  # the two attributes build_head reads from a probe, plus names
+    def __init__(self, name: str, fingerprint: str, k: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.name, self.task, self.labels = name, "regression", [f"{name}{i}" for i in range(k)]
+        self.agent_fingerprint = fingerprint
+        self.weight, self.bias = rng.standard_normal((k, 8)), rng.standard_normal(k)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**TINY))
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    enc.eval()
+    meta = {"name": "agentB", "view": "oblique", "fingerprint": encoder_fingerprint(enc)}
+    head = build_head(meta["fingerprint"], 8, probes=[_Probe("position", meta["fingerprint"], 4, 1)])
+    root = tmp_path_factory.mktemp("trt")
+    out = {"enc": enc, "head": head, "dir": root}
+    for mode in ("fused", "head_inputs"):
+        (root / mode).mkdir()
+        out[mode] = export_onnx(enc, meta, root / mode / "model.onnx", head=head, mode=mode).path
+    return out
+
+
+# ---- without TensorRT: fail at once, naming the extra ---------------------------------------
+
+
+def test_build_without_tensorrt_fails_at_once_naming_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt → ImportError, installed or not
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'jepa-edge\[trt\]'"):
+        require_tensorrt()
+    # before anything else: the ONNX is not even looked at, no file is written
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'jepa-edge\[trt\]'"):
+        build_engine(tmp_path / "missing.onnx", tmp_path / "model.engine", TrtBuildConfig(precision="int8"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- config, profile, parser errors (no GPU needed) -------------------------------------------
+
+
+def test_build_config_is_typed_and_strict():
+    cfg = from_dict(TrtBuildConfig, {"precision": "fp16", "max_batch": 4,
+                                     "calibration": {"source": "cam.mp4", "n_frames": 64}})
+    assert isinstance(cfg.calibration, CalibrationConfig) and cfg.calibration.n_frames == 64
+    cfg.validate()
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(TrtBuildConfig, {"precison": "fp16"})
+    for bad, match in (({"precision": "int4"}, "precision"), ({"min_batch": 4, "opt_batch": 2}, "min_batch"),
+                       ({"opt_head": 999}, "head profile"), ({"int8_method": "magic"}, "int8_method"),
+                       ({"precision": "int8", "calibration": {"n_frames": 4, "batch_size": 8}}, "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            from_dict(TrtBuildConfig, bad).validate()
+
+
+def test_profile_covers_batch_and_head_width():
+    cfg = TrtBuildConfig(min_batch=1, opt_batch=2, max_batch=8, min_head=1, opt_head=16, max_head=64)
+    assert engine_profile("fused", 16, 16, 8, cfg) == {
+        "frames": {"min": [1, 16, 16, 3], "opt": [2, 16, 16, 3], "max": [8, 16, 16, 3]}}
+    prof = engine_profile("head_inputs", 16, 16, 8, cfg)
+    assert prof["head_weight"] == {"min": [1, 8], "opt": [16, 8], "max": [64, 8]}
+    assert prof["head_bias"] == {"min": [1], "opt": [16], "max": [64]}
+
+
+class _FakeError:
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def __getattr__(self, name):
+        if name in self.kw:
+            return lambda: self.kw[name]
+        raise AttributeError(name)
+
+
+def test_every_parser_error_is_reported_with_its_node():
+    errs = [_FakeError(code=8, desc="Unsupported op Dropout (training_mode)", node=41,
+                       node_name="/attn/Dropout", node_operator="Dropout", file="ModelImporter.cpp", line=949,
+                       func="parseNode"),
+            _FakeError(code=4, desc="Invalid graph", node=-1)]  # TensorRT < 8.6: no node_name/node_operator
+    parser = SimpleNamespace(num_errors=2, get_error=lambda i: errs[i])
+    lines = parser_errors(parser)
+    assert lines[0] == ("1/2 node 41 '/attn/Dropout' (Dropout): Unsupported op Dropout (training_mode) (code 8) "
+                        "[ModelImporter.cpp:949 parseNode]")
+    assert lines[1] == "2/2 graph: Invalid graph (code 4)"
+
+
+def _fake_trt(version: str, implicit: bool) -> SimpleNamespace:
+    flags = SimpleNamespace(FP16=1, INT8=2) if implicit else SimpleNamespace()
+    mod = SimpleNamespace(__version__=version, BuilderFlag=flags)
+    if implicit:
+        mod.IInt8EntropyCalibrator2 = object
+    return mod
+
+
+def test_int8_method_follows_the_tensorrt_api_version():
+    trt10, trt11 = _fake_trt("10.3.0", implicit=True), _fake_trt("11.0.0", implicit=False)
+    assert _resolve_int8(trt10, TrtBuildConfig(precision="int8"), already_qdq=False) == "calibrator"
+    assert _resolve_int8(trt11, TrtBuildConfig(precision="int8"), already_qdq=False) == "qdq"
+    assert _resolve_int8(trt10, TrtBuildConfig(precision="int8", int8_method="qdq"), already_qdq=False) == "qdq"
+    assert _resolve_int8(trt10, TrtBuildConfig(precision="int8"), already_qdq=True) == "qdq"
+    with pytest.raises(TrtBuildError, match="no implicit INT8 calibration .* int8_method='qdq'"):
+        _resolve_int8(trt11, TrtBuildConfig(precision="int8", int8_method="calibrator"), already_qdq=False)
+    with pytest.raises(TrtBuildError, match="already holds Q/DQ"):
+        _resolve_int8(trt10, TrtBuildConfig(precision="int8", int8_method="calibrator"), already_qdq=True)
+
+
+# ---- calibration frames -----------------------------------------------------------------------
+
+
+def test_simulator_frames_fill_whole_batches():
+    frames = load_calibration_frames(CalibrationConfig(n_frames=40, batch_size=16, view="oblique"), 16, 16)
+    assert frames.shape == (32, 16, 16, 3) and frames.dtype == np.uint8  # 40 → 2 full batches
+    assert frames.std() > 10  # real rendered scenes, not a constant
+    other = load_calibration_frames(CalibrationConfig(n_frames=40, batch_size=16, view="top"), 16, 16)
+    assert not np.array_equal(frames, other)
+
+
+def test_video_frames_are_sampled_and_resized(tmp_path):
+    from jepa_edge.world import write_video
+
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "cam.avi", rng.integers(0, 256, (30, 24, 32, 3), dtype=np.uint8))
+    frames = load_calibration_frames(CalibrationConfig(source=str(video), n_frames=20, batch_size=8), 16, 16)
+    assert frames.shape == (16, 16, 16, 3)
+    with pytest.raises(CalibrationError, match="fewer than one batch"):
+        load_calibration_frames(CalibrationConfig(source=str(video), n_frames=64, batch_size=64), 16, 16)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        load_calibration_frames(CalibrationConfig(source=str(tmp_path / "nope.mp4")), 16, 16)
+
+
+def test_batches_carry_the_head_for_head_inputs_graphs():
+    frames = np.zeros((10, 16, 16, 3), np.uint8)
+    batches = calibration_batches(frames, 4, (np.ones((3, 8)), np.ones(3)))
+    assert len(batches) == 2 and batches[0]["head_weight"].dtype == np.float32
+    assert set(batches[0]) == {"frames", "head_weight", "head_bias"}
+    with pytest.raises(CalibrationError, match="uint8"):
+        calibration_batches(frames.astype(np.float32), 4)
+
+
+# ---- explicit quantization: the Q/DQ ONNX TensorRT builds from -------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fused", "head_inputs"])
+def test_qdq_onnx_is_symmetric_int8_keeps_the_head_float_and_stays_close(exported, tmp_path, mode):
+    frames = load_calibration_frames(CalibrationConfig(n_frames=48, batch_size=16), 16, 16)
+    head = (np.zeros((1, 8), np.float32), np.zeros(1, np.float32)) if mode == "head_inputs" else None
+    out = quantize_qdq(exported[mode], tmp_path / "q.onnx", calibration_batches(frames, 16, head))
+    q = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    quant = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quant) >= 4  # Conv, qkv/proj/mlp/pool matmuls
+    for n in quant:  # TensorRT: signed int8, zero point 0
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+    head_ops = downstream_nodes(q, "z")
+    assert head_ops and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in head_ops)
+    assert {p.key for p in q.metadata_props} == {"jepa_edge"}  # the contract travels with it
+    feeds = {"frames": frames[:5]}
+    if mode == "head_inputs":
+        rng = np.random.default_rng(1)
+        feeds.update(head_weight=rng.standard_normal((3, 8)).astype(np.float32), head_bias=np.zeros(3, np.float32))
+    ref = ort.InferenceSession(str(exported[mode]), providers=["CPUExecutionProvider"]).run(["z"], feeds)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["z"], feeds)[0]
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()  # int8: close, not equal
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+# ---- on a machine with TensorRT and a CUDA GPU --------------------------------------------------
+
+
+def _has_trt_gpu() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        from jepa_edge.runtime.backend_trt import cuda_call, import_cudart
+
+        cudart = import_cudart()
+        return cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount") > 0
+    except (BackendUnavailableError, RuntimeError):
+        return False
+
+
+requires_trt = pytest.mark.skipif(not _has_trt_gpu(), reason="needs TensorRT, cuda-python and a CUDA GPU")
+
+
+def _reference(exported, frames):
+    sess = ort.InferenceSession(str(exported["fused"]), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"frames": frames})))
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@requires_trt
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-3), ("fp16", 2e-2)])
+def test_trt_engine_matches_onnx_runtime(exported, precision, atol):
+    import hashlib
+
+    from jepa_edge.runtime.backends import load_model
+
+    onnx_path = exported["fused"]
+    res = build_engine(onnx_path, onnx_path.with_suffix(".engine"), TrtBuildConfig(precision=precision, max_batch=4))
+    side = json.loads(res.sidecar_path.read_text())
+    assert side["precision"] == precision and side["onnx"]["sha256"] and side["compute_capability"]
+    assert side["metadata"]["mode"] == "fused" and side["profile"]["frames"]["max"] == [4, 16, 16, 3]
+    assert (onnx_path.parent / "trt_timing.cache").is_file()  # persisted for the next build
+    assert hashlib.sha256(res.engine_path.read_bytes()).hexdigest() == side["engine"]["sha256"]
+    frames = np.random.default_rng(3).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    ref = _reference(exported, frames)
+    with load_model(res.engine_path, "tensorrt") as model:
+        out = model.infer(frames)
+        for name in ("z", "position"):
+            np.testing.assert_allclose(out[name], ref[name], atol=atol * max(1.0, np.abs(ref[name]).max()))
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@requires_trt
+@pytest.mark.parametrize("method", ["calibrator", "qdq"])
+def test_trt_int8_builds_with_either_quantization_workflow(exported, method, tmp_path):
+    import tensorrt as trt
+
+    from jepa_edge.runtime.backends import load_model
+
+    if method == "calibrator" and not hasattr(trt, "IInt8EntropyCalibrator2"):
+        pytest.skip(f"TensorRT {trt.__version__} has no implicit INT8")
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(exported["head_inputs"].read_bytes())
+    cfg = TrtBuildConfig(precision="int8", int8_method=method, max_batch=4, max_head=16, opt_head=8,
+                         calibration=CalibrationConfig(n_frames=64, batch_size=16))
+    res = build_engine(onnx_path, None, cfg, calibration_head=exported["head"])
+    assert res.sidecar["precision"] == "int8" and res.sidecar["precision_detail"]["int8_method"] == method
+    frames = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    ref = _reference(exported, frames)
+    with load_model(res.engine_path, "tensorrt") as model:
+        model.set_head(exported["head"])
+        out = model.infer(frames)
+    assert np.corrcoef(out["z"].ravel(), ref["z"].ravel())[0, 1] > 0.98
+    np.testing.assert_allclose(out["position"], ref["position"], atol=0.1 * np.abs(ref["position"]).max())

@@ -1,0 +1,256 @@
+"""Backends on real ONNX Runtime sessions: parity of fused / head_inputs / numpy-unfused, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx_fixtures import make_encoder, make_model, reference_head
+
+from jepa_edge.config import ConfigError
+from jepa_edge.runtime import (
+    BackendUnavailableError,
+    HeadModeError,
+    OrtConfig,
+    RuntimeModelError,
+    available_backends,
+    load_model,
+)
+from jepa_edge.runtime.backend_trt import TrtConfig, engine_meta, read_sidecar
+from jepa_edge.runtime.headswap import HeadStage
+
+ATOL = 2e-5  # float32 MatMul/Gemm reassociation vs numpy; the values are O(1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    enc = make_encoder(height=16, width=12, latent_dim=8, seed=0)
+    head = reference_head(enc)
+    return {
+        "enc": enc,
+        "head": head,
+        "fused": make_model(d / "fused.onnx", enc, "fused", head),
+        "head_inputs": make_model(d / "head_inputs.onnx", enc, "head_inputs"),
+        "frames": np.random.default_rng(1).integers(0, 256, (5, 16, 12, 3), dtype=np.uint8),
+    }
+
+
+def test_fused_head_inputs_and_numpy_unfused_agree_with_numpy_reference(tiny):
+    enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
+    z_ref = enc.z(frames)
+    want = {"z": z_ref, **head.split(head.apply(z_ref))}
+
+    fused = load_model(tiny["fused"], "ort-cpu")
+    graph = load_model(tiny["head_inputs"], "ort-cpu")
+    graph.set_head(head)
+    unfused = load_model(tiny["fused"], "ort-cpu", encoder_only=True)
+    numpy_stage = HeadStage(unfused, "numpy", head)
+    assert (fused.meta.mode, graph.meta.mode, unfused.meta.mode) == ("fused", "head_inputs", "encoder_only")
+    for batch in (frames[:1], frames):
+        n = len(batch)
+        results = {
+            "fused": fused.infer(batch),
+            "head_inputs": graph.infer(batch),
+            "numpy-unfused": numpy_stage(unfused.infer(batch)),
+        }
+        for name, out in results.items():
+            assert set(out) == {"z", "z_mapped", "position"}, name
+            for key, value in want.items():
+                np.testing.assert_allclose(out[key], value[:n], atol=ATOL, rtol=0, err_msg=f"{name}:{key}")
+
+
+def test_head_inputs_model_without_head_returns_only_z_and_swaps(tiny):
+    enc, frames = tiny["enc"], tiny["frames"]
+    model = load_model(tiny["head_inputs"], "ort-cpu")
+    out = model.infer(frames[:2])
+    assert set(out) == {"z"}
+    np.testing.assert_allclose(out["z"], enc.z(frames[:2]), atol=ATOL)
+    head2 = reference_head(enc, seed=7)
+    model.set_head(head2)
+    np.testing.assert_allclose(model.infer(frames[:2])["position"],
+                               head2.split(head2.apply(enc.z(frames[:2])))["position"], atol=ATOL)
+
+
+def test_set_head_on_fused_model_says_reexport(tiny):
+    model = load_model(tiny["fused"], "ort-cpu")
+    with pytest.raises(HeadModeError, match="head_inputs"):
+        model.set_head(tiny["head"])
+
+
+def test_set_head_refuses_other_encoder(tiny):
+    model = load_model(tiny["head_inputs"], "ort-cpu")
+    other = reference_head(make_encoder(16, 12, 8, seed=5))
+    with pytest.raises(RuntimeModelError, match="built for encoder"):
+        model.set_head(other)
+    wrong_dim = reference_head(make_encoder(16, 12, 6, seed=0))
+    with pytest.raises(RuntimeModelError, match="latent dim"):
+        model.set_head(wrong_dim)
+
+
+def test_metadata_parsed(tiny):
+    meta = load_model(tiny["fused"], "ort-cpu").meta
+    assert meta.input_size == (16, 12) and meta.latent_dim == 8
+    assert meta.agent_fingerprint == tiny["enc"].fingerprint
+    assert [o.name for o in meta.head_outputs] == ["z_mapped", "position"]
+
+
+def _rewrite_meta(src, dst, **changes):
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    if changes.pop("drop", False):
+        props.pop("jepa_edge")
+    else:
+        meta = json.loads(props["jepa_edge"])
+        meta.update(changes)
+        props["jepa_edge"] = json.dumps(meta)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"drop": True}, "no metadata_props"),
+        ({"format": "other"}, "expected 'jepa-edge/onnx'"),
+        ({"version": 9}, "version 9 is not supported"),
+        ({"mode": "weird"}, "unknown export mode"),
+        ({"input": {"name": "frames", "layout": "NCHW", "dtype": "uint8", "channels": "BGR"}}, "input.layout"),
+    ],
+)
+def test_bad_metadata_is_refused(tiny, tmp_path, change, match):
+    path = _rewrite_meta(tiny["fused"], tmp_path / "bad.onnx", **change)
+    with pytest.raises(RuntimeModelError, match=match):
+        load_model(path, "ort-cpu")
+
+
+def test_frames_are_validated(tiny):
+    model = load_model(tiny["fused"], "ort-cpu")
+    with pytest.raises(ValueError, match=r"uint8 BGR frames shaped \(B, H, W, 3\)"):
+        model.infer(tiny["frames"].astype(np.float32))
+    with pytest.raises(ValueError, match="frames\\[None\\]"):
+        model.infer(tiny["frames"][0])
+    with pytest.raises(ValueError, match="resize"):
+        model.infer(np.zeros((1, 12, 16, 3), np.uint8))
+
+
+def test_session_options_applied(tiny):
+    model = load_model(tiny["fused"], "ort-cpu", OrtConfig(intra_op_threads=1))
+    assert model._sess.get_session_options().intra_op_num_threads == 1
+    assert model._sess.get_providers() == ["CPUExecutionProvider"]
+    model = load_model(tiny["fused"], "ort-cpu", {"intra_op_threads": 2, "graph_optimization": "basic"})
+    assert model.config.intra_op_threads == 2
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_model(tiny["fused"], "ort-cpu", {"threads": 2})
+    with pytest.raises(ValueError, match="graph_optimization"):
+        load_model(tiny["fused"], "ort-cpu", {"graph_optimization": "max"})
+
+
+def test_unknown_backend_and_wrong_file_kind(tiny):
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_model(tiny["fused"], "onnx")
+    assert "ort-cpu" in available_backends()
+    with pytest.raises(FileNotFoundError, match="jepa-edge export"):
+        load_model(tiny["fused"].with_name("missing.onnx"), "ort-cpu")
+
+
+@pytest.mark.skipif("ort-cuda" in available_backends(), reason="this machine has the CUDA provider")
+@pytest.mark.parametrize("backend", ["ort-cuda", "ort-trt"])
+def test_gpu_provider_missing_is_an_error_not_a_cpu_fallback(tiny, backend):
+    with pytest.raises(BackendUnavailableError, match=r"jepa-edge\[gpu\]"):
+        load_model(tiny["fused"], backend)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_tensorrt_missing_names_the_extra(tiny, tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(BackendUnavailableError, match=r"jepa-edge\[trt\]"):
+        load_model(engine, "tensorrt")
+    with pytest.raises(BackendUnavailableError, match=r"jepa-edge\[trt\]"):
+        load_model(engine)  # auto picks TensorRT for an .engine
+
+
+def test_engine_sidecar_checks_without_tensorrt(tiny, tmp_path):
+    """Sidecar parsing and the ONNX hash check are plain Python: tested here, used by TrtModel."""
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(tiny["fused"].read_bytes())
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(RuntimeModelError, match="sidecar model.engine.json is missing"):
+        read_sidecar(engine)
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    side = {"onnx_sha256": sha, "tensorrt_version": "10.0", "precision": "fp16"}
+    meta = engine_meta(engine, side, TrtConfig())  # metadata read from the hash-verified ONNX beside it
+    assert meta.mode == "fused" and meta.agent_fingerprint == tiny["enc"].fingerprint
+    with pytest.raises(RuntimeModelError, match="stale, rebuild"):
+        engine_meta(engine, {**side, "onnx_sha256": "0" * 64}, TrtConfig())
+    onnx_path.unlink()
+    with pytest.raises(RuntimeModelError, match="source ONNX .* is not there"):
+        engine_meta(engine, side, TrtConfig())
+    meta_json = json.loads({p.key: p.value for p in onnx.load(str(tiny["fused"])).metadata_props}["jepa_edge"])
+    assert engine_meta(engine, {**side, "metadata": meta_json}, TrtConfig()).latent_dim == 8
+    (tmp_path / "model.engine.json").write_text("{oops")
+    with pytest.raises(RuntimeModelError, match="not valid JSON"):
+        read_sidecar(engine)
+
+
+# ---- accelerators: real code paths, skipped on machines without them -----------------------------
+def _has_cuda_ep() -> bool:
+    return "ort-cuda" in available_backends()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_ep(), reason="needs onnxruntime-gpu with a CUDA device")
+def test_ort_cuda_parity(tiny):
+    enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
+    model = load_model(tiny["head_inputs"], "ort-cuda")
+    model.set_head(head)
+    out = model.infer(frames)
+    np.testing.assert_allclose(out["z"], enc.z(frames), atol=1e-4)
+    np.testing.assert_allclose(out["position"], head.split(head.apply(enc.z(frames)))["position"], atol=1e-4)
+
+
+def _has_trt() -> bool:
+    """TensorRT + cuda-python + a CUDA device (no onnxruntime-gpu needed: a Jetson may lack it)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    from jepa_edge.runtime.backend_trt import import_cudart
+
+    try:
+        cudart = import_cudart()
+    except BackendUnavailableError:
+        return False
+    err, count = cudart.cudaGetDeviceCount()
+    return err == cudart.cudaError_t.cudaSuccess and count > 0
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_trt(), reason="needs TensorRT, cuda-python and a GPU")
+def test_tensorrt_engine_parity_and_head_swap(tiny, tmp_path):
+    from onnx_fixtures import build_engine
+
+    enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(tiny["head_inputs"].read_bytes())
+    engine = build_engine(onnx_path, tmp_path / "model.engine", max_batch=8, max_head=32)
+    with load_model(engine, "tensorrt") as model:
+        assert model.max_batch == 8
+        assert set(model.infer(frames)) == {"z"}
+        model.set_head(head)
+        out = model.infer(frames)
+        np.testing.assert_allclose(out["z"], enc.z(frames), atol=1e-3)
+        np.testing.assert_allclose(out["position"], head.split(head.apply(enc.z(frames)))["position"], atol=1e-3)
+        head2 = reference_head(enc, seed=9)
+        model.set_head(head2)  # uploaded to the idle buffers, no rebuild
+        np.testing.assert_allclose(model.infer(frames[:1])["position"],
+                                   head2.split(head2.apply(enc.z(frames[:1])))["position"], atol=1e-3)
+        with pytest.raises(ValueError, match="max batch 8"):
+            model.infer(np.zeros((9, 16, 12, 3), np.uint8))

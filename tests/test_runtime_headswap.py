@@ -1,0 +1,192 @@
+"""Head hot-swap: postcards arriving mid-stream, half-copied files, bad postcards refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from onnx_fixtures import make_encoder, make_model, make_postcard, other_agent, reference_head, write_head_files
+from safetensors.numpy import save_file
+
+from jepa_edge.calib.postcard import save_postcard
+from jepa_edge.runtime import HeadWatcher, HeadWatcherConfig, PipelineConfig, load_model, run
+from jepa_edge.runtime.sources import ArraySource
+
+ATOL = 2e-5
+NOW = HeadWatcherConfig(stable_polls=2, min_age_s=0.0)  # tests drive poll() by hand
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("swap")
+    enc = make_encoder(height=12, width=12, latent_dim=6, seed=4)
+    head0 = reference_head(enc, seed=3)
+    return {
+        "enc": enc,
+        "head0": head0,
+        "head_inputs": make_model(d / "hi.onnx", enc, "head_inputs"),
+        "fused": make_model(d / "fused.onnx", enc, "fused", head0),
+        "frames": np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8),
+    }
+
+
+def expected(head, enc, frame):
+    return head.split(head.apply(enc.z(frame[None])))
+
+
+def run_with_swap(model, frames, watcher, at_frame, action, **kw):
+    """Run the pipeline; after frame ``at_frame`` is output, ``action()`` runs and the watcher polls twice."""
+    records, outputs = [], []
+
+    def on_frame(record, outs):
+        records.append(record)
+        outputs.append({k: v.copy() for k, v in outs.items()})
+        if record["frame"] == at_frame:
+            action()
+            watcher.poll()  # sees the new set
+            watcher.poll()  # same set again: stable, loaded (or refused)
+
+    summary = run(model, ArraySource(frames), PipelineConfig(), watcher=watcher, out=None, on_frame=on_frame, **kw)
+    assert summary.frames == len(frames) and summary.reason == "end_of_stream"
+    return records, outputs, summary
+
+
+@pytest.mark.parametrize("variant", ["graph/head_inputs", "numpy/encoder_only", "numpy/fused"])
+def test_postcard_swapped_exactly_at_a_frame_boundary(setup, tmp_path, variant):
+    enc, head0, frames = setup["enc"], setup["head0"], setup["frames"]
+    if variant == "graph/head_inputs":
+        model = load_model(setup["head_inputs"], "ort-cpu")
+    elif variant == "numpy/encoder_only":
+        model = load_model(setup["fused"], "ort-cpu", encoder_only=True)
+    else:
+        model = load_model(setup["fused"], "ort-cpu")  # fused graph + watcher → head runs in numpy
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, NOW)
+    new_head = {}
+    records, outputs, summary = run_with_swap(
+        model, frames, watcher, 4, lambda: new_head.update(head=write_head_files(tmp_path, enc, seed=1)[0]),
+        head=head0,
+    )
+    assert summary.heads["mode"] == variant.split("/")[0]
+    head1 = new_head["head"]
+    assert watcher.stats.loaded == 1 and watcher.stats.refused == 0
+    for i, (rec, out) in enumerate(zip(records, outputs)):
+        head = head0 if i <= 4 else head1  # frames 0-4 on the old head, 5+ on the new one
+        want = expected(head, enc, frames[i])
+        assert set(out) == {"z", *want}, i
+        for name, value in want.items():
+            np.testing.assert_allclose(out[name], value, atol=ATOL, rtol=0, err_msg=f"frame {i} {name}")
+        assert rec["head_version"] == (1 if i <= 4 else 2)
+        assert rec["outputs"].keys() == want.keys()
+    assert "danger" not in records[4]["outputs"] and "danger" in records[5]["outputs"]
+
+
+def _nan_postcard(folder, enc):
+    pc = make_postcard(enc.agent, other_agent(enc.latent_dim))
+    tensors = {"W": pc.weight.copy(), "bias": pc.bias, "source_mean": pc.source_mean,
+               "source_scale": pc.source_scale, "target_mean": pc.target_mean, "target_scale": pc.target_scale}
+    tensors["W"][0, 0] = np.nan
+    save_file(tensors, str(folder / "nan.postcard.safetensors"), metadata={"jepa_edge": json.dumps(pc.metadata())})
+
+
+def _foreign_postcard(folder, enc):
+    foreign = {**enc.agent, "fingerprint": "b" * 64}  # W fitted for another robot's encoder
+    save_postcard(folder / "foreign.postcard.safetensors", make_postcard(foreign, other_agent(enc.latent_dim)))
+
+
+def _truncated_postcard(folder, enc):
+    path = folder / "cut.postcard.safetensors"
+    save_postcard(path, make_postcard(enc.agent, other_agent(enc.latent_dim)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "writer, reason",
+    [(_nan_postcard, "NaN"), (_foreign_postcard, "fingerprint"), (_truncated_postcard, "truncated")],
+)
+def test_bad_postcard_refused_and_old_head_keeps_running(setup, tmp_path, writer, reason):
+    enc, head0, frames = setup["enc"], setup["head0"], setup["frames"]
+    model = load_model(setup["head_inputs"], "ort-cpu")
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, NOW)
+    records, outputs, summary = run_with_swap(model, frames, watcher, 3, lambda: writer(tmp_path, enc), head=head0)
+    assert watcher.stats.refused == 1 and watcher.stats.loaded == 0
+    assert reason in watcher.stats.refusals[-1].reason
+    assert summary.heads["refused"] == 1 and reason in summary.heads["last_refusal"]
+    for i, out in enumerate(outputs):  # every frame, before and after the bad file, on the old head
+        for name, value in expected(head0, enc, frames[i]).items():
+            np.testing.assert_allclose(out[name], value, atol=ATOL, rtol=0, err_msg=f"frame {i} {name}")
+    assert {r["head_version"] for r in records} == {1}
+    # the refused set is not re-read every poll; a corrected set replaces it
+    assert watcher.poll() is None and watcher.stats.refused == 1
+    for p in tmp_path.iterdir():
+        p.unlink()
+    head1, _ = write_head_files(tmp_path, enc, seed=2)
+    watcher.poll()
+    assert watcher.poll() is not None and watcher.stats.loaded == 1
+    np.testing.assert_allclose(watcher.take().weight, head1.weight)
+
+
+def test_half_copied_file_is_never_read(setup, tmp_path):
+    enc = setup["enc"]
+    src = tmp_path / "staging"
+    head, paths = write_head_files(src, enc)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watcher = HeadWatcher(inbox, enc.fingerprint, enc.latent_dim, NOW)
+    data = paths[0].read_bytes()
+    target = inbox / paths[0].name
+    target.write_bytes(data[:100])  # a copy in progress
+    assert watcher.poll() is None  # first sight: not stable yet
+    with open(target, "ab") as f:
+        f.write(data[100:])  # the copy goes on between two polls
+    assert watcher.poll() is None  # changed since the last poll: wait again
+    for p in paths[1:]:
+        (inbox / p.name).write_bytes(p.read_bytes())
+    assert watcher.poll() is None
+    got = watcher.poll()
+    assert got is not None and watcher.stats.refused == 0  # the partial file was never parsed
+    np.testing.assert_allclose(got.weight, head.weight)
+    assert watcher.take() is got and watcher.take() is None  # handed over exactly once
+    assert watcher.poll() is None and watcher.stats.loaded == 1  # same files: not reloaded
+
+
+def test_min_age_waits_for_quiet_files(setup, tmp_path):
+    enc = setup["enc"]
+    _, paths = write_head_files(tmp_path, enc)
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, HeadWatcherConfig(stable_polls=1, min_age_s=60))
+    assert watcher.poll() is None and watcher.poll() is None
+    old = time.time() - 120
+    for p in paths:
+        os.utime(p, (old, old))
+    assert watcher.poll() is not None
+
+
+def test_two_postcards_in_one_folder_refused(setup, tmp_path):
+    enc = setup["enc"]
+    write_head_files(tmp_path, enc)
+    save_postcard(tmp_path / "second.postcard.safetensors", make_postcard(enc.agent, other_agent(enc.latent_dim)))
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, HeadWatcherConfig(stable_polls=1, min_age_s=0))
+    assert watcher.poll() is None
+    assert "one postcard per head folder" in watcher.stats.refusals[-1].reason
+
+
+def test_background_watcher_thread(setup, tmp_path):
+    enc = setup["enc"]
+    cfg = HeadWatcherConfig(poll_interval_s=0.01, stable_polls=2, min_age_s=0.0)
+    with HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, cfg) as watcher:
+        head, _ = write_head_files(tmp_path, enc)
+        deadline = time.monotonic() + 5
+        got = None
+        while got is None and time.monotonic() < deadline:
+            got = watcher.take()
+            time.sleep(0.005)
+    assert got is not None and [o.name for o in got.outputs] == [o.name for o in head.outputs]
+    assert not watcher._thread.is_alive()
+
+
+def test_missing_folder_is_a_clear_error(setup, tmp_path):
+    with pytest.raises(FileNotFoundError, match="head folder does not exist"):
+        HeadWatcher(tmp_path / "nope", setup["enc"].fingerprint, 6)

@@ -1,0 +1,152 @@
+"""Frame sources: files and folders written by the tests, the simulator, and clear errors for the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from jepa_edge.runtime.capture import Capture
+from jepa_edge.runtime.errors import CorruptFrame, SourceOpenError
+from jepa_edge.runtime.pipeline import preprocess
+from jepa_edge.runtime.sources import (
+    ArraySource,
+    CaptureSource,
+    ImageFolderSource,
+    SimSource,
+    jetson_csi_pipeline,
+    open_source,
+    source_kind,
+)
+from jepa_edge.world import WorldConfig, render, simulate
+
+
+def sim_frames(n: int = 12, size: int = 32, view: str = "top", seed: int = 0) -> np.ndarray:
+    return render(simulate(WorldConfig(), 1, n, seed), view, size, seed)[0]  # (n, S, S, 3)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 10.0) -> Path:
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def read_all(source) -> list[np.ndarray]:
+    out = []
+    while (img := source.read()) is not None:
+        out.append(img)
+    return out
+
+
+def test_video_file_written_by_opencv(tmp_path):
+    frames = sim_frames(12)
+    src = open_source(str(write_video(tmp_path / "clip.avi", frames)))
+    assert isinstance(src, CaptureSource) and not src.live
+    assert src.fps == pytest.approx(10.0)
+    got = read_all(src)
+    assert len(got) == 12
+    assert all(g.shape == (32, 32, 3) and g.dtype == np.uint8 for g in got)
+    err = np.abs(np.stack(got).astype(int) - frames.astype(int)).mean()
+    assert err < 12  # MJPG is lossy, but it is the same video
+    src.close()
+
+
+def test_video_file_loops_and_fps_override(tmp_path):
+    path = write_video(tmp_path / "clip.avi", sim_frames(5))
+    src = open_source(str(path), loop=True, fps=50.0)
+    got = [src.read() for _ in range(12)]
+    assert all(g is not None for g in got)  # rewound at the end instead of stopping
+    assert src.fps == 50.0
+    src.close()
+
+
+def test_image_folder_sorted_with_a_corrupt_file(tmp_path):
+    frames = sim_frames(4, size=24)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), f)
+    (tmp_path / "001b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "notes.txt").write_text("ignored")
+    src = open_source(str(tmp_path))
+    assert isinstance(src, ImageFolderSource) and src.fps == 30.0
+    assert np.array_equal(src.read(), frames[0])
+    assert np.array_equal(src.read(), frames[1])
+    with pytest.raises(CorruptFrame, match="001b.jpg"):
+        src.read()
+    assert np.array_equal(src.read(), frames[2])
+    # through the capture thread the bad file is skipped and counted
+    with Capture(open_source(str(tmp_path))) as cap:
+        got = list(iter(lambda: cap.get(timeout=2), None))
+    assert [np.array_equal(g.image, f) for g, f in zip(got, frames)] == [True] * 4
+    assert cap.stats.corrupt == 1 and len(got) == 4
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(SourceOpenError, match="no .*images"):
+        open_source(str(tmp_path))
+    with pytest.raises(SourceOpenError, match="no such image folder"):
+        ImageFolderSource(tmp_path / "nope").open()
+
+
+def test_simulator_source_matches_world_render():
+    src = open_source("sim:oblique?size=24&seed=3&frames=10&steps=6&fps=15")
+    assert isinstance(src, SimSource) and src.fps == 15.0
+    got = read_all(src)
+    assert len(got) == 10
+    first = render(simulate(WorldConfig(), 1, 6, 3), "oblique", 24, 3)[0]
+    second = render(simulate(WorldConfig(), 1, 6, 4), "oblique", 24, 4)[0]  # episode 1 uses seed + 1
+    assert np.array_equal(np.stack(got[:6]), first)
+    assert np.array_equal(np.stack(got[6:]), second[:4])
+    assert src.last_info["episode"] == 1 and len(src.last_info["positions"]) == WorldConfig().n_objects
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("sim:top?size=8&bogus=1", "unknown key"),
+        ("sim:top?size=abc", "bad simulator spec"),
+        ("sim:nowhere", "unknown view"),
+        ("97", "cannot open camera source '97'.*/dev/video"),
+        ("rtsp://127.0.0.1:9/stream", "cannot open network source.*ffprobe"),
+        ("http://127.0.0.1:9/cam.mjpg", "cannot open network source"),
+        ("videotestsrc ! fakesink", "no appsink"),
+        ("/definitely/not/here.mp4", "no such video file"),
+    ],
+)
+def test_clear_errors_on_open_failure(spec, match):
+    with pytest.raises(SourceOpenError, match=match):
+        open_source(spec)
+
+
+def test_gstreamer_pipeline_error_names_the_fix():
+    spec = jetson_csi_pipeline(sensor_id=0, width=640, height=480, fps=30)
+    assert source_kind(spec) == "gstreamer" and "nvarguscamerasrc" in spec and spec.endswith("max-buffers=1")
+    with pytest.raises(SourceOpenError, match="GStreamer"):  # pip OpenCV has no GStreamer; a Jetson's may
+        open_source(spec)
+
+
+def test_source_kinds():
+    assert source_kind("0") == "camera"
+    assert source_kind("rtsp://cam/1") == "network"
+    assert source_kind("sim:top") == "sim"
+    assert source_kind("a ! appsink") == "gstreamer"
+    assert source_kind("clip.mp4") == "file"
+
+
+def test_array_source_and_preprocess_resize_with_inter_area():
+    frames = sim_frames(3, size=48)
+    src = ArraySource(frames)
+    src.open()
+    got = read_all(src)
+    batch = preprocess(got, (16, 16))
+    assert batch.shape == (3, 16, 16, 3) and batch.dtype == np.uint8
+    want = cv2.resize(frames[1], (16, 16), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(batch[1], want)
+    assert np.array_equal(preprocess(frames[:1], (48, 48))[0], frames[0])  # right size: untouched
+    with pytest.raises(SourceOpenError):
+        ArraySource(frames[..., 0]).open()
