@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train JEPA agents per viewpoint, align them with W, export and run them at the edge.")
@@ -32,7 +33,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -66,9 +67,11 @@ def train(
     compile: Annotated[bool, typer.Option(help="torch.compile the encoder (CUDA).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides (unknown keys are errors).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher agent run dir: align this student to it via W.")] = None,
+    anchors: Annotated[int, typer.Option(help="Anchor moments whose teacher latents the student receives.")] = 256,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train one JEPA agent on one viewpoint."""
+    """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
     from jepa_edge.config import from_dict, to_dict
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import train as run_train
@@ -85,6 +88,8 @@ def train(
         cfg_dict["train"]["batch_size"] = batch_size
     if lr is not None:
         cfg_dict["train"]["lr"] = lr
+    if teacher is not None:
+        cfg_dict["teacher"].update(run=str(teacher), anchors=anchors)
     cfg = from_dict(RunConfig, cfg_dict)
     result = run_train(cfg, out, resume=resume, progress=progress)
     _print_train_summary(result)
@@ -264,7 +269,7 @@ def reproduce(
 def export(
     run: Annotated[Path, typer.Argument(help="Agent run directory (encoder.safetensors + meta.json).")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
-    head: Annotated[Optional[Path], typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
+    head: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files to fuse in (repeat).")] = [],  # noqa: B006
     mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | bare")] = "fused",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
@@ -277,7 +282,7 @@ def export(
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: max batch.")] = 8,
     max_head: Annotated[int, typer.Option(help="TensorRT profile: max head width (head_inputs mode).")] = 256,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace limit (MiB).")] = 1024,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="Persisted TensorRT timing cache.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Persisted TensorRT timing cache.")] = None,
     calib_source: Annotated[str, typer.Option(help="INT8 calibration frames: sim, a video file or a recording.")] = "sim",
     calib_view: Annotated[str, typer.Option(help="Simulator view for INT8 calibration.")] = "top",
     calib_frames: Annotated[int, typer.Option(help="INT8 calibration frames.")] = 512,
@@ -300,7 +305,7 @@ def export(
         Console().print(f"wrote {built.engine_path} ({built.sidecar['precision']}) + {built.sidecar_path}")
 
 
-def _head_from_files(meta, postcard: Optional[Path], probes: list[Path]):
+def _head_from_files(meta, postcard: Path | None, probes: list[Path]):
     if postcard is None and not probes:
         return None
     from jepa_edge.calib import build_head, load_postcard, load_probe
@@ -316,15 +321,15 @@ def run_cmd(
     source: Annotated[str, typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
                                         "folder, or sim:VIEW.")] = "sim:top",
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
-    head: Annotated[Optional[Path], typer.Option(help="Postcard W to apply (head_inputs or numpy mode).")] = None,
+    head: Annotated[Path | None, typer.Option(help="Postcard W to apply (head_inputs or numpy mode).")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files (repeat).")] = [],  # noqa: B006
-    watch: Annotated[Optional[Path], typer.Option(help="Folder watched for new postcards/probes (hot swap).")] = None,
+    watch: Annotated[Path | None, typer.Option(help="Folder watched for new postcards/probes (hot swap).")] = None,
     head_mode: Annotated[str, typer.Option(help="auto | graph | numpy")] = "auto",
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
     realtime: Annotated[bool, typer.Option(help="Pace a file at its fps (drops frames if inference is slow).")] = False,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
-    video_out: Annotated[Optional[Path], typer.Option(help="Write an annotated video.")] = None,
-    jsonl: Annotated[Optional[Path], typer.Option(help="Write JSON lines here instead of stdout.")] = None,
+    video_out: Annotated[Path | None, typer.Option(help="Write an annotated video.")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Write JSON lines here instead of stdout.")] = None,
     emit_latent: Annotated[bool, typer.Option(help="Include z in every JSON line.")] = False,
 ) -> None:
     """Run the exported model on a camera feed / video / stream; one JSON line per frame."""
@@ -366,10 +371,12 @@ def bench(
     frames: Annotated[int, typer.Option(help="Timed frames per configuration.")] = 300,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up batches.")] = 20,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
-    torch_run: Annotated[Optional[Path], typer.Option("--torch", help="Agent run dir: also time PyTorch eager.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    torch_run: Annotated[Path | None, typer.Option("--torch", help="Agent run dir: also time PyTorch eager.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
     """Latency per stage and end to end (mean, p50, p90, p99, max, FPS, drops) per backend / head / batch."""
+    import sys
+
     from jepa_edge.runtime import BenchConfig, bench_table, benchmark
 
     extra = None
@@ -380,7 +387,7 @@ def bench(
     report = benchmark([str(p) for p in model], source, BenchConfig(
         warmup=warmup, n_frames=frames, batch_sizes=tuple(batch), head_modes=tuple(head_mode),
         backends=tuple(backend), intra_op_threads=threads), extra_backends=extra)
-    Console().print(bench_table(report))
+    Console(width=None if sys.stdout.isatty() else 200).print(bench_table(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))

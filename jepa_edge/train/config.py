@@ -41,11 +41,22 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    run: str = ""  # teacher agent run dir ("" = no teacher: plain JEPA)
+    anchors: int = 256  # anchor moments whose teacher latents the student receives
+    weight: float = 1.0  # alignment loss weight (added to the JEPA loss)
+    anchor_batch: int = 64  # anchor moments per step
+    anchor_seed: int = 999  # world seed of the anchor moments (both robots can re-create them)
+    control: str = "none"  # none | shuffled (teacher latents permuted) | random (untrained teacher)
+
+
+@dataclass
 class RunConfig:
     name: str = "agent"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     jepa: JEPAConfig = field(default_factory=JEPAConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def validate(self) -> None:
         if self.train.steps < 1 or self.train.batch_size < 2:

@@ -131,7 +131,16 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     frames = torch.from_numpy(train_data.frames).permute(0, 1, 4, 2, 3).contiguous()  # (E, T, 3, S, S) uint8
     torch.manual_seed(tc.seed)
     model = JEPA(cfg.jepa).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    modules: dict[str, torch.nn.Module] = {"model": model}
+    align = None
+    if cfg.teacher.run:
+        if world > 1:
+            raise ValueError("student training with --teacher runs in one process; drop torchrun for it")
+        from jepa_edge.train.teacher import build_alignment  # student mode: align to a frozen teacher through W
+
+        align = build_alignment(cfg, device)
+        modules["align"] = align
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     step, untrained, wall_before = 0, {}, 0.0
     if resume:
@@ -144,7 +153,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 f"{out_dir}: the saved run used a different config; resume with the same options "
                 "(or train into a new --out)"
             )
-        info = load_train_state(out_dir, {"model": model}, opt)
+        info = load_train_state(out_dir, modules, opt)
         step, untrained, wall_before = info["step"], info.get("untrained", {}), info.get("wall_time_s", 0.0)
     elif (out_dir / "train_state.json").exists():
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
@@ -165,7 +174,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             return None
         info = {"step": at, "config": cfg.to_dict(), "untrained": untrained, "metrics": metrics,
                 "wall_time_s": wall_before + time.time() - t0}
-        save_train_state(out_dir, {"model": model}, opt, info)
+        save_train_state(out_dir, modules, opt, info)
         return save_agent(out_dir, model.target_encoder,
                           _agent_meta(cfg, at, metrics, untrained, train_data.source))
 
@@ -204,6 +213,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 group["lr"] = lr
             with autocast:
                 loss, logs = runner(clip)
+                if align is not None:
+                    align_loss, align_logs = align.loss(model.encoder, step)
+                    loss = loss + cfg.teacher.weight * align_loss
+                    logs = {**logs, **align_logs}
             opt.zero_grad(set_to_none=True)
             loss.backward()
 
@@ -218,11 +231,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or resume "
                                              "from the last checkpoint")
-                rec = {"step": step, "lr": lr, "loss": float(loss), "grad_norm": float(grad_norm), **logs,
+                rec = {"step": step, "lr": lr, **logs, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
                        "time_s": round(time.time() - t0, 2)}
                 log_f.write(json.dumps(rec) + "\n")
                 r2 = metrics.get("position_r2")
-                bar.update(task, info=f"loss {float(loss):.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
+                bar.update(task, info=f"loss {float(loss.detach()):.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
             bar.update(task, completed=step)
     if log_f:
         log_f.close()

@@ -1,0 +1,135 @@
+"""The JEPA objective: predict the EMA target's latents of a future frame.
+
+A training clip is ``k + h`` consecutive frames of one view. The online
+encoder sees the ``k`` context frames; the EMA target encoder (stop-grad) sees
+frame ``t + h``. Two prediction terms, both in latent space:
+
+* tokens: a token predictor maps the context tokens to the target frame's
+  tokens (LayerNorm'ed target, as in I-JEPA). This is what makes the patch
+  tokens carry where the objects are.
+* global: an MLP maps the k context latents ``z`` to the target ``z``; this
+  trains the attention pool that produces the exchanged latent.
+
+Anti-collapse: VICReg variance + covariance on the online context tokens,
+computed per patch position across the batch. See docs/RECIPE.md for what was
+measured (regularising ``z`` itself collapsed it to rank 1-2 every time).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from jepa_edge.train.model import Encoder, EncoderConfig, Predictor, PredictorConfig
+
+REGULARISERS = ("vicreg",)
+
+
+@dataclass
+class JEPAConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    context_frames: int = 2  # k: two frames give position and velocity, enough to predict t+1
+    horizon: int = 1  # h: predict frame t+1; objects move ~1.5 px/step at 32 px, already non-trivial
+    token_weight: float = 1.0  # token prediction: the term that makes tokens encode object positions
+    z_weight: float = 1.0  # global z prediction: trains the pool; its loss stays small (~0.02)
+    regulariser: str = "vicreg"  # on tokens per patch position; only vicreg is implemented (sigreg on z collapsed)
+    reg_weight: float = 1.0  # weight of (variance + cov_weight * covariance); the best of the runs in RECIPE.md
+    cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
+    var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
+    ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
+    ema_end: float = 1.0  # ...and freezes at the end (cosine schedule, as in I-JEPA)
+
+    def validate(self) -> None:
+        self.encoder.validate()
+        if self.context_frames < 1 or self.horizon < 1:
+            raise ValueError(f"context_frames ({self.context_frames}) and horizon ({self.horizon}) must be >= 1")
+        if self.regulariser not in REGULARISERS:
+            raise ValueError(f"unknown regulariser {self.regulariser!r}; choose one of {REGULARISERS}")
+        if self.predictor.embed_dim % self.predictor.num_heads:
+            raise ValueError(
+                f"predictor.embed_dim {self.predictor.embed_dim} is not a multiple of "
+                f"predictor.num_heads {self.predictor.num_heads}"
+            )
+
+
+def vicreg_terms(x: torch.Tensor, target_std: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (G, B, D): G groups of B samples → (variance hinge, covariance penalty), averaged over groups."""
+    x = x - x.mean(1, keepdim=True)  # (G, B, D)
+    std = torch.sqrt(x.var(1) + 1e-4)  # (G, D)
+    var = F.relu(target_std - std).mean()
+    cov = x.transpose(1, 2) @ x / (x.shape[1] - 1)  # (G, D, D)
+    off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))  # (G, D, D) off-diagonal part
+    return var, off.pow(2).sum((1, 2)).mean() / x.shape[-1]
+
+
+class JEPA(nn.Module):
+    """Online encoder + EMA target encoder + predictors; ``loss(clip)`` is the objective."""
+
+    def __init__(self, cfg: JEPAConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.encoder)
+        self.predictor = Predictor(cfg.encoder, cfg.predictor, cfg.context_frames)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+
+    @property
+    def clip_len(self) -> int:
+        return self.cfg.context_frames + self.cfg.horizon
+
+    def loss(self, clip: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """clip (B, k+h, 3, H, W) float in [0, 255] → (scalar loss, logs)."""
+        cfg, k = self.cfg, self.cfg.context_frames
+        B = clip.shape[0]
+        tokens = self.encoder.forward_features(clip[:, :k].flatten(0, 1))  # (B*k, N, D)
+        z = self.encoder.pool(tokens)  # (B*k, Z)
+        with torch.no_grad():
+            target_tokens = self.target_encoder.forward_features(clip[:, -1])  # (B, N, D)
+            target_z = self.target_encoder.pool(target_tokens)  # (B, Z)
+            target_tokens = F.layer_norm(target_tokens, target_tokens.shape[-1:])
+        pred_tokens, pred_z = self.predictor(tokens.reshape(B, k, *tokens.shape[1:]), z.reshape(B, k, -1))
+        loss_tok = F.mse_loss(pred_tokens, target_tokens)
+        loss_z = F.mse_loss(pred_z, target_z)
+        var, cov = vicreg_terms(tokens.transpose(0, 1), cfg.var_target)  # groups = patch positions
+        loss = cfg.token_weight * loss_tok + cfg.z_weight * loss_z + cfg.reg_weight * (var + cfg.cov_weight * cov)
+        logs = {"loss": loss.item(), "loss_tokens": loss_tok.item(), "loss_z": loss_z.item(),
+                "tok_var": var.item(), "tok_cov": cov.item(), "z_std": embedding_std(z.detach())}
+        return loss, logs
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """EMA: target ← momentum · target + (1 − momentum) · online."""
+        for p_t, p_o in zip(self.target_encoder.parameters(), self.encoder.parameters()):
+            p_t.mul_(momentum)
+            p_t.add_(p_o.detach(), alpha=1.0 - momentum)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, times a cosine decay from ``base`` to 0 over ``total``."""
+    ramp = min(1.0, (step + 1) / max(1, warmup))
+    return base * ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
+    """Cosine ramp of the EMA momentum from ``start`` (step 0) to ``end`` (step ``total``)."""
+    return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    """Mean over dimensions of the per-dimension std across the batch; ~0 means collapse."""
+    return float(z.float().std(0).mean())
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """exp(entropy) of the normalised spectrum of standardised z (B, Z): 1 = one direction, Z = isotropic."""
+    z = z.float()
+    z = (z - z.mean(0)) / (z.std(0) + 1e-6)  # (B, Z)
+    s2 = torch.linalg.svdvals(z).pow(2)
+    p = s2 / s2.sum()
+    return float(torch.exp(-(p * torch.log(p + 1e-12)).sum()))

@@ -1,0 +1,464 @@
+"""Do students aligned to a teacher through W learn faster? (`jepa-edge reproduce --student`)
+
+The paper's claim: a new agent aligned to an existing one through W needs
+3-4x fewer steps and ~70% less compute. ``run_student_study``:
+
+1. trains a teacher on view A once (or reuses ``teacher_run``);
+2. for every seed trains on view B, with the same init and the same clips:
+   ``scratch`` (plain JEPA), ``teacher`` (aligned to the teacher),
+   ``shuffled`` (teacher latents permuted across anchors) and ``random``
+   (an untrained teacher of the same architecture); every run logs the
+   held-out state-probe score to its ``log.jsonl`` every ``eval_every`` steps;
+3. computes everything from those log files only (``analyse``): per seed the
+   target is ``target_fraction`` x the scratch run's final score; steps, wall
+   time and FLOPs until a run's probe score first reaches it (FLOPs = steps x
+   ``count_step_flops`` of that condition), final scores, mean ± spread,
+   speed-ups against scratch; the verdict on the claim is derived from them;
+4. writes ``student_results.json``, ``student_report.md`` and
+   ``student_curves.png``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.calib.postcard import atomic_write_bytes, jsonable
+from jepa_edge.config import from_dict, to_dict
+from jepa_edge.train.checkpoint import CheckpointError, load_agent_meta
+from jepa_edge.train.config import RunConfig
+
+CONDITIONS = ("scratch", "teacher", "shuffled", "random")
+CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # condition → TeacherConfig.control
+TITLES = {"scratch": "scratch", "teacher": "with teacher", "shuffled": "shuffled teacher (control)",
+          "random": "untrained teacher (control)"}
+TARGET_MODES = ("final", "gain")
+COLORS = {"scratch": "tab:gray", "teacher": "tab:blue", "shuffled": "tab:orange", "random": "tab:green"}
+
+# The recipe's model (jepa.py / model.py defaults) on CPU; sizes are the recipe owner's, only the run
+# plumbing is set here. Timings on the 2-core CPU are in docs/STUDENT.md.
+SMALL_RUN: dict[str, Any] = {
+    "train": {"device": "cpu", "threads": 2, "log_every": 25, "ckpt_every": 500},
+}
+
+
+class StudentStudyError(ValueError):
+    """Study options or logs that cannot give meaningful numbers."""
+
+
+@dataclass
+class StudentStudyConfig:
+    view_teacher: str = "top"  # view A: the existing agent
+    view_student: str = "oblique"  # view B: the new agent
+    teacher_run: str = ""  # reuse this finished teacher ("" = train one into out_dir/runs/teacher)
+    teacher_steps: int = 600  # the teacher is trained longer than any student: it stands for a mature agent
+    steps: int = 300  # steps of every student / scratch run
+    seeds: tuple[int, ...] = (0, 1, 2)  # model seed and clip order; shared by the conditions of one seed
+    conditions: tuple[str, ...] = CONDITIONS  # must include scratch and teacher
+    eval_every: int = 25  # probe evaluation period of every run (the resolution of steps-to-target)
+    metric: str = "position_r2"  # eval key: held-out position-probe R² of the saved (target) encoder
+    target_fraction: float = 0.9  # see target_mode; per seed, from that seed's scratch run
+    target_mode: str = "final"  # final: fraction x scratch's final score | gain: step-0 score + fraction x the gain
+    claim_speedup: float = 3.0  # the paper: 3-4x fewer steps
+    claim_saving: float = 0.7  # the paper: ~70% less compute
+    saving_tolerance: float = 0.05  # "~70%": a saving >= claim_saving - tolerance counts as matching
+    teacher_seed: int = 1000  # model seed of the teacher
+    teacher_world_seed: int = 0  # the teacher's training episodes
+    student_world_seed: int = 100  # students train on other episodes (+ seed)
+    run: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(SMALL_RUN)))  # RunConfig overrides
+    teacher: dict[str, Any] = field(default_factory=lambda: {"anchors": 256, "anchor_batch": 32})  # TeacherConfig
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.conditions) - set(CONDITIONS))
+        if unknown or not {"scratch", "teacher"} <= set(self.conditions):
+            raise StudentStudyError(f"conditions {list(self.conditions)}: use a subset of {list(CONDITIONS)} "
+                                    "that includes scratch and teacher")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise StudentStudyError(f"seeds {list(self.seeds)} must be distinct and non-empty")
+        if self.target_mode not in TARGET_MODES:
+            raise StudentStudyError(f"target_mode={self.target_mode!r}: use one of {list(TARGET_MODES)}")
+        if not 0 < self.target_fraction <= 1:
+            raise StudentStudyError(f"target_fraction={self.target_fraction} must lie in (0, 1]")
+        if self.steps < self.eval_every or self.eval_every < 1:
+            raise StudentStudyError(f"steps={self.steps} must be >= eval_every={self.eval_every} >= 1")
+        if "run" in self.teacher or "control" in self.teacher:
+            raise StudentStudyError("StudentStudyConfig.teacher must not set run/control: the study sets them")
+
+
+# ---------------------------------------------------------------- run configs
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
+    d = _merge(to_dict(RunConfig()), cfg.run)
+    d["name"] = "teacher"
+    d["data"].update(view=cfg.view_teacher, world_seed=cfg.teacher_world_seed)
+    d["train"].update(seed=cfg.teacher_seed, steps=cfg.teacher_steps, eval_every=cfg.eval_every)
+    return from_dict(RunConfig, d)
+
+
+def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_run: str | Path) -> RunConfig:
+    """One run on view B; the conditions of one seed differ only in the teacher section."""
+    d = _merge(to_dict(RunConfig()), cfg.run)
+    d["name"] = f"{condition}_s{seed}"
+    d["data"].update(view=cfg.view_student, world_seed=cfg.student_world_seed + seed)
+    d["train"].update(seed=seed, steps=cfg.steps, eval_every=cfg.eval_every)
+    if condition != "scratch":
+        d["teacher"].update(cfg.teacher)
+        d["teacher"].update(run=str(teacher_run), control=CONTROL_OF[condition])
+    return from_dict(RunConfig, d)
+
+
+def ensure_run(run_cfg: RunConfig, out: Path, progress: bool) -> None:
+    """Train ``out`` with ``train`` unless it holds this exact finished run; resume an interrupted one."""
+    from jepa_edge.train.loop import train
+
+    try:
+        meta = load_agent_meta(out)
+        if from_dict(RunConfig, meta["run"]) == run_cfg and meta["step"] == run_cfg.train.steps:
+            return
+    except CheckpointError:
+        pass
+    train(run_cfg, out, resume=(out / "train_state.json").is_file(), progress=progress)
+
+
+# ---------------------------------------------------------------- reading logs
+
+
+@dataclass
+class EvalSeries:
+    steps: np.ndarray  # (K,) eval steps, increasing, starting at 0
+    scores: np.ndarray  # (K,) the metric at those steps
+    wall_s: np.ndarray  # (K,) training wall time when that eval ran (periodic evals included)
+
+
+def read_log(path: str | Path, metric: str) -> EvalSeries:
+    """Eval points of one run's ``log.jsonl``; a resumed run's repeated steps keep their last record.
+
+    Train records carry ``time_s`` since the (re)start; after a resume it restarts from 0, so it is
+    offset by the time already reached at the resume step. An eval at step s ran right after the
+    train record of step s; its wall time is interpolated between the nearest train records.
+    """
+    evals: dict[int, float] = {}
+    times: dict[int, float] = {0: 0.0}
+    offset, last_step, last_time = 0.0, 0, 0.0
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StudentStudyError(f"{path}:{n}: not JSON ({exc})") from exc
+        step = int(rec["step"])
+        if "eval" in rec:
+            if metric in rec["eval"]:
+                evals[step] = float(rec["eval"][metric])
+            continue
+        if "time_s" not in rec:
+            continue
+        if step <= last_step or rec["time_s"] + offset < last_time:  # a restart: continue the clock from `step - 1`
+            before = [s for s in times if s < step]
+            offset = times[max(before)] if before else 0.0
+        times[step] = offset + float(rec["time_s"])
+        last_step, last_time = step, times[step]
+    if not evals:
+        raise StudentStudyError(f"{path}: no eval records with {metric!r}; was eval_every larger than the run?")
+    steps = np.array(sorted(evals))
+    t_steps = np.array(sorted(times))
+    wall = np.interp(steps, t_steps, [times[s] for s in t_steps])
+    return EvalSeries(steps, np.array([evals[s] for s in steps]), wall)
+
+
+def steps_to_target(series: EvalSeries, target: float) -> tuple[int | None, float | None]:
+    """First logged eval step (and its wall time) whose score reaches ``target``; (None, None) if none does."""
+    hit = np.flatnonzero(series.scores >= target)
+    if not hit.size:
+        return None, None
+    return int(series.steps[hit[0]]), float(series.wall_s[hit[0]])
+
+
+# ---------------------------------------------------------------- analysis (from logs only)
+
+
+def seed_target(scratch: EvalSeries, cfg: StudentStudyConfig, seed: int) -> float:
+    """The score every run of this seed must reach, from the scratch run's logged curve."""
+    start, final = float(scratch.scores[0]), float(scratch.scores[-1])
+    if cfg.target_mode == "final":
+        if final <= 0:
+            raise StudentStudyError(f"seed {seed}: the scratch run's final {cfg.metric} is {final:.3f} <= 0, so "
+                                    f"'{cfg.target_fraction} x final' is no target; train longer")
+        return cfg.target_fraction * final
+    if final <= start:
+        raise StudentStudyError(f"seed {seed}: the scratch run did not improve {cfg.metric} ({start:.3f} → "
+                                f"{final:.3f}); there is no gain to reach")
+    return start + cfg.target_fraction * (final - start)
+
+
+def _summary(values: list[float | None]) -> dict[str, Any]:
+    v = np.array([x for x in values if x is not None], np.float64)
+    if not v.size:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "of": len(values)}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size), "of": len(values)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def analyse(runs: dict[str, dict[int, Path]], flops_per_step: dict[str, float], cfg: StudentStudyConfig
+            ) -> dict[str, Any]:
+    """Steps / wall / FLOPs to target, final scores, speed-ups and the verdict, from ``log.jsonl`` files.
+
+    ``runs[condition][seed]`` is a run directory (or a log file); ``flops_per_step[condition]`` the
+    counted training FLOPs of one step of that condition.
+    """
+    if "scratch" not in runs:
+        raise StudentStudyError("the analysis needs the scratch runs: they define every target")
+    series = {c: {s: read_log(p / "log.jsonl" if Path(p).is_dir() else p, cfg.metric) for s, p in r.items()}
+              for c, r in runs.items()}
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {c: {} for c in runs}
+    for seed, scratch in series["scratch"].items():
+        target = seed_target(scratch, cfg, seed)
+        base_steps, _ = steps_to_target(scratch, target)
+        base = None
+        for c in runs:
+            if seed not in series[c]:
+                continue
+            s = series[c][seed]
+            n, wall = steps_to_target(s, target)
+            flops = None if n is None else n * flops_per_step[c]
+            row = {"target": target, "trivial_target": base_steps == 0, "start": float(s.scores[0]),
+                   "final": float(s.scores[-1]), "best": float(s.scores.max()),
+                   "steps_to_target": n, "wall_to_target_s": wall, "flops_to_target": flops,
+                   "steps": int(s.steps[-1]), "wall_total_s": float(s.wall_s[-1]),
+                   "curve": {"steps": s.steps.tolist(), "scores": s.scores.tolist()}}
+            if c == "scratch":
+                base = row
+            per_seed[c][seed] = row
+        for c in runs:
+            row = per_seed[c].get(seed)
+            if row is None:
+                continue
+            trivial = base_steps == 0  # the untrained encoder already reaches it: no speed-up is measurable
+            row["speedup_steps"] = None if trivial else _ratio(base_steps, row["steps_to_target"])
+            row["speedup_wall"] = None if trivial else _ratio(base["wall_to_target_s"], row["wall_to_target_s"])
+            row["speedup_flops"] = None if trivial else _ratio(base["flops_to_target"], row["flops_to_target"])
+            row["compute_saving"] = None if row["speedup_flops"] is None else 1.0 - 1.0 / row["speedup_flops"]
+    keys = ("final", "steps_to_target", "wall_to_target_s", "flops_to_target", "speedup_steps", "speedup_wall",
+            "speedup_flops", "compute_saving")
+    summary = {c: {k: _summary([per_seed[c][s][k] for s in sorted(per_seed[c])]) for k in keys} for c in runs}
+    for c in runs:
+        summary[c]["flops_per_step"] = flops_per_step[c]
+        summary[c]["step_cost_vs_scratch"] = flops_per_step[c] / flops_per_step["scratch"]
+    trivial = sorted(s for s, r in per_seed["scratch"].items() if r["trivial_target"])
+    return {"per_seed": per_seed, "summary": summary, "trivial_target_seeds": trivial,
+            "verdict": verdict(summary, cfg, trivial)}
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def verdict(summary: dict[str, Any], cfg: StudentStudyConfig, trivial: list[int] = ()) -> dict[str, Any]:
+    """Plain statements on the claim, derived from the summary numbers and the config thresholds."""
+    t = summary.get("teacher")
+    if t is None:
+        return {"steps": "no teacher runs", "compute": "no teacher runs", "controls": "", "holds": False}
+    sp, sv = t["speedup_steps"], t["compute_saving"]
+    reached = f"{sp['n']}/{sp['of']} seeds reached the target"
+    if trivial:
+        steps = (f"not measurable: for seeds {list(trivial)} the untrained encoder already reaches the target at "
+                 "step 0; use target_mode='gain' or a higher target_fraction")
+        return {"steps": steps, "compute": steps, "controls": "", "steps_holds": False, "compute_holds": False,
+                "teacher_beats_controls": False, "holds": False}
+    if sp["n"] < sp["of"]:
+        steps = (f"does not hold: only {reached} with the teacher; the claim needs every student to reach it "
+                 f"{cfg.claim_speedup:g}x sooner")
+        steps_ok = False
+    else:
+        steps_ok = sp["mean"] >= cfg.claim_speedup
+        what = "holds" if steps_ok else ("does not hold (a smaller speed-up)" if sp["mean"] > 1.25
+                                         else "does not hold (no speed-up)")
+        steps = (f"{what}: {_fmt(sp['mean'])}x fewer steps (± {_fmt(sp['std'])}, range {_fmt(sp['min'])}-"
+                 f"{_fmt(sp['max'])}) vs the claimed {cfg.claim_speedup:g}-4x; {reached}")
+    need = cfg.claim_saving - cfg.saving_tolerance
+    if sv["n"] < sv["of"]:
+        compute, compute_ok = f"does not hold: only {reached}", False
+    else:
+        compute_ok = sv["mean"] >= need
+        compute = (f"{'holds' if compute_ok else 'does not hold'}: {100 * sv['mean']:.0f}% less training compute "
+                   f"(± {100 * sv['std']:.0f} points; one student step costs {t['step_cost_vs_scratch']:.2f}x a "
+                   f"scratch step) vs the claimed ~{100 * cfg.claim_saving:.0f}%")
+    ctl = []
+    for c in ("shuffled", "random"):
+        if c in summary:
+            s = summary[c]["speedup_steps"]
+            ctl.append(f"{TITLES[c]}: {_fmt(s['mean'])}x ({s['n']}/{s['of']} reached)")
+    beats = all(summary[c]["speedup_steps"]["n"] < summary[c]["speedup_steps"]["of"]
+                or (sp["mean"] is not None and summary[c]["speedup_steps"]["mean"] < sp["mean"])
+                for c in ("shuffled", "random") if c in summary)
+    controls = (f"with teacher {_fmt(sp['mean'])}x vs " + "; ".join(ctl) + (
+        " — the teacher beats both controls" if beats else " — a control does as well: the speed-up is not "
+        "the teacher's knowledge")) if ctl else "no controls run"
+    return {"steps": steps, "compute": compute, "controls": controls, "steps_holds": steps_ok,
+            "compute_holds": compute_ok, "teacher_beats_controls": beats,
+            "holds": bool(steps_ok and compute_ok and beats)}
+
+
+# ---------------------------------------------------------------- figure and report
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    """Probe score vs steps and vs training FLOPs: mean over seeds, band = min..max."""
+    from matplotlib.figure import Figure  # Agg canvas, no global pyplot state
+
+    an = results["analysis"]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for c, rows in an["per_seed"].items():
+        curves = [r["curve"] for r in rows.values()]
+        n = min(len(cv["steps"]) for cv in curves)
+        steps = np.array(curves[0]["steps"][:n], np.float64)
+        scores = np.array([cv["scores"][:n] for cv in curves])  # (seeds, K)
+        for ax, x in zip(axes, (steps, steps * an["summary"][c]["flops_per_step"])):
+            ax.plot(x, scores.mean(0), color=COLORS[c], label=f"{TITLES[c]} (n={len(curves)})")
+            ax.fill_between(x, scores.min(0), scores.max(0), color=COLORS[c], alpha=0.2, lw=0)
+    target = np.mean([r["target"] for r in an["per_seed"]["scratch"].values()])
+    for ax, xlabel in zip(axes, ("training steps", "training FLOPs (counted per step x steps)")):
+        ax.axhline(target, color="k", ls=":", lw=1, label=f"target (mean) {target:.3f}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"held-out {results['config']['metric']}")
+        ax.grid(alpha=0.3)
+        lo = min(min(r["curve"]["scores"]) for rows in an["per_seed"].values() for r in rows.values())
+        ax.set_ylim(max(lo, -0.5) - 0.02, None)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Student on view B: probe score (mean over seeds, band = min..max)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _sci(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2e}"
+
+
+def _cell(s: dict[str, Any], fmt=_fmt) -> str:
+    if s["mean"] is None:
+        return f"not reached (0/{s['of']})"
+    tail = "" if s["n"] == s["of"] else f" [{s['n']}/{s['of']} reached]"
+    return f"{fmt(s['mean'])} ± {fmt(s['std'])}{tail}"
+
+
+def render_report(results: dict[str, Any]) -> str:
+    an, cfg, crossed = results["analysis"], results["config"], results.get("crossed") or {}
+    v = an["verdict"]
+    L = ["# Teacher-accelerated students: results", "",
+         f"Teacher on view `{cfg['view_teacher']}` ({cfg['teacher_steps']} steps), students on view "
+         f"`{cfg['view_student']}`, {cfg['steps']} steps each, seeds {cfg['seeds']}; metric: held-out "
+         f"`{cfg['metric']}` every {cfg['eval_every']} steps. Target per seed: {cfg['target_fraction']:g} x the "
+         "scratch run's final score; a run's steps-to-target is its first logged eval at or above it.", "",
+         "## Verdict on the paper's claim (3-4x fewer steps, ~70% less compute)", "",
+         f"**Overall: {'the claim holds here' if v['holds'] else 'the claim does not hold here'}.**", "",
+         f"* Steps: {v['steps']}.", f"* Compute: {v['compute']}.", f"* Controls: {v['controls']}.", "",
+         "## Per condition (mean ± std over seeds)", "",
+         "| condition | final score | steps to target | wall s to target | FLOPs to target | speed-up (steps) "
+         "| speed-up (wall) | compute saving | FLOPs / step |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c, s in an["summary"].items():
+        L.append(f"| {TITLES[c]} | {_cell(s['final'], lambda x: _fmt(x, 3))} | {_cell(s['steps_to_target'], lambda x: _fmt(x, 0))} "
+                 f"| {_cell(s['wall_to_target_s'], lambda x: _fmt(x, 1))} | {_cell(s['flops_to_target'], _sci)} "
+                 f"| {_cell(s['speedup_steps'])} | {_cell(s['speedup_wall'])} "
+                 f"| {_cell(s['compute_saving'], lambda x: f'{100 * x:.0f}%')} | {_sci(s['flops_per_step'])} |")
+    L += ["", "## Per seed", "", "| condition | seed | target | final | steps to target | speed-up (steps) |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for c, rows in an["per_seed"].items():
+        for seed, r in rows.items():
+            L.append(f"| {TITLES[c]} | {seed} | {r['target']:.3f} | {r['final']:.3f} | "
+                     f"{'not reached' if r['steps_to_target'] is None else r['steps_to_target']} | "
+                     f"{_fmt(r['speedup_steps'])} |")
+    if crossed:
+        L += ["", "## What crossed from teacher to student", "",
+              f"{crossed['floats']} floats ({crossed['n_anchors']} anchors x {crossed['latent_dim']} dims) + "
+              f"{crossed['ids']} moment ids + the anchor world seed {crossed['anchor_seed']}: "
+              f"{crossed['bytes']} bytes. No frames, no weights (the teacher's weights would have been "
+              f"{crossed['teacher_weights_not_sent_bytes']} bytes)."]
+    fl = results.get("flops", {})
+    if fl:
+        L += ["", "## FLOPs per training step (torch FlopCounterMode, forward + backward)", "",
+              "| condition | JEPA fwd | JEPA bwd | alignment fwd | alignment bwd | step |", "| --- | --- | --- | --- | --- | --- |"]
+        for c, f in fl.items():
+            a = f.get("align") or {"forward": 0, "backward": 0}
+            L.append(f"| {TITLES[c]} | {_sci(f['jepa']['forward'])} | {_sci(f['jepa']['backward'])} | "
+                     f"{_sci(a['forward'])} | {_sci(a['backward'])} | {_sci(f['train_step'])} |")
+        ev = next(iter(fl.values()))["separate"]["eval"]
+        L += ["", f"Not in the step count: EMA and AdamW (elementwise), and each probe eval "
+              f"({_sci(ev['forward'])} FLOPs of encoder forwards over {ev['frames']} held-out frames)."]
+    if "teacher_run" in results:
+        L += ["", f"Teacher: `{results['teacher_run']}` (final {cfg['metric']} "
+              f"{_fmt(results.get('teacher_metrics', {}).get(cfg['metric']), 3)}); its training cost is not "
+              "charged to the student (the teacher already exists)."]
+    L += ["", "![probe score vs steps](student_curves.png)", ""]
+    return "\n".join(L)
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "student_results.json", out_dir / "student_report.md", out_dir / "student_curves.png"]
+    atomic_write_bytes(paths[0], json.dumps(jsonable(results), indent=1, allow_nan=False).encode())
+    atomic_write_bytes(paths[1], render_report(results).encode())
+    plot_curves(results, paths[2])
+    return paths
+
+
+# ---------------------------------------------------------------- the study
+
+
+def run_student_study(cfg: StudentStudyConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    from rich.console import Console
+
+    from jepa_edge.train.flops import count_step_flops
+    from jepa_edge.train.teacher import receive_teacher_latents
+
+    cfg.validate()
+    out_dir = Path(out_dir)
+    console = Console(stderr=True)
+    runs_dir = out_dir / "runs"
+    teacher_run = Path(cfg.teacher_run) if cfg.teacher_run else runs_dir / "teacher"
+    if cfg.teacher_run:
+        load_agent_meta(teacher_run)  # a missing or broken teacher fails here, before any student trains
+    else:
+        console.print(f"teacher on view {cfg.view_teacher}: {cfg.teacher_steps} steps → {teacher_run}")
+        ensure_run(teacher_config(cfg), teacher_run, progress)
+    runs: dict[str, dict[int, Path]] = {c: {} for c in cfg.conditions}
+    configs: dict[str, RunConfig] = {}
+    for seed in cfg.seeds:
+        for c in cfg.conditions:
+            run_cfg = student_config(cfg, c, seed, teacher_run)
+            configs.setdefault(c, run_cfg)
+            runs[c][seed] = runs_dir / run_cfg.name
+            console.print(f"seed {seed}: {c} on view {cfg.view_student} → {runs[c][seed]}")
+            ensure_run(run_cfg, runs[c][seed], progress)
+    flops = {c: count_step_flops(configs[c]) for c in cfg.conditions}
+    results: dict[str, Any] = {
+        "config": to_dict(cfg), "teacher_run": str(teacher_run),
+        "teacher_metrics": load_agent_meta(teacher_run).get("metrics", {}),
+        "runs": {c: {str(s): str(p) for s, p in r.items()} for c, r in runs.items()},
+        "crossed": receive_teacher_latents(configs["teacher"])[2],
+        "flops": flops,
+        "analysis": analyse(runs, {c: float(f["train_step"]) for c, f in flops.items()}, cfg),
+    }
+    write_outputs(results, out_dir)
+    return results
+
