@@ -173,12 +173,7 @@ def test_fused_and_manual_attention_exports_agree(agents, tmp_path, fused_attn):
     assert "Softmax" in ops  # attention is decomposed into plain ONNX ops either way
 
 
-@pytest.mark.parametrize("fused_attn", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "train/model.py Attention manual path calls F.dropout(attn, p) without training=self.training: "
-        "the graph gets a training-mode Dropout (TensorRT's ONNX parser does not take one); fix in model.py"))),
-])
+@pytest.mark.parametrize("fused_attn", [True, False])
 def test_no_training_mode_dropout_in_the_graph(agents, tmp_path, fused_attn):
     enc = make_encoder(0)
     enc.set_fused_attn(fused_attn)

@@ -37,7 +37,7 @@ def write_log(path, scores: list[float], eval_every: int = 10, sec_per_step: flo
     return path
 
 
-CFG = StudentStudyConfig(steps=40, eval_every=10, seeds=(0, 1))
+CFG = StudentStudyConfig(steps=40, eval_every=10, seeds=(0, 1), target_mode="final")
 # scratch final 0.8 → target 0.72; scratch reaches it at step 40, the student at 10 (seed 0) / 20 (seed 1)
 CURVES = {
     "scratch": {0: [0.1, 0.3, 0.5, 0.6, 0.8], 1: [0.1, 0.3, 0.5, 0.6, 0.8]},
@@ -90,7 +90,8 @@ def test_gain_target_and_trivial_target(logged, tmp_path):
 
 
 def test_scratch_that_never_learns_is_an_error(tmp_path):
-    runs = {"scratch": {0: write_log(tmp_path / "s", [0.0, -0.1, -0.2])}, "teacher": {0: write_log(tmp_path / "t", [0, 1])}}
+    runs = {"scratch": {0: write_log(tmp_path / "s", [0.0, -0.1, -0.2])},
+            "teacher": {0: write_log(tmp_path / "t", [0, 1])}}
     with pytest.raises(StudentStudyError, match="<= 0"):
         analyse(runs, {"scratch": 1.0, "teacher": 1.0}, CFG)
 
@@ -180,7 +181,8 @@ def test_tiny_study_end_to_end(tmp_path):
 
     run = json.loads(json.dumps(TINY))
     run["train"].pop("steps")
-    cfg = StudentStudyConfig(teacher_steps=4, steps=4, eval_every=2, seeds=(0,), run=run, teacher=dict(STUDENT),
+    cfg = StudentStudyConfig(teacher_steps=4, teacher_eval_every=2, steps=4, eval_every=2, seeds=(0,), run=run,
+                             teacher=dict(STUDENT), target_mode="final", workers=2,  # the process-pool path
                              metric="effective_rank")  # positive from step 0: the plumbing, not the science
     res = run_student_study(cfg, tmp_path, progress=False)
     assert set(res["analysis"]["per_seed"]) == {"scratch", "teacher", "shuffled", "random"}

@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from jepa_edge.train.model import Encoder, EncoderConfig, Predictor, PredictorConfig
 
@@ -43,7 +43,7 @@ class JEPAConfig:
     cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
     var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
-    ema_end: float = 1.0  # ...and freezes at the end (cosine schedule, as in I-JEPA)
+    ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (R² 0.76 vs online 0.80)
 
     def validate(self) -> None:
         self.encoder.validate()
@@ -125,11 +125,3 @@ def embedding_std(z: torch.Tensor) -> float:
     """Mean over dimensions of the per-dimension std across the batch; ~0 means collapse."""
     return float(z.float().std(0).mean())
 
-
-def effective_rank(z: torch.Tensor) -> float:
-    """exp(entropy) of the normalised spectrum of standardised z (B, Z): 1 = one direction, Z = isotropic."""
-    z = z.float()
-    z = (z - z.mean(0)) / (z.std(0) + 1e-6)  # (B, Z)
-    s2 = torch.linalg.svdvals(z).pow(2)
-    p = s2 / s2.sum()
-    return float(torch.exp(-(p * torch.log(p + 1e-12)).sum()))

@@ -234,6 +234,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 rec = {"step": step, "lr": lr, **logs, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
                        "time_s": round(time.time() - t0, 2)}
                 log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
                 r2 = metrics.get("position_r2")
                 bar.update(task, info=f"loss {float(loss.detach()):.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
             bar.update(task, completed=step)

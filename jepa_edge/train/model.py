@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
-            attn = F.dropout(attn.softmax(dim=-1), p)
+            attn = F.dropout(attn.softmax(dim=-1), p, training=self.training)
             x = attn @ v  # (B, h, N, hd)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj(x)
@@ -199,7 +199,7 @@ class Predictor(nn.Module):
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ctx_tokens (B, k, N, D), ctx_z (B, k, Z) → (pred tokens (B, N, D), pred z (B, Z))."""
-        B, k, N, D = ctx_tokens.shape
+        B, k, N, _ = ctx_tokens.shape
         x = self.embed(ctx_tokens) + self.pos_embed + self.frame_embed  # (B, k, N, P)
         x = x.reshape(B, k * N, -1)  # (B, k*N, P)
         for blk in self.blocks:

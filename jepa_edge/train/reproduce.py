@@ -113,11 +113,11 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
     )
     console.print("running the study (W estimators, controls, anchor sweep, probe transfer)…")
     results = run_study(inputs, cfg.study)
-    results["agents"] = {"A": {"run": str(runs / "agentA"), "metrics": meta_a.get("metrics"),
+    results["agent_training"] = {"A": {"run": str(runs / "agentA"), "metrics": meta_a.get("metrics"),
                                "untrained_metrics": meta_a.get("untrained_metrics")},
                          "B": {"run": str(runs / "agentB"), "metrics": meta_b.get("metrics"),
                                "untrained_metrics": meta_b.get("untrained_metrics")}}
-    results["config"] = to_dict(cfg)
+    results["reproduce_config"] = to_dict(cfg)
     write_report(results, out_dir)
 
     # ---- artifacts for export: W_BA on all anchors + agent A's probes

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from jepa_edge.config import from_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
@@ -138,8 +138,9 @@ class Alignment(nn.Module):
         fit = (z @ self.W.T - t).pow(2).mean()
         orth = self.orthogonality()
         loss = fit + ORTH_WEIGHT * orth
-        r2 = 1.0 - float(fit)  # t has mean square 1: the fit is the fraction of teacher variance unexplained
-        return loss, {"align": float(loss), "align_fit": float(fit), "align_orth": float(orth), "align_r2": r2}
+        fit_v, orth_v = fit.item(), orth.item()
+        return loss, {"align": fit_v + ORTH_WEIGHT * orth_v, "align_fit": fit_v, "align_orth": orth_v,
+                      "align_r2": 1.0 - fit_v}  # t has mean square 1: fit = fraction of teacher variance unexplained
 
 
 # ---------------------------------------------------------------- building it from a RunConfig
