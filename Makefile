@@ -20,6 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
+	$(BIN)/jepa-edge export $(DEMO_OUT)/runs/agentB --head $(DEMO_OUT)/W_BA.postcard.safetensors \
+		--probe $(DEMO_OUT)/probes/agentA.position.probe.safetensors \
+		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx
+	$(BIN)/jepa-edge world record $(DEMO_OUT)/video --view oblique --episodes 4 --steps 250 --overwrite
+	$(BIN)/jepa-edge bench $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi \
+		--torch $(DEMO_OUT)/runs/agentB --threads 1 --out $(DEMO_OUT)/bench.json
+	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --max-frames 5
 
 test: setup
 	$(BIN)/python -m pytest -q
