@@ -288,8 +288,14 @@ def export(
     calib_frames: Annotated[int, typer.Option(help="INT8 calibration frames.")] = 512,
 ) -> None:
     """Export encoder + fused linear head (W, probes) to ONNX, optionally to a TensorRT engine."""
-    from jepa_edge.export import CalibrationConfig, OnnxExportConfig, TrtBuildConfig, build_engine, export_agent
-    from jepa_edge.export import require_tensorrt
+    from jepa_edge.export import (
+        CalibrationConfig,
+        OnnxExportConfig,
+        TrtBuildConfig,
+        build_engine,
+        export_agent,
+        require_tensorrt,
+    )
 
     if trt:
         require_tensorrt()  # fail at once, before the export, when the extra is missing

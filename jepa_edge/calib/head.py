@@ -8,8 +8,9 @@ MatMul+Add, and the runtime can swap the two arrays between frames.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

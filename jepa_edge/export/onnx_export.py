@@ -208,6 +208,11 @@ def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: Onnx
                 dynamo=False,
             )
         else:
+            try:
+                import onnxscript  # noqa: F401  (the dynamo exporter's backend)
+            except ImportError as exc:
+                raise ExportError("exporter='dynamo' needs onnxscript: pip install 'jepa-edge[train]' "
+                                  "(or use the default exporter='torchscript')") from exc
             batch = torch.export.Dim("batch", min=1, max=4096)
             shapes: tuple[dict[int, Any], ...] = ({0: batch},)  # one entry per example input
             if graph.mode == "head_inputs":

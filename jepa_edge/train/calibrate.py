@@ -61,7 +61,7 @@ def load_moments(views: list[str], size: int, cfg: MomentsConfig) -> Moments:
 def split_episodes(moments: Moments, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the anchor/probe pool and of the held-out moments."""
     E = moments.states.n_episodes
-    n_held = max(1, int(round(E * heldout_fraction)))
+    n_held = max(1, round(E * heldout_fraction))
     if n_held >= E:
         raise ValueError(f"{E} episode(s) cannot be split into a pool and a held-out set; use more episodes")
     ep = moments.episode

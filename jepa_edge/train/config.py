@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jepa_edge.train.jepa import JEPAConfig
-
 from jepa_edge.config import from_dict, to_dict
+from jepa_edge.train.jepa import JEPAConfig
 from jepa_edge.world.sim import WorldConfig
 
 

@@ -38,7 +38,7 @@ def effective_rank(z: np.ndarray) -> float:
 def state_probe(z: np.ndarray, states: WorldStates, train_frac: float = 0.75) -> dict[str, float]:
     """Position R² and danger-label balanced accuracy on held-out episodes."""
     E, T = states.n_episodes, states.n_steps
-    n_train = max(1, int(round(E * train_frac))) * T
+    n_train = max(1, round(E * train_frac)) * T
     pos = states.state_vector().reshape(E * T, -1)  # (M, 2n)
     danger = states.danger.reshape(E * T)  # (M,)
     agent = {"name": "probe", "fingerprint": "eval", "latent_dim": z.shape[1], "view": ""}

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jepa_edge.calib.fingerprint import fingerprint_arrays
@@ -36,6 +35,7 @@ from jepa_edge.train.checkpoint import (
 )
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.evaluate import encode_frames, state_probe
+from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.world.dataset import ViewData, make_view_dataset
 
 
