@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jepa_edge.runtime.backend_ort import OrtConfig, _ort_errors, _providers
+from jepa_edge.runtime.backend_ort import OrtConfig, _ort_errors, _providers, session_options
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
 
 PROVIDERS = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}  # name → runtime backend
@@ -52,15 +52,7 @@ def ort_session(
                     trt_fp16=fp16, trt_cache_dir=str(cache_dir or ""))
     cfg.validate()
     providers = _providers(backend, cfg)  # raises BackendUnavailableError naming jepa-edge[gpu]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = cfg.log_severity
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    so = session_options(ort, cfg)
     where = "<in-memory model>" if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes):
         if not Path(model).is_file():

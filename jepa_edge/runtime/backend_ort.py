@@ -66,6 +66,21 @@ def available_providers() -> list[str]:
     return list(_import_ort().get_available_providers())
 
 
+def session_options(ort, cfg: OrtConfig):
+    """ONNX Runtime SessionOptions from an OrtConfig (threads, logging, graph optimisation level)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.intra_op_threads
+    so.inter_op_num_threads = cfg.inter_op_threads
+    so.log_severity_level = cfg.log_severity
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[cfg.graph_optimization]
+    return so
+
+
 def _providers(backend: str, cfg: OrtConfig) -> list[Any]:
     """Provider list for ``backend``; raises when the provider is not in this onnxruntime build."""
     want = ORT_BACKENDS[backend]
@@ -124,16 +139,7 @@ class OrtModel(Model):
             raise FileNotFoundError(f"{path}: no such ONNX model; export one with `jepa-edge export`")
         ort = _import_ort()
         providers = _providers(backend, cfg)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = cfg.intra_op_threads
-        so.inter_op_num_threads = cfg.inter_op_threads
-        so.log_severity_level = cfg.log_severity
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[cfg.graph_optimization]
+        so = session_options(ort, cfg)
         model_arg: str | bytes = encoder_only_bytes(path) if encoder_only else str(path)
         try:
             sess = ort.InferenceSession(model_arg, so, providers=providers)
