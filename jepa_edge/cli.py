@@ -249,11 +249,21 @@ def reproduce(
     steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
     other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
+    student: Annotated[bool, typer.Option(help="Instead: teacher-accelerated students vs scratch (>= 3 seeds, "
+                                          "controls), written to OUT/student_report.md.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
     from jepa_edge.train.reproduce import ReproduceConfig
     from jepa_edge.train.reproduce import reproduce as run_reproduce
+
+    if student:
+        from jepa_edge.train.student_study import StudentStudyConfig, run_student_study
+
+        scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b)
+        run_student_study(scfg, out, progress=progress)
+        Console().print(f"report: {out / 'student_report.md'}")
+        return
 
     cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
                           run=_load_json_arg(config))

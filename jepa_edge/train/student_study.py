@@ -57,9 +57,10 @@ class StudentStudyConfig:
     view_teacher: str = "top"  # view A: the existing agent
     view_student: str = "oblique"  # view B: the new agent
     teacher_run: str = ""  # reuse this finished teacher ("" = train one into out_dir/runs/teacher)
-    teacher_steps: int = 2000  # longer than any student: the teacher stands for a mature agent (R² ~0.87 on top)
+    teacher_steps: int = 2000  # TrainConfig default, longer than any student: the teacher stands for a mature agent
     teacher_eval_every: int = 250  # the teacher's curve is not analysed: evaluate it rarely
-    steps: int = 1500  # every student / scratch run: TrainConfig's default budget (~75 s of training on 2 cores)
+    teacher_threads: int = 2  # the teacher trains alone, before the students: give it both cores
+    steps: int = 1500  # every student / scratch run; below TrainConfig's 2000 so that the study fits in 30 min
     seeds: tuple[int, ...] = (0, 1, 2)  # model seed and clip order; shared by the conditions of one seed
     conditions: tuple[str, ...] = CONDITIONS  # must include scratch and teacher
     workers: int = 2  # runs trained at once, one torch thread each (run.train.threads=1): on a 2-core CPU
@@ -111,7 +112,8 @@ def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
     d = _merge(to_dict(RunConfig()), cfg.run)
     d["name"] = "teacher"
     d["data"].update(view=cfg.view_teacher, world_seed=cfg.teacher_world_seed)
-    d["train"].update(seed=cfg.teacher_seed, steps=cfg.teacher_steps, eval_every=cfg.teacher_eval_every)
+    d["train"].update(seed=cfg.teacher_seed, steps=cfg.teacher_steps, eval_every=cfg.teacher_eval_every,
+                      threads=cfg.teacher_threads)
     return from_dict(RunConfig, d)
 
 
