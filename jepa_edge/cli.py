@@ -69,6 +69,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     teacher: Annotated[Path | None, typer.Option(help="Teacher agent run dir: align this student to it via W.")] = None,
     anchors: Annotated[int, typer.Option(help="Anchor moments whose teacher latents the student receives.")] = 256,
+    teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
+    teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
@@ -89,7 +91,8 @@ def train(
     if lr is not None:
         cfg_dict["train"]["lr"] = lr
     if teacher is not None:
-        cfg_dict["teacher"].update(run=str(teacher), anchors=anchors)
+        cfg_dict["teacher"].update(run=str(teacher), anchors=anchors, weight=teacher_weight,
+                                   control=teacher_control)
     cfg = from_dict(RunConfig, cfg_dict)
     result = run_train(cfg, out, resume=resume, progress=progress)
     _print_train_summary(result)
@@ -258,9 +261,11 @@ def reproduce(
     from jepa_edge.train.reproduce import reproduce as run_reproduce
 
     if student:
-        from jepa_edge.train.student_study import StudentStudyConfig, run_student_study
+        from jepa_edge.train.student_study import SMALL_RUN, StudentStudyConfig, run_student_study
 
-        scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b)
+        scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
+                                  run=_deep_merge(SMALL_RUN, _load_json_arg(config)),
+                                  **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
         Console().print(f"report: {out / 'student_report.md'}")
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -143,12 +142,6 @@ def test_mismatched_architecture_is_refused(tmp_path):
         load_agent(tmp_path / "nope")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_gloo_processes(tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(to_dict(tiny_config(steps=4, eval_every=4, ckpt_every=4))))
@@ -160,8 +153,8 @@ def test_ddp_two_gloo_processes(tmp_path):
         f"r = train(cfg, {str(tmp_path / 'ddp')!r}, progress=False)\nprint('RANK_DONE', r.step, r.fingerprint)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(script)]
+    # --standalone: torchrun picks its own free rendezvous port (no race between choosing and binding one)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = [line.split() for line in proc.stdout.splitlines() if line.startswith("RANK_DONE")]
