@@ -74,13 +74,13 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
-    from jepa_edge.config import from_dict, to_dict
+    from jepa_edge.config import deep_merge, from_dict, to_dict
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import train as run_train
 
     base = to_dict(RunConfig())
     overrides = _load_json_arg(config)
-    cfg_dict = _deep_merge(base, overrides)
+    cfg_dict = deep_merge(base, overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
     cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""))
     cfg_dict["train"].update(seed=seed, device=device, compile=compile)
@@ -96,13 +96,6 @@ def train(
     cfg = from_dict(RunConfig, cfg_dict)
     result = run_train(cfg, out, resume=resume, progress=progress)
     _print_train_summary(result)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def _print_train_summary(result) -> None:
@@ -261,10 +254,11 @@ def reproduce(
     from jepa_edge.train.reproduce import reproduce as run_reproduce
 
     if student:
+        from jepa_edge.config import deep_merge
         from jepa_edge.train.student_study import SMALL_RUN, StudentStudyConfig, run_student_study
 
         scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
-                                  run=_deep_merge(SMALL_RUN, _load_json_arg(config)),
+                                  run=deep_merge(SMALL_RUN, _load_json_arg(config)),
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
         Console().print(f"report: {out / 'student_report.md'}")

@@ -51,3 +51,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def replace(obj: T, **changes: Any) -> T:
     """``dataclasses.replace`` that refuses unknown keys with a clear message."""
     return from_dict(type(obj), {**to_dict(obj), **changes})
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` applied recursively (nested dicts merged, everything else replaced)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out

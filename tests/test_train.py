@@ -147,19 +147,21 @@ def test_ddp_two_gloo_processes(tmp_path):
     cfg_path.write_text(json.dumps(to_dict(tiny_config(steps=4, eval_every=4, ckpt_every=4))))
     script = tmp_path / "ddp_train.py"
     script.write_text(
-        "import json\nfrom jepa_edge.config import from_dict\nfrom jepa_edge.train.config import RunConfig\n"
+        "import json, os\nfrom jepa_edge.config import from_dict\nfrom jepa_edge.train.config import RunConfig\n"
         "from jepa_edge.train.loop import train\n"
         f"cfg = from_dict(RunConfig, json.load(open({str(cfg_path)!r})))\n"
-        f"r = train(cfg, {str(tmp_path / 'ddp')!r}, progress=False)\nprint('RANK_DONE', r.step, r.fingerprint)\n"
+        f"r = train(cfg, {str(tmp_path / 'ddp')!r}, progress=False)\n"
+        f"open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.json'), 'w')"
+        ".write(json.dumps([r.step, r.fingerprint]))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --standalone: torchrun picks its own free rendezvous port (no race between choosing and binding one)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    done = [line.split() for line in proc.stdout.splitlines() if line.startswith("RANK_DONE")]
-    assert len(done) == 2 and all(d[1] == "4" for d in done)
+    done = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]  # one file per rank
+    assert all(step == 4 for step, _ in done)
     # gradients were averaged: both ranks end with identical weights, and rank 0 saved exactly those
-    assert done[0][2] == done[1][2]
+    assert done[0][1] == done[1][1]
     _enc, meta = load_agent(tmp_path / "ddp")
-    assert meta["step"] == 4 and meta["fingerprint"] == done[0][2]
+    assert meta["step"] == 4 and meta["fingerprint"] == done[0][1]

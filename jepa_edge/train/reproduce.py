@@ -20,7 +20,7 @@ from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
 from jepa_edge.calib.study import StudyConfig, StudyInputs, run_study, write_report
-from jepa_edge.config import from_dict, to_dict
+from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
@@ -50,22 +50,15 @@ OTHER_WORLD = {"radius": [0.06, 0.13, 0.09], "speed": 0.03, "max_speed": 0.05, "
 def _agent_config(cfg: ReproduceConfig, name: str, view: str, seed: int, world_seed: int,
                   world: dict | None = None) -> RunConfig:
     d = to_dict(RunConfig())
-    d = _merge(d, cfg.run)
+    d = deep_merge(d, cfg.run)
     d["name"] = name
     d["data"].update(view=view, world_seed=world_seed)
     if world:
-        d["data"]["world"] = _merge(d["data"]["world"], world)
+        d["data"]["world"] = deep_merge(d["data"]["world"], world)
     d["train"]["seed"] = seed
     if cfg.steps:
         d["train"]["steps"] = cfg.steps
     return from_dict(RunConfig, d)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.calib.postcard import atomic_write_bytes, jsonable
-from jepa_edge.config import from_dict, to_dict
+from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent_meta
 from jepa_edge.train.config import RunConfig
 
@@ -101,15 +101,8 @@ class StudentStudyConfig:
 # ---------------------------------------------------------------- run configs
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
-    d = _merge(to_dict(RunConfig()), cfg.run)
+    d = deep_merge(to_dict(RunConfig()), cfg.run)
     d["name"] = "teacher"
     d["data"].update(view=cfg.view_teacher, world_seed=cfg.teacher_world_seed)
     d["train"].update(seed=cfg.teacher_seed, steps=cfg.teacher_steps, eval_every=cfg.teacher_eval_every,
@@ -119,7 +112,7 @@ def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
 
 def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_run: str | Path) -> RunConfig:
     """One run on view B; the conditions of one seed differ only in the teacher section."""
-    d = _merge(to_dict(RunConfig()), cfg.run)
+    d = deep_merge(to_dict(RunConfig()), cfg.run)
     d["name"] = f"{condition}_s{seed}"
     d["data"].update(view=cfg.view_student, world_seed=cfg.student_world_seed + seed)
     d["train"].update(seed=seed, steps=cfg.steps, eval_every=cfg.eval_every)
