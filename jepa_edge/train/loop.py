@@ -28,6 +28,7 @@ from jepa_edge.calib.fingerprint import fingerprint_arrays
 from jepa_edge.config import from_dict, to_dict
 from jepa_edge.train.checkpoint import (
     CheckpointError,
+    load_agent_meta,
     load_train_state,
     save_agent,
     save_train_state,
@@ -231,12 +232,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or resume "
                                              "from the last checkpoint")
-                rec = {"step": step, "lr": lr, **logs, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+                loss_value = float(loss.detach())
+                rec = {"step": step, "lr": lr, **logs, "loss": loss_value, "grad_norm": float(grad_norm),
                        "time_s": round(time.time() - t0, 2)}
                 log_f.write(json.dumps(rec) + "\n")
                 log_f.flush()
                 r2 = metrics.get("position_r2")
-                bar.update(task, info=f"loss {float(loss.detach()):.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
+                bar.update(task, info=f"loss {loss_value:.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
             bar.update(task, completed=step)
     if log_f:
         log_f.close()
@@ -245,3 +247,16 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     fingerprint = fingerprint_arrays(state_to_numpy(model.target_encoder.state_dict()))  # same on every rank
     return TrainResult(out_dir, step, fingerprint, metrics, untrained, wall_before + time.time() - t0)
 
+
+def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> bool:
+    """Train ``out_dir`` unless it already holds this exact finished run (then return True);
+    an interrupted run of it is resumed."""
+    out_dir = Path(out_dir)
+    try:
+        meta = load_agent_meta(out_dir)
+        if from_dict(RunConfig, meta["run"]) == cfg and meta["step"] == cfg.train.steps:
+            return True
+    except CheckpointError:
+        pass
+    train(cfg, out_dir, resume=(out_dir / "train_state.json").is_file(), progress=progress)
+    return False

@@ -21,10 +21,10 @@ from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
 from jepa_edge.calib.study import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.config import deep_merge, from_dict, to_dict
-from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
+from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
-from jepa_edge.train.loop import train
+from jepa_edge.train.loop import ensure_trained
 
 
 @dataclass
@@ -62,16 +62,8 @@ def _agent_config(cfg: ReproduceConfig, name: str, view: str, seed: int, world_s
 
 
 def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console) -> None:
-    """Train ``out`` unless it already holds this exact finished run; resume an interrupted one."""
-    try:
-        meta = load_agent_meta(out)
-        if from_dict(RunConfig, meta["run"]) == run_cfg and meta["step"] == run_cfg.train.steps:
-            console.print(f"reusing {out} (step {meta['step']})")
-            return
-    except CheckpointError:
-        pass
-    resume = (out / "train_state.json").is_file()
-    train(run_cfg, out, resume=resume, progress=progress)
+    if ensure_trained(run_cfg, out, progress):
+        console.print(f"reusing {out} (step {run_cfg.train.steps})")
 
 
 def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -106,10 +98,10 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
     )
     console.print("running the study (W estimators, controls, anchor sweep, probe transfer)…")
     results = run_study(inputs, cfg.study)
-    results["agent_training"] = {"A": {"run": str(runs / "agentA"), "metrics": meta_a.get("metrics"),
-                               "untrained_metrics": meta_a.get("untrained_metrics")},
-                         "B": {"run": str(runs / "agentB"), "metrics": meta_b.get("metrics"),
-                               "untrained_metrics": meta_b.get("untrained_metrics")}}
+    results["agent_training"] = {
+        key: {"run": str(runs / name), "metrics": meta.get("metrics"), "untrained_metrics": meta.get("untrained_metrics")}
+        for key, name, meta in (("A", "agentA", meta_a), ("B", "agentB", meta_b))
+    }
     results["reproduce_config"] = to_dict(cfg)
     write_report(results, out_dir)
 

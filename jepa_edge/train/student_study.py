@@ -31,8 +31,9 @@ import numpy as np
 
 from jepa_edge.calib.postcard import atomic_write_bytes, jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
-from jepa_edge.train.checkpoint import CheckpointError, load_agent_meta
+from jepa_edge.train.checkpoint import load_agent_meta
 from jepa_edge.train.config import RunConfig
+from jepa_edge.train.loop import ensure_trained
 
 CONDITIONS = ("scratch", "teacher", "shuffled", "random")
 CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # condition → TeacherConfig.control
@@ -122,30 +123,17 @@ def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_r
     return from_dict(RunConfig, d)
 
 
-def ensure_run(run_cfg: RunConfig, out: Path, progress: bool) -> None:
-    """Train ``out`` with ``train`` unless it holds this exact finished run; resume an interrupted one."""
-    from jepa_edge.train.loop import train
-
-    try:
-        meta = load_agent_meta(out)
-        if from_dict(RunConfig, meta["run"]) == run_cfg and meta["step"] == run_cfg.train.steps:
-            return
-    except CheckpointError:
-        pass
-    train(run_cfg, out, resume=(out / "train_state.json").is_file(), progress=progress)
-
-
 def train_all(jobs: list[tuple[RunConfig, Path]], workers: int, progress: bool) -> None:
-    """``ensure_run`` every job, ``workers`` processes at a time (spawned: no torch state is forked)."""
+    """``ensure_trained`` every job, ``workers`` processes at a time (spawned: no torch state is forked)."""
     if workers <= 1:
         for run_cfg, out in jobs:
-            ensure_run(run_cfg, out, progress)
+            ensure_trained(run_cfg, out, progress)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(ensure_run, run_cfg, out, False) for run_cfg, out in jobs]
+        futures = [pool.submit(ensure_trained, run_cfg, out, False) for run_cfg, out in jobs]
         for f in futures:
             f.result()  # a failed run raises here, with its own message
 
@@ -492,7 +480,7 @@ def run_student_study(cfg: StudentStudyConfig, out_dir: str | Path, progress: bo
         load_agent_meta(teacher_run)  # a missing or broken teacher fails here, before any student trains
     else:
         console.print(f"teacher on view {cfg.view_teacher}: {cfg.teacher_steps} steps → {teacher_run}")
-        ensure_run(teacher_config(cfg), teacher_run, progress)
+        ensure_trained(teacher_config(cfg), teacher_run, progress)
     runs: dict[str, dict[int, Path]] = {c: {} for c in cfg.conditions}
     configs: dict[str, RunConfig] = {}
     jobs: list[tuple[RunConfig, Path]] = []
