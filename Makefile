@@ -25,7 +25,7 @@ demo: setup
 		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx
 	$(BIN)/jepa-edge world record $(DEMO_OUT)/video --view oblique --episodes 4 --steps 250 --overwrite
 	$(BIN)/jepa-edge bench $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi \
-		--torch $(DEMO_OUT)/runs/agentB --threads 1 --out $(DEMO_OUT)/bench.json
+		--torch $(DEMO_OUT)/runs/agentB --threads 1 --decode-threads 1 --out $(DEMO_OUT)/bench.json
 	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --max-frames 5
 
 test: setup
@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/head_overhead.py
 	$(BIN)/python benchmarks/runtime_bench.py
+	$(BIN)/python benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -3,11 +3,16 @@
     python benchmarks/runtime_bench.py                       # fixture ONNX (tests/onnx_fixtures.py)
     python benchmarks/runtime_bench.py --model out/agentB.onnx --backends ort-cpu ort-cuda tensorrt
     python benchmarks/runtime_bench.py --torch               # + PyTorch eager of the fixture, if torch is here
+    python benchmarks/runtime_bench.py --model demo/agentB.onnx --torch-run demo/runs/agentB \
+        --view oblique --video-size 32 --threads 1 --decode-threads 1          # the demo agent
+    python benchmarks/runtime_bench.py --model demo/agentB.onnx --view oblique --video-size 32 \
+        --threads 1 --decode-threads 1 --batch 1 --head-modes fused --frames 50000 --out soak.json
 
 Writes a simulator video with cv2.VideoWriter (MJPG .avi), then runs
 ``jepa_edge.runtime.benchmark`` on it: every configuration decodes the same
 file through the capture thread, so decode, resize, inference and head are
-timed separately and end to end. Prints a table; writes JSON to
+timed separately and end to end (from the decoded frame in hand to outputs
+ready; decode is the ``read`` column). Prints a table; writes JSON to
 ``benchmarks/results/runtime_bench.json``. Backends missing on this machine
 are listed as skipped, with the reason. Keep ``--frames`` small on a shared
 machine: numbers from a loaded CPU are noisy, compare p50 rather than max.
@@ -79,12 +84,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--head-modes", nargs="+", default=["fused", "unfused"])
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
+    ap.add_argument("--decode-threads", type=int, default=0, help="FFmpeg decoder threads (0 = FFmpeg's default)")
     ap.add_argument("--video-size", type=int, default=64, help="side of the generated video frames")
     ap.add_argument("--model-size", type=int, default=64, help="fixture input side (frames are resized to it)")
     ap.add_argument("--latent-dim", type=int, default=64, help="fixture latent dim")
     ap.add_argument("--view", default="top")
     ap.add_argument("--realtime", action="store_true", help="play the video at 30 FPS (drops when too slow)")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch eager of the fixture model")
+    ap.add_argument("--torch-run", type=Path, help="agent run dir: also time its PyTorch eager encoder + head")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_bench.json")
     args = ap.parse_args()
 
@@ -94,13 +101,18 @@ def main() -> None:
         extra = {}
         if args.model:
             models = [Path(m) for m in args.model]
+            if args.torch_run:
+                from jepa_edge.train.eager import eager_backend
+
+                extra["torch-eager"] = eager_backend(args.torch_run)
         else:
             models, enc, head = fixture_models(tmp, args.model_size, args.latent_dim)
             if args.torch:
                 extra["torch-eager"] = torch_eager(enc, head)
         cfg = BenchConfig(warmup=args.warmup, n_frames=args.frames, batch_sizes=tuple(args.batch),
                           head_modes=tuple(args.head_modes), backends=tuple(args.backends),
-                          realtime=args.realtime, intra_op_threads=args.threads)
+                          realtime=args.realtime, intra_op_threads=args.threads,
+                          decode_threads=args.decode_threads)
         report = benchmark(models, str(video), cfg, extra_backends=extra)
     report["source"] = f"generated {args.view} video {args.video_size}px, 150 frames, MJPG (looped)"
     report["models"] = [str(m) if args.model else m.name for m in models]

@@ -284,7 +284,8 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (needs jepa-edge[trt]).")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine "
+                                      "(needs the trt extra: pip install 'jepa-edge\\[trt]').")] = False,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
     int8_method: Annotated[str, typer.Option(help="auto | calibrator | qdq")] = "auto",
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: optimal batch.")] = 1,
@@ -343,6 +344,8 @@ def run_cmd(
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
     realtime: Annotated[bool, typer.Option(help="Pace a file at its fps (drops frames if inference is slow).")] = False,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a file/stream "
+                                                "(0 = FFmpeg's default; 1 = lowest latency on small frames).")] = 0,
     video_out: Annotated[Path | None, typer.Option(help="Write an annotated video.")] = None,
     jsonl: Annotated[Path | None, typer.Option(help="Write JSON lines here instead of stdout.")] = None,
     emit_latent: Annotated[bool, typer.Option(help="Include z in every JSON line.")] = False,
@@ -364,8 +367,8 @@ def run_cmd(
             watcher = HeadWatcher(str(watch), m.meta.agent_fingerprint, m.meta.latent_dim).start()
         pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
                               video_out=str(video_out or ""), capture=CaptureConfig(realtime=realtime))
-        summary = run_pipeline(m, open_source(source), pcfg, head=fused, watcher=watcher, out=out_f,
-                               stop=threading.Event())
+        src = open_source(source, decode_threads=decode_threads)
+        summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event())
     finally:
         if watcher is not None:
             watcher.close()
@@ -386,6 +389,10 @@ def bench(
     frames: Annotated[int, typer.Option(help="Timed frames per configuration.")] = 300,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up batches.")] = 20,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a video source "
+                                                "(0 = FFmpeg's default).")] = 0,
+    realtime: Annotated[bool, typer.Option(help="Play a file at its fps with the latest-frame policy "
+                                           "(frames are dropped if too slow), as a live camera would.")] = False,
     torch_run: Annotated[Path | None, typer.Option("--torch", help="Agent run dir: also time PyTorch eager.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
@@ -401,7 +408,8 @@ def bench(
         extra = {"torch-eager": eager_backend(torch_run)}
     report = benchmark([str(p) for p in model], source, BenchConfig(
         warmup=warmup, n_frames=frames, batch_sizes=tuple(batch), head_modes=tuple(head_mode),
-        backends=tuple(backend), intra_op_threads=threads), extra_backends=extra)
+        backends=tuple(backend), intra_op_threads=threads, decode_threads=decode_threads, realtime=realtime),
+        extra_backends=extra)
     Console(width=None if sys.stdout.isatty() else 200).print(bench_table(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

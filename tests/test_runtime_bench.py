@@ -51,10 +51,12 @@ def test_benchmark_compares_models_modes_batches_and_extra_backends(setup):
         assert len(skipped) == 4 and all("jepa-edge[gpu]" in r["reason"] for r in skipped)
     for r in ok:
         assert r["frames"] == 12 and r["fps"] > 0 and r["dropped"] == 0  # the file loops: 10 frames, 12 timed
-        assert set(r["stages_ms_per_batch"]) == {"wait", "preprocess", "infer", "head"}
+        assert set(r["stages_ms_per_batch"]) == {"wait", "read", "preprocess", "infer", "head"}
         e = r["e2e_ms"]
         assert e["n"] == 12 and e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"] <= e["max_ms"]
         assert r["drift"]["ratio"] > 0 and "rss_start_kb" in r
+        assert r["rss_trace"][-1][0] == 12 and r["samples_kb"] >= 0  # frames done at the last RSS reading
+        assert all(a[0] < b[0] for a, b in zip(r["rss_trace"], r["rss_trace"][1:]))
     assert calls[0] == (1, 16, 16, 3) and (4, 16, 16, 3) in calls  # timed at the first model's input size
     json.dumps(report)
     console = Console(record=True, width=250)

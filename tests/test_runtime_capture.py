@@ -94,10 +94,11 @@ def test_slow_consumer_gets_newest_frame_and_drops_are_counted():
         src.gate.release(1000)  # let the blocked read return so close() joins at once
 
 
-def test_policy_all_delivers_every_frame_in_order():
+@pytest.mark.parametrize("policy", ["auto", "inline", "all"])
+def test_file_policies_deliver_every_frame_in_order(policy):
     src = ScriptedSource(list(range(20)), live=False)
-    with Capture(src) as cap:
-        assert cap.policy == "all"  # a file read as fast as possible waits for the consumer
+    with Capture(src, CaptureConfig(policy=policy)) as cap:
+        assert cap.policy == ("inline" if policy == "auto" else policy)  # a file read as fast as possible
         got = []
         while (f := cap.get(timeout=2)) is not None:
             time.sleep(0.001 if f.index % 5 == 0 else 0)  # an irregular consumer
@@ -105,6 +106,38 @@ def test_policy_all_delivers_every_frame_in_order():
         assert got == list(range(20))
         assert cap.stats.dropped == 0 and cap.stats.eof
         assert cap.get(timeout=1) is None  # stays at end of stream
+
+
+def test_inline_reads_in_the_caller_only_when_asked():
+    src = ScriptedSource(list(range(5)), live=False)
+    with Capture(src) as cap:
+        time.sleep(0.02)
+        assert cap._thread is None and len(src.script) == 5  # nothing read ahead of the consumer
+        t_before = time.perf_counter()
+        frame = cap.get()
+        assert len(src.script) == 4 and frame.index == 0
+        assert t_before <= frame.t_mono <= time.perf_counter()  # stamped when read, inside this get()
+        assert 0.0 <= frame.read_ms <= (frame.t_mono - t_before) * 1e3
+        assert cap.stats.read == cap.stats.delivered == 1
+
+
+def test_inline_is_refused_for_live_or_realtime_sources():
+    with pytest.raises(ValueError, match="stale.*latest"):
+        Capture(ScriptedSource([0], live=True), CaptureConfig(policy="inline"))
+    with pytest.raises(ValueError, match="real time.*latest"):
+        Capture(ScriptedSource([0], live=False), CaptureConfig(policy="inline", realtime=True))
+
+
+def test_read_ahead_adds_slot_time_to_latency_but_inline_does_not():
+    """``all`` decodes the next frame while the consumer works; ``inline`` hands out a fresh one."""
+    ages = {}
+    for policy in ("all", "inline"):
+        with Capture(ScriptedSource(list(range(6)), live=False), CaptureConfig(policy=policy)) as cap:
+            cap.get(timeout=2)
+            time.sleep(0.05)  # the consumer is busy with frame 0
+            ages[policy] = time.perf_counter() - cap.get(timeout=2).t_mono
+    assert ages["all"] >= 0.04  # frame 1 was read ahead and waited in the slot
+    assert ages["inline"] < 0.01
 
 
 def test_live_source_reopened_with_capped_exponential_backoff():

@@ -40,14 +40,14 @@ def test_json_lines_per_frame_with_values_and_latencies(models):
     resized = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in frames])
     for i, rec in enumerate(lines):
         assert rec["frame"] == i and rec["dropped"] == 0 and rec["corrupt"] == 0 and rec["head_version"] == 1
-        assert set(rec["latency_ms"]) == {"wait", "preprocess", "infer", "head", "e2e"}
+        assert set(rec["latency_ms"]) == {"wait", "read", "preprocess", "infer", "head", "e2e"}
         assert all(v >= 0 for v in rec["latency_ms"].values())
         assert rec["latency_ms"]["e2e"] >= rec["latency_ms"]["infer"]
         want = head.split(head.apply(enc.z(resized[i : i + 1])))
         assert set(rec["outputs"]) == set(want)  # z is left out unless emit_latent
         for name, value in want.items():
             np.testing.assert_allclose(rec["outputs"][name], value[0], atol=2e-5)
-    assert set(summary.latency_ms) == {"wait", "preprocess", "infer", "head", "e2e", "output"}
+    assert set(summary.latency_ms) == {"wait", "read", "preprocess", "infer", "head", "e2e", "output"}
     assert summary.latency_ms["infer"]["n"] == 6
     assert summary.rss_start_kb is None or summary.rss_end_kb > 0
     json.dumps(summary.to_dict())  # JSON-able

@@ -2,9 +2,14 @@
 
 Every configuration reads the same source through a ``Capture`` (so decode
 cost and dropped frames are measured too), then preprocess → infer → head.
-Stages are timed per batch; ``e2e`` per frame (read → outputs ready). Each
+Stages are timed per batch (``read`` is the time inside the source's read,
+i.e. decode); ``e2e`` per frame, from the frame being in hand (read returned)
+to outputs ready — a frame waiting in a read-ahead slot or for the rest of
+its batch counts, its decode does not (it is the ``read`` column). Each
 result records RSS at start/end and the latency drift (p50 of the first 10%
-vs the last 10% of frames), which is what a soak run watches.
+vs the last 10% of frames) and an RSS trace (20 points), which is what a soak
+run watches; the table's RSS Δ excludes the latency samples the benchmark
+itself keeps (8 bytes per stage per frame, ``samples_kb``).
 
 Head modes: ``fused`` runs the head inside the graph (baked into a fused
 model, or set with ``set_head`` on a head_inputs one); ``unfused`` runs an
@@ -49,12 +54,15 @@ class BenchConfig:
     backends: tuple[str, ...] = ()  # () = every backend available on this machine
     realtime: bool = False  # pace the source at its fps (then frames are dropped if inference is slow)
     intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
+    decode_threads: int = 0  # FFmpeg decoder threads for a video source (0 = FFmpeg's default)
     head_width: int = 8  # rows of the synthetic head when the model has none to copy
 
     def validate(self) -> None:
         bad = set(self.head_modes) - set(HEAD_MODES)
         if bad:
             raise ValueError(f"BenchConfig.head_modes has {sorted(bad)}; choose from {HEAD_MODES}")
+        if self.decode_threads < 0:
+            raise ValueError("BenchConfig.decode_threads must be >= 0 (0 = FFmpeg's default)")
         if self.n_frames < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError("BenchConfig: need n_frames >= 1, warmup >= 0 and batch sizes >= 1")
 
@@ -81,6 +89,7 @@ def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict
     if any(f is None for f in frames):
         raise RuntimeModelError(f"source {source!r} ended during the benchmark; use a video file, folder or sim")
     times.add("wait", (time.perf_counter() - t0) * 1e3)
+    times.add("read", sum(f.read_ms for f in frames))  # decode, inside "wait" for inline reads
     with times.stage("preprocess"):
         x = preprocess([f.image for f in frames], size or frames[0].image.shape[:2])  # (B, H, W, 3)
     with times.stage("infer"):
@@ -96,12 +105,16 @@ def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int
              batch: int, cfg: BenchConfig) -> dict[str, Any]:
     """Time one configuration; returns stage summaries, FPS, drops, RSS and drift."""
     n_timed = -(-cfg.n_frames // batch)  # ceil: whole batches
-    with Capture(open_source(source, loop=True), CaptureConfig(realtime=cfg.realtime)) as cap:
+    src = open_source(source, loop=True, decode_threads=cfg.decode_threads)
+    with Capture(src, CaptureConfig(realtime=cfg.realtime)) as cap:
         for _ in range(cfg.warmup):
             _step(cap, StageTimes(), infer, head_fn, size, batch, source)
         times, dropped0, rss_start, t_start = StageTimes(), cap.stats.dropped, rss_kb(), time.perf_counter()
-        for _ in range(n_timed):
+        every, rss_trace = max(1, n_timed // 20), []  # (frames done, RSS KiB, of which latency samples KiB)
+        for i in range(n_timed):
             _step(cap, times, infer, head_fn, size, batch, source)
+            if (i + 1) % every == 0 or i + 1 == n_timed:
+                rss_trace.append([(i + 1) * batch, rss_kb(), times.nbytes // 1024])
         elapsed = time.perf_counter() - t_start
         dropped = cap.stats.dropped - dropped0
     summary = times.summary()
@@ -114,6 +127,8 @@ def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int
         "dropped": dropped,
         "rss_start_kb": rss_start,
         "rss_end_kb": rss_kb(),
+        "rss_trace": rss_trace,
+        "samples_kb": times.nbytes // 1024,  # the exact latency samples kept; part of the RSS change
         "drift": drift(e2e).to_dict(),
     }
 
@@ -197,19 +212,21 @@ def bench_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"jepa-edge runtime benchmark — {report['source']}")
-    for col in ("model", "backend", "head", "batch", "prep ms", "infer ms", "head ms", "e2e mean", "p50",
+    for col in ("model", "backend", "head", "batch", "read ms", "prep ms", "infer ms", "head ms", "e2e mean", "p50",
                 "p90", "p99", "max", "FPS", "dropped", "drift", "RSS Δ MB"):
         table.add_column(col, justify="left" if col in ("model", "backend", "head") else "right")
     for r in report["results"]:
         name = Path(r["model"]).name
         if r["status"] != "ok":
             table.add_row(name, r["backend"], r["head_mode"], str(r.get("batch", "")),
-                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * 11)
+                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * 12)
             continue
         st, e = r["stages_ms_per_batch"], r["e2e_ms"]
-        rss = (r["rss_end_kb"] - r["rss_start_kb"]) / 1024 if r["rss_start_kb"] is not None else float("nan")
+        rss = float("nan")
+        if r["rss_start_kb"] is not None:
+            rss = (r["rss_end_kb"] - r["rss_start_kb"] - r.get("samples_kb", 0)) / 1024
         table.add_row(
-            name, r["backend"], r["head_mode"], str(r["batch"]),
+            name, r["backend"], r["head_mode"], str(r["batch"]), f"{st['read']['p50_ms']:.3f}",
             f"{st['preprocess']['p50_ms']:.3f}", f"{st['infer']['p50_ms']:.3f}", f"{st['head']['p50_ms']:.3f}",
             *(f"{e[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
             f"{r['fps']:.1f}", str(r["dropped"]), f"{r['drift'].get('ratio', float('nan')):.2f}", f"{rss:+.1f}",

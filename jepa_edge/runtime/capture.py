@@ -1,10 +1,16 @@
-"""Capture thread with a one-slot, latest-frame buffer.
+"""Capture: a thread with a one-slot, latest-frame buffer, or inline reads.
 
 Policy ``latest`` (live sources, and files paced with ``realtime=True``):
 the thread keeps reading and overwrites the slot, so the consumer always gets
 the newest frame and never a queue of stale ones; overwritten frames are
-counted as ``dropped``. Policy ``all`` (files read as fast as possible): the
-thread waits until the slot is consumed, so every frame is processed.
+counted as ``dropped``. Policy ``inline`` (files, folders and the simulator
+read as fast as possible — the default there): no thread; ``get()`` reads the
+next frame in the caller, so a frame is never decoded ahead of time and waits
+for nobody (lowest latency, every frame processed). Policy ``all``: a thread
+reads one frame ahead and waits until the slot is consumed — every frame,
+decode overlapped with inference (highest throughput), but each frame sits in
+the slot while the previous one is processed, which adds that time to its
+end-to-end latency.
 
 A live source whose read fails is reopened with capped exponential backoff;
 after ``max_retries`` failed reopens the consumer gets ``SourceLostError``.
@@ -26,12 +32,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
-POLICIES = ("auto", "latest", "all")
+POLICIES = ("auto", "latest", "inline", "all")
 
 
 @dataclass
 class CaptureConfig:
-    policy: str = "auto"  # "latest" | "all" | "auto" (latest for live sources or realtime, else all)
+    policy: str = "auto"  # "latest" | "inline" | "all" | "auto" (latest for live sources or realtime, else inline)
     realtime: bool = False  # pace files / folders / sim at their fps instead of as fast as possible
     reconnect_initial_s: float = 0.5  # first wait before reopening a dropped live source
     reconnect_factor: float = 2.0  # each failed reopen multiplies the wait …
@@ -75,7 +81,11 @@ class Capture:
         self.config.validate()
         policy = self.config.policy
         if policy == "auto":
-            policy = "latest" if source.live or self.config.realtime else "all"
+            policy = "latest" if source.live or self.config.realtime else "inline"
+        if policy == "inline" and (source.live or self.config.realtime):
+            what = "a live source" if source.live else "a source played in real time"
+            raise ValueError(f"CaptureConfig.policy='inline' reads only when asked, so {what} would hand out "
+                             "stale, buffered frames; use policy 'latest' (or 'auto')")
         self.policy = policy
         self.stats = CaptureStats()
         self._cond = threading.Condition()
@@ -86,7 +96,7 @@ class Capture:
 
     # ---- consumer side ----------------------------------------------------------------
     def start(self) -> Capture:
-        if self._thread is None:
+        if self._thread is None and self.policy != "inline":
             self._thread = threading.Thread(target=self._loop, name=f"capture:{self.source.name}", daemon=True)
             self._thread.start()
         return self
@@ -94,6 +104,8 @@ class Capture:
     def get(self, timeout: float | None = None) -> Frame | None:
         """Newest frame; ``None`` once a finite source is exhausted or after ``close()``;
         ``TimeoutError`` when no frame came within ``timeout`` s."""
+        if self.policy == "inline":
+            return self._get_inline()
         self.start()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -112,6 +124,17 @@ class Capture:
             if self._error is not None:
                 raise self._error
             return None
+
+    def _get_inline(self) -> Frame | None:
+        """Read the next frame in the caller's thread (errors surface here directly)."""
+        if self._stop.is_set() or self.stats.eof:
+            return None
+        frame = self._read_one()
+        if frame is None:
+            self.stats.eof = not self._stop.is_set()
+            return None
+        self.stats.delivered += 1
+        return frame
 
     def close(self) -> None:
         self._stop.set()
@@ -168,6 +191,7 @@ class Capture:
         """Read until a good frame, the end of the stream, or a stop; handles corrupt frames and reopens."""
         corrupt_in_row = 0
         while not self._stop.is_set():
+            t_read = time.perf_counter()
             try:
                 image = self.source.read()
             except CorruptFrame as exc:
@@ -189,7 +213,8 @@ class Capture:
             self.stats.read += 1
             fps = self.source.fps
             pts = None if self.source.live or not fps else index / fps
-            return Frame(image, index, time.time(), time.perf_counter(), pts, dict(self.source.last_info))
+            t_mono = time.perf_counter()
+            return Frame(image, index, time.time(), t_mono, pts, dict(self.source.last_info), (t_mono - t_read) * 1e3)
         return None
 
     def _loop(self) -> None:

@@ -133,7 +133,7 @@ def frame_record(frame: Any, outputs: dict[str, np.ndarray], times: StageTimes, 
         "pts": None if frame.pts is None else round(frame.pts, 6),
         "head_version": stage.version,
         "outputs": values,
-        "latency_ms": {s: round(times.last(s), 3) for s in ("wait", "preprocess", "infer", "head", "e2e")},
+        "latency_ms": {s: round(times.last(s), 3) for s in ("wait", "read", "preprocess", "infer", "head", "e2e")},
         "dropped": capture.stats.dropped,
         "corrupt": capture.stats.corrupt,
         **({"source": frame.info} if frame.info else {}),
@@ -186,6 +186,7 @@ def run(
                 reason = "end_of_stream"
                 break
             times.add("wait", (time.perf_counter() - t0) * 1e3)
+            times.add("read", frame.read_ms)
             _swap_if_new(stage, watcher)  # between frames: this frame runs entirely on one head
             with times.stage("preprocess"):
                 batch = preprocess([frame.image], model.meta.input_size)  # (1, H, W, 3)

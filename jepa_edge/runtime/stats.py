@@ -116,6 +116,11 @@ class StageTimes:
         return np.frombuffer(self._samples.get(stage, array("d")), np.float64).copy()
 
     @property
+    def nbytes(self) -> int:
+        """Memory the samples themselves hold (a soak's RSS grows by this much by design)."""
+        return sum(a.itemsize * len(a) for a in self._samples.values())
+
+    @property
     def stages(self) -> list[str]:
         return list(self._samples)
 
