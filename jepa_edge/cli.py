@@ -288,6 +288,8 @@ def export(
                                       "(needs the trt extra: pip install 'jepa-edge\\[trt]').")] = False,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
     int8_method: Annotated[str, typer.Option(help="auto | calibrator | qdq")] = "auto",
+    fp16_method: Annotated[str, typer.Option(help="auto | flag (BuilderFlag.FP16, TensorRT <= 10) | onnx "
+                                             "(fp16 ONNX, strongly typed; TensorRT 11)")] = "auto",
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: optimal batch.")] = 1,
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: max batch.")] = 8,
     max_head: Annotated[int, typer.Option(help="TensorRT profile: max head width (head_inputs mode).")] = 256,
@@ -315,8 +317,8 @@ def export(
                     + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), TrtBuildConfig(
-            precision=precision, int8_method=int8_method, opt_batch=opt_batch, max_batch=max_batch,
-            max_head=max_head, workspace_mib=workspace_mib, timing_cache=str(timing_cache or ""),
+            precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
+            max_batch=max_batch, max_head=max_head, workspace_mib=workspace_mib, timing_cache=str(timing_cache or ""),
             calibration=CalibrationConfig(source=calib_source, view=calib_view, n_frames=calib_frames)))
         Console().print(f"wrote {built.engine_path} ({built.sidecar['precision']}) + {built.sidecar_path}")
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], check=False, capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
 
 

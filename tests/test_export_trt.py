@@ -23,6 +23,7 @@ from jepa_edge.export.onnx_export import encoder_fingerprint
 from jepa_edge.export.trt_build import (
     TrtBuildConfig,
     TrtBuildError,
+    _resolve_fp16,
     _resolve_int8,
     build_engine,
     engine_profile,
@@ -123,8 +124,11 @@ def test_every_parser_error_is_reported_with_its_node():
 
 
 def _fake_trt(version: str, implicit: bool) -> SimpleNamespace:
+    """TensorRT 10 (BuilderFlag.FP16/INT8, implicit calibrator) or 11 (strongly typed only; checked against
+    the strings of the tensorrt-cu12-bindings 11.4 wheel: no FP16/INT8 flag, no IInt8EntropyCalibrator2)."""
     flags = SimpleNamespace(FP16=1, INT8=2) if implicit else SimpleNamespace()
-    mod = SimpleNamespace(__version__=version, BuilderFlag=flags)
+    mod = SimpleNamespace(__version__=version, BuilderFlag=flags,
+                          NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
     if implicit:
         mod.IInt8EntropyCalibrator2 = object
     return mod
@@ -140,6 +144,87 @@ def test_int8_method_follows_the_tensorrt_api_version():
         _resolve_int8(trt11, TrtBuildConfig(precision="int8", int8_method="calibrator"), already_qdq=False)
     with pytest.raises(TrtBuildError, match="already holds Q/DQ"):
         _resolve_int8(trt10, TrtBuildConfig(precision="int8", int8_method="calibrator"), already_qdq=True)
+
+
+def test_fp16_method_follows_the_tensorrt_api_version():
+    trt10, trt11 = _fake_trt("10.3.0", implicit=True), _fake_trt("11.4.0", implicit=False)
+    assert _resolve_fp16(trt10, TrtBuildConfig(precision="fp16")) == "flag"
+    assert _resolve_fp16(trt11, TrtBuildConfig(precision="fp16")) == "onnx"  # the default works on TensorRT 11
+    assert _resolve_fp16(trt10, TrtBuildConfig(precision="fp16", fp16_method="onnx")) == "onnx"
+    with pytest.raises(TrtBuildError, match="no BuilderFlag.FP16 .* fp16_method='onnx'"):
+        _resolve_fp16(trt11, TrtBuildConfig(precision="fp16", fp16_method="flag"))
+    trt8 = SimpleNamespace(__version__="8.5.0", BuilderFlag=SimpleNamespace(FP16=1),
+                           NetworkDefinitionCreationFlag=SimpleNamespace())
+    with pytest.raises(TrtBuildError, match="cannot build strongly typed"):
+        _resolve_fp16(trt8, TrtBuildConfig(precision="fp16", fp16_method="onnx"))
+    with pytest.raises(ValueError, match="fp16_method"):
+        TrtBuildConfig(fp16_method="half").validate()
+
+
+# ---- fp16 ONNX: what a strongly typed TensorRT network (TensorRT 11) is built from ----------------
+
+
+@pytest.mark.parametrize("mode", ["fused", "head_inputs"])
+def test_fp16_onnx_keeps_io_head_and_layernorm_in_fp32_and_stays_close(exported, tmp_path, mode):
+    from onnx import TensorProto
+    from onnx.reference import ReferenceEvaluator
+
+    from jepa_edge.export.fp16 import write_fp16_onnx
+
+    src = onnx.load(str(exported[mode]))
+    path, report = write_fp16_onnx(exported[mode], tmp_path / "m.fp16.onnx")
+    half = onnx.load(str(path))
+    onnx.checker.check_model(half, full_check=True)
+    io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]
+    assert io(half) == io(src)  # uint8 frames in, float32 z / head outputs out: the runtime contract holds
+    assert list(half.metadata_props) == list(src.metadata_props)
+    head = {n.name for n in downstream_nodes(src, "z")}
+    assert head and head <= set(report.kept_fp32_nodes)
+    assert {n.name for n in src.graph.node if n.op_type == "LayerNormalization"} <= set(report.kept_fp32_nodes)
+    types = {t.name: t.data_type for t in half.graph.initializer}
+    encoder_weights = [t for t in src.graph.initializer if t.name.startswith("encoder.") and "norm" not in t.name
+                       and t.data_type == TensorProto.FLOAT]
+    assert encoder_weights and all(types[t.name] == TensorProto.FLOAT16 for t in encoder_weights)
+    if mode == "fused":
+        assert types["head.weight"] == TensorProto.FLOAT  # the head stays float32
+    assert report.weights_clipped == 0 and report.casts_inserted > 0
+
+    # numpy's reference evaluator computes fp16 ops in fp16 (ONNX Runtime CPU would upcast them)
+    rng = np.random.default_rng(0)
+    feed = {"frames": rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)}
+    if mode == "head_inputs":
+        feed |= {"head_weight": exported["head"].weight, "head_bias": exported["head"].bias}
+    ref = ReferenceEvaluator(src).run(None, feed)
+    got = ReferenceEvaluator(half).run(None, feed)
+    for out, a, b in zip(src.graph.output, ref, got):
+        assert b.dtype == np.float32
+        err, scale = float(np.abs(a - b).max()), float(np.abs(a).max())
+        assert err <= 5e-3 * scale + 1e-3, f"{out.name}: fp16 error {err:.2e} vs scale {scale:.2e}"
+        assert err > 0  # it really ran in fp16
+
+
+def test_fp16_conversion_clips_out_of_range_weights_and_refuses_control_flow():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from jepa_edge.export.fp16 import Fp16Error, convert_to_fp16
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])
+    w = numpy_helper.from_array(np.array([1e6, -2.0], np.float32), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("Mul", ["x", "w"], ["z"], name="mul")], "g",
+                                               [x], [z], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    half, report = convert_to_fp16(model, keep_head=False)
+    assert report.weights_clipped == 1
+    assert numpy_helper.to_array(half.graph.initializer[0]).tolist() == [65504.0, -2.0]
+    assert [v.type.tensor_type.elem_type for v in half.graph.output] == [TensorProto.FLOAT]
+
+    then = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "then", [], [z])
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    looped = helper.make_model(helper.make_graph(
+        [helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=then)], "g", [cond, x], [z]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Fp16Error, match="control flow"):
+        convert_to_fp16(looped)
 
 
 # ---- calibration frames -----------------------------------------------------------------------
@@ -229,16 +314,26 @@ def _reference(exported, frames):
 @pytest.mark.trt
 @pytest.mark.gpu
 @requires_trt
-@pytest.mark.parametrize("precision, atol", [("fp32", 1e-3), ("fp16", 2e-2)])
-def test_trt_engine_matches_onnx_runtime(exported, precision, atol):
+@pytest.mark.parametrize("precision, fp16_method, atol", [("fp32", "auto", 1e-3), ("fp16", "auto", 2e-2),
+                                                        ("fp16", "flag", 2e-2), ("fp16", "onnx", 2e-2)])
+def test_trt_engine_matches_onnx_runtime(exported, precision, fp16_method, atol):
     import hashlib
+
+    import tensorrt as trt
 
     from jepa_edge.runtime.backends import load_model
 
+    if fp16_method == "flag" and not hasattr(trt.BuilderFlag, "FP16"):
+        pytest.skip(f"TensorRT {trt.__version__} has no BuilderFlag.FP16")
     onnx_path = exported["fused"]
-    res = build_engine(onnx_path, onnx_path.with_suffix(".engine"), TrtBuildConfig(precision=precision, max_batch=4))
+    res = build_engine(onnx_path, onnx_path.with_suffix(".engine"),
+                       TrtBuildConfig(precision=precision, fp16_method=fp16_method, max_batch=4))
     side = json.loads(res.sidecar_path.read_text())
     assert side["precision"] == precision and side["onnx"]["sha256"] and side["compute_capability"]
+    if precision == "fp16":
+        used = side["precision_detail"]["fp16_method"]
+        assert used == fp16_method or fp16_method == "auto"
+        assert (side["fp16_onnx"] is not None) == (used == "onnx") == side["precision_detail"]["strongly_typed"]
     assert side["metadata"]["mode"] == "fused" and side["profile"]["frames"]["max"] == [4, 16, 16, 3]
     assert (onnx_path.parent / "trt_timing.cache").is_file()  # persisted for the next build
     assert hashlib.sha256(res.engine_path.read_bytes()).hexdigest() == side["engine"]["sha256"]

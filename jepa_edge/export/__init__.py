@@ -6,6 +6,7 @@ One module per backend:
 * ``onnx_export``: ``export_onnx`` / ``export_agent`` (metadata, checker, ORT-vs-PyTorch parity);
 * ``trt_build``: ``build_engine`` (TensorRT builder, profile, precision, timing cache, sidecar);
 * ``calibration``: INT8 calibration frames (simulator / video / recording) and calibrators;
+* ``fp16``: the fp16 ONNX a strongly typed TensorRT network (TensorRT 11) is built from;
 * ``ort_providers``: ``ort_session`` on CPU / CUDA EP / TensorRT EP, never a silent fallback.
 
 Importing this package needs neither torch nor TensorRT: ``EdgeGraph`` is

@@ -11,6 +11,11 @@ and compute capability, profile, builder config, sha256 of the source ONNX
 and its ``jepa_edge`` metadata. A timing cache is loaded if present and saved
 after the build.
 
+FP16 uses ``BuilderFlag.FP16`` where this TensorRT has it (TensorRT 10 and
+older); TensorRT 11 builds only strongly typed networks, so there (or on
+request, ``fp16_method="onnx"``) the ONNX is rewritten to fp16 first — head,
+LayerNorm and I/O kept in float32, see ``fp16.py`` — and built strongly typed.
+
 Precision is never silently changed: fp16 or int8 on a GPU (or a TensorRT)
 that cannot do it is an error, and the sidecar records what was built.
 INT8 uses TensorRT's entropy calibrator where this TensorRT still has
@@ -44,6 +49,7 @@ from jepa_edge.export.calibration import (
     make_entropy_calibrator,
     quantize_qdq,
 )
+from jepa_edge.export.fp16 import write_fp16_onnx
 from jepa_edge.runtime.backend_trt import cuda_call, import_cudart, import_tensorrt, sha256_file
 from jepa_edge.runtime.meta import parse_meta
 
@@ -53,6 +59,7 @@ SIDECAR_FORMAT = "jepa-edge/trt-engine"
 SIDECAR_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_METHODS = ("auto", "calibrator", "qdq")
+FP16_METHODS = ("auto", "flag", "onnx")
 _LOG_LEVELS = {"verbose": 4, "info": 3, "warning": 2, "error": 1}  # TensorRT ILogger.Severity values
 # GPUs with fast fp16 / int8, by compute capability, for TensorRT versions without builder.platform_has_fast_*
 _FAST_FP16 = {(5, 3), (6, 0), (6, 2)}  # plus every CC >= 7.0
@@ -67,6 +74,7 @@ class TrtBuildError(RuntimeError):
 class TrtBuildConfig:
     precision: str = "fp32"  # "fp32" | "fp16" | "int8"; unsupported on this GPU/TensorRT = error, never a downgrade
     int8_method: str = "auto"  # "calibrator" (implicit, TRT < 11) | "qdq" (explicit Q/DQ) | "auto": calibrator if any
+    fp16_method: str = "auto"  # "flag" (BuilderFlag.FP16, TRT <= 10) | "onnx" (fp16 ONNX, strongly typed) | "auto"
     int8_fp16_fallback: bool = False  # int8 via calibrator: layers TensorRT keeps in float may use fp16
     min_batch: int = 1  # optimisation profile of the batch axis
     opt_batch: int = 1  # a robot infers one frame at a time: tune kernels for that
@@ -84,6 +92,8 @@ class TrtBuildConfig:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrtBuildConfig.precision={self.precision!r}; choose one of {list(PRECISIONS)}")
+        if self.fp16_method not in FP16_METHODS:
+            raise ValueError(f"TrtBuildConfig.fp16_method={self.fp16_method!r}; choose one of {list(FP16_METHODS)}")
         if self.int8_method not in INT8_METHODS:
             raise ValueError(f"TrtBuildConfig.int8_method={self.int8_method!r}; choose one of {list(INT8_METHODS)}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -180,6 +190,21 @@ def _resolve_int8(trt: Any, cfg: TrtBuildConfig, already_qdq: bool) -> str:
     return cfg.int8_method
 
 
+def _resolve_fp16(trt: Any, cfg: TrtBuildConfig) -> str:
+    """How an fp16 engine is built on this TensorRT: "flag" or "onnx" (never a silent fp32 build)."""
+    flag_ok = hasattr(trt.BuilderFlag, "FP16")
+    typed_ok = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    if cfg.fp16_method == "flag" and not flag_ok:
+        raise TrtBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (strongly typed networks only); "
+                            "use fp16_method='onnx' or 'auto' (the ONNX is converted to fp16 first)")
+    if cfg.fp16_method == "onnx" and not typed_ok:
+        raise TrtBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks; "
+                            "use fp16_method='flag' or 'auto'")
+    if cfg.fp16_method == "auto":
+        return "flag" if flag_ok else "onnx"
+    return cfg.fp16_method
+
+
 def _make_logger(trt: Any, level: str) -> Any:
     threshold = _LOG_LEVELS[level]
 
@@ -257,14 +282,17 @@ def build_engine(
 
     # -- precision: check before any slow work, never downgrade ---------------------------------
     method = _resolve_int8(trt, cfg, already_qdq) if cfg.precision == "int8" else None
-    strongly_typed = method == "qdq" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    want_fp16 = cfg.precision == "fp16" or (cfg.precision == "int8" and cfg.int8_fp16_fallback)
-    if want_fp16 and strongly_typed:
+    fp16_method = _resolve_fp16(trt, cfg) if cfg.precision == "fp16" else None
+    strongly_typed = fp16_method == "onnx" or (
+        method == "qdq" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
+    fp16_fallback = cfg.precision == "int8" and cfg.int8_fp16_fallback
+    if fp16_fallback and strongly_typed:
         raise TrtBuildError("a strongly typed Q/DQ network runs float layers in the ONNX's own types: "
                             "int8_fp16_fallback is not available with int8_method='qdq'; set it False")
-    if want_fp16 and not hasattr(trt.BuilderFlag, "FP16"):
-        raise TrtBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (strongly typed networks only); "
-                            "convert the ONNX to fp16 first (NVIDIA ModelOpt AutoCast) or build precision='fp32'")
+    if fp16_fallback and not hasattr(trt.BuilderFlag, "FP16"):
+        raise TrtBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16: int8_fp16_fallback is not "
+                            "available; set it False")
+    want_fp16 = cfg.precision == "fp16" or fp16_fallback
     if want_fp16 and not _fast(builder, "platform_has_fast_fp16", cc, _FAST_FP16):
         raise TrtBuildError(f"GPU {gpu_name!r} (compute capability {cc[0]}.{cc[1]}) has no fast fp16; "
                             "build with precision='fp32' (the engine would not be faster, and nothing is downgraded "
@@ -278,6 +306,12 @@ def build_engine(
     batches: list[dict[str, np.ndarray]] = []
     parse_path = onnx_path
     quantized: dict[str, str] | None = None
+    fp16_onnx: dict[str, Any] | None = None
+    if fp16_method == "onnx":
+        parse_path, rep = write_fp16_onnx(onnx_path, engine_path.with_suffix(".fp16.onnx"))
+        fp16_onnx = {"path": os.path.relpath(parse_path, engine_path.parent), "sha256": sha256_file(parse_path),
+                     "kept_fp32_nodes": rep.kept_fp32_nodes, "casts_inserted": rep.casts_inserted,
+                     "weights_clipped": rep.weights_clipped}
     if cfg.precision == "int8" and not already_qdq:
         frames = (calibration_frames if calibration_frames is not None
                   else load_calibration_frames(cfg.calibration, meta.height, meta.width))
@@ -327,7 +361,7 @@ def build_engine(
     if bconf.add_optimization_profile(profile) < 0:
         raise TrtBuildError(f"TensorRT refused the optimisation profile {profile_shapes}")
     flag_names = []
-    if want_fp16:
+    if want_fp16 and fp16_method != "onnx":  # the fp16 ONNX carries its types: no flag
         bconf.set_flag(trt.BuilderFlag.FP16)
         flag_names.append("FP16")
     calibrator = None
@@ -368,8 +402,8 @@ def build_engine(
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
         "precision": cfg.precision,
-        "precision_detail": {"builder_flags": flag_names, "int8_method": method, "strongly_typed": strongly_typed,
-                             "fp16_fallback": bool(cfg.precision == "int8" and want_fp16)},
+        "precision_detail": {"builder_flags": flag_names, "int8_method": method, "fp16_method": fp16_method,
+                             "strongly_typed": strongly_typed, "fp16_fallback": fp16_fallback},
         "tensorrt_version": trt.__version__,
         "gpu": {"name": gpu_name, "compute_capability": f"{cc[0]}.{cc[1]}", "device_id": cfg.device_id},
         "compute_capability": f"{cc[0]}.{cc[1]}",
@@ -379,6 +413,7 @@ def build_engine(
         "calibration": calib_info,
         "onnx": {"path": os.path.relpath(onnx_path, engine_path.parent), "sha256": sha256_file(onnx_path)},
         "quantized_onnx": quantized,
+        "fp16_onnx": fp16_onnx,
         "metadata": meta.raw,
         "engine": {"sha256": hashlib.sha256(engine_bytes).hexdigest(), "bytes": len(engine_bytes)},
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

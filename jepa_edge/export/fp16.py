@@ -1,0 +1,193 @@
+"""FP16 ONNX for strongly typed TensorRT networks (no torch, no TensorRT needed).
+
+TensorRT 11 removed ``BuilderFlag.FP16``: a network runs in the types its
+ONNX declares (strongly typed), so an fp16 engine needs an fp16 graph. This
+rewrites an exported graph the way NVIDIA's ModelOpt AutoCast does, small
+enough to read in one sitting:
+
+* every float32 tensor computed by the encoder becomes float16 (weights
+  converted, ``Cast(to=FLOAT)`` retargeted, float ``Constant`` /
+  ``ConstantOfShape`` values converted);
+* kept in float32: the head (every node computed from ``z``: W and probes
+  are metric values and logits), ops whose statistics need the range
+  (``LayerNormalization`` by default), and the graph's inputs and outputs —
+  ``frames`` stays uint8 and ``z``/head outputs stay float32, so the runtime
+  and the sidecar contract do not change;
+* a ``Cast`` is inserted wherever a float32 tensor meets a float16 node or
+  the other way round (one per tensor and direction).
+
+Weights beyond fp16's range are clipped (counted in ``Fp16Report``). The
+result is checked with ``onnx.checker`` and full shape inference.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jepa_edge.calib.postcard import atomic_write_bytes
+
+KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16
+_FP32_ONLY_INPUTS = {"Resize": {2}}  # (op, input index) the ONNX spec types as float32 only
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class Fp16Error(ValueError):
+    """A graph this converter cannot rewrite (e.g. control flow)."""
+
+
+@dataclass
+class Fp16Report:
+    converted_nodes: int = 0
+    kept_fp32_nodes: list[str] = field(default_factory=list)
+    casts_inserted: int = 0
+    weights_converted: int = 0
+    weights_clipped: int = 0  # weight values beyond ±65504 clipped to it
+
+
+def _fp16_array(a: np.ndarray, report: Fp16Report) -> np.ndarray:
+    over = np.abs(a) > _FP16_MAX
+    report.weights_clipped += int(over.sum())
+    return np.clip(a, -_FP16_MAX, _FP16_MAX).astype(np.float16)
+
+
+def _retype_tensor(t: Any, report: Fp16Report) -> Any:
+    """A float32 TensorProto → float16 (same name); anything else unchanged."""
+    from onnx import TensorProto, numpy_helper
+
+    if t.data_type != TensorProto.FLOAT:
+        return t
+    return numpy_helper.from_array(_fp16_array(numpy_helper.to_array(t), report), t.name)
+
+
+def convert_to_fp16(model: Any, keep_ops: tuple[str, ...] = KEEP_FP32_OPS,
+                    keep_head: bool = True) -> tuple[Any, Fp16Report]:
+    """Return an fp16 copy of ``model`` (an ``onnx.ModelProto``) and what was done."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = copy.deepcopy(model)
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise Fp16Error("graph has control flow (If/Loop/Scan); export without it, or build precision='fp32'")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    elem = {vi.name: vi.type.tensor_type.elem_type
+            for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    elem.update({t.name: t.data_type for t in graph.initializer})
+    report = Fp16Report()
+
+    nodes = list(graph.node)  # nodes are identified by position: protobuf wrappers have no stable id()
+    head = set(downstream_indices(nodes, "z")) if keep_head else set()
+    keep = {k for k, n in enumerate(nodes) if k in head or n.op_type in keep_ops}
+    report.kept_fp32_nodes = [nodes[k].name or nodes[k].op_type for k in sorted(keep)]
+
+    # tensors that become fp16: float outputs of converted nodes, float initializers only they read
+    half: set[str] = set()
+    for k, n in enumerate(nodes):
+        if k not in keep:
+            half.update(o for o in n.output if elem.get(o) == FLOAT)
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for k, n in enumerate(nodes):
+        for i, name in enumerate(n.input):
+            readers.setdefault(name, []).append((k, i))
+    inits = {t.name: t for t in graph.initializer}
+    for name, t in inits.items():
+        uses = readers.get(name, [])
+        if t.data_type == FLOAT and uses and all(
+                k not in keep and i not in _FP32_ONLY_INPUTS.get(nodes[k].op_type, ()) for k, i in uses):
+            graph.initializer.remove(t)
+            graph.initializer.append(_retype_tensor(t, report))
+            report.weights_converted += 1
+            half.add(name)
+
+    casts: dict[tuple[str, int], str] = {}
+    new_nodes: list[Any] = []
+
+    def cast(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            casts[key] = f"{name}__to_{'fp16' if to == HALF else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], name=f"{casts[key]}_cast", to=to))
+            report.casts_inserted += 1
+        return casts[key]
+
+    for k, n in enumerate(nodes):
+        converted = k not in keep
+        for i, name in enumerate(n.input):
+            if not name or elem.get(name) not in (FLOAT, HALF):
+                continue
+            fp32_only = i in _FP32_ONLY_INPUTS.get(n.op_type, ())
+            want_half = converted and not fp32_only
+            if want_half and name not in half and elem.get(name) == FLOAT:
+                n.input[i] = cast(name, HALF)
+            elif not want_half and name in half:
+                n.input[i] = cast(name, FLOAT)
+        if converted:
+            report.converted_nodes += 1
+            for a in n.attribute:
+                if n.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
+                    a.i = HALF
+                elif n.op_type in ("Constant", "ConstantOfShape") and a.name == "value":
+                    a.t.CopyFrom(_retype_tensor(a.t, report))
+                elif n.op_type == "Constant" and a.name in ("value_float", "value_floats"):
+                    raise Fp16Error(f"node {n.name!r}: Constant {a.name} is not supported; re-export the model")
+        new_nodes.append(n)
+
+    # graph outputs keep their types: a converted producer writes name__fp16, a Cast restores the name
+    for out in graph.output:
+        if out.name in half:
+            inner = f"{out.name}__fp16"
+            for n in new_nodes:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if o == out.name else o for o in n.input]
+            new_nodes.append(helper.make_node("Cast", [inner], [out.name], name=f"{out.name}_to_fp32", to=FLOAT))
+            report.casts_inserted += 1
+
+    del graph.node[:]
+    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
+    del graph.value_info[:]  # stale float32 annotations; shape inference recomputes them
+    onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)  # raises on any type clash
+    return model, report
+
+
+def downstream_indices(nodes: list[Any], tensor: str) -> list[int]:
+    """Positions of the nodes that (transitively) consume ``tensor`` (nodes in topological order)."""
+    reached, out = {tensor}, []
+    for k, n in enumerate(nodes):
+        if reached.intersection(n.input):
+            out.append(k)
+            reached.update(n.output)
+    return out
+
+
+def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
+    """Order nodes so every input is produced first (inserted Casts sit after their source)."""
+    ready, out, pending = set(available) | {""}, [], list(nodes)
+    while pending:
+        rest = [n for n in pending if not set(n.input) <= ready]
+        done = [n for n in pending if set(n.input) <= ready]
+        if not done:
+            raise Fp16Error(f"cannot order the fp16 graph: inputs of {rest[0].name!r} are never produced")
+        for n in done:
+            out.append(n)
+            ready.update(n.output)
+        pending = rest
+    return out
+
+
+def write_fp16_onnx(onnx_path: str | Path, out_path: str | Path,
+                    keep_ops: tuple[str, ...] = KEEP_FP32_OPS) -> tuple[Path, Fp16Report]:
+    """``convert_to_fp16`` of a file; the ``jepa_edge`` metadata_props are kept as they are."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    half, report = convert_to_fp16(model, keep_ops)
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, half.SerializeToString())
+    return out_path, report
