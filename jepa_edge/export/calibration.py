@@ -185,14 +185,21 @@ def make_entropy_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], cach
 # ---- explicit INT8: Q/DQ ONNX ---------------------------------------------------------------
 
 
+def downstream_indices(nodes: list[Any], tensor: str) -> list[int]:
+    """Positions in ``nodes`` (a graph's nodes, topologically sorted as ONNX requires) of those that
+    (transitively) consume ``tensor``."""
+    reached, out = {tensor}, []
+    for k, node in enumerate(nodes):
+        if reached.intersection(node.input):
+            out.append(k)
+            reached.update(node.output)
+    return out
+
+
 def downstream_nodes(model: Any, tensor: str) -> list[Any]:
     """Nodes of ``model.graph`` that (transitively) consume ``tensor``, in graph order."""
-    reached, nodes = {tensor}, []
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if reached.intersection(node.input):
-            nodes.append(node)
-            reached.update(node.output)
-    return nodes
+    nodes = list(model.graph.node)
+    return [nodes[k] for k in downstream_indices(nodes, tensor)]
 
 
 class _Reader:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.export.calibration import downstream_indices
 
 KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16
 _FP32_ONLY_INPUTS = {"Resize": {2}}  # (op, input index) the ONNX spec types as float32 only
@@ -149,36 +150,11 @@ def convert_to_fp16(model: Any, keep_ops: tuple[str, ...] = KEEP_FP32_OPS,
             report.casts_inserted += 1
 
     del graph.node[:]
-    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
+    graph.node.extend(new_nodes)  # still topological: each Cast sits right before its first reader
     del graph.value_info[:]  # stale float32 annotations; shape inference recomputes them
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model)  # also checks that order
     onnx.shape_inference.infer_shapes(model, strict_mode=True)  # raises on any type clash
     return model, report
-
-
-def downstream_indices(nodes: list[Any], tensor: str) -> list[int]:
-    """Positions of the nodes that (transitively) consume ``tensor`` (nodes in topological order)."""
-    reached, out = {tensor}, []
-    for k, n in enumerate(nodes):
-        if reached.intersection(n.input):
-            out.append(k)
-            reached.update(n.output)
-    return out
-
-
-def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
-    """Order nodes so every input is produced first (inserted Casts sit after their source)."""
-    ready, out, pending = set(available) | {""}, [], list(nodes)
-    while pending:
-        rest = [n for n in pending if not set(n.input) <= ready]
-        done = [n for n in pending if set(n.input) <= ready]
-        if not done:
-            raise Fp16Error(f"cannot order the fp16 graph: inputs of {rest[0].name!r} are never produced")
-        for n in done:
-            out.append(n)
-            ready.update(n.output)
-        pending = rest
-    return out
 
 
 def write_fp16_onnx(onnx_path: str | Path, out_path: str | Path,
