@@ -61,6 +61,10 @@ class Model(ABC):
 
     def __init__(self, path: Path, backend: str, meta: ModelMeta) -> None:
         self.path, self.backend, self.meta = path, backend, meta
+        # Per-stage times of the last infer() in milliseconds, filled by backends that can measure them:
+        # "h2d", "compute" (GPU time between CUDA events, or the host call on CPU), "d2h", "enqueue" (host time
+        # to submit the GPU work). Absent keys were not measured. The bench reads it after each infer().
+        self.last_stages: dict[str, float] = {}
         self._head_state: HeadState | None = (
             placeholder_head_state(meta.latent_dim) if meta.mode == "head_inputs" else None
         )

@@ -1,0 +1,109 @@
+"""Artifact I/O shared by train, calib, export, world and the runtime (torch-free).
+
+Every artifact is written atomically: a temporary sibling, flushed and
+fsync'ed, then ``os.replace``d over the target, so a crash leaves the old file
+or the new one, never half of one. Every untrusted file (postcards, probes,
+sidecars, metadata, anything a robot receives) is size-checked *before* it is
+parsed, so a hostile or corrupt file cannot make a reader allocate without
+bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+# Size caps before parsing. Generous for what jepa-edge writes (a postcard of a
+# 4096-dim W is 64 MiB), far below what would exhaust a Jetson's memory.
+MAX_POSTCARD_BYTES = 256 * 1024 * 1024  # postcards and probes (.safetensors)
+MAX_JSON_BYTES = 16 * 1024 * 1024  # meta.json, engine sidecars, configs
+MAX_METADATA_BYTES = 1024 * 1024  # ONNX metadata_props["jepa_edge"] text
+
+
+class ArtifactError(ValueError):
+    """A file that cannot be used as is: missing, oversized, not a regular file, not parseable."""
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace``: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the data itself is already synced
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (no NaN/Inf), indented, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def check_regular_file(path: str | Path, what: str, fix: str, cap: int) -> Path:
+    """``path`` as a Path after checking it is a regular file (not a symlink) of at most ``cap`` bytes."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ArtifactError(f"{path}: {what} is a symbolic link, refused; {fix}")
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such {what}; {fix}")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: {what} is not a regular file; {fix}")
+    size = path.stat().st_size
+    if size > cap:
+        raise ArtifactError(f"{path}: {what} is {size} bytes, over the {cap}-byte limit; {fix}")
+    return path
+
+
+def read_bytes_capped(path: str | Path, what: str, fix: str, cap: int) -> bytes:
+    """Read a whole file after the regular-file and size checks; also refuses a file that grew past ``cap``."""
+    path = check_regular_file(path, what, fix, cap)
+    with open(path, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ArtifactError(f"{path}: {what} is over the {cap}-byte limit; {fix}")
+    return data
+
+
+def read_json_capped(path: str | Path, what: str, fix: str, cap: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """A JSON object from ``path`` (size-capped, strict: a list or scalar at the top is refused)."""
+    data = read_bytes_capped(path, what, fix, cap)
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {what} is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}; {fix}")
+    return obj
