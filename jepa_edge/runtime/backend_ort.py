@@ -25,11 +25,13 @@ Two ways to run a frame, same results (tested for parity on the CPU provider):
 **CUDA graphs** (``OrtConfig.cuda_graph=True``, ``ort-cuda`` only): one extra
 session per static batch size with the CUDA EP option ``enable_cuda_graph=1``
 and the symbolic batch dimension fixed (``add_free_dimension_override_by_name``,
-so shape arithmetic folds away). ONNX Runtime runs the first frame normally,
-captures the graph on the next one with the bound buffers' addresses, and
-replays it from then on. Where capture is impossible (a ``head_inputs`` model,
-whose head buffers change with every swap; nodes left on the CPU EP; any ONNX
-Runtime error) the model falls back to the IOBinding path and
+so shape arithmetic folds away). ONNX Runtime runs the first one or two frames
+of a size normally (its warm-up: arena allocations), captures the graph on the
+next with the bound buffers' addresses, and replays it from then on; the graph
+lives in the calling thread's CUDA EP context, so frames of one model come from
+one thread. Where capture is impossible (a ``head_inputs`` model, whose head
+buffers change with every swap; nodes left on the CPU EP; any ONNX Runtime
+error) the model falls back to the IOBinding path and
 ``model.cuda_graph_status`` says why (logged once).
 
 **Precision.** ``OrtConfig.precision`` "fp32" passes ``use_tf32=0`` to the
@@ -241,9 +243,9 @@ def cuda_graph_plan(backend: str, cfg: OrtConfig, mode: str) -> tuple[bool, str]
                        f"this model runs on {backend!r}")
     if mode == "head_inputs":
         return False, ("fallback to IOBinding: a head_inputs model rebinds its head buffers (new addresses, "
-                       "new row count) at every set_head, which a captured graph cannot follow; "
-                       "export a fused model for CUDA graphs")
-    return True, "on: one CUDA graph per static batch size, captured at the second frame of each size"
+                       "new row count) at every set_head, and uploads them from the watcher thread, which would "
+                       "break a capture in progress; export a fused model for CUDA graphs")
+    return True, "on: one CUDA graph per static batch size, captured after ONNX Runtime's warm-up frames of each size"
 
 
 def encoder_only_bytes(path: Path) -> bytes:
