@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from gpu import skip_or_fail
 from onnx_fixtures import make_encoder, make_model, reference_head
 
 from jepa_edge.config import ConfigError
@@ -130,6 +133,15 @@ def test_bad_metadata_is_refused(tiny, tmp_path, change, match):
         load_model(path, "ort-cpu")
 
 
+def test_graph_hw_that_disagrees_with_metadata_is_refused_at_load(tiny, tmp_path):
+    """A graph with static H×W 16x12 whose metadata says 20x12 fails at load, naming both, not at frame 1."""
+    meta = json.loads({p.key: p.value for p in onnx.load(str(tiny["fused"])).metadata_props}["jepa_edge"])
+    path = _rewrite_meta(tiny["fused"], tmp_path / "bad_hw.onnx", input={**meta["input"], "height": 20})
+    for io_binding in (True, False):
+        with pytest.raises(RuntimeModelError, match=r"bad_hw\.onnx: .*16x12 .*20x12.*re-export"):
+            load_model(path, "ort-cpu", OrtConfig(io_binding=io_binding))
+
+
 def test_frames_are_validated(tiny):
     model = load_model(tiny["fused"], "ort-cpu")
     with pytest.raises(ValueError, match=r"uint8 BGR frames shaped \(B, H, W, 3\)"):
@@ -160,15 +172,28 @@ def test_unknown_backend_and_wrong_file_kind(tiny):
         load_model(tiny["fused"].with_name("missing.onnx"), "ort-cpu")
 
 
-@pytest.mark.skipif("ort-cuda" in available_backends(), reason="this machine has the CUDA provider")
+INSTALL = r"pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'jepa-edge\[gpu\]'"
+
+
 @pytest.mark.parametrize("backend", ["ort-cuda", "ort-trt"])
-def test_gpu_provider_missing_is_an_error_not_a_cpu_fallback(tiny, backend):
-    with pytest.raises(BackendUnavailableError, match=r"jepa-edge\[gpu\]"):
+def test_gpu_provider_missing_is_an_error_not_a_cpu_fallback(tiny, backend, monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(BackendUnavailableError, match=INSTALL):  # one ONNX Runtime build, never both
         load_model(tiny["fused"], backend)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
-def test_tensorrt_missing_names_the_extra(tiny, tmp_path):
+def test_provider_dropped_at_session_build_is_an_error(tiny, monkeypatch):
+    """ONNX Runtime drops the CUDA EP (with a warning) when its CUDA/cuDNN libraries do not load: say so."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda model, so, providers: real(model, so, providers=["CPUExecutionProvider"]))
+    with pytest.raises(BackendUnavailableError, match="dropped CUDAExecutionProvider.*" + INSTALL):
+        load_model(tiny["fused"], "ort-cuda")
+
+
+def test_tensorrt_missing_names_the_extra(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails here, installed or not
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
     with pytest.raises(BackendUnavailableError, match=r"jepa-edge\[trt\]"):
@@ -201,20 +226,59 @@ def test_engine_sidecar_checks_without_tensorrt(tiny, tmp_path):
         read_sidecar(engine)
 
 
-# ---- accelerators: real code paths, skipped on machines without them -----------------------------
-def _has_cuda_ep() -> bool:
-    return "ort-cuda" in available_backends()
+# ---- accelerators: real code paths, skipped (or failed under JEPA_EDGE_REQUIRE_GPU=1) without them ----------
+def _require_cuda_ep() -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        skip_or_fail(f"needs onnxruntime-gpu's CUDAExecutionProvider (this onnxruntime {ort.__version__} has "
+                     f"{ort.get_available_providers()})")
+
+
+# Tolerance per precision, times the reference's scale max(1, max|ref|): fp32 (TF32 off) differs from numpy only by
+# summation order, ~1e-6 relative, so 1e-4 is generous; TF32 rounds MatMul inputs to a 10-bit mantissa (~5e-4
+# relative per product, the K=576 sum grows it), so 1e-2.
+GPU_TOL = {"fp32": 1e-4, "tf32": 1e-2}
+
+
+def _close(got: np.ndarray, want: np.ndarray, precision: str, what: str) -> None:
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, atol=GPU_TOL[precision] * scale, rtol=0,
+                               err_msg=f"{what} ({precision}, atol {GPU_TOL[precision]}×{scale:.3g})")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda_ep(), reason="needs onnxruntime-gpu with a CUDA device")
-def test_ort_cuda_parity(tiny):
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("io_binding", [True, False])
+def test_ort_cuda_parity(tiny, precision, io_binding):
+    _require_cuda_ep()
     enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
-    model = load_model(tiny["head_inputs"], "ort-cuda")
+    model = load_model(tiny["head_inputs"], "ort-cuda", OrtConfig(precision=precision, io_binding=io_binding))
+    use_tf32 = model.provider_options["CUDAExecutionProvider"].get("use_tf32")  # None: onnxruntime < 1.18
+    assert use_tf32 in (None, "1" if precision == "tf32" else "0")
     model.set_head(head)
-    out = model.infer(frames)
-    np.testing.assert_allclose(out["z"], enc.z(frames), atol=1e-4)
-    np.testing.assert_allclose(out["position"], head.split(head.apply(enc.z(frames)))["position"], atol=1e-4)
+    for batch in (frames[:1], frames, frames[:1]):  # the IOBinding path reuses its bound buffers on the third
+        out = model.infer(batch)
+        want_z = enc.z(batch)
+        _close(out["z"], want_z, model.precision, "z")
+        _close(out["position"], head.split(head.apply(want_z))["position"], model.precision, "position")
+    if io_binding:
+        assert set(model.last_stages) == {"h2d", "compute", "d2h"}
+
+
+@pytest.mark.gpu
+def test_ort_cuda_graph_replays_new_frames(tiny):
+    """Fused model, CUDA graph per batch size: warm-up runs (1-2), the capture, then replays all match numpy."""
+    _require_cuda_ep()
+    enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
+    model = load_model(tiny["fused"], "ort-cuda", OrtConfig(cuda_graph=True))
+    rng = np.random.default_rng(11)
+    for batch in (1, 4) * 5:  # five frames per size: at least two replays with new frames after the capture
+        f = rng.integers(0, 256, (batch, *frames.shape[1:]), dtype=np.uint8)
+        out = model.infer(f)
+        _close(out["z"], enc.z(f), model.precision, f"z batch {batch}")
+        _close(out["position"], head.split(head.apply(enc.z(f)))["position"], model.precision, "position")
+    assert model.cuda_graph_status.startswith("on"), model.cuda_graph_status
+    assert sorted(model._graphs) == [1, 4]
+    assert model.provider_options["CUDAExecutionProvider"].get("enable_cuda_graph", "0") == "0"  # the main session
 
 
 def _has_trt() -> bool:
@@ -233,9 +297,11 @@ def _has_trt() -> bool:
 
 @pytest.mark.trt
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_trt(), reason="needs TensorRT, cuda-python and a GPU")
 def test_tensorrt_engine_parity_and_head_swap(tiny, tmp_path):
     from onnx_fixtures import build_engine
+
+    if not _has_trt():
+        skip_or_fail("needs TensorRT, cuda-python and a CUDA GPU")
 
     enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
     onnx_path = tmp_path / "model.onnx"

@@ -1,7 +1,8 @@
 """ONNX Runtime sessions for export checks and benchmarks: CPU, CUDA EP or TensorRT EP.
 
 The provider lists and their options (TensorRT EP: fp16, engine cache,
-timing cache; CUDA EP: device) come from the torch-free runtime
+timing cache; CUDA EP: device, ``use_tf32`` from ``precision``, arena and
+cuDNN conv-search settings) come from the torch-free runtime
 (``jepa_edge.runtime.backend_ort``), so export, bench and the robot build
 sessions the same way. A requested GPU provider that this onnxruntime lacks,
 or that ONNX Runtime drops while building the session, is an error: never a
@@ -13,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jepa_edge.runtime.backend_ort import OrtConfig, _ort_errors, _providers, session_options
-from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
+from jepa_edge.runtime.backend_ort import GPU_INSTALL_HINT, OrtConfig, _ort_errors, _providers, session_options
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
 
 PROVIDERS = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}  # name → runtime backend
 
@@ -27,6 +28,7 @@ def ort_session(
     threads: int = 0,
     device_id: int = 0,
     optimization: str = "all",
+    precision: str = "fp32",
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` on exactly ``provider``.
 
@@ -34,6 +36,8 @@ def ort_session(
     ``cache_dir`` (engine + timing cache) apply to the TensorRT EP only and are
     refused for the others. ``threads``: intra-op threads, 0 = ORT default.
     ``optimization``: "disable" | "basic" | "extended" | "all".
+    ``precision``: CUDA EP fp32 math, "fp32" (``use_tf32=0``, the parity
+    reference) or "tf32".
     """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown ONNX Runtime provider {provider!r}; choose one of {sorted(PROVIDERS)}")
@@ -43,13 +47,13 @@ def ort_session(
         import onnxruntime as ort
     except ImportError as exc:
         if provider != "cpu":
-            raise missing_extra("onnxruntime-gpu", "gpu", exc) from exc
+            raise BackendUnavailableError(f"onnxruntime-gpu is not importable ({exc}); {GPU_INSTALL_HINT}") from exc
         raise BackendUnavailableError(
             f"onnxruntime is not installed ({exc}); reinstall with `pip install jepa-edge`"
         ) from exc
     backend = PROVIDERS[provider]
     cfg = OrtConfig(intra_op_threads=threads, device_id=device_id, graph_optimization=optimization,
-                    trt_fp16=fp16, trt_cache_dir=str(cache_dir or ""))
+                    trt_fp16=fp16, trt_cache_dir=str(cache_dir or ""), precision=precision)
     cfg.validate()
     providers = _providers(backend, cfg)  # raises BackendUnavailableError naming jepa-edge[gpu]
     so = session_options(ort, cfg)
@@ -66,7 +70,7 @@ def ort_session(
     if wanted not in sess.get_providers():
         raise BackendUnavailableError(
             f"{where}: ONNX Runtime dropped {wanted} while building the session (active: {sess.get_providers()}); "
-            "check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build "
-            "(`pip install 'jepa-edge[gpu]'`), or use provider='cpu'"
+            f"check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build, {GPU_INSTALL_HINT}, "
+            "or use provider='cpu'"
         )
     return sess

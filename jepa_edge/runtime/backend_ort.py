@@ -3,19 +3,67 @@
 A requested GPU provider that is missing, or that ONNX Runtime silently drops
 when the session is built (missing CUDA/cuDNN libraries), is an error: the
 runtime never falls back to the CPU behind the user's back.
+
+Two ways to run a frame, same results (tested for parity on the CPU provider):
+
+* **IOBinding** (``OrtConfig.io_binding=True``, the default). Per static input
+  shape (batch size, and head rows K of a ``head_inputs`` model) one
+  ``IOBinding`` holds a device buffer for ``frames`` and the output buffers;
+  they are bound once and reused. A frame is one ``OrtValue.update_inplace``
+  copy into the bound device buffer, one ``run_with_iobinding`` and one
+  ``copy_outputs_to_cpu``. The output buffers are the ones ONNX Runtime
+  allocated on the device at the first run of that shape, kept and bound from
+  then on. Head weights of a ``head_inputs`` model are device ``OrtValue``\\ s
+  uploaded once per ``set_head`` (``_prepare_head``), never per frame. The
+  same code runs on the CPU provider with device "cpu" (that is how it is
+  tested here). The host side is the caller's contiguous frames array: ONNX
+  Runtime's Python API has no portable way to allocate pinned ("cuda_pinned")
+  host memory, so the host→device copy is one pageable ``cudaMemcpy``.
+* **Plain** ``sess.run`` (``io_binding=False``): the reference path; ONNX
+  Runtime copies feeds and fetches inside the run call.
+
+**CUDA graphs** (``OrtConfig.cuda_graph=True``, ``ort-cuda`` only): one extra
+session per static batch size with the CUDA EP option ``enable_cuda_graph=1``
+and the symbolic batch dimension fixed (``add_free_dimension_override_by_name``,
+so shape arithmetic folds away). ONNX Runtime runs the first one or two frames
+of a size normally (its warm-up: arena allocations), captures the graph on the
+next with the bound buffers' addresses, and replays it from then on; the graph
+lives in the calling thread's CUDA EP context, so frames of one model come from
+one thread. Where capture is impossible (a ``head_inputs`` model, whose head
+buffers change with every swap; nodes left on the CPU EP; any ONNX Runtime
+error) the model falls back to the IOBinding path and
+``model.cuda_graph_status`` says why (logged once).
+
+**Precision.** ``OrtConfig.precision`` "fp32" passes ``use_tf32=0`` to the
+CUDA EP (ONNX Runtime otherwise allows TF32 tensor-core math for fp32 MatMul
+and Conv); "tf32" allows it. ``model.precision`` records what runs: "fp32"
+only where TF32 is off (the CPU, the CUDA EP with ``use_tf32=0``, or
+``NVIDIA_TF32_OVERRIDE=0``); the TensorRT EP has no TF32 switch and TensorRT
+allows TF32 by default, so ``ort-trt`` is "tf32" (or "fp16" with
+``trt_fp16``). ``model.provider_options`` holds the options ONNX Runtime
+reports for the session (the bench records them).
+
+**Stage times** (``model.last_stages``, ms, host clock): IOBinding path:
+"h2d" (``update_inplace``, a synchronous copy), "compute" (``run_with_iobinding``:
+ONNX Runtime synchronises the device before the call returns, so this is GPU
+time plus ONNX Runtime's launch overhead, not a CUDA-event time), "d2h"
+(``copy_outputs_to_cpu``). Plain path: "compute" on the CPU provider only (on a
+GPU the run call hides its own copies, so nothing is reported).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
-from jepa_edge.runtime.meta import parse_meta
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
+from jepa_edge.runtime.meta import ModelMeta, parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
 log = logging.getLogger(__name__)
@@ -26,6 +74,17 @@ ORT_BACKENDS = {
     "ort-trt": "TensorrtExecutionProvider",
 }
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+_PRECISIONS = ("fp32", "tf32")
+_ARENA_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
+_CONV_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+_USE_TF32_SINCE = (1, 18)  # the CUDA EP's `use_tf32` option (onnxruntime PR 19357)
+
+# onnxruntime and onnxruntime-gpu both install the `onnxruntime` package: side by side, whichever wrote last wins.
+GPU_INSTALL_HINT = (
+    "install exactly one ONNX Runtime build, the GPU one: "
+    "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'jepa-edge[gpu]'` "
+    "(on a Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack)"
+)
 
 
 @dataclass
@@ -37,19 +96,41 @@ class OrtConfig:
     trt_fp16: bool = False  # TensorRT EP: allow fp16 kernels (recorded in model.precision)
     trt_cache_dir: str = ""  # TensorRT EP: engine + timing cache folder; "" = rebuild every start
     log_severity: int = 3  # ORT logger: 0 verbose … 3 error, 4 fatal
+    # CUDA EP fp32 math: "fp32" = use_tf32=0 (exact fp32 GEMM/Conv, the parity reference); "tf32" = allow TF32
+    # tensor cores (faster on Ampere and later, ~1e-3 relative error). The CPU always computes in fp32.
+    precision: str = "fp32"
+    io_binding: bool = True  # device buffers bound once per input shape; False = plain sess.run (reference path)
+    cuda_graph: bool = False  # ort-cuda: one captured CUDA graph per static batch size (needs io_binding)
+    # CUDA EP cuDNN conv algorithm search: EXHAUSTIVE (ORT's default) benchmarks every conv shape at its first
+    # run (slow first frame, fastest kernels); HEURISTIC asks cuDNN's heuristics; DEFAULT takes one fixed algorithm.
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    # CUDA EP memory arena growth: kSameAsRequested grows by what is asked (tight on a Jetson's shared memory);
+    # kNextPowerOfTwo (ORT's default) over-allocates in powers of two. Steady state reuses the arena either way.
+    arena_extend_strategy: str = "kSameAsRequested"
+    do_copy_in_default_stream: bool = True  # CUDA EP: copies on the compute stream (ORT's default; False may race)
 
     def validate(self) -> None:
         if self.graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"OrtConfig.graph_optimization={self.graph_optimization!r}; choose one of {_OPT_LEVELS}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("OrtConfig thread counts must be >= 0 (0 = ONNX Runtime default)")
+        for name, value, allowed in (("precision", self.precision, _PRECISIONS),
+                                     ("cudnn_conv_algo_search", self.cudnn_conv_algo_search, _CONV_SEARCHES),
+                                     ("arena_extend_strategy", self.arena_extend_strategy, _ARENA_STRATEGIES)):
+            if value not in allowed:
+                raise ValueError(f"OrtConfig.{name}={value!r}; choose one of {allowed}")
+        if self.cuda_graph and not self.io_binding:
+            raise ValueError("OrtConfig.cuda_graph=True needs io_binding=True: ONNX Runtime replays a CUDA graph "
+                             "on the buffers bound through IOBinding")
 
 
 def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise missing_extra("onnxruntime", "gpu", exc) from exc
+        raise BackendUnavailableError(
+            f"onnxruntime is not importable ({exc}); for the CPU `pip install jepa-edge`, for a GPU {GPU_INSTALL_HINT}"
+        ) from exc
     return ort
 
 
@@ -81,19 +162,64 @@ def session_options(ort, cfg: OrtConfig):
     return so
 
 
-def _providers(backend: str, cfg: OrtConfig) -> list[Any]:
+# ---- provider options and precision (pure functions, tested on any machine) --------------------------
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def tf32_allowed(cfg: OrtConfig, ort_version: str) -> bool:
+    """Whether the CUDA EP may use TF32 for fp32 math under ``cfg`` (``use_tf32`` needs onnxruntime >= 1.18)."""
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":  # NVIDIA's process-wide switch: no TF32 at all
+        return False
+    return cfg.precision == "tf32" or _version(ort_version) < _USE_TF32_SINCE
+
+
+def cuda_provider_options(cfg: OrtConfig, ort_version: str, cuda_graph: bool = False) -> dict[str, str]:
+    """CUDA EP options, every one explicit (strings, as ONNX Runtime stores them)."""
+    opts = {
+        "device_id": str(cfg.device_id),
+        "arena_extend_strategy": cfg.arena_extend_strategy,
+        "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+        "do_copy_in_default_stream": "1" if cfg.do_copy_in_default_stream else "0",
+    }
+    if _version(ort_version) >= _USE_TF32_SINCE:
+        opts["use_tf32"] = "1" if cfg.precision == "tf32" else "0"
+    if cuda_graph:
+        opts["enable_cuda_graph"] = "1"
+    return opts
+
+
+def ort_precision(backend: str, cfg: OrtConfig, ort_version: str) -> str:
+    """The precision a session really computes in: "fp32" only where TF32 is off."""
+    if backend == "ort-cpu":
+        return "fp32"
+    if backend == "ort-trt":
+        if cfg.trt_fp16:
+            return "fp16"
+        return "fp32" if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0" else "tf32"  # TensorRT allows TF32 by default
+    return "tf32" if tf32_allowed(cfg, ort_version) else "fp32"
+
+
+def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[Any]:
     """Provider list for ``backend``; raises when the provider is not in this onnxruntime build."""
+    ort = _import_ort()
     want = ORT_BACKENDS[backend]
-    have = available_providers()
+    have = list(ort.get_available_providers())
     if want not in have:
         raise BackendUnavailableError(
             f"backend {backend!r} needs ONNX Runtime's {want}, but this onnxruntime only has {have}; "
-            "install the GPU build with `pip uninstall onnxruntime && pip install 'jepa-edge[gpu]'` "
-            "(on a Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack), or use backend='ort-cpu'"
+            f"{GPU_INSTALL_HINT}, or use backend='ort-cpu'"
         )
-    cuda = ("CUDAExecutionProvider", {"device_id": cfg.device_id})
     if backend == "ort-cpu":
         return ["CPUExecutionProvider"]
+    if backend == "ort-cuda" and cfg.precision != "tf32" and _version(ort.__version__) < _USE_TF32_SINCE:
+        log.warning("onnxruntime %s has no CUDA EP `use_tf32` option (>= 1.18): TF32 stays allowed, "
+                    "model.precision says 'tf32'", ort.__version__)
+    cuda = ("CUDAExecutionProvider", cuda_provider_options(cfg, ort.__version__, cuda_graph))
     if backend == "ort-cuda":  # CPU stays listed for nodes CUDA lacks (ORT partitions the graph per node)
         return [cuda, "CPUExecutionProvider"]
     trt_opts: dict[str, Any] = {"device_id": cfg.device_id, "trt_fp16_enable": cfg.trt_fp16}
@@ -106,6 +232,20 @@ def _providers(backend: str, cfg: OrtConfig) -> list[Any]:
             trt_timing_cache_path=cfg.trt_cache_dir,
         )
     return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+
+
+def cuda_graph_plan(backend: str, cfg: OrtConfig, mode: str) -> tuple[bool, str]:
+    """(capture?, status) decided at load; a capture that fails later falls back with its own reason."""
+    if not cfg.cuda_graph:
+        return False, "off (OrtConfig.cuda_graph=False)"
+    if backend != "ort-cuda":
+        return False, (f"fallback to IOBinding: CUDA graphs are captured on the CUDA EP (backend 'ort-cuda'), "
+                       f"this model runs on {backend!r}")
+    if mode == "head_inputs":
+        return False, ("fallback to IOBinding: a head_inputs model rebinds its head buffers (new addresses, "
+                       "new row count) at every set_head, and uploads them from the watcher thread, which would "
+                       "break a capture in progress; export a fused model for CUDA graphs")
+    return True, "on: one CUDA graph per static batch size, captured after ONNX Runtime's warm-up frames of each size"
 
 
 def encoder_only_bytes(path: Path) -> bytes:
@@ -126,7 +266,95 @@ def encoder_only_bytes(path: Path) -> bytes:
     return sub.SerializeToString()
 
 
+def check_graph_io(sess: Any, meta: ModelMeta, where: str) -> None:
+    """The graph's I/O against the export contract and its own metadata (refused at load, not at frame 1)."""
+    ins = {i.name: i for i in sess.get_inputs()}
+    outs = {o.name for o in sess.get_outputs()}
+    frames = ins.get("frames")
+    if frames is None or frames.type != "tensor(uint8)" or len(frames.shape) != 4:
+        raise RuntimeModelError(f"{where}: the graph needs input 'frames' uint8 [B,H,W,3]; re-export the model")
+    _, h, w, c = frames.shape
+    if isinstance(h, int) and isinstance(w, int) and (h, w) != (meta.height, meta.width):
+        raise RuntimeModelError(
+            f"{where}: the graph's input 'frames' is H×W {h}x{w} but its metadata says {meta.height}x{meta.width}; "
+            "the file is inconsistent, re-export it with `jepa-edge export`"
+        )
+    if isinstance(c, int) and c != 3:
+        raise RuntimeModelError(f"{where}: the graph's input 'frames' has {c} channels, not 3 (BGR); re-export")
+    if "z" not in outs:
+        raise RuntimeModelError(f"{where}: the graph has no output 'z'; re-export the model")
+    if meta.mode == "head_inputs":
+        missing = {"head_weight", "head_bias"} - set(ins) or ({"head"} - outs)
+        if missing:
+            raise RuntimeModelError(f"{where}: head_inputs model lacks {sorted(missing)}; re-export the model")
+    elif meta.mode == "fused":
+        missing = {o.name for o in meta.head_outputs} - outs
+        if missing:
+            raise RuntimeModelError(f"{where}: metadata names head outputs {sorted(missing)} the graph lacks")
+
+
+# ---- IOBinding --------------------------------------------------------------------------------------
+@dataclass
+class _Bound:
+    """One IOBinding for one static input shape: its buffers are bound once and reused every frame."""
+
+    io: Any  # onnxruntime IOBinding
+    frames: Any  # OrtValue (B, H, W, 3) uint8 on the device
+    outputs: list[Any] | None = None  # OrtValues ORT allocated on the device at the first run, bound since
+    head: HeadState | None = None  # the head whose OrtValues are bound now
+
+
+class _IoRunner:
+    """Runs one session through IOBinding, one ``_Bound`` per (batch, head rows)."""
+
+    def __init__(self, ort: Any, sess: Any, device: str, device_id: int, output_names: list[str]) -> None:
+        self.ort, self.sess, self.device, self.device_id = ort, sess, device, device_id
+        self.output_names = output_names
+        self._bound: dict[tuple[int, int], _Bound] = {}
+
+    def _binding(self, shape: tuple[int, ...], rows: int) -> _Bound:
+        key = (shape[0], rows)
+        bound = self._bound.get(key)
+        if bound is None:
+            io = self.sess.io_binding()
+            frames = self.ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, self.device, self.device_id)
+            io.bind_ortvalue_input("frames", frames)
+            for name in self.output_names:  # first run: ORT allocates each output on the device
+                io.bind_output(name, self.device, self.device_id)
+            bound = self._bound[key] = _Bound(io, frames)
+        return bound
+
+    def run(self, frames: np.ndarray, head: tuple[HeadState, Any, Any] | None,
+            stages: dict[str, float]) -> list[np.ndarray]:
+        state = None if head is None else head[0]
+        bound = self._binding(frames.shape, 0 if state is None else state.weight.shape[0])
+        if head is not None and bound.head is not state:  # a pointer rebind, no copy: uploaded at set_head
+            bound.io.bind_ortvalue_input("head_weight", head[1])
+            bound.io.bind_ortvalue_input("head_bias", head[2])
+            bound.head = state
+        t0 = time.perf_counter()
+        bound.frames.update_inplace(frames)
+        t1 = time.perf_counter()
+        self.sess.run_with_iobinding(bound.io)
+        t2 = time.perf_counter()
+        values = bound.io.copy_outputs_to_cpu()  # fresh host arrays: the device buffers are reused next frame
+        t3 = time.perf_counter()
+        if bound.outputs is None:  # keep ORT's buffers and bind them: fixed addresses from now on
+            bound.outputs = bound.io.get_outputs()
+            for name, value in zip(self.output_names, bound.outputs):
+                bound.io.bind_ortvalue_output(name, value)
+        stages.update(h2d=(t1 - t0) * 1e3, compute=(t2 - t1) * 1e3, d2h=(t3 - t2) * 1e3)
+        return values
+
+
 class OrtModel(Model):
+    """An exported ONNX model on an ONNX Runtime session (see the module docstring for the two run paths).
+
+    ``infer`` runs on one thread at a time; ``set_head`` may come from another
+    (the head watcher): it uploads the new head's OrtValues, then swaps one
+    reference, and a frame always uses the head it started with.
+    """
+
     def __init__(
         self, path: str | Path, backend: str = "ort-cpu", config: OrtConfig | None = None, encoder_only: bool = False
     ) -> None:
@@ -138,9 +366,30 @@ class OrtModel(Model):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX model; export one with `jepa-edge export`")
         ort = _import_ort()
-        providers = _providers(backend, cfg)
-        so = session_options(ort, cfg)
-        model_arg: str | bytes = encoder_only_bytes(path) if encoder_only else str(path)
+        self._model_arg: str | bytes = encoder_only_bytes(path) if encoder_only else str(path)
+        sess = self._new_session(ort, path, backend, self._model_arg, session_options(ort, cfg), _providers(backend, cfg))
+        meta_text = sess.get_modelmeta().custom_metadata_map.get("jepa_edge")
+        super().__init__(path, backend, parse_meta(meta_text, str(path)))
+        check_graph_io(sess, self.meta, str(path))
+        self.config = cfg
+        self.precision = ort_precision(backend, cfg, ort.__version__)
+        self.provider_options: dict[str, dict[str, str]] = {k: dict(v) for k, v in sess.get_provider_options().items()}
+        self._ort, self._sess = ort, sess
+        self._output_names = [o.name for o in sess.get_outputs()]
+        self._batch_dim = next(i for i in sess.get_inputs() if i.name == "frames").shape[0]  # int, name or None
+        self._device = "cpu" if backend == "ort-cpu" else "cuda"
+        self._io = _IoRunner(ort, sess, self._device, cfg.device_id, self._output_names) if cfg.io_binding else None
+        self._slots: dict[int, tuple[HeadState, Any, Any]] = {}  # id(HeadState) → (state, weight, bias) OrtValues
+        self._graphs: dict[int, _IoRunner] = {}  # batch size → runner of its CUDA-graph session
+        self._graph_on, self.cuda_graph_status = cuda_graph_plan(backend, cfg, self.meta.mode)
+        if cfg.cuda_graph and not self._graph_on:
+            log.warning("%s: CUDA graphs %s", path, self.cuda_graph_status)
+        if self._head_state is not None:
+            self._prepare_head(self._head_state)  # the placeholder head of a head_inputs model
+
+    @staticmethod
+    def _new_session(ort: Any, path: Path, backend: str, model_arg: str | bytes, so: Any, providers: list[Any]) -> Any:
+        """A session on exactly ``backend`` (``model_arg``: the file, or the encoder-only cut as bytes)."""
         try:
             sess = ort.InferenceSession(model_arg, so, providers=providers)
         except _ort_errors(ort) as exc:
@@ -149,41 +398,93 @@ class OrtModel(Model):
         if wanted not in sess.get_providers():
             raise BackendUnavailableError(
                 f"{path}: ONNX Runtime dropped {wanted} while building the session (active: {sess.get_providers()}); "
-                "check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build "
-                "(`pip install 'jepa-edge[gpu]'`), or use backend='ort-cpu'"
+                f"check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build, {GPU_INSTALL_HINT}, "
+                "or use backend='ort-cpu'"
             )
-        meta_text = sess.get_modelmeta().custom_metadata_map.get("jepa_edge")
-        super().__init__(path, backend, parse_meta(meta_text, str(path)))
-        self.config = cfg
-        self.precision = "fp16" if backend == "ort-trt" and cfg.trt_fp16 else "fp32"
-        self._sess = sess
-        self._check_io()
-        self._output_names = [o.name for o in sess.get_outputs()]
+        return sess
 
-    def _check_io(self) -> None:
-        ins = {i.name: i for i in self._sess.get_inputs()}
-        outs = {o.name for o in self._sess.get_outputs()}
-        meta, where = self.meta, str(self.path)
-        frames = ins.get("frames")
-        if frames is None or frames.type != "tensor(uint8)" or len(frames.shape) != 4:
-            raise RuntimeModelError(f"{where}: the graph needs input 'frames' uint8 [B,H,W,3]; re-export the model")
-        if "z" not in outs:
-            raise RuntimeModelError(f"{where}: the graph has no output 'z'; re-export the model")
-        if meta.mode == "head_inputs":
-            missing = {"head_weight", "head_bias"} - set(ins) or ({"head"} - outs)
-            if missing:
-                raise RuntimeModelError(f"{where}: head_inputs model lacks {sorted(missing)}; re-export the model")
-        elif meta.mode == "fused":
-            missing = {o.name for o in meta.head_outputs} - outs
-            if missing:
-                raise RuntimeModelError(f"{where}: metadata names head outputs {sorted(missing)} the graph lacks")
+    # ---- head swap ----------------------------------------------------------------------
+    def _upload_head(self, state: HeadState) -> tuple[HeadState, Any, Any]:
+        ov = self._ort.OrtValue
+        dev, idx = self._device, self.config.device_id
+        return state, ov.ortvalue_from_numpy(state.weight, dev, idx), ov.ortvalue_from_numpy(state.bias, dev, idx)
 
+    def _prepare_head(self, state: HeadState) -> None:
+        """Upload ``state``'s weight and bias as device OrtValues, once, before the swap.
+
+        ``_slots`` maps a HeadState (by id; the state itself is kept in the
+        value) to its OrtValues; it keeps the new head and the current one, so
+        a frame that read the current head before the swap still finds it.
+        """
+        if self._io is None:
+            return  # the plain path feeds the numpy arrays of the HeadState
+        current = self._slots.get(id(self._head_state))
+        keep = {id(state): self._upload_head(state)}
+        if current is not None:
+            keep[id(self._head_state)] = current
+        self._slots = keep  # one reference assignment: _run never sees a half-built mapping
+
+    def _head_values(self, state: HeadState) -> tuple[HeadState, Any, Any]:
+        entry = self._slots.get(id(state))
+        if entry is None or entry[0] is not state:  # two swaps during one frame: upload for this frame only
+            entry = self._upload_head(state)
+        return entry
+
+    # ---- CUDA graphs -----------------------------------------------------------------------
+    def _graph_runner(self, batch: int) -> _IoRunner:
+        runner = self._graphs.get(batch)
+        if runner is None:
+            so = session_options(self._ort, self.config)
+            if isinstance(self._batch_dim, str) and self._batch_dim:
+                so.add_free_dimension_override_by_name(self._batch_dim, batch)  # static shapes: shape ops fold
+            providers = _providers(self.backend, self.config, cuda_graph=True)
+            sess = self._new_session(self._ort, self.path, self.backend, self._model_arg, so, providers)
+            runner = self._graphs[batch] = _IoRunner(self._ort, sess, self._device, self.config.device_id,
+                                                     self._output_names)
+            log.info("%s: CUDA-graph session for batch %d", self.path, batch)
+        return runner
+
+    def _graph_fallback(self, reason: str) -> None:
+        self._graph_on, self._graphs = False, {}
+        self.cuda_graph_status = f"fallback to IOBinding: {reason}"
+        log.warning("%s: CUDA graphs %s", self.path, self.cuda_graph_status)
+
+    def _run_graph(self, frames: np.ndarray, stages: dict[str, float]) -> list[np.ndarray] | None:
+        """Run on the batch size's CUDA-graph session; None (after recording why) when it cannot."""
+        try:
+            return self._graph_runner(frames.shape[0]).run(frames, None, stages)
+        except (RuntimeModelError, BackendUnavailableError) as exc:
+            self._graph_fallback(f"the CUDA-graph session could not be built ({exc})")
+        except _ort_errors(self._ort) as exc:
+            self._graph_fallback(f"ONNX Runtime could not capture or replay the graph ({exc})")
+        return None
+
+    # ---- inference ------------------------------------------------------------------
     def _run(self, frames: np.ndarray, state: HeadState | None) -> dict[str, np.ndarray]:
+        if isinstance(self._batch_dim, int) and frames.shape[0] != self._batch_dim:
+            raise ValueError(f"{self.path}: this graph was exported for batch {self._batch_dim}, got "
+                             f"{frames.shape[0]} frames; send batches of {self._batch_dim} or re-export")
+        stages: dict[str, float] = {}
+        if self._io is None:
+            values = self._run_plain(frames, state, stages)
+        else:
+            values = self._run_graph(frames, stages) if self._graph_on else None
+            if values is None:
+                head = None if state is None else self._head_values(state)
+                values = self._io.run(frames, head, stages)
+        self.last_stages = stages
+        return dict(zip(self._output_names, values))
+
+    def _run_plain(self, frames: np.ndarray, state: HeadState | None, stages: dict[str, float]) -> list[np.ndarray]:
         feeds = {"frames": frames}
         if state is not None:
             feeds["head_weight"], feeds["head_bias"] = state.weight, state.bias
+        t0 = time.perf_counter()
         values = self._sess.run(self._output_names, feeds)
-        return dict(zip(self._output_names, values))
+        if self.backend == "ort-cpu":  # on a GPU the call hides its copies: no honest "compute" to report
+            stages["compute"] = (time.perf_counter() - t0) * 1e3
+        return values
 
     def close(self) -> None:
-        self._sess = None
+        self._sess = self._io = None
+        self._graphs, self._slots = {}, {}

@@ -47,8 +47,9 @@ def load_model(
     """Load an exported model.
 
     ``backend``: ``auto`` | ``ort-cpu`` | ``ort-cuda`` | ``ort-trt`` | ``tensorrt``.
-    ``config``: ``OrtConfig`` for the ``ort-*`` backends, ``TrtConfig`` for
-    ``tensorrt`` (a dict is validated into the right one). ``encoder_only``
+    ``config``: ``OrtConfig`` for the ``ort-*`` backends (IOBinding on by
+    default, ``cuda_graph``, ``precision`` "fp32" = TF32 off), ``TrtConfig``
+    for ``tensorrt`` (a dict is validated into the right one). ``encoder_only``
     (ONNX Runtime) cuts the graph at ``z`` so the head can run unfused in numpy.
     A ``.onnx`` path with ``tensorrt`` loads the ``.engine`` beside it.
     """
