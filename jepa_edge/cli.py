@@ -250,12 +250,12 @@ def reproduce(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
-    from jepa_edge.train.reproduce import ReproduceConfig
-    from jepa_edge.train.reproduce import reproduce as run_reproduce
+    from jepa_edge.study.reproduce import ReproduceConfig
+    from jepa_edge.study.reproduce import reproduce as run_reproduce
 
     if student:
         from jepa_edge.config import deep_merge
-        from jepa_edge.train.student_study import SMALL_RUN, StudentStudyConfig, run_student_study
+        from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study
 
         scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
                                   run=deep_merge(SMALL_RUN, _load_json_arg(config)),
