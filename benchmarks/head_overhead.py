@@ -28,13 +28,13 @@ import onnxruntime as ort
 import torch
 from onnx.utils import Extractor
 
+from jepa_edge.artifacts import atomic_write_json
 from jepa_edge.calib.head import build_head
 from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import Probe
 from jepa_edge.export import export_onnx, ort_session
 from jepa_edge.export.onnx_export import encoder_fingerprint
 from jepa_edge.train.model import Encoder, EncoderConfig
-from jepa_edge.world.record import write_json_atomic
 
 TARGET = 0.03
 
@@ -143,7 +143,7 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.export.calibration import downstream_indices
 
 KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
-from jepa_edge.calib.postcard import atomic_write_bytes
 from jepa_edge.export.calibration import (
     CalibrationConfig,
     calibration_batches,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from jepa_edge.artifacts import atomic_write
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
@@ -121,5 +122,5 @@ def write_artifacts(inputs: StudyInputs, study: StudyConfig, out_dir: Path) -> d
         probe = fit_probe(inputs.target, y, kind, task, inputs.target_agent, labels=labels)
         paths[task] = out_dir / "probes" / f"agentA.{task}.probe.safetensors"
         save_probe(paths[task], probe)
-    np.save(out_dir / "anchor_episode.npy", inputs.episode)
+    atomic_write(out_dir / "anchor_episode.npy", lambda f: np.save(f, inputs.episode))
     return paths
