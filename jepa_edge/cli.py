@@ -280,7 +280,7 @@ def export(
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     head: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files to fuse in (repeat).")] = [],  # noqa: B006
-    mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | bare")] = "fused",
+    mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | encoder_only")] = "fused",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
@@ -308,7 +308,11 @@ def export(
         export_agent,
         require_tensorrt,
     )
+    from jepa_edge.runtime.meta import MODE_ALIASES
 
+    if mode in MODE_ALIASES:  # a deprecated name: one line naming the new one, then go on
+        console.print(f"[yellow]hint:[/] --mode {mode} is now --mode {MODE_ALIASES[mode]}")
+        mode = MODE_ALIASES[mode]
     if trt:
         require_tensorrt()  # fail at once, before the export, when the extra is missing
     res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode,

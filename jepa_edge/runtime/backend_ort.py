@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
-from jepa_edge.runtime.meta import parse_meta
+from jepa_edge.runtime.meta import METADATA_KEY, parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,11 @@ def encoder_only_bytes(path: Path) -> bytes:
 
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get("jepa_edge", "{}"))
+    meta = json.loads(props.get(METADATA_KEY, "{}"))
     sub = Extractor(model).extract_model(["frames"], ["z"])
     meta["mode"] = "encoder_only"
     meta["head"] = {"outputs": []}
-    props["jepa_edge"] = json.dumps(meta)
+    props[METADATA_KEY] = json.dumps(meta)
     onnx.helper.set_model_props(sub, props)
     return sub.SerializeToString()
 
@@ -152,7 +152,7 @@ class OrtModel(Model):
                 "check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build "
                 "(`pip install 'jepa-edge[gpu]'`), or use backend='ort-cpu'"
             )
-        meta_text = sess.get_modelmeta().custom_metadata_map.get("jepa_edge")
+        meta_text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         super().__init__(path, backend, parse_meta(meta_text, str(path)))
         self.config = cfg
         self.precision = "fp16" if backend == "ort-trt" and cfg.trt_fp16 else "fp32"
