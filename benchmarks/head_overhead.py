@@ -3,7 +3,7 @@
     python benchmarks/head_overhead.py --out benchmarks/results/head_overhead.json
 
 Exports the default encoder (``EncoderConfig()``, random weights: latency does
-not depend on their values) twice with ``export_onnx``: ``bare`` (frames → z)
+not depend on their values) twice with ``export_onnx``: ``bare`` (mode ``encoder_only``, frames → z)
 and ``fused`` with a head of W (64×64) + two probes (position through W, 6
 outputs; danger on the agent itself, 2 classes), K = 72 rows in one Gemm and
 one Split. Batch 1, one intra-op thread (a robot core, and steadier numbers on
@@ -28,13 +28,13 @@ import onnxruntime as ort
 import torch
 from onnx.utils import Extractor
 
+from jepa_edge.artifacts import atomic_write_json
 from jepa_edge.calib.head import build_head
 from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import Probe
 from jepa_edge.export import export_onnx, ort_session
 from jepa_edge.export.onnx_export import encoder_fingerprint
 from jepa_edge.train.model import Encoder, EncoderConfig
-from jepa_edge.world.record import write_json_atomic
 
 TARGET = 0.03
 
@@ -86,7 +86,7 @@ def main() -> None:
     frames = np.random.default_rng(args.seed).integers(0, 256, (1, cfg.img_size, cfg.img_size, 3), dtype=np.uint8)
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        exports = {"bare": export_onnx(enc, meta, Path(tmp) / "bare.onnx", mode="bare"),
+        exports = {"bare": export_onnx(enc, meta, Path(tmp) / "bare.onnx", mode="encoder_only"),
                    "fused": export_onnx(enc, meta, Path(tmp) / "fused.onnx", head=head, mode="fused")}
         for name, res in exports.items():
             sessions[name] = ort_session(res.path, provider="cpu", threads=args.threads)
@@ -143,7 +143,7 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_json
 from jepa_edge.world import WorldConfig, read_video, render, simulate, view_names, write_video
-from jepa_edge.world.record import write_json_atomic
 
 
 def best_time(fn, repeats: int) -> float:
@@ -99,7 +99,7 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -45,6 +45,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def replace_synced(tmp: str | Path, path: str | Path) -> None:
+    """fsync a temp file another library wrote by name (e.g. OpenCV's VideoWriter), then ``os.replace`` it."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
     try:
@@ -67,9 +78,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | Path, obj: Any, *, sort_keys: bool = False) -> None:
     """Strict JSON (no NaN/Inf), indented, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")
 
 
 def check_regular_file(path: str | Path, what: str, fix: str, cap: int) -> Path:

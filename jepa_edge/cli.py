@@ -250,12 +250,12 @@ def reproduce(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
-    from jepa_edge.train.reproduce import ReproduceConfig
-    from jepa_edge.train.reproduce import reproduce as run_reproduce
+    from jepa_edge.study.reproduce import ReproduceConfig
+    from jepa_edge.study.reproduce import reproduce as run_reproduce
 
     if student:
         from jepa_edge.config import deep_merge
-        from jepa_edge.train.student_study import SMALL_RUN, StudentStudyConfig, run_student_study
+        from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study
 
         scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
                                   run=deep_merge(SMALL_RUN, _load_json_arg(config)),
@@ -280,7 +280,7 @@ def export(
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     head: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files to fuse in (repeat).")] = [],  # noqa: B006
-    mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | bare")] = "fused",
+    mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | encoder_only")] = "fused",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
@@ -308,7 +308,11 @@ def export(
         export_agent,
         require_tensorrt,
     )
+    from jepa_edge.runtime.meta import MODE_ALIASES
 
+    if mode in MODE_ALIASES:  # a deprecated name: one line naming the new one, then go on
+        console.print(f"[yellow]hint:[/] --mode {mode} is now --mode {MODE_ALIASES[mode]}")
+        mode = MODE_ALIASES[mode]
     if trt:
         require_tensorrt()  # fail at once, before the export, when the extra is missing
     res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode,

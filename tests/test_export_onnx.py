@@ -5,6 +5,7 @@ Tiny encoders (16 px, patch 4, width 32, depth 1) keep every export well under a
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -149,13 +150,13 @@ def test_head_inputs_swaps_heads_of_any_width_without_reexport(agents, tmp_path)
     assert res.metadata["mode"] == "head_inputs" and res.metadata["head"]["outputs"] == []
 
 
-def test_bare_mode_is_encoder_only(agents, tmp_path):
-    res = export_onnx(agents["enc"], agents["meta"], tmp_path / "bare.onnx", mode="bare")
+def test_encoder_only_mode_exports_frames_to_z(agents, tmp_path):
+    res = export_onnx(agents["enc"], agents["meta"], tmp_path / "enc.onnx", mode="encoder_only")
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["z"] and [i.name for i in sess.get_inputs()] == ["frames"]
     x = frames(2)
     np.testing.assert_allclose(sess.run(None, {"frames": x})[0], torch_z(agents["enc"], x), atol=Z_ATOL)
-    assert res.metadata["mode"] == "encoder_only"  # the runtime's name for a frames → z graph
+    assert res.metadata["mode"] == "encoder_only"  # one name, exporter and runtime (runtime.meta.MODES)
     with backends.load_model(res.path, "ort-cpu") as m:  # and the runtime accepts it
         assert set(m.infer(x)) == {"z"}
 
@@ -177,7 +178,7 @@ def test_fused_and_manual_attention_exports_agree(agents, tmp_path, fused_attn):
 def test_no_training_mode_dropout_in_the_graph(agents, tmp_path, fused_attn):
     enc = make_encoder(0)
     enc.set_fused_attn(fused_attn)
-    export_onnx(enc, agents["meta"], tmp_path / "m.onnx", mode="bare")
+    export_onnx(enc, agents["meta"], tmp_path / "m.onnx", mode="encoder_only")
     assert "Dropout" not in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
 
 
@@ -253,16 +254,16 @@ def test_export_agent_fuses_files_and_records_provenance(agents, run, tmp_path):
 
 
 def test_export_agent_manual_attention(run, tmp_path):
-    res = export_agent(run, tmp_path / "bare.onnx", mode="bare", fused_attn=False)
+    res = export_agent(run, tmp_path / "enc.onnx", mode="encoder_only", fused_attn=False)
     assert res.parity["z"] <= Z_ATOL
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such run directory"):
-        export_agent(tmp_path / "nope", tmp_path / "x.onnx", mode="bare")
+        export_agent(tmp_path / "nope", tmp_path / "x.onnx", mode="encoder_only")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="meta.json"):
-        export_agent(tmp_path / "empty", tmp_path / "x.onnx", mode="bare")
+        export_agent(tmp_path / "empty", tmp_path / "x.onnx", mode="encoder_only")
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -296,9 +297,11 @@ def test_mode_and_head_combinations_are_checked(agents, run, tmp_path):
     with pytest.raises(ExportError, match="needs a postcard and/or probes"):
         export_agent(run, tmp_path / "x.onnx", mode="fused")
     with pytest.raises(ExportError, match="encoder alone"):
-        export_agent(run, tmp_path / "x.onnx", tmp_path / "b2a.postcard.safetensors", mode="bare")
+        export_agent(run, tmp_path / "x.onnx", tmp_path / "b2a.postcard.safetensors", mode="encoder_only")
     with pytest.raises(ExportError, match="unknown export mode"):
         export_onnx(agents["enc"], agents["meta"], tmp_path / "x.onnx", mode="both")
+    with pytest.raises(ExportError, match="'bare' is now called 'encoder_only'"):
+        export_agent(run, tmp_path / "x.onnx", mode="bare")
     with pytest.raises(EdgeGraphError, match="needs a head"):
         EdgeGraph(agents["enc"], None, "fused")
     with pytest.raises(ExportError, match="exporter"):
@@ -308,7 +311,7 @@ def test_mode_and_head_combinations_are_checked(agents, run, tmp_path):
 def test_meta_must_match_the_weights(agents, tmp_path):
     bad = {**agents["meta"], "fingerprint": "0" * 64}
     with pytest.raises(ExportError, match="fingerprint 000000000000…, but the encoder's weights are"):
-        export_onnx(agents["enc"], bad, tmp_path / "x.onnx", mode="bare")
+        export_onnx(agents["enc"], bad, tmp_path / "x.onnx", mode="encoder_only")
 
 
 # ---- parity is enforced -----------------------------------------------------------------------
@@ -362,6 +365,19 @@ def test_export_leaves_the_callers_encoder_untouched(agents, tmp_path):
     enc = make_encoder(0).train()
     enc.set_fused_attn(False)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    export_onnx(enc, agents["meta"], tmp_path / "m.onnx", mode="bare")
+    export_onnx(enc, agents["meta"], tmp_path / "m.onnx", mode="encoder_only")
     assert enc.training and not enc.blocks[0].attn.fused_attn
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+
+
+def test_cli_accepts_the_old_bare_mode_with_a_one_line_hint(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+
+    out = tmp_path / "enc.onnx"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--mode", "bare"])
+    assert res.exit_code == 0, res.output
+    assert "--mode bare is now --mode encoder_only" in res.output and "Traceback" not in res.output
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["jepa_edge"])
+    assert meta["mode"] == "encoder_only"

@@ -40,12 +40,12 @@ def exported(tmp_path_factory):
     target = other_agent(16)
     head = build_head(fp, 16, make_postcard(agent, target), [make_probe(target, "position", 6)])
     meta = {"name": "agentB", "fingerprint": fp, "view": "oblique"}
-    paths = {mode: export_onnx(encoder, meta, d / f"{mode}.onnx", head=None if mode == "bare" else head,
-                               mode=mode).path for mode in ("fused", "head_inputs", "bare")}
+    paths = {mode: export_onnx(encoder, meta, d / f"{mode}.onnx", head=None if mode == "encoder_only" else head,
+                               mode=mode).path for mode in ("fused", "head_inputs", "encoder_only")}
     src = open_source("sim:oblique?size=16&frames=6&seed=2")
     frames = np.stack([src.read() for _ in range(6)])  # (6, 16, 16, 3) BGR uint8
     with torch.no_grad():
-        (z,) = EdgeGraph(encoder, None, "bare").eval()(torch.from_numpy(frames))
+        (z,) = EdgeGraph(encoder, None, "encoder_only").eval()(torch.from_numpy(frames))
     return {"paths": paths, "head": head, "frames": frames, "z": z.numpy(), "agent": agent}
 
 
@@ -55,11 +55,11 @@ def test_every_export_mode_matches_pytorch(exported):
     fused = load_model(exported["paths"]["fused"], "ort-cpu")
     graph = load_model(exported["paths"]["head_inputs"], "ort-cpu")
     graph.set_head(head)
-    bare = load_model(exported["paths"]["bare"], "ort-cpu")
+    enc_only = load_model(exported["paths"]["encoder_only"], "ort-cpu")
     cut = load_model(exported["paths"]["fused"], "ort-cpu", encoder_only=True)
-    assert bare.meta.mode == "encoder_only" and fused.meta.agent_fingerprint == exported["agent"]["fingerprint"]
+    assert enc_only.meta.mode == "encoder_only" and fused.meta.agent_fingerprint == exported["agent"]["fingerprint"]
     outs = {"fused": fused.infer(frames), "head_inputs": graph.infer(frames),
-            "bare+numpy": HeadStage(bare, "numpy", head)(bare.infer(frames)),
+            "encoder_only+numpy": HeadStage(enc_only, "numpy", head)(enc_only.infer(frames)),
             "cut+numpy": HeadStage(cut, "numpy", head)(cut.infer(frames))}
     for name, out in outs.items():
         assert set(out) == set(want), name

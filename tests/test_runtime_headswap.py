@@ -175,7 +175,7 @@ def test_two_postcards_in_one_folder_refused(setup, tmp_path):
 
 def test_background_watcher_thread(setup, tmp_path):
     enc = setup["enc"]
-    cfg = HeadWatcherConfig(poll_interval_s=0.01, stable_polls=2, min_age_s=0.0)
+    cfg = HeadWatcherConfig(poll_interval_s=0.01, stable_polls=2, min_age_s=0.3)  # > the gap between the three fsync'ed writes
     with HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, cfg) as watcher:
         head, _ = write_head_files(tmp_path, enc)
         deadline = time.monotonic() + 5

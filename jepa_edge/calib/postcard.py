@@ -9,15 +9,14 @@ refused with a message naming the file, the problem and the fix.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.fit import LinearMap
 
 POSTCARD_VERSION = 1
@@ -31,22 +30,6 @@ class PostcardError(ValueError):
 
 
 # ---------------------------------------------------------------- shared file helpers
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then ``os.replace``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def jsonable(obj: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.artifacts import atomic_write_bytes
 
 
 class CalibrationError(ValueError):

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.export.calibration import downstream_indices
 
 KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16
@@ -68,55 +68,99 @@ def _retype_tensor(t: Any, report: Fp16Report) -> Any:
 def convert_to_fp16(model: Any, keep_ops: tuple[str, ...] = KEEP_FP32_OPS,
                     keep_head: bool = True) -> tuple[Any, Fp16Report]:
     """Return an fp16 copy of ``model`` (an ``onnx.ModelProto``) and what was done."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     model = copy.deepcopy(model)
     graph = model.graph
+    _refuse_control_flow(graph)
+    elem = _element_types(model)
+    report = Fp16Report()
+    nodes = list(graph.node)  # nodes are identified by position: protobuf wrappers have no stable id()
+    keep = _kept_fp32(nodes, keep_ops, keep_head)
+    report.kept_fp32_nodes = [nodes[k].name or nodes[k].op_type for k in sorted(keep)]
+    half = _half_outputs(nodes, keep, elem) | _convert_initializers(graph, nodes, keep, report)
+    new_nodes = _retype_nodes(nodes, keep, half, elem, report)
+    _restore_output_types(graph, new_nodes, half, report)
+    _replace_nodes_and_check(model, new_nodes)
+    return model, report
+
+
+def _refuse_control_flow(graph: Any) -> None:
+    import onnx
+
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise Fp16Error("graph has control flow (If/Loop/Scan); export without it, or build precision='fp32'")
+
+
+def _element_types(model: Any) -> dict[str, int]:
+    """Tensor name → ONNX element type, from strict shape inference plus the initializers."""
+    import onnx
+
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     elem = {vi.name: vi.type.tensor_type.elem_type
             for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    elem.update({t.name: t.data_type for t in graph.initializer})
-    report = Fp16Report()
+    elem.update({t.name: t.data_type for t in model.graph.initializer})
+    return elem
 
-    nodes = list(graph.node)  # nodes are identified by position: protobuf wrappers have no stable id()
+
+def _kept_fp32(nodes: list[Any], keep_ops: tuple[str, ...], keep_head: bool) -> set[int]:
+    """Positions of the nodes that stay float32: the head (downstream of ``z``) and ``keep_ops``."""
     head = set(downstream_indices(nodes, "z")) if keep_head else set()
-    keep = {k for k, n in enumerate(nodes) if k in head or n.op_type in keep_ops}
-    report.kept_fp32_nodes = [nodes[k].name or nodes[k].op_type for k in sorted(keep)]
+    return {k for k, n in enumerate(nodes) if k in head or n.op_type in keep_ops}
 
-    # tensors that become fp16: float outputs of converted nodes, float initializers only they read
-    half: set[str] = set()
-    for k, n in enumerate(nodes):
-        if k not in keep:
-            half.update(o for o in n.output if elem.get(o) == FLOAT)
+
+def _half_outputs(nodes: list[Any], keep: set[int], elem: dict[str, int]) -> set[str]:
+    """Float outputs of the converted nodes: the tensors they will compute in fp16."""
+    from onnx import TensorProto
+
+    return {o for k, n in enumerate(nodes) if k not in keep for o in n.output if elem.get(o) == TensorProto.FLOAT}
+
+
+def _convert_initializers(graph: Any, nodes: list[Any], keep: set[int], report: Fp16Report) -> set[str]:
+    """Retype to fp16 the float initializers read only by converted nodes (in fp16-capable inputs)."""
+    from onnx import TensorProto
+
     readers: dict[str, list[tuple[int, int]]] = {}
     for k, n in enumerate(nodes):
         for i, name in enumerate(n.input):
             readers.setdefault(name, []).append((k, i))
-    inits = {t.name: t for t in graph.initializer}
-    for name, t in inits.items():
+    half: set[str] = set()
+    for name, t in {t.name: t for t in graph.initializer}.items():
         uses = readers.get(name, [])
-        if t.data_type == FLOAT and uses and all(
+        if t.data_type == TensorProto.FLOAT and uses and all(
                 k not in keep and i not in _FP32_ONLY_INPUTS.get(nodes[k].op_type, ()) for k, i in uses):
             graph.initializer.remove(t)
             graph.initializer.append(_retype_tensor(t, report))
             report.weights_converted += 1
             half.add(name)
+    return half
 
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[Any] = []
 
-    def cast(name: str, to: int) -> str:
+class _Casts:
+    """One ``Cast`` per (tensor, direction), appended to ``out`` right before its first reader."""
+
+    def __init__(self, out: list[Any], report: Fp16Report) -> None:
+        self.out, self.report = out, report
+        self.names: dict[tuple[str, int], str] = {}
+
+    def __call__(self, name: str, to: int) -> str:
+        from onnx import TensorProto, helper
+
         key = (name, to)
-        if key not in casts:
-            casts[key] = f"{name}__to_{'fp16' if to == HALF else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], name=f"{casts[key]}_cast", to=to))
-            report.casts_inserted += 1
-        return casts[key]
+        if key not in self.names:
+            self.names[key] = f"{name}__to_{'fp16' if to == TensorProto.FLOAT16 else 'fp32'}"
+            self.out.append(helper.make_node("Cast", [name], [self.names[key]], name=f"{self.names[key]}_cast",
+                                             to=to))
+            self.report.casts_inserted += 1
+        return self.names[key]
 
+
+def _retype_nodes(nodes: list[Any], keep: set[int], half: set[str], elem: dict[str, int],
+                  report: Fp16Report) -> list[Any]:
+    """The node list with a Cast before every input whose type does not match its reader's precision."""
+    from onnx import TensorProto
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    new_nodes: list[Any] = []
+    cast = _Casts(new_nodes, report)
     for k, n in enumerate(nodes):
         converted = k not in keep
         for i, name in enumerate(n.input):
@@ -130,31 +174,48 @@ def convert_to_fp16(model: Any, keep_ops: tuple[str, ...] = KEEP_FP32_OPS,
                 n.input[i] = cast(name, FLOAT)
         if converted:
             report.converted_nodes += 1
-            for a in n.attribute:
-                if n.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
-                    a.i = HALF
-                elif n.op_type in ("Constant", "ConstantOfShape") and a.name == "value":
-                    a.t.CopyFrom(_retype_tensor(a.t, report))
-                elif n.op_type == "Constant" and a.name in ("value_float", "value_floats"):
-                    raise Fp16Error(f"node {n.name!r}: Constant {a.name} is not supported; re-export the model")
+            _retype_attributes(n, report)
         new_nodes.append(n)
+    return new_nodes
 
-    # graph outputs keep their types: a converted producer writes name__fp16, a Cast restores the name
+
+def _retype_attributes(n: Any, report: Fp16Report) -> None:
+    """A converted node's float32 attributes → fp16: ``Cast(to=FLOAT)``, ``Constant``/``ConstantOfShape`` values."""
+    from onnx import TensorProto
+
+    for a in n.attribute:
+        if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+            a.i = TensorProto.FLOAT16
+        elif n.op_type in ("Constant", "ConstantOfShape") and a.name == "value":
+            a.t.CopyFrom(_retype_tensor(a.t, report))
+        elif n.op_type == "Constant" and a.name in ("value_float", "value_floats"):
+            raise Fp16Error(f"node {n.name!r}: Constant {a.name} is not supported; re-export the model")
+
+
+def _restore_output_types(graph: Any, new_nodes: list[Any], half: set[str], report: Fp16Report) -> None:
+    """Graph outputs keep their types: a converted producer writes name__fp16, a Cast restores the name."""
+    from onnx import TensorProto, helper
+
     for out in graph.output:
         if out.name in half:
             inner = f"{out.name}__fp16"
             for n in new_nodes:
                 n.output[:] = [inner if o == out.name else o for o in n.output]
                 n.input[:] = [inner if o == out.name else o for o in n.input]
-            new_nodes.append(helper.make_node("Cast", [inner], [out.name], name=f"{out.name}_to_fp32", to=FLOAT))
+            new_nodes.append(helper.make_node("Cast", [inner], [out.name], name=f"{out.name}_to_fp32",
+                                              to=TensorProto.FLOAT))
             report.casts_inserted += 1
 
+
+def _replace_nodes_and_check(model: Any, new_nodes: list[Any]) -> None:
+    import onnx
+
+    graph = model.graph
     del graph.node[:]
     graph.node.extend(new_nodes)  # still topological: each Cast sits right before its first reader
     del graph.value_info[:]  # stale float32 annotations; shape inference recomputes them
     onnx.checker.check_model(model)  # also checks that order
     onnx.shape_inference.infer_shapes(model, strict_mode=True)  # raises on any type clash
-    return model, report
 
 
 def write_fp16_onnx(onnx_path: str | Path, out_path: str | Path,

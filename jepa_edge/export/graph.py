@@ -10,7 +10,7 @@ the normalisation (inside the encoder) itself. Three modes:
 * ``head_inputs``: ``head_weight (K, D)`` and ``head_bias (K,)`` are graph
   inputs; the output ``head (B, K)`` lets the runtime swap heads (any K)
   without re-exporting or rebuilding an engine.
-* ``bare``: the encoder alone, output ``z`` only.
+* ``encoder_only``: the encoder alone, output ``z`` only.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa_edge.calib.head import FusedHead
+from jepa_edge.runtime.meta import MODES, unknown_mode
 
-MODES = ("fused", "head_inputs", "bare")
 INPUT_NAME = "frames"
 LATENT_NAME = "z"
 HEAD_WEIGHT_NAME = "head_weight"
@@ -39,7 +39,7 @@ class EdgeGraph(nn.Module):
     def __init__(self, encoder: nn.Module, head: FusedHead | None = None, mode: str = "fused"):
         super().__init__()
         if mode not in MODES:
-            raise EdgeGraphError(f"unknown export mode {mode!r}; choose one of {list(MODES)}")
+            raise EdgeGraphError(unknown_mode(mode))
         latent_dim = int(encoder.cfg.latent_dim)
         self.encoder = encoder
         self.mode = mode
@@ -56,7 +56,7 @@ class EdgeGraph(nn.Module):
             if head is None or head.width == 0:
                 raise EdgeGraphError(
                     "mode 'fused' needs a head with at least one output (a postcard and/or probes); "
-                    "export with mode='bare' for the encoder alone, or mode='head_inputs' to feed the head at run time"
+                    "export with mode='encoder_only' for the encoder alone, or mode='head_inputs' to feed the head at run time"
                 )
             if head.weight.shape != (head.width, latent_dim) or head.latent_dim != latent_dim:
                 raise EdgeGraphError(

@@ -36,17 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
-from jepa_edge.calib.postcard import atomic_write_bytes
 from jepa_edge.export.calibration import downstream_nodes
+from jepa_edge.runtime.meta import FORMAT, METADATA_KEY, MODES, VERSION, unknown_mode
 
-FORMAT = "jepa-edge/onnx"
-VERSION = 1
-METADATA_KEY = "jepa_edge"
-EXPORT_MODES = ("fused", "head_inputs", "bare")
 EXPORTERS = ("torchscript", "dynamo")
-# A bare export is the graph the runtime calls "encoder_only" (frames → z): same contract, same name.
-META_MODE = {"fused": "fused", "head_inputs": "head_inputs", "bare": "encoder_only"}
 
 
 class ExportError(ValueError):
@@ -87,7 +82,7 @@ class OnnxExportConfig:
 @dataclass
 class ExportResult:
     path: Path  # the written .onnx
-    mode: str  # "fused" | "head_inputs" | "bare"
+    mode: str  # "fused" | "head_inputs" | "encoder_only"
     metadata: dict[str, Any]  # the metadata_props["jepa_edge"] JSON, parsed
     parity: dict[str, float] = field(default_factory=dict)  # output name → max abs error vs PyTorch (+numpy head)
     tolerance: dict[str, float] = field(default_factory=dict)  # z_atol, head_rtol
@@ -132,7 +127,7 @@ def build_metadata(
     return {
         "format": FORMAT,
         "version": VERSION,
-        "mode": META_MODE[mode],
+        "mode": mode,
         "input": {"name": "frames", "layout": "NHWC", "dtype": "uint8", "channels": "BGR",
                   "height": int(cfg.img_size), "width": int(cfg.img_size)},
         "latent_dim": int(cfg.latent_dim),
@@ -245,7 +240,7 @@ def export_onnx(
     ``meta``: the agent's ``{name, fingerprint, view}`` (``load_agent``'s meta);
     the fingerprint must be that of ``encoder``'s weights. ``head``: a
     ``FusedHead`` for this encoder; baked in for ``mode="fused"``, used only as
-    the parity-check head for ``head_inputs``, refused for ``bare``.
+    the parity-check head for ``head_inputs``, refused for ``encoder_only``.
     ``provenance``: JSON recorded under ``head`` (postcard / probe files).
     Raises ``ExportError`` (bad inputs) or ``ParityError`` (nothing written).
     """
@@ -256,10 +251,10 @@ def export_onnx(
 
     config = config or OnnxExportConfig()
     config.validate()
-    if mode not in EXPORT_MODES:
-        raise ExportError(f"unknown export mode {mode!r}; choose one of {list(EXPORT_MODES)}")
-    if mode == "bare" and head is not None:
-        raise ExportError("mode 'bare' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+    if mode not in MODES:
+        raise ExportError(unknown_mode(mode))
+    if mode == "encoder_only" and head is not None:
+        raise ExportError("mode 'encoder_only' exports the encoder alone; drop the postcard/probes or use mode='fused'")
     agent = _agent_meta(meta)
     actual = encoder_fingerprint(encoder)
     if actual != agent["fingerprint"]:
@@ -379,7 +374,7 @@ def export_agent(
 
     The postcard must map *from* this agent (its source fingerprint is checked);
     each probe must belong to this agent or to the postcard's target agent.
-    ``mode="fused"`` needs a postcard and/or probes; ``"bare"`` takes neither;
+    ``mode="fused"`` needs a postcard and/or probes; ``"encoder_only"`` takes neither;
     ``"head_inputs"`` uses them, if given, only for the parity check.
     ``fused_attn``: trace the encoder with ``scaled_dot_product_attention``
     (True) or the manual reference attention (False); both export the same maths.
@@ -391,14 +386,14 @@ def export_agent(
     from jepa_edge.calib.probes import load_probe
     from jepa_edge.train.checkpoint import load_agent
 
-    if mode not in EXPORT_MODES:
-        raise ExportError(f"unknown export mode {mode!r}; choose one of {list(EXPORT_MODES)}")
+    if mode not in MODES:
+        raise ExportError(unknown_mode(mode))
     has_head = postcard_path is not None or bool(probe_paths)
     if mode == "fused" and not has_head:
-        raise ExportError("mode 'fused' needs a postcard and/or probes to fuse; pass them, or use mode='bare' "
-                          "(encoder only) or mode='head_inputs' (head fed at run time)")
-    if mode == "bare" and has_head:
-        raise ExportError("mode 'bare' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+        raise ExportError("mode 'fused' needs a postcard and/or probes to fuse; pass them, or use mode='encoder_only' "
+                          "(frames → z) or mode='head_inputs' (head fed at run time)")
+    if mode == "encoder_only" and has_head:
+        raise ExportError("mode 'encoder_only' exports the encoder alone; drop the postcard/probes or use mode='fused'")
     encoder, meta = load_agent(run_dir, fused_attn=fused_attn)
     fingerprint, latent_dim = str(meta["fingerprint"]), int(encoder.cfg.latent_dim)
     postcard = None

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
-from jepa_edge.calib.postcard import atomic_write_bytes
 from jepa_edge.export.calibration import (
     CalibrationConfig,
     calibration_batches,
@@ -51,7 +51,7 @@ from jepa_edge.export.calibration import (
 )
 from jepa_edge.export.fp16 import write_fp16_onnx
 from jepa_edge.runtime.backend_trt import cuda_call, import_cudart, import_tensorrt, sha256_file
-from jepa_edge.runtime.meta import parse_meta
+from jepa_edge.runtime.meta import METADATA_KEY, parse_meta
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def build_engine(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX model; export one with `jepa-edge export`")
     model = onnx.load(str(onnx_path), load_external_data=False)
-    raw_meta = {p.key: p.value for p in model.metadata_props}.get("jepa_edge")
+    raw_meta = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
     meta = parse_meta(raw_meta, str(onnx_path))  # RuntimeModelError if not a jepa-edge export
     already_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     if already_qdq and cfg.precision != "int8":

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
-from jepa_edge.runtime.meta import ModelMeta, parse_meta
+from jepa_edge.runtime.meta import METADATA_KEY, ModelMeta, parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,11 @@ def encoder_only_bytes(path: Path) -> bytes:
 
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get("jepa_edge", "{}"))
+    meta = json.loads(props.get(METADATA_KEY, "{}"))
     sub = Extractor(model).extract_model(["frames"], ["z"])
     meta["mode"] = "encoder_only"
     meta["head"] = {"outputs": []}
-    props["jepa_edge"] = json.dumps(meta)
+    props[METADATA_KEY] = json.dumps(meta)
     onnx.helper.set_model_props(sub, props)
     return sub.SerializeToString()
 
@@ -368,7 +368,7 @@ class OrtModel(Model):
         ort = _import_ort()
         self._model_arg: str | bytes = encoder_only_bytes(path) if encoder_only else str(path)
         sess = self._new_session(ort, path, backend, self._model_arg, session_options(ort, cfg), _providers(backend, cfg))
-        meta_text = sess.get_modelmeta().custom_metadata_map.get("jepa_edge")
+        meta_text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         super().__init__(path, backend, parse_meta(meta_text, str(path)))
         check_graph_io(sess, self.meta, str(path))
         self.config = cfg

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.runtime.errors import RuntimeModelError, missing_extra
-from jepa_edge.runtime.meta import ModelMeta, parse_meta
+from jepa_edge.runtime.meta import METADATA_KEY, ModelMeta, parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _onnx_metadata(path: Path) -> str | None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}.get("jepa_edge")
+    return {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
 
 
 def engine_meta(engine_path: Path, side: dict[str, Any], cfg: TrtConfig) -> ModelMeta:

@@ -35,13 +35,13 @@ from jepa_edge.runtime.backends import available_backends, load_model
 from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
 from jepa_edge.runtime.headswap import HeadStage
-from jepa_edge.runtime.meta import ModelMeta
+from jepa_edge.runtime.meta import BENCH_HEAD_MODES, ModelMeta
 from jepa_edge.runtime.pipeline import preprocess
 from jepa_edge.runtime.sources import open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
 
 log = logging.getLogger(__name__)
-HEAD_MODES = ("fused", "unfused")
+HEAD_MODES = tuple(BENCH_HEAD_MODES)  # "fused", "unfused" (runtime.meta)
 Infer = Callable[[np.ndarray], dict]
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jepa_edge.runtime.errors import HeadModeError, RuntimeModelError
+from jepa_edge.runtime.meta import HEAD_MODES
 from jepa_edge.runtime.model import Model
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from jepa_edge.calib.head import FusedHead
 
 log = logging.getLogger(__name__)
-HEAD_MODES = ("auto", "graph", "numpy")
 
 
 @dataclass

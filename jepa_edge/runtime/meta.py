@@ -1,4 +1,8 @@
-"""The ``metadata_props["jepa_edge"]`` contract of an exported model (docs/FORMATS.md)."""
+"""The ``metadata_props["jepa_edge"]`` contract of an exported model (docs/FORMATS.md).
+
+Defined here once (torch-free) and imported by the exporter and the runtime: the
+format name, its version, the metadata key, the export modes and where a head runs.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,24 @@ from jepa_edge.runtime.errors import RuntimeModelError
 
 FORMAT = "jepa-edge/onnx"
 VERSION = 1
-MODES = ("fused", "head_inputs", "encoder_only")  # encoder_only: a graph cut at `z` by the runtime
+METADATA_KEY = "jepa_edge"  # the ONNX metadata_props entry holding the JSON below
+# fused: head baked in; head_inputs: head weight/bias are graph inputs; encoder_only: frames → z
+# (exported so, or a fused/head_inputs graph cut at `z` by the runtime)
+MODES = ("fused", "head_inputs", "encoder_only")
+MODE_ALIASES = {"bare": "encoder_only"}  # deprecated names still accepted by the CLI (with a hint)
+
+# Where the head runs after the encoder (HeadStage, PipelineConfig.head_mode): in the graph, or on z in numpy.
+HEAD_MODES = ("auto", "graph", "numpy")
+# The bench compares the two placements under its own names: fused = head in the graph, unfused = numpy on
+# an encoder-only cut (the JSON reports keep these names).
+BENCH_HEAD_MODES = {"fused": "graph", "unfused": "numpy"}
+
+
+def unknown_mode(mode: str) -> str:
+    """The one-line error for an export mode not in MODES (naming the new name of a deprecated one)."""
+    new = MODE_ALIASES.get(mode)
+    hint = f"; {mode!r} is now called {new!r}" if new else ""
+    return f"unknown export mode {mode!r}; choose one of {list(MODES)}{hint}"
 
 
 @dataclass(frozen=True)
@@ -51,12 +72,14 @@ def parse_meta(text: str | None, source: str) -> ModelMeta:
     """Parse and validate the JSON string; ``source`` names the file in errors."""
     if text is None:
         raise RuntimeModelError(
-            f"{source}: no metadata_props['jepa_edge']; this is not a `jepa-edge export` model, re-export it"
+            f"{source}: no metadata_props[{METADATA_KEY!r}]; this is not a `jepa-edge export` model, re-export it"
         )
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RuntimeModelError(f"{source}: metadata_props['jepa_edge'] is not valid JSON ({exc}); re-export") from exc
+        raise RuntimeModelError(
+            f"{source}: metadata_props[{METADATA_KEY!r}] is not valid JSON ({exc}); re-export"
+        ) from exc
     if _need(d, "format", "", source) != FORMAT:
         raise RuntimeModelError(f"{source}: metadata format is {d['format']!r}, expected {FORMAT!r}")
     if _need(d, "version", "", source) != VERSION:

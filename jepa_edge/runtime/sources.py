@@ -128,7 +128,7 @@ class CaptureSource(Source):
         if self.kind == "gstreamer":
             return self.name, cv2.CAP_GSTREAMER, []
         # FFmpeg's default (one decoder thread per core) costs latency on small frames: waking the
-        # workers takes longer than decoding a 32 px MJPG frame (0.14 vs 0.03 ms p50 in the benchmark)
+        # workers takes longer than decoding a 32 px MJPG frame (measured: README, `--decode-threads 1`)
         threads = [cv2.CAP_PROP_N_THREADS, self.decode_threads] if self.decode_threads else []
         if self.kind == "network":
             timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]

@@ -7,16 +7,14 @@ Two artifacts live in a run directory:
 * the *train state* (``train_state.safetensors`` + ``train_state.json``):
   online/target encoder, predictor and optimiser moments, for ``--resume``.
 
-Every file is written to a temporary name and ``os.replace``d, so an
-interrupted write never leaves a half checkpoint; loading checks every file
+Every file is written atomically (``jepa_edge.artifacts``: temp file, fsync,
+``os.replace``), so an interrupted write never leaves a half checkpoint; loading checks every file
 and refuses a corrupt or mismatched one instead of silently starting over.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as np_load_file
-from safetensors.numpy import save_file as np_save_file
+from safetensors.numpy import save as np_save
 
+from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json
 from jepa_edge.calib.fingerprint import fingerprint_arrays
-from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import ConfigError, from_dict
 from jepa_edge.train.model import Encoder, EncoderConfig
 
@@ -40,20 +39,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match its config."""
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def _save_tensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    atomic_write_bytes(path, np_save(arrays, metadata=metadata))
 
 
-def _atomic_save_tensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        np_save_file(arrays, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_json(path: Path, obj: Any) -> None:
+    atomic_write_json(path, jsonable(obj), sort_keys=True)  # NaN/Inf (a degenerate metric) → null: strict JSON
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -91,10 +82,10 @@ def save_agent(run_dir: str | Path, encoder: Encoder, meta: dict[str, Any]) -> s
     run_dir = Path(run_dir)
     arrays = state_to_numpy(encoder.state_dict())
     fingerprint = fingerprint_arrays(arrays)
-    _atomic_save_tensors(run_dir / "encoder.safetensors", arrays, {"fingerprint": fingerprint})
+    _save_tensors(run_dir / "encoder.safetensors", arrays, {"fingerprint": fingerprint})
     full = {**meta, "format": AGENT_FORMAT, "version": VERSION, "fingerprint": fingerprint,
             "encoder": meta["encoder"], "versions": {"torch": torch.__version__, "numpy": np.__version__}}
-    atomic_write_json(run_dir / "meta.json", full)
+    _save_json(run_dir / "meta.json", full)
     return fingerprint
 
 
@@ -179,8 +170,8 @@ def save_train_state(run_dir: str | Path, modules: dict[str, torch.nn.Module], o
     opt_arrays, opt_groups = _flatten_optimizer(opt)
     arrays.update(opt_arrays)
     fingerprint = fingerprint_arrays(arrays)
-    _atomic_save_tensors(run_dir / "train_state.safetensors", arrays, {"step": str(info["step"])})
-    atomic_write_json(run_dir / "train_state.json", {**info, "format": TRAIN_STATE_FORMAT, "version": VERSION,
+    _save_tensors(run_dir / "train_state.safetensors", arrays, {"step": str(info["step"])})
+    _save_json(run_dir / "train_state.json", {**info, "format": TRAIN_STATE_FORMAT, "version": VERSION,
                                                      "optimizer": opt_groups, "fingerprint": fingerprint})
 
 

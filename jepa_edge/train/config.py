@@ -23,9 +23,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000  # optimiser steps: ~2.5 min on 2 idle CPU cores; R² still rising at 1500 (docs/RECIPE.md)
+    steps: int = 2000  # optimiser steps; R² was still rising at 1500 (wall times and scores: docs/RECIPE.md)
     batch_size: int = 128  # clips per step (per process under DDP); VICReg needs a batch well above token width
-    lr: float = 2e-3  # peak AdamW learning rate (docs/RECIPE.md: 1e-3 learnt the state ~2x slower)
+    lr: float = 2e-3  # peak AdamW learning rate (1e-3 learnt the state more slowly: docs/RECIPE.md)
     warmup: int = 30  # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.05
     grad_clip: float = 1.0

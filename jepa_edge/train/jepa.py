@@ -43,7 +43,7 @@ class JEPAConfig:
     cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
     var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
-    ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (R² 0.76 vs online 0.80)
+    ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (docs/RECIPE.md)
 
     def validate(self) -> None:
         self.encoder.validate()

@@ -21,10 +21,10 @@ from torch import nn
 @dataclass
 class EncoderConfig:
     img_size: int = 32  # square input side, pixels
-    patch_size: int = 8  # 32/8 → 4x4 = 16 tokens: ~4x cheaper than patch 4, and objects (5-7 px) still localise (docs/RECIPE.md)
+    patch_size: int = 8  # 32/8 → 4x4 = 16 tokens; objects (5-7 px) still localise (cost vs patch 4: docs/RECIPE.md)
     in_chans: int = 3
-    embed_dim: int = 64  # token width; 64 trains 2k steps in ~2.5 min on 2 CPU cores
-    depth: int = 3  # transformer blocks; 3 was enough for R² 0.85 on top
+    embed_dim: int = 64  # token width; small enough to train on a CPU (wall times: docs/RECIPE.md)
+    depth: int = 3  # transformer blocks; enough for the probe scores in docs/RECIPE.md
     num_heads: int = 4
     mlp_ratio: float = 2.0
     latent_dim: int = 64  # size of the global latent z exchanged through W

@@ -27,8 +27,6 @@ were encoded (before MJPG/mp4v compression; FFV1 is lossless).
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced
 from jepa_edge.config import to_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
 from jepa_edge.world.views import get_view, render
@@ -70,28 +69,13 @@ def _check_codec(codec: str) -> Codec:
     return CODECS[codec]
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary sibling of ``path``, then ``os.replace`` it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    _atomic_write_bytes(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "MJPG") -> Path:
     """Write ``frames`` (N, H, W, 3) uint8 BGR to ``path`` with OpenCV; returns ``path``.
 
     ``codec`` is any FourCC the local OpenCV/FFmpeg build can encode into the
     container named by the suffix of ``path`` (``CODECS`` lists the tested
-    pairs). The file is written under a temporary name and ``os.replace``d,
-    then reopened to check its frame count and size.
+    pairs). The file is written under a temporary name, reopened to check its
+    frame count and size, then fsync'ed and ``os.replace``d.
     """
     path = Path(path)
     frames = np.asarray(frames)
@@ -125,7 +109,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: 
         finally:
             writer.release()
         _check_written(tmp, path, n, h, w)
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -223,7 +207,7 @@ def write_recording(
         files[view] = f"{view}{spec.extension}"
         write_video(out / files[view], frames.reshape(-1, size, size, 3), fps=fps, codec=spec.fourcc)
     flat = _flat_states(states)
-    _atomic_write_bytes(out / STATES_NPZ, lambda f: np.savez(f, **flat))
+    atomic_write(out / STATES_NPZ, lambda f: np.savez(f, **flat))
 
     meta = {
         "format": RECORDING_FORMAT,
@@ -243,7 +227,7 @@ def write_recording(
         "states": STATES_NPZ,
         "versions": _versions(),
     }
-    write_json_atomic(meta_path, meta)
+    atomic_write_json(meta_path, meta)
     return out
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import atomic_write_bytes, jsonable
+from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.train.checkpoint import load_agent_meta
 from jepa_edge.train.config import RunConfig
@@ -61,7 +62,7 @@ class StudentStudyConfig:
     teacher_steps: int = 2000  # TrainConfig default, longer than any student: the teacher stands for a mature agent
     teacher_eval_every: int = 250  # the teacher's curve is not analysed: evaluate it rarely
     teacher_threads: int = 2  # the teacher trains alone, before the students: give it both cores
-    steps: int = 1500  # every student / scratch run; below TrainConfig's 2000 so that the study fits in 30 min
+    steps: int = 1500  # every student / scratch run; below TrainConfig's 2000 to keep the study short (docs/STUDENT.md)
     seeds: tuple[int, ...] = (0, 1, 2)  # model seed and clip order; shared by the conditions of one seed
     conditions: tuple[str, ...] = CONDITIONS  # must include scratch and teacher
     workers: int = 2  # runs trained at once, one torch thread each (run.train.threads=1): on a 2-core CPU

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.fit import ESTIMATORS, FitConfig, FitError, LinearMap, fit_map
 from jepa_edge.calib.metrics import map_spectrum, paired_metrics, permutation_null, similarity_metrics
-from jepa_edge.calib.plots import TITLES, write_plots
-from jepa_edge.calib.postcard import Postcard, atomic_write_bytes, jsonable
+from jepa_edge.calib.postcard import Postcard, jsonable
 from jepa_edge.calib.probes import Probe, ProbeConfig, evaluate_probe, fit_probe, primary_score, transfer_probe
 from jepa_edge.config import to_dict
+from jepa_edge.study.plots import TITLES, write_plots
 
 CONTROLS = ("untrained", "other_world", "shuffled")
 

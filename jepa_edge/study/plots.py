@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import atomic_write_bytes
+from jepa_edge.artifacts import atomic_write_bytes
 
 COLORS = {"trained": "tab:blue", "untrained": "tab:orange", "other_world": "tab:green", "shuffled": "tab:gray"}
 TITLES = {"trained": "trained", "untrained": "untrained encoders", "other_world": "different world",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jepa_edge.calib.probes import ProbeConfig
-from jepa_edge.calib.study import StudyConfig, StudyError, StudyInputs, render_report, run_study, write_report
 from jepa_edge.config import from_dict, to_dict
+from jepa_edge.study.alignment import StudyConfig, StudyError, StudyInputs, render_report, run_study, write_report
 
 SMALL = StudyConfig(anchor_counts=(10, 30, 100, 300), sweep_repeats=1, n_perm=3, n_anchors=300, max_eval=150,
                     pca_points=100, probe=ProbeConfig(alphas=(1e-3, 1e-1), max_iter=150))
@@ -98,7 +98,7 @@ def test_bad_inputs_and_config_refused():
         run_study(_world(np.random.default_rng(3)), from_dict(StudyConfig, {"estimators": ["procrustes"]}))
 
 
-def test_importing_calib_does_not_import_torch():
-    code = "import sys, jepa_edge.calib, jepa_edge.calib.study; print('torch' in sys.modules)"
+def test_importing_calib_and_the_alignment_study_does_not_import_torch():
+    code = "import sys, jepa_edge.calib, jepa_edge.study.alignment; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -3,7 +3,7 @@
 Trains (or reuses) agent A on one view and agent B on another, each on its own
 simulated episodes, plus a control agent trained on a *different world*;
 renders a fresh set of paired moments; hands every latent, with untrained
-encoders as controls, to the numpy study (``jepa_edge.calib.study``); writes
+encoders as controls, to the numpy study (``jepa_edge.study.alignment``); writes
 the report, a postcard W_BA and agent A's probes for export.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from jepa_edge.artifacts import atomic_write
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
-from jepa_edge.calib.study import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.config import deep_merge, from_dict, to_dict
+from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
@@ -121,5 +122,5 @@ def write_artifacts(inputs: StudyInputs, study: StudyConfig, out_dir: Path) -> d
         probe = fit_probe(inputs.target, y, kind, task, inputs.target_agent, labels=labels)
         paths[task] = out_dir / "probes" / f"agentA.{task}.probe.safetensors"
         save_probe(paths[task], probe)
-    np.save(out_dir / "anchor_episode.npy", inputs.episode)
+    atomic_write(out_dir / "anchor_episode.npy", lambda f: np.save(f, inputs.episode))
     return paths

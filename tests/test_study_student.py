@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from jepa_edge.train.flops import count_step_flops, forward_backward_flops
-from jepa_edge.train.student_study import (
+from jepa_edge.study.student import (
     StudentStudyConfig,
     StudentStudyError,
     analyse,
@@ -18,6 +17,7 @@ from jepa_edge.train.student_study import (
     steps_to_target,
     write_outputs,
 )
+from jepa_edge.train.flops import count_step_flops, forward_backward_flops
 
 # ---------------------------------------------------------------- synthetic logs
 

@@ -1,0 +1,10 @@
+"""Experiments and their reports: the paper's study, not what a robot runs.
+
+``alignment``  the Social-JEPA alignment study on latents (numpy only) and its report.md
+``plots``      its PNG figures (matplotlib)
+``reproduce``  `jepa-edge reproduce`: trains the agents and controls, then runs ``alignment`` (torch)
+``student``    `jepa-edge reproduce --student`: students with/without a teacher (torch)
+
+Nothing here is imported by ``runtime/`` or ``calib/``; this package imports nothing eagerly, so
+``jepa_edge.study.alignment`` stays torch-free.
+"""
