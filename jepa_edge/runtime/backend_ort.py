@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_extra
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_onnxruntime
 from jepa_edge.runtime.meta import parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
@@ -49,7 +49,7 @@ def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise missing_extra("onnxruntime", "gpu", exc) from exc
+        raise missing_onnxruntime(exc) from exc
     return ort
 
 
