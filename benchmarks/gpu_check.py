@@ -40,6 +40,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,13 @@ def torch_info() -> dict[str, Any]:
 
 
 # ---- running steps ---------------------------------------------------------------------------
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended just before the deadline
+        pass
+
+
 class Runner:
     """Runs each step as a subprocess (a crash in one backend cannot take the check down) and records it."""
 
@@ -152,8 +160,9 @@ class Runner:
             return result
         t0, tail = time.perf_counter(), collections.deque(maxlen=40)
         proc = subprocess.Popen(command, cwd=ROOT, env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
-        timer = threading.Timer(timeout_s, proc.kill)
+                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        # on timeout, kill the step's whole process group: children (pytest's subprocesses) hold the pipe too
+        timer = threading.Timer(timeout_s, _kill_group, (proc.pid,))
         timer.start()
         try:
             for line in proc.stdout:  # streamed: a long step shows its progress
