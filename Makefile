@@ -3,11 +3,13 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU wheel (installed from local disk on the dev/CI machines). On a CUDA box:
-#   make setup TORCH="torch==2.13.0+cu126" (any torch spec pip can resolve)
+#   make setup TORCH="torch==2.13.0+cu130" EXTRAS=gpu,train,dev (any torch spec pip can resolve)
 TORCH ?= torch==2.13.0
+# Exactly one ONNX Runtime build: `cpu` (onnxruntime) or `gpu` (onnxruntime-gpu); never both, they clash.
+EXTRAS ?= cpu,train,dev
 DEMO_OUT ?= demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: setup
@@ -39,6 +41,10 @@ bench: setup
 	$(BIN)/python benchmarks/head_overhead.py
 	$(BIN)/python benchmarks/runtime_bench.py
 	$(BIN)/python benchmarks/soak.py
+
+# On a GPU machine, with the interpreter at hand (no venv, no downloads); without a GPU: one line, exit 0.
+gpu-check:
+	python3 benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

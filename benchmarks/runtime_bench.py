@@ -10,9 +10,11 @@
 
 Writes a simulator video with cv2.VideoWriter (MJPG .avi), then runs
 ``jepa_edge.runtime.benchmark`` on it: every configuration decodes the same
-file through the capture thread, so decode, resize, inference and head are
-timed separately and end to end (from the decoded frame in hand to outputs
-ready; decode is the ``read`` column). Prints a table; writes JSON to
+file through the capture thread, so capture age, decode, resize, inference and
+head are timed separately and end to end (from the decoded frame in hand to
+outputs ready; decode is the ``read`` column); GPU backends add enqueue, H2D,
+GPU compute and D2H where they measure them. Prints a table; writes JSON
+(with the machine: CPU, GPU and driver, ONNX Runtime build) to
 ``benchmarks/results/runtime_bench.json``. Backends missing on this machine
 are listed as skipped, with the reason. Keep ``--frames`` small on a shared
 machine: numbers from a loaded CPU are noisy, compare p50 rather than max.

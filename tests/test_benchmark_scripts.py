@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +27,8 @@ def test_runtime_bench_script_writes_a_report(tmp_path):
     report = json.loads(out.read_text())
     ok = [r for r in report["results"] if r["status"] == "ok"]
     assert len(ok) == 2 * 2  # 2 fixture models x fused/unfused at batch 1
-    assert all(r["frames"] == 8 and "read" in r["stages_ms_per_batch"] for r in ok)
+    assert all(r["frames"] == 8 and "read" in r["stages_ms_per_batch"] and r["capture_age_ms"]["n"] == 8 for r in ok)
+    assert report["machine"]["cores"] >= 1 and "gpu" in report["machine"] and "onnxruntime" in report["machine"]
     assert report["config"]["decode_threads"] == 1
 
 
@@ -40,3 +45,58 @@ def test_soak_script_traces_memory_and_drift(tmp_path):
     p = _script("soak.py", "--frames", "50", "--warmup", "1", "--video-size", "32", "--out", str(out),
                 "--max-drift", "0")  # an impossible bound fails the run with exit code 1
     assert p.returncode == 1 and json.loads(out.read_text())["checks"]["latency_drift"] is False
+
+
+def _no_gpu_env(tmp_path: Path) -> dict[str, str]:
+    """This machine as one without a GPU, whatever it has: no nvidia-smi on PATH, no CUDA device for torch."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return {**os.environ, "PATH": str(empty), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_0(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)],
+                       env=_no_gpu_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stderr
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA GPU here (nvidia-smi: not found")
+    assert not out.exists()  # nothing measured, nothing written
+
+
+def test_gpu_check_dry_run_plans_every_step(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run"],
+                       env=_no_gpu_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stderr
+    plan = p.stdout
+    for step in ("tests (gpu or trt)", "-m 'gpu or trt'", "tests (whole suite)", "--steps 300 --device cuda",
+                 "write vit_tiny", "export agent32", "export vit_tiny", "tensorrt engine vit_tiny",
+                 "bench agent32 ort-cpu", "bench agent32 ort-cuda", "bench vit_tiny tensorrt", "--batch 1 8",
+                 "--video-size 224", "train_throughput.py --device cuda"):
+        assert step in plan, step
+
+
+def _bench_row(backend: str, mode: str, batch: int, infer_p50: float) -> dict:
+    return {"agent": "agent32", "backend": backend, "head_mode": mode, "batch": batch, "status": "ok",
+            "stages_ms_per_batch": {"infer": {"p50_ms": infer_p50}}}
+
+
+def test_gpu_check_targets_from_measured_results(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    rows = [_bench_row("ort-cpu", "fused", 1, 0.6), _bench_row("ort-cuda", "fused", 1, 0.2),
+            _bench_row("ort-cuda", "unfused", 1, 0.196), _bench_row("ort-cuda", "fused", 8, 0.32)]
+    t = gpu_check.targets(rows)
+    assert t["ort_cuda_b1_infer_p50_ms<=0.25"] == {"measured": 0.2, "met": True}
+    assert t["ort_cuda_b1_below_ort_cpu"]["met"] is True
+    assert t["ort_cuda_b8_infer_fps>=20000"]["measured"] == pytest.approx(25_000.0)
+    assert t["fused_head_overhead<=3%"]["measured"] == pytest.approx(0.2 / 0.196 - 1)
+    assert t["fused_head_overhead<=3%"]["met"] is True
+    rows[1] = _bench_row("ort-cuda", "fused", 1, 0.7)  # slower than the CPU and 3.6x the bare encoder
+    t = gpu_check.targets(rows)
+    assert [t[k]["met"] for k in ("ort_cuda_b1_infer_p50_ms<=0.25", "ort_cuda_b1_below_ort_cpu",
+                                  "fused_head_overhead<=3%")] == [False, False, False]
+    none = gpu_check.targets([_bench_row("ort-cpu", "fused", 1, 0.6)])  # no GPU results: not measured, not failed
+    assert all(none[k] == {"measured": None, "met": None} for k in none if k != "note")

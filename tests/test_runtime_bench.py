@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx_fixtures import make_encoder, make_model, reference_head
 from rich.console import Console
@@ -44,20 +46,37 @@ def test_benchmark_compares_models_modes_batches_and_extra_backends(setup):
     ok = [r for r in report["results"] if r["status"] == "ok"]
     skipped = [r for r in report["results"] if r["status"] == "skipped"]
     # 2 models x 2 head modes x 2 batch sizes on the CPU, + the extra backend at 2 batch sizes
-    assert len(ok) == 2 * 2 * 2 + 2
+    assert len([r for r in ok if r["backend"] == "ort-cpu"]) == 2 * 2 * 2
+    assert len([r for r in ok if r["backend"] == "numpy-ref"]) == 2
     assert {(r["head_mode"], r["graph"]) for r in ok} >= {("fused", "fused"), ("fused", "head_inputs"),
                                                           ("unfused", "encoder-only"), ("callable", "callable")}
-    if "ort-cuda" not in {r["backend"] for r in ok}:  # a CPU machine says why, per model and mode
+    # ort-cuda, whether or not this machine has it: each (model, mode) is measured at both batch sizes or
+    # skipped once with its reason; a missing CUDA provider names the extra that installs it
+    cuda = [r for r in report["results"] if r["backend"] == "ort-cuda"]
+    for model in (setup["fused"], setup["head_inputs"]):
+        for mode in ("fused", "unfused"):
+            runs = [r for r in cuda if r["model"] == str(model) and r["head_mode"] == mode]
+            assert [r["status"] for r in runs] in (["skipped"], ["ok", "ok"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert len(skipped) == 4 and all("jepa-edge[gpu]" in r["reason"] for r in skipped)
     for r in ok:
         assert r["frames"] == 12 and r["fps"] > 0 and r["dropped"] == 0  # the file loops: 10 frames, 12 timed
-        assert set(r["stages_ms_per_batch"]) == {"wait", "read", "preprocess", "infer", "head"}
-        e = r["e2e_ms"]
+        device = set(r["device_stages"])  # what the backend measured (none for ONNX Runtime on the CPU today)
+        assert device <= {"enqueue", "h2d", "compute", "d2h"}
+        assert set(r["stages_ms_per_batch"]) == {"wait", "read", "preprocess", "infer", "head"} | device
+        e, age = r["e2e_ms"], r["capture_age_ms"]
         assert e["n"] == 12 and e["p50_ms"] <= e["p90_ms"] <= e["p99_ms"] <= e["max_ms"]
+        assert age["n"] == 12 and 0 <= age["p50_ms"] <= e["max_ms"]  # inline reads: the frame waits nowhere
         assert r["drift"]["ratio"] > 0 and "rss_start_kb" in r
         assert r["rss_trace"][-1][0] == 12 and r["samples_kb"] >= 0  # frames done at the last RSS reading
         assert all(a[0] < b[0] for a, b in zip(r["rss_trace"], r["rss_trace"][1:]))
     assert calls[0] == (1, 16, 16, 3) and (4, 16, 16, 3) in calls  # timed at the first model's input size
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"] and machine["gpu"] is not None
+    assert machine["onnxruntime"]["version"] == ort.__version__
+    assert machine["onnxruntime"]["providers"] == ort.get_available_providers()
+    cpu = next(r for r in ok if r["backend"] == "ort-cpu")
+    assert cpu["precision"] == "fp32" and "provider_options" in cpu
     json.dumps(report)
     console = Console(record=True, width=250)
     console.print(bench_table(report))
@@ -73,3 +92,81 @@ def test_benchmark_with_given_head_and_bad_config(setup):
     assert r["status"] == "ok" and r["head_width"] == setup["head"].width and r["frames"] == 4  # whole batches
     with pytest.raises(ValueError, match="head_modes"):
         benchmark(setup["fused"], "sim:top", BenchConfig(head_modes=("baked",)))
+
+
+class StagedModel:
+    """A real ONNX Runtime model that also reports device stages, as the CUDA/TensorRT backends do."""
+
+    def __init__(self, model, measure_every: int):
+        self.model, self.meta, self.measure_every, self.calls = model, model.meta, measure_every, 0
+        self.last_stages: dict[str, float] = {}
+        self.precision, self.provider_options = "tf32", {"CUDAExecutionProvider": {"use_tf32": "1"}}
+
+    def infer(self, frames):
+        self.calls += 1
+        out = self.model.infer(frames)
+        if self.calls % self.measure_every == 0:  # a backend that measures only some calls
+            self.last_stages.update(h2d=0.5, compute=float(len(frames)), d2h=0.25, enqueue=0.125)
+        return out
+
+    def set_head(self, head):
+        self.model.set_head(head)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.model.close()
+
+
+def test_device_stages_shown_only_where_measured(setup, monkeypatch):
+    from jepa_edge.runtime import bench
+
+    real_load = bench.load_model
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: StagedModel(real_load(*a, **k), measure_every=2))
+    cfg = BenchConfig(warmup=1, n_frames=8, batch_sizes=(2,), backends=("ort-cpu",), head_modes=("fused",))
+    report = benchmark(setup["head_inputs"], setup["video"], cfg, head=setup["head"])
+    (r,) = report["results"]
+    assert r["device_stages"] == ["enqueue", "h2d", "compute", "d2h"]
+    st = r["stages_ms_per_batch"]
+    # 1 warm-up + 4 timed calls, every 2nd measured: the timed calls 2 and 4 only (cleared in between)
+    assert st["infer"]["n"] == 4 and st["compute"]["n"] == 2 and st["h2d"]["n"] == 2
+    assert (st["compute"]["p50_ms"], st["h2d"]["max_ms"], st["d2h"]["p99_ms"], st["enqueue"]["mean_ms"]) == (
+        2.0, 0.5, 0.25, 0.125)
+    assert r["precision"] == "tf32" and r["provider_options"] == {"CUDAExecutionProvider": {"use_tf32": "1"}}
+    console = Console(record=True, width=300)
+    console.print(bench_table(report))
+    header = console.export_text()
+    assert all(col in header for col in ("enqueue ms", "H2D ms", "GPU ms", "D2H ms", "age ms", "infer ms"))
+
+
+def test_machine_info_reads_nvidia_smi_or_says_none(tmp_path, monkeypatch):
+    from jepa_edge.runtime.stats import cpu_model, gpu_info, machine_info
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi here
+    assert gpu_info() == "none" and machine_info()["gpu"] == "none"
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 580.65.06, 81559'\necho 'Orin (nvgpu), N/A, N/A'\n")
+    smi.chmod(0o755)
+    assert gpu_info() == [{"name": "NVIDIA H100 80GB HBM3", "driver": "580.65.06", "memory_mib": 81559},
+                          {"name": "Orin (nvgpu)", "driver": "N/A", "memory_mib": None}]
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")  # driver not loaded
+    assert gpu_info() == "none"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert cpu_model(tmp_path / "missing")  # falls back to the architecture
+
+
+def test_missing_onnxruntime_names_both_builds(monkeypatch):
+    """ONNX Runtime is an extra (cpu or gpu, never both): the error says which to install."""
+    from jepa_edge.export import ort_session
+    from jepa_edge.runtime import BackendUnavailableError
+    from jepa_edge.runtime.backend_ort import available_providers
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    for call in (available_providers, lambda: ort_session(b"", "cpu")):
+        with pytest.raises(BackendUnavailableError) as err:
+            call()
+        msg = str(err.value)
+        assert "pip install 'jepa-edge[cpu]'" in msg and "pip install 'jepa-edge[gpu]'" in msg and "not both" in msg

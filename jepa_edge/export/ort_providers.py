@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa_edge.runtime.backend_ort import GPU_INSTALL_HINT, OrtConfig, _ort_errors, _providers, session_options
-from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_onnxruntime
 
 PROVIDERS = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}  # name → runtime backend
 
@@ -46,11 +46,7 @@ def ort_session(
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        if provider != "cpu":
-            raise BackendUnavailableError(f"onnxruntime-gpu is not importable ({exc}); {GPU_INSTALL_HINT}") from exc
-        raise BackendUnavailableError(
-            f"onnxruntime is not installed ({exc}); reinstall with `pip install jepa-edge`"
-        ) from exc
+        raise missing_onnxruntime(exc) from exc
     backend = PROVIDERS[provider]
     cfg = OrtConfig(intra_op_threads=threads, device_id=device_id, graph_optimization=optimization,
                     trt_fp16=fp16, trt_cache_dir=str(cache_dir or ""), precision=precision)

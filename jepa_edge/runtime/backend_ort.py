@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
+from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError, missing_onnxruntime
 from jepa_edge.runtime.meta import METADATA_KEY, ModelMeta, parse_meta
 from jepa_edge.runtime.model import HeadState, Model
 
@@ -128,9 +128,7 @@ def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendUnavailableError(
-            f"onnxruntime is not importable ({exc}); for the CPU `pip install jepa-edge`, for a GPU {GPU_INSTALL_HINT}"
-        ) from exc
+        raise missing_onnxruntime(exc) from exc
     return ort
 
 
@@ -204,6 +202,25 @@ def ort_precision(backend: str, cfg: OrtConfig, ort_version: str) -> str:
     return "tf32" if tf32_allowed(cfg, ort_version) else "fp32"
 
 
+_PRELOADED: list[bool] = []  # preload_cuda_libs ran in this process
+
+
+def preload_cuda_libs(ort: Any) -> None:
+    """Load the CUDA / cuDNN libraries that ``pip install 'jepa-edge[gpu]'`` put in site-packages/nvidia.
+
+    onnxruntime-gpu >= 1.21 has ``preload_dlls()`` for that (without it, or without ``import torch`` first, the
+    CUDA EP only finds libraries on LD_LIBRARY_PATH). A no-op on CPU builds and where the libraries come from the
+    system (JetPack); a failure is logged, and the session build then reports the provider it could not load.
+    """
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    try:
+        ort.preload_dlls()
+    except (OSError, RuntimeError) as exc:
+        log.info("onnxruntime.preload_dlls() failed (%s); relying on the system library path", exc)
+
+
 def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[Any]:
     """Provider list for ``backend``; raises when the provider is not in this onnxruntime build."""
     ort = _import_ort()
@@ -214,6 +231,8 @@ def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[A
             f"backend {backend!r} needs ONNX Runtime's {want}, but this onnxruntime only has {have}; "
             f"{GPU_INSTALL_HINT}, or use backend='ort-cpu'"
         )
+    if backend != "ort-cpu":
+        preload_cuda_libs(ort)
     if backend == "ort-cpu":
         return ["CPUExecutionProvider"]
     if backend == "ort-cuda" and cfg.precision != "tf32" and _version(ort.__version__) < _USE_TF32_SINCE:

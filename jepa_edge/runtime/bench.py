@@ -1,15 +1,27 @@
-"""Benchmark backends × head modes × batch sizes on one source; report per-stage latency.
+"""Benchmark backends × head modes × batch sizes on one source; report per-stage latency, like trtexec.
 
 Every configuration reads the same source through a ``Capture`` (so decode
 cost and dropped frames are measured too), then preprocess → infer → head.
 Stages are timed per batch (``read`` is the time inside the source's read,
-i.e. decode); ``e2e`` per frame, from the frame being in hand (read returned)
-to outputs ready — a frame waiting in a read-ahead slot or for the rest of
-its batch counts, its decode does not (it is the ``read`` column). Each
-result records RSS at start/end and the latency drift (p50 of the first 10%
-vs the last 10% of frames) and an RSS trace (20 points), which is what a soak
-run watches; the table's RSS Δ excludes the latency samples the benchmark
-itself keeps (8 bytes per stage per frame, ``samples_kb``).
+i.e. decode; ``infer`` is the model's whole ``infer()`` call, always); per
+frame: ``capture_age`` (from the frame read to the consumer taking it: time
+spent waiting in a read-ahead slot) and ``e2e`` (from the frame being in hand
+to outputs ready — a frame waiting for the rest of its batch counts, its
+decode does not: it is the ``read`` column).
+
+Device stages come from the backend, only where it measured them
+(``model.last_stages`` after each ``infer``): ``h2d``, ``compute`` (GPU time
+between CUDA events), ``d2h`` and ``enqueue`` (host time to submit the GPU
+work, apart from the GPU time, as trtexec reports it). A backend that measures
+nothing shows no device stage; ``infer`` is there regardless. Warm-up batches
+are never timed. p50/p90/p99/max and FPS per configuration.
+
+Each result records RSS at start/end and the latency drift (p50 of the first
+10% vs the last 10% of frames) and an RSS trace (20 points), which is what a
+soak run watches; the table's RSS Δ excludes the latency samples the benchmark
+itself keeps (8 bytes per stage per frame, ``samples_kb``). The report records
+the machine (CPU model, cores, GPU name and driver, ONNX Runtime build) and per
+result the backend, batch, precision and provider options.
 
 Head modes: ``fused`` runs the head inside the graph (baked into a fused
 model, or set with ``set_head`` on a head_inputs one); ``unfused`` runs an
@@ -20,11 +32,12 @@ callable(uint8 (B, H, W, 3)) → dict; the runtime itself never imports torch.
 
 from __future__ import annotations
 
+import json
 import logging
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +51,14 @@ from jepa_edge.runtime.headswap import HeadStage
 from jepa_edge.runtime.meta import BENCH_HEAD_MODES, ModelMeta
 from jepa_edge.runtime.pipeline import preprocess
 from jepa_edge.runtime.sources import open_source
-from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
+from jepa_edge.runtime.stats import StageTimes, drift, machine_info, rss_kb
 
 log = logging.getLogger(__name__)
 HEAD_MODES = tuple(BENCH_HEAD_MODES)  # "fused", "unfused" (runtime.meta)
+DEVICE_STAGES = ("enqueue", "h2d", "compute", "d2h")  # keys of Model.last_stages the bench reports
+PER_FRAME = ("capture_age", "e2e")  # stages sampled per frame; the others per batch
 Infer = Callable[[np.ndarray], dict]
+Stages = Callable[[], dict]  # returns the model's last_stages (ms) after an infer; cleared before each
 
 
 @dataclass
@@ -81,19 +97,35 @@ def synthetic_head(meta: ModelMeta, width: int = 8, seed: int = 0) -> Any:
     return FusedHead(weight, np.zeros(K, np.float32), outputs, meta.agent_fingerprint, meta.latent_dim)
 
 
+def _no_stages() -> dict:
+    return {}
+
+
 def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict], dict],
-          size: tuple[int, int] | None, batch: int, source: str) -> None:
-    """One batch: wait for frames → preprocess → infer → head; e2e recorded per frame."""
+          size: tuple[int, int] | None, batch: int, source: str, stages: Stages = _no_stages) -> None:
+    """One batch: wait for frames → preprocess → infer (+ device stages) → head; age and e2e per frame."""
     t0 = time.perf_counter()
-    frames = [cap.get(timeout=30.0) for _ in range(batch)]
+    frames, taken = [], []
+    for _ in range(batch):
+        frames.append(cap.get(timeout=30.0))
+        taken.append(time.perf_counter())
     if any(f is None for f in frames):
         raise RuntimeModelError(f"source {source!r} ended during the benchmark; use a video file, folder or sim")
     times.add("wait", (time.perf_counter() - t0) * 1e3)
     times.add("read", sum(f.read_ms for f in frames))  # decode, inside "wait" for inline reads
+    for f, t in zip(frames, taken):
+        times.add("capture_age", (t - f.t_mono) * 1e3)  # ~0 inline; the slot wait with read-ahead
     with times.stage("preprocess"):
         x = preprocess([f.image for f in frames], size or frames[0].image.shape[:2])  # (B, H, W, 3)
+    last = stages()
+    if isinstance(last, dict):
+        last.clear()  # a backend that measures nothing this call must not repeat the last call's numbers
     with times.stage("infer"):
         raw = infer(x)
+    measured = stages()
+    for key in DEVICE_STAGES:
+        if key in measured:
+            times.add(key, float(measured[key]))
     with times.stage("head"):
         head_fn(raw)
     done = time.perf_counter()
@@ -102,17 +134,17 @@ def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict
 
 
 def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int] | None, source: str,
-             batch: int, cfg: BenchConfig) -> dict[str, Any]:
-    """Time one configuration; returns stage summaries, FPS, drops, RSS and drift."""
+             batch: int, cfg: BenchConfig, stages: Stages = _no_stages) -> dict[str, Any]:
+    """Time one configuration (warm-up excluded); returns stage summaries, FPS, drops, RSS and drift."""
     n_timed = -(-cfg.n_frames // batch)  # ceil: whole batches
     src = open_source(source, loop=True, decode_threads=cfg.decode_threads)
     with Capture(src, CaptureConfig(realtime=cfg.realtime)) as cap:
         for _ in range(cfg.warmup):
-            _step(cap, StageTimes(), infer, head_fn, size, batch, source)
+            _step(cap, StageTimes(), infer, head_fn, size, batch, source, stages)
         times, dropped0, rss_start, t_start = StageTimes(), cap.stats.dropped, rss_kb(), time.perf_counter()
         every, rss_trace = max(1, n_timed // 20), []  # (frames done, RSS KiB, of which latency samples KiB)
         for i in range(n_timed):
-            _step(cap, times, infer, head_fn, size, batch, source)
+            _step(cap, times, infer, head_fn, size, batch, source, stages)
             if (i + 1) % every == 0 or i + 1 == n_timed:
                 rss_trace.append([(i + 1) * batch, rss_kb(), times.nbytes // 1024])
         elapsed = time.perf_counter() - t_start
@@ -120,7 +152,9 @@ def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int
     summary = times.summary()
     e2e = times.samples("e2e")
     return {
-        "stages_ms_per_batch": {k: v.to_dict() for k, v in summary.items() if k != "e2e"},
+        "stages_ms_per_batch": {k: v.to_dict() for k, v in summary.items() if k not in PER_FRAME},
+        "device_stages": [k for k in DEVICE_STAGES if k in summary],  # what the backend measured
+        "capture_age_ms": summary["capture_age"].to_dict(),
         "e2e_ms": summary["e2e"].to_dict(),
         "frames": n_timed * batch,
         "fps": n_timed * batch / elapsed,
@@ -131,6 +165,16 @@ def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int
         "samples_kb": times.nbytes // 1024,  # the exact latency samples kept; part of the RSS change
         "drift": drift(e2e).to_dict(),
     }
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _model_settings(model: Any) -> dict[str, Any]:
+    """What the backend ran with, where it says so: precision and (ONNX Runtime) provider options."""
+    return {"precision": getattr(model, "precision", "fp32"),
+            "provider_options": _jsonable(getattr(model, "provider_options", None))}
 
 
 def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
@@ -154,15 +198,16 @@ def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
             else:
                 stage = HeadStage(model, "graph")  # the head baked into the fused graph
             graph = "encoder-only" if encoder_only else f"{model.meta.mode}"
+            stages = partial(getattr, model, "last_stages")  # read after every infer (backends may rebind it)
             for batch in cfg.batch_sizes:
                 try:
-                    r = _measure(model.infer, stage, model.meta.input_size, source, batch, cfg)
+                    r = _measure(model.infer, stage, model.meta.input_size, source, batch, cfg, stages)
                 except ValueError as exc:  # e.g. batch above a TensorRT profile's maximum
                     results.append({**base, "batch": batch, "status": "skipped", "reason": str(exc)})
                     continue
                 results.append({**base, "batch": batch, "graph": graph, "head_width": h.width,
-                                "input_size": list(model.meta.input_size),
-                                "precision": getattr(model, "precision", "fp32"), "status": "ok", **r})
+                                "input_size": list(model.meta.input_size), **_model_settings(model),
+                                "status": "ok", **r})
     return results
 
 
@@ -199,8 +244,7 @@ def benchmark(
             results.append({"model": name, "backend": name, "head_mode": "callable", "batch": batch,
                             "graph": "callable", "status": "ok", **r})
     return {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine_info(),
         "source": source,
         "config": asdict(cfg),
         "results": results,
@@ -208,27 +252,39 @@ def benchmark(
 
 
 def bench_table(report: dict[str, Any]) -> Any:
-    """A rich Table of a ``benchmark`` report (stage times are per batch, e2e per frame)."""
+    """A rich Table of a ``benchmark`` report (stage times p50 per batch; age and e2e per frame).
+
+    Device columns (enqueue, H2D, GPU compute, D2H) appear only when some backend measured them.
+    """
     from rich.table import Table
 
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    device = [k for k in DEVICE_STAGES if any(k in r.get("device_stages", ()) for r in ok)]
+    stage_cols = [("read", "read ms"), ("preprocess", "prep ms"), ("infer", "infer ms"),
+                  *((k, f"{_DEVICE_LABELS[k]} ms") for k in device), ("head", "head ms")]
+    cols = ["model", "backend", "head", "batch", "age ms", *(label for _, label in stage_cols),
+            "e2e mean", "p50", "p90", "p99", "max", "FPS", "dropped", "drift", "RSS Δ MB"]
     table = Table(title=f"jepa-edge runtime benchmark — {report['source']}")
-    for col in ("model", "backend", "head", "batch", "read ms", "prep ms", "infer ms", "head ms", "e2e mean", "p50",
-                "p90", "p99", "max", "FPS", "dropped", "drift", "RSS Δ MB"):
+    for col in cols:
         table.add_column(col, justify="left" if col in ("model", "backend", "head") else "right")
     for r in report["results"]:
         name = Path(r["model"]).name
         if r["status"] != "ok":
             table.add_row(name, r["backend"], r["head_mode"], str(r.get("batch", "")),
-                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * 12)
+                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * (len(cols) - 5))
             continue
         st, e = r["stages_ms_per_batch"], r["e2e_ms"]
         rss = float("nan")
         if r["rss_start_kb"] is not None:
             rss = (r["rss_end_kb"] - r["rss_start_kb"] - r.get("samples_kb", 0)) / 1024
+        age = r.get("capture_age_ms", {}).get("p50_ms", float("nan"))
         table.add_row(
-            name, r["backend"], r["head_mode"], str(r["batch"]), f"{st['read']['p50_ms']:.3f}",
-            f"{st['preprocess']['p50_ms']:.3f}", f"{st['infer']['p50_ms']:.3f}", f"{st['head']['p50_ms']:.3f}",
+            name, r["backend"], r["head_mode"], str(r["batch"]), f"{age:.3f}",
+            *(f"{st[k]['p50_ms']:.3f}" if k in st else "–" for k, _ in stage_cols),
             *(f"{e[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
             f"{r['fps']:.1f}", str(r["dropped"]), f"{r['drift'].get('ratio', float('nan')):.2f}", f"{rss:+.1f}",
         )
     return table
+
+
+_DEVICE_LABELS = {"enqueue": "enqueue", "h2d": "H2D", "compute": "GPU", "d2h": "D2H"}

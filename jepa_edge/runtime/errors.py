@@ -39,3 +39,13 @@ def missing_extra(what: str, extra: str, exc: BaseException | None = None) -> Ba
     """Uniform error for an optional dependency that is not installed."""
     detail = f" ({exc})" if exc is not None else ""
     return BackendUnavailableError(f"{what} is not available{detail}; install it with `pip install 'jepa-edge[{extra}]'`")
+
+
+def missing_onnxruntime(exc: BaseException | None = None) -> BackendUnavailableError:
+    """ONNX Runtime is not a base dependency: name both builds (exactly one may be installed)."""
+    detail = f" ({exc})" if exc is not None else ""
+    return BackendUnavailableError(
+        f"onnxruntime is not installed{detail}; install one build: `pip install 'jepa-edge[cpu]'` (CPU) or "
+        "`pip install 'jepa-edge[gpu]'` (CUDA; on a Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack) "
+        "— not both, they overwrite each other"
+    )
