@@ -38,7 +38,7 @@ import numpy as np
 
 from jepa_edge.calib.head import FusedHead
 from jepa_edge.calib.postcard import atomic_write_bytes
-from jepa_edge.export.calibration import downstream_nodes
+from jepa_edge.export.int8 import downstream_nodes
 
 FORMAT = "jepa-edge/onnx"
 VERSION = 1
