@@ -307,13 +307,14 @@ class FakeTimingCache:
 
 
 class FakeBuilderConfig:
+    ignore_clear = False  # a misbehaving TensorRT (to test that the build checks the flag)
+
     def __init__(self, trt) -> None:
         self.trt = trt
         self.flags = {trt.BuilderFlag.TF32} if hasattr(trt.BuilderFlag, "TF32") else set()  # TensorRT's default
         self.profiles, self.pool, self.cache = [], {}, None
         self.builder_optimization_level = 3
         self.int8_calibrator, self.calibration_profile = None, None
-        self.ignore_clear = False  # a misbehaving TensorRT (to test that the build checks the flag)
 
     def set_flag(self, flag):
         self.flags.add(flag)

@@ -357,7 +357,7 @@ def prepare_onnx(src: Source, engine_path: Path, cfg: TrtBuildConfig, plan: Prec
         if plan.int8_method == "calibrator":
             raise TrtBuildError("int8 calibration of a head_inputs engine measures the head's output range: "
                                 "pass int8_head= (the head you will run, or one of the same scale), "
-                                "or use int8_method='qdq' (head kept in float)")
+                                "or use int8_method='qdq' (`--int8-method qdq`: head kept in float)")
         arrays = (np.zeros((1, meta.latent_dim), np.float32), np.zeros((1,), np.float32))  # runs, not quantized
     out.batches = int8_batches(frames, icfg.batch_size, arrays if meta.mode == "head_inputs" else None)
     single_video = not icfg.source.startswith("sim") and Path(icfg.source).is_file()
