@@ -257,6 +257,25 @@ class _Buffer:
 
 
 _STAGE_EVENTS = ("start", "h2d", "compute", "d2h")  # recorded on the stream after each stage
+_IO_API = {"engine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_profile_shape"),
+           "context": ("set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape")}
+
+
+def _require_name_based_api(trt: Any, engine: Any, context: Any, path: Path) -> None:
+    """TensorRT >= 8.5 binds I/O by tensor name and runs ``execute_async_v3`` (the only API in 10 and 11)."""
+    for what, obj in (("engine", engine), ("context", context)):
+        missing = [n for n in _IO_API[what] if not hasattr(obj, n)]
+        if missing:
+            raise RuntimeModelError(f"{path}: TensorRT {trt.__version__} lacks {what} API {missing} "
+                                    "(jepa-edge needs TensorRT >= 8.5); upgrade TensorRT")
+
+
+def _instantiate(cudart: Any, graph: Any) -> Any:
+    """``cudaGraphInstantiateWithFlags(graph, 0)`` (CUDA >= 11.4; same signature in 12 and 13), else
+    ``cudaGraphInstantiate(graph, 0)`` (its CUDA >= 12 signature)."""
+    if hasattr(cudart, "cudaGraphInstantiateWithFlags"):
+        return cuda_call(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
+    return cuda_call(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
 
 
 class TrtModel(Model):
@@ -296,6 +315,7 @@ class TrtModel(Model):
             raise RuntimeModelError(f"{path}: TensorRT could not deserialise the engine (see the TensorRT log "
                                     f"above); {REBUILD}")
         self._context = self._engine.create_execution_context()
+        _require_name_based_api(trt, self._engine, self._context, path)
         self._stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
         try:
             self._events = {k: cuda_call(cudart.cudaEventCreate(), "cudaEventCreate") for k in _STAGE_EVENTS}
@@ -490,7 +510,7 @@ class TrtModel(Model):
                 graph = cuda_call(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
             if not ok:
                 raise CudaError("execute_async_v3 refused to run under stream capture")
-            exe = cuda_call(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
+            exe = _instantiate(cudart, graph)
         except CudaError as exc:
             if graph is not None:
                 cudart.cudaGraphDestroy(graph)
