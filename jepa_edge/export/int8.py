@@ -64,6 +64,10 @@ class Int8Config:
         if self.max_bytes < 1:
             raise Int8DataError("Int8Config.max_bytes must be >= 1")
 
+    @property
+    def is_sim(self) -> bool:
+        return self.source == "sim" or self.source.startswith("sim:")
+
     def resolved_view(self, agent_view: str) -> str:
         """The simulator view / recording camera: ``sim:VIEW``, else ``view``, else the agent's own view."""
         view = self.source.split(":", 1)[1] if self.source.startswith("sim:") else self.view
@@ -155,7 +159,7 @@ def load_int8_frames(config: Int8Config, height: int, width: int, agent_view: st
     """(N, height, width, 3) uint8 BGR frames, N a multiple of ``batch_size``, within ``max_bytes``."""
     config.validate()
     _check_budget(config.n_frames, height, width, config)
-    if config.source == "sim" or config.source.startswith("sim:"):
+    if config.is_sim:
         frames = _sim_frames(config, config.resolved_view(agent_view), height, width)
     else:
         path = Path(config.source)

@@ -350,8 +350,6 @@ def prepare_onnx(src: Source, engine_path: Path, cfg: TrtBuildConfig, plan: Prec
     if plan.precision != "int8" or src.already_qdq:
         return out
     meta, icfg, given = src.meta, cfg.int8, frames is not None
-    if frames is None:
-        frames = load_int8_frames(icfg, meta.height, meta.width, meta.agent_view)
     arrays = _head_arrays(head)
     if meta.mode == "head_inputs" and arrays is None:
         if plan.int8_method == "calibrator":
@@ -359,8 +357,10 @@ def prepare_onnx(src: Source, engine_path: Path, cfg: TrtBuildConfig, plan: Prec
                                 "pass int8_head= (the head you will run, or one of the same scale), "
                                 "or use int8_method='qdq' (`--int8-method qdq`: head kept in float)")
         arrays = (np.zeros((1, meta.latent_dim), np.float32), np.zeros((1,), np.float32))  # runs, not quantized
+    if frames is None:
+        frames = load_int8_frames(icfg, meta.height, meta.width, meta.agent_view)
     out.batches = int8_batches(frames, icfg.batch_size, arrays if meta.mode == "head_inputs" else None)
-    single_video = not icfg.source.startswith("sim") and Path(icfg.source).is_file()
+    single_video = not icfg.is_sim and Path(icfg.source).is_file()
     out.int8 = {"source": "frames passed in" if given else icfg.source,
                 "view": None if given or single_video else icfg.resolved_view(meta.agent_view),
                 "n_frames": len(out.batches) * icfg.batch_size, "batch_size": icfg.batch_size,
