@@ -76,6 +76,14 @@ def test_build_without_tensorrt_fails_at_once_naming_the_extra(monkeypatch, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tensorrt_older_than_8_5_is_refused_at_once(monkeypatch):
+    from fake_trt import install_fakes
+
+    install_fakes(monkeypatch, "8.4.3")
+    with pytest.raises(TrtBuildError, match=r"TensorRT 8\.4\.3 is too old: jepa-edge needs >= 8\.5"):
+        require_tensorrt()
+
+
 # ---- config, profile, parser errors (no GPU needed) -------------------------------------------
 
 

@@ -180,12 +180,15 @@ class BuilderSetup:
 
 
 def require_tensorrt() -> Any:
-    """Import TensorRT and cuda-python or raise at once, naming ``pip install 'jepa-edge[trt]'``.
+    """Import TensorRT (>= 8.5) and cuda-python or raise at once, naming ``pip install 'jepa-edge[trt]'``.
 
     Call it before any slow work (e.g. the ONNX export of ``jepa-edge export --trt``).
     """
     trt = import_tensorrt()
     import_cudart()
+    major_minor = tuple(int(x) for x in trt.__version__.split(".")[:2])
+    if major_minor < (8, 5):  # name-based I/O, execute_async_v3, set_memory_pool_limit
+        raise TrtBuildError(f"TensorRT {trt.__version__} is too old: jepa-edge needs >= 8.5; upgrade TensorRT")
     return trt
 
 
