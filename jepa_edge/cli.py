@@ -292,16 +292,21 @@ def export(
                                              "(fp16 ONNX, strongly typed; TensorRT 11)")] = "auto",
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: optimal batch.")] = 1,
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: max batch.")] = 8,
+    opt_head: Annotated[int, typer.Option(help="TensorRT profile: head width kernels are tuned for "
+                                          "(head_inputs mode; 0 = min(72, --max-head)).")] = 0,
     max_head: Annotated[int, typer.Option(help="TensorRT profile: max head width (head_inputs mode).")] = 256,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace limit (MiB).")] = 1024,
     timing_cache: Annotated[Path | None, typer.Option(help="Persisted TensorRT timing cache.")] = None,
-    calib_source: Annotated[str, typer.Option(help="INT8 calibration frames: sim, a video file or a recording.")] = "sim",
-    calib_view: Annotated[str, typer.Option(help="Simulator view for INT8 calibration.")] = "top",
-    calib_frames: Annotated[int, typer.Option(help="INT8 calibration frames.")] = 512,
+    int8_source: Annotated[str, typer.Option(help="INT8 range-calibration frames: sim (the agent's own view), "
+                                             "sim:VIEW, a video file or a recording folder.")] = "sim",
+    int8_frames: Annotated[int, typer.Option(help="INT8 range-calibration frames (downscaled, memory-capped).")] = 512,
+    calib_source: Annotated[str | None, typer.Option(hidden=True)] = None,  # renamed: --int8-source
+    calib_view: Annotated[str | None, typer.Option(hidden=True)] = None,  # renamed: --int8-source sim:VIEW
+    calib_frames: Annotated[int | None, typer.Option(hidden=True)] = None,  # renamed: --int8-frames
 ) -> None:
     """Export encoder + fused linear head (W, probes) to ONNX, optionally to a TensorRT engine."""
     from jepa_edge.export import (
-        CalibrationConfig,
+        Int8Config,
         OnnxExportConfig,
         TrtBuildConfig,
         build_engine,
@@ -313,18 +318,26 @@ def export(
     if mode in MODE_ALIASES:  # a deprecated name: one line naming the new one, then go on
         console.print(f"[yellow]hint:[/] --mode {mode} is now --mode {MODE_ALIASES[mode]}")
         mode = MODE_ALIASES[mode]
+    for old, value, new in (("--calib-source", calib_source, "--int8-source"),
+                            ("--calib-view", calib_view, "--int8-source sim:VIEW"),
+                            ("--calib-frames", calib_frames, "--int8-frames")):
+        if value is not None:
+            raise ValueError(f"{old} was renamed to {new} (INT8 range calibration, not W calibration)")
+    build_cfg = TrtBuildConfig(
+        precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
+        max_batch=max_batch, opt_head=opt_head, max_head=max_head, workspace_mib=workspace_mib,
+        timing_cache=str(timing_cache or ""), int8=Int8Config(source=int8_source, n_frames=int8_frames))
     if trt:
+        build_cfg.validate()  # a bad profile fails before the export, not after it
         require_tensorrt()  # fail at once, before the export, when the extra is missing
     res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode,
                        config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
     Console().print(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
                     + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
     if trt:
-        built = build_engine(res.path, res.path.with_suffix(".engine"), TrtBuildConfig(
-            precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
-            max_batch=max_batch, max_head=max_head, workspace_mib=workspace_mib, timing_cache=str(timing_cache or ""),
-            calibration=CalibrationConfig(source=calib_source, view=calib_view, n_frames=calib_frames)))
-        Console().print(f"wrote {built.engine_path} ({built.sidecar['precision']}) + {built.sidecar_path}")
+        built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
+        side = built.sidecar
+        Console().print(f"wrote {built.engine_path} ({side['precision']}, tf32 {side['tf32']}) + {built.sidecar_path}")
 
 
 def _head_from_files(meta, postcard: Path | None, probes: list[Path]):

@@ -184,38 +184,9 @@ def reference_head(enc: TinyEncoder, seed: int = 1) -> FusedHead:
 
 # ---- TensorRT (only called by @pytest.mark.trt tests, on a machine with a GPU) -----------------
 def build_engine(onnx_path: str | Path, engine_path: str | Path, max_batch: int = 8, max_head: int = 32) -> Path:
-    """Build an fp32 engine + sidecar the way `jepa-edge export --trt` records them (test stand-in)."""
-    import tensorrt as trt
+    """An fp32 engine + sidecar built by the real ``jepa_edge.export.trt_build.build_engine``."""
+    from jepa_edge.export.trt_build import TrtBuildConfig
+    from jepa_edge.export.trt_build import build_engine as real_build
 
-    from jepa_edge.runtime.backend_trt import cuda_call, import_cudart, sha256_file
-
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    meta = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["jepa_edge"])
-    H, W, D = meta["input"]["height"], meta["input"]["width"], meta["latent_dim"]
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the ONNX: {errors}")
-    profile = builder.create_optimization_profile()
-    profile.set_shape("frames", (1, H, W, 3), (1, H, W, 3), (max_batch, H, W, 3))
-    shapes = {"frames": [[1, H, W, 3], [1, H, W, 3], [max_batch, H, W, 3]]}
-    if meta["mode"] == "head_inputs":
-        profile.set_shape("head_weight", (1, D), (8, D), (max_head, D))
-        profile.set_shape("head_bias", (1,), (8,), (max_head,))
-        shapes["head_weight"] = [[1, D], [8, D], [max_head, D]]
-    config = builder.create_builder_config()
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
-    engine_path.write_bytes(bytes(plan))
-    prop = cuda_call(import_cudart().cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    side = {"precision": "fp32", "tensorrt_version": trt.__version__, "gpu_name": name,
-            "compute_capability": f"{prop.major}.{prop.minor}", "profile": shapes,
-            "onnx_sha256": sha256_file(onnx_path), "onnx_path": onnx_path.name}
-    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(side, indent=1))
-    return engine_path
+    cfg = TrtBuildConfig(precision="fp32", max_batch=max_batch, max_head=max_head, timing_cache="off")
+    return real_build(onnx_path, engine_path, cfg).engine_path

@@ -210,17 +210,23 @@ def test_engine_sidecar_checks_without_tensorrt(tiny, tmp_path):
     engine.write_bytes(b"plan")
     with pytest.raises(RuntimeModelError, match="sidecar model.engine.json is missing"):
         read_sidecar(engine)
-    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    side = {"onnx_sha256": sha, "tensorrt_version": "10.0", "precision": "fp16"}
-    meta = engine_meta(engine, side, TrtConfig())  # metadata read from the hash-verified ONNX beside it
-    assert meta.mode == "fused" and meta.agent_fingerprint == tiny["enc"].fingerprint
-    with pytest.raises(RuntimeModelError, match="stale, rebuild"):
-        engine_meta(engine, {**side, "onnx_sha256": "0" * 64}, TrtConfig())
-    onnx_path.unlink()
-    with pytest.raises(RuntimeModelError, match="source ONNX .* is not there"):
-        engine_meta(engine, side, TrtConfig())
     meta_json = json.loads({p.key: p.value for p in onnx.load(str(tiny["fused"])).metadata_props}["jepa_edge"])
-    assert engine_meta(engine, {**side, "metadata": meta_json}, TrtConfig()).latent_dim == 8
+    side = {"format": "jepa-edge/trt-engine", "version": 2, "precision": "fp16", "tf32": True,
+            "tensorrt_version": "10.0", "gpu": {"compute_capability": "8.7"},
+            "engine": {"sha256": hashlib.sha256(b"plan").hexdigest(), "bytes": 4},
+            "onnx": {"path": "model.onnx", "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest()},
+            "metadata": meta_json}
+    (tmp_path / "model.engine.json").write_text(json.dumps(side))
+    assert read_sidecar(engine) == side
+    meta = engine_meta(engine, side, TrtConfig())  # the ONNX beside it is hash-checked
+    assert meta.mode == "fused" and meta.agent_fingerprint == tiny["enc"].fingerprint and meta.latent_dim == 8
+    with pytest.raises(RuntimeModelError, match="stale, rebuild"):
+        engine_meta(engine, {**side, "onnx": {"path": "model.onnx", "sha256": "0" * 64}}, TrtConfig())
+    onnx_path.unlink()
+    assert engine_meta(engine, side, TrtConfig()).latent_dim == 8  # metadata comes from the sidecar
+    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_sha256": "0" * 64, "precision": "fp16"}))
+    with pytest.raises(RuntimeModelError, match="not a jepa-edge engine sidecar"):  # the legacy dialect
+        read_sidecar(engine)
     (tmp_path / "model.engine.json").write_text("{oops")
     with pytest.raises(RuntimeModelError, match="not valid JSON"):
         read_sidecar(engine)

@@ -5,7 +5,7 @@ One module per backend:
 * ``graph``: ``EdgeGraph``, the torch module that is exported (uint8 NHWC BGR frames → z [+ head]);
 * ``onnx_export``: ``export_onnx`` / ``export_agent`` (metadata, checker, ORT-vs-PyTorch parity);
 * ``trt_build``: ``build_engine`` (TensorRT builder, profile, precision, timing cache, sidecar);
-* ``calibration``: INT8 calibration frames (simulator / video / recording) and calibrators;
+* ``int8``: INT8 range-calibration frames (simulator / video / recording), calibrator, Q/DQ ONNX;
 * ``fp16``: the fp16 ONNX a strongly typed TensorRT network (TensorRT 11) is built from;
 * ``ort_providers``: ``ort_session`` on CPU / CUDA EP / TensorRT EP, never a silent fallback.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jepa_edge.export.calibration import CalibrationConfig, CalibrationError, load_calibration_frames
+from jepa_edge.export.int8 import Int8Config, Int8DataError, load_int8_frames
 from jepa_edge.export.onnx_export import (
     ExportError,
     ExportResult,
@@ -31,9 +31,9 @@ from jepa_edge.export.ort_providers import ort_session
 from jepa_edge.export.trt_build import TrtBuildConfig, TrtBuildError, TrtBuildResult, build_engine, require_tensorrt
 
 __all__ = [
-    "CalibrationConfig", "CalibrationError", "EdgeGraph", "ExportError", "ExportResult", "OnnxExportConfig",
+    "EdgeGraph", "ExportError", "ExportResult", "Int8Config", "Int8DataError", "OnnxExportConfig",
     "ParityError", "TrtBuildConfig", "TrtBuildError", "TrtBuildResult", "build_engine", "export_agent",
-    "export_onnx", "load_calibration_frames", "ort_session", "read_metadata", "require_tensorrt",
+    "export_onnx", "load_int8_frames", "ort_session", "read_metadata", "require_tensorrt",
 ]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
-from jepa_edge.export.calibration import downstream_indices
+from jepa_edge.export.int8 import downstream_indices
 
 KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16
 _FP32_ONLY_INPUTS = {"Resize": {2}}  # (op, input index) the ONNX spec types as float32 only

@@ -38,7 +38,7 @@ import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
-from jepa_edge.export.calibration import downstream_nodes
+from jepa_edge.export.int8 import downstream_nodes
 from jepa_edge.runtime.meta import FORMAT, METADATA_KEY, MODES, VERSION, unknown_mode
 
 EXPORTERS = ("torchscript", "dynamo")

@@ -1,8 +1,17 @@
-"""INT8 calibration data and the two ways TensorRT can use it (no torch).
+"""INT8 range calibration data and the two ways TensorRT can use it (no torch).
 
-Frames come from the built-in simulator (``source="sim"``, one of its views),
-a video file, or a recording folder (one camera = ``view``), resized to the
-model's input and cut into full batches.
+"Calibration" elsewhere in jepa-edge means fitting W between agents; here it
+is only TensorRT's measurement of activation ranges for INT8, so this module,
+its config (``Int8Config``) and the CLI options (``--int8-source``,
+``--int8-frames``) say "int8".
+
+Frames come from the built-in simulator (``source="sim"``: the agent's own
+view, read from the ONNX metadata; ``"sim:VIEW"`` for another), a video file,
+or a recording folder (the camera named like the agent's view). Videos are
+streamed: only the ``n_frames`` frames picked evenly over the clip are kept,
+each downscaled to the model's input size as it is decoded, and
+``n_frames × H × W × 3`` must fit ``Int8Config.max_bytes`` — a whole video is
+never loaded.
 
 TensorRT has two INT8 workflows, and which one exists depends on its version:
 
@@ -27,103 +36,164 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.artifacts import atomic_write_bytes, read_json_capped
 
 
-class CalibrationError(ValueError):
-    """Calibration data that cannot be produced or used as asked."""
+class Int8DataError(ValueError):
+    """INT8 range-calibration data that cannot be produced or used as asked."""
 
 
 @dataclass
-class CalibrationConfig:
-    source: str = "sim"  # "sim" (built-in simulator), a video file, or a recording folder
-    view: str = "top"  # simulator view, or the camera of a recording folder (ignored for a single video)
+class Int8Config:
+    source: str = "sim"  # "sim" (simulator, the agent's view), "sim:VIEW", a video file, or a recording folder
+    view: str = ""  # simulator view / camera of a recording folder; "" = the agent's own view (ONNX metadata)
     n_frames: int = 512  # a few hundred varied frames are enough for per-tensor scales
     batch_size: int = 16  # frames per calibration batch (TensorRT wants full batches: the rest is dropped)
-    seed: int = 0  # simulator seed / frame sampling
+    seed: int = 0  # simulator seed
     cache: str = ""  # TensorRT calibration cache file, read if present and written after; "" = none
+    max_bytes: int = 256 << 20  # cap on the frames held in memory (n_frames × H × W × 3 at the model's size)
 
     def validate(self) -> None:
         if self.n_frames < 1 or self.batch_size < 1:
-            raise CalibrationError("CalibrationConfig.n_frames and batch_size must be >= 1")
+            raise Int8DataError("Int8Config.n_frames and batch_size must be >= 1")
         if self.n_frames < self.batch_size:
-            raise CalibrationError(
-                f"CalibrationConfig.n_frames={self.n_frames} is below batch_size={self.batch_size}: "
-                "not one full calibration batch; raise n_frames or lower batch_size"
+            raise Int8DataError(
+                f"Int8Config.n_frames={self.n_frames} is below batch_size={self.batch_size}: "
+                "not one full calibration batch; raise --int8-frames or lower batch_size"
             )
+        if self.max_bytes < 1:
+            raise Int8DataError("Int8Config.max_bytes must be >= 1")
+
+    @property
+    def is_sim(self) -> bool:
+        return self.source == "sim" or self.source.startswith("sim:")
+
+    def resolved_view(self, agent_view: str) -> str:
+        """The simulator view / recording camera: ``sim:VIEW``, else ``view``, else the agent's own view."""
+        view = self.source.split(":", 1)[1] if self.source.startswith("sim:") else self.view
+        view = view or agent_view
+        if not view:
+            raise Int8DataError("the ONNX metadata names no agent view, so the INT8 frames' view is unknown; "
+                                "pass --int8-source sim:VIEW (or a video file)")
+        return view
 
 
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+def _check_budget(n: int, height: int, width: int, cfg: Int8Config) -> None:
+    need = n * height * width * 3
+    if need > cfg.max_bytes:
+        raise Int8DataError(f"{n} INT8 frames of {width}x{height} need {need >> 20} MiB, over the "
+                            f"{cfg.max_bytes >> 20} MiB cap (Int8Config.max_bytes); lower --int8-frames")
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
-    if frames.shape[1:3] == (height, width):
-        return np.ascontiguousarray(frames)
-    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[:2] == (height, width):
+        return frame
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _pick(frames: np.ndarray, n: int, where: str) -> np.ndarray:
-    """``n`` frames spread evenly over the clip (all of them if there are fewer)."""
-    if len(frames) == 0:
-        raise CalibrationError(f"{where}: no frames to calibrate on")
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(np.int64))
-    return frames[idx]
-
-
-def _sim_frames(cfg: CalibrationConfig, height: int, width: int) -> np.ndarray:
+def _sim_frames(cfg: Int8Config, view: str, height: int, width: int) -> np.ndarray:
     from jepa_edge.world import WorldConfig, render, simulate
 
     steps = 64  # per episode: objects cross the arena, so episodes × steps covers positions and overlaps
     states = simulate(WorldConfig(), math.ceil(cfg.n_frames / steps), steps, seed=cfg.seed)
-    side = max(height, width)
-    frames = render(states, cfg.view, size=side, seed=cfg.seed).reshape(-1, side, side, 3)  # (E*T, S, S, 3)
-    return _resize(frames[: cfg.n_frames], height, width)
+    side = max(height, width)  # rendered at the model's size, never larger
+    frames = render(states, view, size=side, seed=cfg.seed).reshape(-1, side, side, 3)  # (E*T, S, S, 3)
+    return np.stack([_resize(f, height, width) for f in frames[: cfg.n_frames]])
 
 
-def load_calibration_frames(config: CalibrationConfig, height: int, width: int) -> np.ndarray:
-    """(N, height, width, 3) uint8 BGR frames, N a multiple of ``batch_size``."""
+def stream_video_frames(path: Path, n: int, height: int, width: int) -> np.ndarray:
+    """Up to ``n`` frames spread evenly over a video, each resized as it is decoded → (n', H, W, 3) uint8."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise Int8DataError(f"{path}: OpenCV cannot open this video for INT8 frames (corrupt or unsupported "
+                                "codec); re-encode it or pass --int8-source sim")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        want = set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist()) if total > 0 else None
+        last = max(want) if want else None
+        out = np.empty((n, height, width, 3), np.uint8)  # the only frame memory held
+        k = i = 0
+        while k < n and (last is None or i <= last):
+            if want is not None and i not in want:
+                if not cap.grab():  # skipped frames are demuxed, never converted or kept
+                    break
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                out[k] = _resize(frame, height, width)
+                k += 1
+            i += 1
+    finally:
+        cap.release()
+    if k == 0:
+        raise Int8DataError(f"{path}: no decodable frames for INT8 range calibration")
+    return out[:k]
+
+
+def _recording_video(folder: Path, view: str) -> Path:
+    """The video of camera ``view`` in a recording folder (simulator layout or one video per camera)."""
+    from jepa_edge.world import VIDEO_EXTENSIONS
+
+    meta_file = folder / "recording.json"
+    if meta_file.is_file():
+        files = read_json_capped(meta_file, "recording.json", "re-record it").get("files", {})
+        name = files.get(view) if isinstance(files, dict) else None
+        if isinstance(name, str) and Path(name).name == name:  # a plain file name: never leaves the folder
+            return folder / name
+    else:
+        for ext in VIDEO_EXTENSIONS:
+            if (folder / f"{view}{ext}").is_file():
+                return folder / f"{view}{ext}"
+    raise Int8DataError(f"{folder}: recording has no camera {view!r} for INT8 frames; pass --int8-source with "
+                        "a video file, or sim:VIEW")
+
+
+def load_int8_frames(config: Int8Config, height: int, width: int, agent_view: str = "") -> np.ndarray:
+    """(N, height, width, 3) uint8 BGR frames, N a multiple of ``batch_size``, within ``max_bytes``."""
     config.validate()
-    if config.source == "sim":
-        frames = _sim_frames(config, height, width)
+    _check_budget(config.n_frames, height, width, config)
+    if config.is_sim:
+        frames = _sim_frames(config, config.resolved_view(agent_view), height, width)
     else:
         path = Path(config.source)
         if not path.exists():
-            raise CalibrationError(
-                f"calibration source {path} does not exist; pass a video file, a recording folder, or 'sim'"
-            )
+            raise Int8DataError(f"INT8 source {path} does not exist; pass a video file, a recording folder, "
+                                "or 'sim'")
         if path.is_dir():
-            from jepa_edge.world import load_recording
-
-            rec = load_recording(path, views=[config.view])
-            video = rec.frames[config.view].reshape(-1, *rec.frames[config.view].shape[2:])  # (E*T, H, W, 3)
-        else:
-            from jepa_edge.world import read_video
-
-            video = read_video(path)
-        frames = _resize(_pick(video, config.n_frames, str(path)), height, width)
+            path = _recording_video(path, config.resolved_view(agent_view))
+        frames = stream_video_frames(path, config.n_frames, height, width)
     n = len(frames) // config.batch_size * config.batch_size
     if n == 0:
-        raise CalibrationError(
-            f"calibration source {config.source!r} gave {len(frames)} frames, fewer than one batch of "
+        raise Int8DataError(
+            f"INT8 source {config.source!r} gave {len(frames)} frames, fewer than one batch of "
             f"{config.batch_size}; use a longer video or a smaller batch_size"
         )
     return np.ascontiguousarray(frames[:n], dtype=np.uint8)
 
 
-def calibration_batches(
+def int8_batches(
     frames: np.ndarray, batch_size: int, head: tuple[np.ndarray, np.ndarray] | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """Feed dicts of full batches; ``head`` (weight, bias) is added for a ``head_inputs`` graph."""
+    """Feed dicts of full batches (views of ``frames``); ``head`` (weight, bias) is added for a head_inputs graph."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise CalibrationError(f"calibration frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+        raise Int8DataError(f"INT8 frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    frames = np.ascontiguousarray(frames)
     batches = []
     for i in range(0, len(frames) - batch_size + 1, batch_size):
-        feed = {"frames": np.ascontiguousarray(frames[i : i + batch_size])}
+        feed = {"frames": frames[i : i + batch_size]}
         if head is not None:
             feed["head_weight"] = np.ascontiguousarray(head[0], np.float32)
             feed["head_bias"] = np.ascontiguousarray(head[1], np.float32)
         batches.append(feed)
     if not batches:
-        raise CalibrationError(f"{len(frames)} calibration frames do not fill one batch of {batch_size}")
+        raise Int8DataError(f"{len(frames)} INT8 frames do not fill one batch of {batch_size}")
     return batches
 
 
@@ -158,7 +228,7 @@ def make_entropy_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], cach
             self.index += 1
             unknown = [n for n in names if n not in feed]
             if unknown:
-                raise CalibrationError(f"TensorRT asks calibration data for inputs {unknown}; have {sorted(feed)}")
+                raise Int8DataError(f"TensorRT asks calibration data for inputs {unknown}; have {sorted(feed)}")
             kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
             for name in names:
                 a = feed[name]
@@ -229,7 +299,7 @@ def quantize_qdq(onnx_path: str | Path, out_path: str | Path, batches: list[dict
     head = [n.name for n in downstream_nodes(model, "z")]
     unnamed = [n for n in model.graph.node if not n.name]
     if unnamed:
-        raise CalibrationError(f"{onnx_path}: {len(unnamed)} nodes have no name; re-export with `jepa-edge export`")
+        raise Int8DataError(f"{onnx_path}: {len(unnamed)} nodes have no name; re-export with `jepa-edge export`")
     with tempfile.TemporaryDirectory(prefix="jepa-edge-qdq-") as tmp:
         tmp_out = Path(tmp) / "qdq.onnx"
         quantize_static(
