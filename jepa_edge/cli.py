@@ -43,6 +43,11 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def say(text: str) -> None:
+    """A plain message on stdout, never wrapped (scripts grep these lines)."""
+    Console(soft_wrap=True, highlight=False).print(text, markup=False)
+
+
 def fail(message: str) -> None:
     """Print the one red error line (never wrapped) and exit with code 2."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
@@ -149,10 +154,10 @@ def _print_train_summary(result, recording: Path | None) -> None:
     if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
         why = ("it has no states.npz (no ground truth)" if recording and not (recording / "states.npz").is_file()
                else "training used every episode of it, so none is held out")
-        Console().print(f"no held-out state probe for {result.out_dir}: trained on recording {recording}, and {why}; "
-                        f"score it with `jepa-edge probe {result.out_dir} --recording OTHER_RECORDING` "
-                        "(a recording with states.npz the agent did not train on)", soft_wrap=True)
-        Console().print(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
+        say(f"no held-out state probe for {result.out_dir}: trained on recording {recording}, and {why}; "
+            f"score it with `jepa-edge probe {result.out_dir} --recording OTHER_RECORDING` "
+            "(a recording with states.npz the agent did not train on)")
+        say(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
         return
 
     table = Table(title=f"held-out state probe — {result.out_dir}")
@@ -163,7 +168,7 @@ def _print_train_summary(result, recording: Path | None) -> None:
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.3f}", f"{result.untrained.get(key, float('nan')):.3f}")
     Console().print(table)
-    Console().print(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
+    say(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
 
 
 # ---------------------------------------------------------------- world
@@ -187,7 +192,7 @@ def world_record(
 
     path = simulate_recording(out, n_episodes=episodes, n_steps=steps, views=tuple(views), size=size, seed=seed,
                               fps=fps, codec=codec, overwrite=overwrite)
-    Console().print(f"wrote {path}")
+    say(f"wrote {path}")
 
 
 @world_app.command("info")
@@ -197,7 +202,7 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) 
     from jepa_edge.world.dataset import load_recording
 
     rec = load_recording(path)
-    Console().print(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
+    say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
                     f"states {'yes' if rec.states is not None else 'no'}")
 
 # ---------------------------------------------------------------- calib / probe / reproduce
@@ -230,7 +235,7 @@ def calib(
                                                             anchors=anchors),
                           _moments_cfg(episodes, steps, seed, recording))
     _print_calib(report)
-    Console().print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 def _print_calib(report: dict) -> None:
@@ -244,7 +249,7 @@ def _print_calib(report: dict) -> None:
         cells = [report[c].get(key) for c in ("trained", "untrained", "shuffled")]
         table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
     Console().print(table)
-    Console().print(f"retrieval chance = {report['retrieval_chance']:.4f}")
+    say(f"retrieval chance = {report['retrieval_chance']:.4f}")
 
 
 PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.train.calibrate._task_targets)
@@ -281,7 +286,7 @@ def probe(
             table.add_row(t, f"{r['trained']:.3f}", f"{r['untrained']:.3f}")
         Console().print(table)
         for p in paths:
-            Console().print(f"wrote {p}")
+            say(f"wrote {p}")
         return
     if not probes:
         raise ValueError("--transfer needs the probes to move: pass --probe FILE (agent A's *.probe.safetensors)")
@@ -322,13 +327,13 @@ def reproduce(
                                   run=deep_merge(SMALL_RUN, overrides),
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
-        Console().print(f"report: {out / 'student_report.md'}")
+        say(f"report: {out / 'student_report.md'}")
         return
 
     cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
                           run=overrides)
     run_reproduce(cfg, out, progress=progress)
-    Console().print(f"report: {out / 'report.md'}")
+    say(f"report: {out / 'report.md'}")
 
 
 # ---------------------------------------------------------------- export / run / bench
@@ -376,14 +381,14 @@ def export(
         require_tensorrt()  # fail at once, before the export, when the extra is missing
     res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=mode,
                        config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
-    Console().print(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
+    say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
                     + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), TrtBuildConfig(
             precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
             max_batch=max_batch, max_head=max_head, workspace_mib=workspace_mib, timing_cache=str(timing_cache or ""),
             calibration=CalibrationConfig(source=calib_source, view=calib_view, n_frames=calib_frames)))
-        Console().print(f"wrote {built.engine_path} ({built.sidecar['precision']}) + {built.sidecar_path}")
+        say(f"wrote {built.engine_path} ({built.sidecar['precision']}) + {built.sidecar_path}")
 
 
 def _head_from_files(meta, postcard: Path | None, probes: list[Path]):
@@ -509,7 +514,7 @@ def bench(
                          + "; pick a --backend this machine has (e.g. ort-cpu for an .onnx)")
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=1))
-        Console().print(f"wrote {out}")
+        say(f"wrote {out}")
 
 
 def _require_tensorrt() -> None:
