@@ -190,3 +190,25 @@ def test_background_watcher_thread(setup, tmp_path):
 def test_missing_folder_is_a_clear_error(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="head folder does not exist"):
         HeadWatcher(tmp_path / "nope", setup["enc"].fingerprint, 6)
+
+
+def test_symlinks_and_non_regular_files_are_ignored(setup, tmp_path):
+    """The inbox is untrusted: a symlink (which could point anywhere), a folder or a FIFO is never read."""
+    enc = setup["enc"]
+    staging, inbox = tmp_path / "staging", tmp_path / "inbox"
+    head, paths = write_head_files(staging, enc)
+    inbox.mkdir()
+    for p in paths:
+        (inbox / p.name).symlink_to(p)
+    (inbox / "dir.probe.safetensors").mkdir()
+    os.mkfifo(inbox / "fifo.probe.safetensors")  # reading a FIFO would block the watcher forever
+    watcher = HeadWatcher(inbox, enc.fingerprint, enc.latent_dim, NOW)
+    assert watcher.poll() is None and watcher.poll() is None
+    assert watcher.stats.loaded == 0 and watcher.stats.refused == 0  # ignored, not even parsed
+    for p in paths:  # the same files as regular files are loaded
+        (inbox / p.name).unlink()
+        (inbox / p.name).write_bytes(p.read_bytes())
+    watcher.poll()
+    got = watcher.poll()
+    assert got is not None and watcher.stats.refused == 0
+    np.testing.assert_allclose(got.weight, head.weight)
