@@ -203,7 +203,7 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) 
 
     rec = load_recording(path)
     say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
-                    f"states {'yes' if rec.states is not None else 'no'}")
+        f"states {'yes' if rec.states is not None else 'no'}")
 
 # ---------------------------------------------------------------- calib / probe / reproduce
 
@@ -382,7 +382,7 @@ def export(
     res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=mode,
                        config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
     say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
-                    + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+        + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), TrtBuildConfig(
             precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
