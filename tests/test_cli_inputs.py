@@ -146,3 +146,57 @@ def test_ort_backend_with_a_dict_config(tmp_path):
         assert model.config.intra_op_threads == 1
     with pytest.raises(ConfigError, match="intra_op_threads must be int"):
         load_model(path, "ort-cpu", {"intra_op_threads": "one"})
+
+
+# ---- which exceptions become the one-line exit 2 ------------------------------------------------------
+
+
+class NewLibraryError(RuntimeError):
+    """Stands in for a library exception added later (e.g. a TrainingDivergedError(RuntimeError))."""
+
+
+class DivergedHere(Exception):
+    """An exception type defined inside jepa_edge but derived from Exception only."""
+
+
+DivergedHere.__module__ = "jepa_edge.train.loop"
+
+
+@pytest.mark.parametrize(("exc", "user"), [
+    (NewLibraryError("loss became nan at step 7; lower --lr"), True),
+    (FloatingPointError("loss became inf"), True),
+    (DivergedHere("diverged"), True),
+    (ConfigError("RunConfig: train.steps must be int"), True),
+    (FileNotFoundError(2, "No such file or directory", "x.onnx"), True),
+    (TypeError("unsupported operand"), False),  # a bug: keeps its traceback
+    (AttributeError("'list' object has no attribute 'items'"), False),
+])
+def test_library_errors_map_to_one_line_and_bugs_keep_their_traceback(exc, user):
+    import typer
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import is_user_error, one_line, user_errors
+
+    assert is_user_error(exc) is user
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def boom() -> None:
+        raise exc
+
+    res = CliRunner().invoke(app, [])
+    if user:
+        assert res.exit_code == 2 and res.stderr.strip() == f"error: {one_line(exc)}"
+        assert "\n" not in one_line(exc)
+    else:
+        assert res.exit_code == 1 and res.exception is exc
+
+
+def test_multi_line_messages_are_folded_into_one_line():
+    from jepa_edge.cli import one_line
+
+    assert one_line(RuntimeError("ONNX Runtime:\n  [ONNXRuntimeError] : 2\n  bad")) == \
+        "ONNX Runtime: [ONNXRuntimeError] : 2 bad"
+    assert one_line(KeyError("view 'x' is not loaded")) == "view 'x' is not loaded"  # no repr quotes
+    assert one_line(PermissionError(13, "Permission denied", "/dev/video0")).endswith("check the path and its permissions")
