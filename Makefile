@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
-	$(BIN)/jepa-edge export $(DEMO_OUT)/runs/agentB --head $(DEMO_OUT)/W_BA.postcard.safetensors \
+	$(BIN)/jepa-edge export $(DEMO_OUT)/runs/agentB --postcard $(DEMO_OUT)/W_BA.postcard.safetensors \
 		--probe $(DEMO_OUT)/probes/agentA.position.probe.safetensors \
 		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx
 	$(BIN)/jepa-edge world record $(DEMO_OUT)/video --view oblique --episodes 4 --steps 250 --overwrite

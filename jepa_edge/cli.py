@@ -22,30 +22,81 @@ world_app = typer.Typer(no_args_is_help=True, help="Built-in multi-view world si
 app.add_typer(world_app, name="world")
 console = Console(stderr=True)
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError, KeyError, OSError)
+# Exceptions that mean "this input cannot be used" (files, options, configs, devices), whatever module raised
+# them; any exception class defined inside jepa_edge counts too, so a new library error type is covered as soon
+# as it exists. Anything else (TypeError, AttributeError, …) is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, RuntimeError, OSError, ImportError, KeyError, FloatingPointError)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_ERRORS) or (
+        isinstance(exc, Exception) and type(exc).__module__.split(".")[0] == "jepa_edge"
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (ONNX Runtime and OpenCV messages span several)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = " ".join(str(text).split())
+    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.filename is not None:
+        text += "; check the path and its permissions"
+    return text or type(exc).__name__
+
+
+def say(text: str) -> None:
+    """A plain message on stdout, never wrapped (scripts grep these lines)."""
+    Console(soft_wrap=True, highlight=False).print(text, markup=False)
+
+
+def fail(message: str) -> None:
+    """Print the one red error line (never wrapped) and exit with code 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn library exceptions into one red line and exit code 2."""
+    """Turn library exceptions into one red line and exit code 2 (the only place exceptions become exit codes)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # filtered: programming errors are re-raised with their traceback
+            if not is_user_error(exc):
+                raise
+            fail(one_line(exc))
 
     return wrapper
 
 
-def _load_json_arg(path: Path | None) -> dict:
+def renamed(old: str, new: str, value: object) -> None:
+    """A hidden old option name that was given: one line saying what to use instead."""
+    if value is not None and value != []:
+        raise ValueError(f"{old} was renamed to {new}; use {new} instead")
+
+
+def _load_json_arg(path: Path | None, what: str = "JSON config") -> dict:
+    """A JSON object from ``path`` (size-capped; a list or a scalar at the top is refused)."""
     if path is None:
         return {}
+    from jepa_edge.artifacts import read_json_capped
+
+    return read_json_capped(path, what, 'write a JSON object of RunConfig overrides, e.g. {"train": {"steps": 500}}')
+
+
+def _checked_run_overrides(path: Path | None) -> dict:
+    """RunConfig overrides from ``--config``, type-checked against RunConfig before anything runs."""
+    from jepa_edge.config import ConfigError, deep_merge, from_dict, to_dict
+    from jepa_edge.train.config import RunConfig
+
+    overrides = _load_json_arg(path, "RunConfig overrides")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        from_dict(RunConfig, deep_merge(to_dict(RunConfig()), overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}; fix or remove that key (see jepa_edge/train/config.py)") from exc
+    return overrides
 
 
 # ---------------------------------------------------------------- train
@@ -78,9 +129,8 @@ def train(
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import train as run_train
 
-    base = to_dict(RunConfig())
-    overrides = _load_json_arg(config)
-    cfg_dict = deep_merge(base, overrides)
+    overrides = _checked_run_overrides(config)
+    cfg_dict = deep_merge(to_dict(RunConfig()), overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
     cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""))
     cfg_dict["train"].update(seed=seed, device=device, compile=compile)
@@ -95,11 +145,20 @@ def train(
                                    control=teacher_control)
     cfg = from_dict(RunConfig, cfg_dict)
     result = run_train(cfg, out, resume=resume, progress=progress)
-    _print_train_summary(result)
+    _print_train_summary(result, recording)
 
 
-def _print_train_summary(result) -> None:
+def _print_train_summary(result, recording: Path | None) -> None:
     from rich.table import Table
+
+    if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
+        why = ("it has no states.npz (no ground truth)" if recording and not (recording / "states.npz").is_file()
+               else "training used every episode of it, so none is held out")
+        say(f"no held-out state probe for {result.out_dir}: trained on recording {recording}, and {why}; "
+            f"score it with `jepa-edge probe {result.out_dir} --recording OTHER_RECORDING` "
+            "(a recording with states.npz the agent did not train on)")
+        say(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
+        return
 
     table = Table(title=f"held-out state probe — {result.out_dir}")
     table.add_column("metric")
@@ -109,7 +168,7 @@ def _print_train_summary(result) -> None:
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.3f}", f"{result.untrained.get(key, float('nan')):.3f}")
     Console().print(table)
-    Console().print(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
+    say(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
 
 
 # ---------------------------------------------------------------- world
@@ -133,7 +192,7 @@ def world_record(
 
     path = simulate_recording(out, n_episodes=episodes, n_steps=steps, views=tuple(views), size=size, seed=seed,
                               fps=fps, codec=codec, overwrite=overwrite)
-    Console().print(f"wrote {path}")
+    say(f"wrote {path}")
 
 
 @world_app.command("info")
@@ -143,8 +202,8 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) 
     from jepa_edge.world.dataset import load_recording
 
     rec = load_recording(path)
-    Console().print(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
-                    f"states {'yes' if rec.states is not None else 'no'}")
+    say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
+        f"states {'yes' if rec.states is not None else 'no'}")
 
 # ---------------------------------------------------------------- calib / probe / reproduce
 
@@ -176,7 +235,7 @@ def calib(
                                                             anchors=anchors),
                           _moments_cfg(episodes, steps, seed, recording))
     _print_calib(report)
-    Console().print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 def _print_calib(report: dict) -> None:
@@ -190,7 +249,10 @@ def _print_calib(report: dict) -> None:
         cells = [report[c].get(key) for c in ("trained", "untrained", "shuffled")]
         table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
     Console().print(table)
-    Console().print(f"retrieval chance = {report['retrieval_chance']:.4f}")
+    say(f"retrieval chance = {report['retrieval_chance']:.4f}")
+
+
+PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.train.calibrate._task_targets)
 
 
 @app.command()
@@ -211,6 +273,9 @@ def probe(
 
     from jepa_edge.train.calibrate import ProbeRunConfig, train_probes, transfer_probes
 
+    unknown = [t for t in task if t not in PROBE_TASKS]
+    if unknown:
+        raise ValueError(f"unknown probe task(s) {unknown}; use --task with one of {list(PROBE_TASKS)}")
     mcfg = _moments_cfg(episodes, steps, seed, recording)
     if transfer is None:
         paths, report = train_probes(run, out, ProbeRunConfig(tasks=tuple(task)), mcfg)
@@ -221,7 +286,7 @@ def probe(
             table.add_row(t, f"{r['trained']:.3f}", f"{r['untrained']:.3f}")
         Console().print(table)
         for p in paths:
-            Console().print(f"wrote {p}")
+            say(f"wrote {p}")
         return
     if not probes:
         raise ValueError("--transfer needs the probes to move: pass --probe FILE (agent A's *.probe.safetensors)")
@@ -253,21 +318,22 @@ def reproduce(
     from jepa_edge.study.reproduce import ReproduceConfig
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
+    overrides = _checked_run_overrides(config)  # a bad key fails now, not after the first agent trained
     if student:
         from jepa_edge.config import deep_merge
         from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study
 
         scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
-                                  run=deep_merge(SMALL_RUN, _load_json_arg(config)),
+                                  run=deep_merge(SMALL_RUN, overrides),
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
-        Console().print(f"report: {out / 'student_report.md'}")
+        say(f"report: {out / 'student_report.md'}")
         return
 
     cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
-                          run=_load_json_arg(config))
+                          run=overrides)
     run_reproduce(cfg, out, progress=progress)
-    Console().print(f"report: {out / 'report.md'}")
+    say(f"report: {out / 'report.md'}")
 
 
 # ---------------------------------------------------------------- export / run / bench
@@ -278,8 +344,9 @@ def reproduce(
 def export(
     run: Annotated[Path, typer.Argument(help="Agent run directory (encoder.safetensors + meta.json).")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
-    head: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
+    postcard: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files to fuse in (repeat).")] = [],  # noqa: B006
+    head: Annotated[Path | None, typer.Option("--head", hidden=True, help="Renamed --postcard.")] = None,
     mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | encoder_only")] = "fused",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
@@ -315,14 +382,14 @@ def export(
     )
     from jepa_edge.runtime.meta import MODE_ALIASES
 
+    renamed("--head", "--postcard", head)
     if mode in MODE_ALIASES:  # a deprecated name: one line naming the new one, then go on
         console.print(f"[yellow]hint:[/] --mode {mode} is now --mode {MODE_ALIASES[mode]}")
         mode = MODE_ALIASES[mode]
     for old, value, new in (("--calib-source", calib_source, "--int8-source"),
                             ("--calib-view", calib_view, "--int8-source sim:VIEW"),
                             ("--calib-frames", calib_frames, "--int8-frames")):
-        if value is not None:
-            raise ValueError(f"{old} was renamed to {new} (INT8 range calibration, not W calibration)")
+        renamed(old, new, value)
     build_cfg = TrtBuildConfig(
         precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
         max_batch=max_batch, opt_head=opt_head, max_head=max_head, workspace_mib=workspace_mib,
@@ -330,14 +397,14 @@ def export(
     if trt:
         build_cfg.validate()  # a bad profile fails before the export, not after it
         require_tensorrt()  # fail at once, before the export, when the extra is missing
-    res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode,
+    res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=mode,
                        config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
-    Console().print(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
-                    + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+    say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
         side = built.sidecar
-        Console().print(f"wrote {built.engine_path} ({side['precision']}, tf32 {side['tf32']}) + {built.sidecar_path}")
+        say(f"wrote {built.engine_path} ({side['precision']}, tf32 {side['tf32']}) + {built.sidecar_path}")
 
 
 def _head_from_files(meta, postcard: Path | None, probes: list[Path]):
@@ -356,8 +423,9 @@ def run_cmd(
     source: Annotated[str, typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
                                         "folder, or sim:VIEW.")] = "sim:top",
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
-    head: Annotated[Path | None, typer.Option(help="Postcard W to apply (head_inputs or numpy mode).")] = None,
+    postcard: Annotated[Path | None, typer.Option(help="Postcard W to apply (head_inputs or numpy mode).")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files (repeat).")] = [],  # noqa: B006
+    head: Annotated[Path | None, typer.Option("--head", hidden=True, help="Renamed --postcard.")] = None,
     watch: Annotated[Path | None, typer.Option(help="Folder watched for new postcards/probes (hot swap).")] = None,
     head_mode: Annotated[str, typer.Option(help="auto | graph | numpy")] = "auto",
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
@@ -373,28 +441,48 @@ def run_cmd(
     import sys
     import threading
 
-    from jepa_edge.runtime import CaptureConfig, HeadWatcher, OrtConfig, PipelineConfig, load_model, open_source
+    from jepa_edge.runtime import CaptureConfig, HeadWatcher, PipelineConfig, load_model, open_source
     from jepa_edge.runtime import run as run_pipeline
+    from jepa_edge.runtime.errors import SourceError
 
-    cfg = OrtConfig(intra_op_threads=threads) if backend != "tensorrt" else None
-    m = load_model(str(model), backend=backend, config=cfg, encoder_only=False)
-    watcher = None
-    out_f = open(jsonl, "w") if jsonl else sys.stdout  # noqa: SIM115
+    renamed("--head", "--postcard", head)
+    pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
+                          video_out=str(video_out or ""), capture=CaptureConfig(realtime=realtime))
+    pcfg.validate()
+    m = load_model(str(model), backend=backend, config=_backend_config(model, backend, threads), encoder_only=False)
+    watcher = src = None
+    out_f = sys.stdout
     try:
-        fused = _head_from_files(m.meta, head, probe)
+        fused = _head_from_files(m.meta, postcard, probe)
         if watch is not None:
             watcher = HeadWatcher(str(watch), m.meta.agent_fingerprint, m.meta.latent_dim).start()
-        pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
-                              video_out=str(video_out or ""), capture=CaptureConfig(realtime=realtime))
         src = open_source(source, decode_threads=decode_threads)
-        summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event())
+        if jsonl:  # opened last: a bad model, head or source leaves no file behind
+            out_f = open(jsonl, "w")  # noqa: SIM115 (closed below)
+        try:
+            summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event())
+        except SourceError as exc:  # a live source lost mid-run: the summary of what ran still matters
+            if getattr(exc, "summary", None) is not None:
+                console.print_json(json.dumps(exc.summary.to_dict()))
+            raise
     finally:
+        if src is not None:
+            src.close()
         if watcher is not None:
             watcher.close()
         m.close()
-        if jsonl:
+        if out_f is not sys.stdout:
             out_f.close()
     console.print_json(json.dumps(summary.to_dict()))
+
+
+def _backend_config(model: Path, backend: str, threads: int):
+    """OrtConfig for the ONNX Runtime backends, None (defaults) for TensorRT: chosen after resolving ``auto``."""
+    from jepa_edge.runtime import OrtConfig
+    from jepa_edge.runtime.backend_ort import ORT_BACKENDS
+    from jepa_edge.runtime.backends import resolve_backend
+
+    return OrtConfig(intra_op_threads=threads) if resolve_backend(model, backend) in ORT_BACKENDS else None
 
 
 @app.command()
@@ -418,8 +506,13 @@ def bench(
     """Latency per stage and end to end (mean, p50, p90, p99, max, FPS, drops) per backend / head / batch."""
     import sys
 
+    from jepa_edge.artifacts import atomic_write_text
     from jepa_edge.runtime import BenchConfig, bench_table, benchmark
 
+    if not backend:  # an engine runs on TensorRT only: say at once when it is missing here
+        for path in model:
+            if path.suffix == ".engine":
+                _require_tensorrt()
     extra = None
     if torch_run is not None:
         from jepa_edge.train.eager import eager_backend
@@ -430,10 +523,21 @@ def bench(
         backends=tuple(backend), intra_op_threads=threads, decode_threads=decode_threads, realtime=realtime),
         extra_backends=extra)
     Console(width=None if sys.stdout.isatty() else 200).print(bench_table(report))
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if not ok:  # every configuration was skipped: that is an error, not an empty benchmark
+        reasons = sorted({f"{r['backend']}: {r.get('reason', '?')}" for r in report["results"]})
+        raise ValueError("nothing could be benchmarked: " + (" | ".join(reasons) or "no backend available")
+                         + "; pick a --backend this machine has (e.g. ort-cpu for an .onnx)")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))
-        Console().print(f"wrote {out}")
+        atomic_write_text(out, json.dumps(report, indent=1))
+        say(f"wrote {out}")
+
+
+def _require_tensorrt() -> None:
+    from jepa_edge.runtime.backend_trt import import_cudart, import_tensorrt
+
+    import_tensorrt()
+    import_cudart()
 
 
 if __name__ == "__main__":

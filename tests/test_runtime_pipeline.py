@@ -127,3 +127,51 @@ def test_bad_video_suffix(models, tmp_path):
     with pytest.raises(ValueError, match="annotated video must be"):
         run(load_model(models["fused"], "ort-cpu"), ArraySource(sim(2)),
             PipelineConfig(video_out=str(tmp_path / "x.gif")), out=None)
+
+
+def test_source_lost_mid_run_raises_with_the_summary_of_what_ran(models):
+    from jepa_edge.runtime.errors import SourceDisconnected, SourceLostError, SourceOpenError
+    from jepa_edge.runtime.sources import Source
+
+    class DropsAfterThree(Source):
+        name, live = "cam", True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n, self.opens = 0, 0
+
+        def open(self) -> None:
+            self.opens += 1
+            if self.opens > 1:
+                raise SourceOpenError("cam: gone")
+
+        def read(self):
+            self.n += 1
+            if self.n > 3:
+                raise SourceDisconnected("cam: stopped")
+            return np.zeros((16, 16, 3), np.uint8)
+
+    src = DropsAfterThree()
+    src.open()
+    out = io.StringIO()
+    cfg = PipelineConfig(capture=CaptureConfig(policy="all", max_retries=1, reconnect_initial_s=0.01))
+    with pytest.raises(SourceLostError, match="1 reopen attempts failed") as info:
+        run(load_model(models["fused"], "ort-cpu"), src, cfg, out=out)
+    summary = info.value.summary
+    assert summary.reason == "source_lost" and summary.frames == 3 == len(out.getvalue().splitlines())
+    assert summary.capture["reconnects"] == 0
+
+
+@pytest.mark.parametrize("bad", [{"max_frames": -1}, {"head_mode": "gpu"}, {"video_out": "x.gif"},
+                                 {"capture": CaptureConfig(policy="newest")}])
+def test_bad_pipeline_config_is_refused_before_any_frame_is_read(models, bad):
+    reads = []
+
+    class Spy(ArraySource):
+        def read(self):
+            reads.append(True)
+            return super().read()
+
+    with pytest.raises(ValueError):
+        run(load_model(models["fused"], "ort-cpu"), Spy(np.zeros((1, 16, 16, 3), np.uint8)), PipelineConfig(**bad))
+    assert not reads  # refused before the first frame was read

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from jepa_edge.runtime.capture import Capture
-from jepa_edge.runtime.errors import CorruptFrame, SourceOpenError
+from jepa_edge.runtime.capture import Capture, CaptureConfig
+from jepa_edge.runtime.errors import CorruptFrame, SourceDisconnected, SourceOpenError
 from jepa_edge.runtime.pipeline import preprocess
 from jepa_edge.runtime.sources import (
     ArraySource,
     CaptureSource,
     ImageFolderSource,
     SimSource,
+    Source,
     jetson_csi_pipeline,
     open_source,
     source_kind,
@@ -150,3 +153,103 @@ def test_array_source_and_preprocess_resize_with_inter_area():
     assert np.array_equal(preprocess(frames[:1], (48, 48))[0], frames[0])  # right size: untouched
     with pytest.raises(SourceOpenError):
         ArraySource(frames[..., 0]).open()
+
+
+# ---- camera / GStreamer reads with a timeout ------------------------------------------------
+class FakeVideoCapture:
+    """Stands in for cv2.VideoCapture: numbered frames, or a read that blocks until release()."""
+
+    def __init__(self, *args, block_after: int | None = None) -> None:
+        self.n, self.block_after, self.released = 0, block_after, threading.Event()
+        self.reading = threading.Event()
+
+    def isOpened(self) -> bool:  # OpenCV's name
+        return True
+
+    def set(self, *args) -> bool:
+        return True
+
+    def get(self, prop) -> float:
+        return 30.0
+
+    def read(self):
+        if self.block_after is not None and self.n >= self.block_after:
+            self.reading.set()
+            self.released.wait()  # a driver stuck until the device is released
+            return False, None
+        self.n += 1
+        return True, np.full((4, 4, 3), self.n, np.uint8)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def _reader_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"read:{name}" and t.is_alive()]
+
+
+@pytest.mark.parametrize("block_after", [None, 2])
+def test_camera_reads_go_through_a_reader_thread_with_a_timeout(monkeypatch, block_after):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *a: FakeVideoCapture(*a, block_after=block_after))
+    cam = CaptureSource("0", "camera", timeout_ms=200)
+    cam.open()
+    assert len(_reader_threads("0")) == 1
+    assert [int(cam.read()[0, 0, 0]) for _ in range(2)] == [1, 2]  # same frames as a direct read, in order
+    if block_after is not None:
+        t0 = time.perf_counter()
+        with pytest.raises(SourceDisconnected, match="no frame within 0.2 s"):
+            cam.read()
+        assert time.perf_counter() - t0 < 2.0
+        assert not _reader_threads("0")  # the blocked read was released and its thread joined
+        with pytest.raises(SourceDisconnected, match="not open"):
+            cam.read()
+    cam.close()
+    assert not _reader_threads("0")
+
+
+def test_files_are_read_directly_without_a_reader_thread(tmp_path):
+    src = open_source(str(write_video(tmp_path / "v.avi", sim_frames(3))))
+    assert src._reader is None and len(read_all(src)) == 3
+
+
+class BlockingSource(Source):
+    """A live source whose read blocks (a hung driver) until close() is called."""
+
+    name, live = "stuck", True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed, self.reading = threading.Event(), threading.Event()
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        self.reading.set()
+        self.closed.wait()
+        raise SourceDisconnected("closed")
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_capture_close_never_leaves_a_thread_blocked_in_read():
+    src = BlockingSource()
+    cap = Capture(src, CaptureConfig(join_timeout_s=0.2, max_retries=0)).start()
+    assert src.reading.wait(5)
+    t0 = time.perf_counter()
+    cap.close()
+    assert time.perf_counter() - t0 < 2.0
+    assert not cap._thread.is_alive()
+
+
+def test_opencv_warnings_silenced_before_a_camera_opens(monkeypatch):
+    monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)
+    before = cv2.utils.logging.getLogLevel()
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+        with pytest.raises(SourceOpenError, match="cannot open camera source '63'"):
+            open_source("63")
+        assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_ERROR
+    finally:
+        cv2.utils.logging.setLogLevel(before)

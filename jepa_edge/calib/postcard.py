@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.artifacts import MAX_POSTCARD_BYTES, ArtifactError, atomic_write_bytes, read_bytes_capped
 from jepa_edge.calib.fit import LinearMap
 
 POSTCARD_VERSION = 1
@@ -71,6 +71,17 @@ def _read_header(path: Path, data: bytes, error: type[ValueError]) -> dict[str, 
     return header
 
 
+def read_artifact_bytes(path: Path, kind: str, error: type[ValueError]) -> bytes:
+    """The file's bytes after the regular-file (no symlink) and size checks, as ``error``s."""
+    try:
+        return read_bytes_capped(path, f"{kind} file", f"pass a *.{kind}.safetensors file written by jepa-edge",
+                                 MAX_POSTCARD_BYTES)
+    except ArtifactError as exc:
+        raise error(str(exc)) from exc
+    except OSError as exc:  # unreadable (permissions, I/O error)
+        raise error(f"{path}: cannot read the {kind} file ({exc.strerror or exc}); check its permissions") from exc
+
+
 def load_artifact(
     path: str | Path, kind: str, version: int, error: type[ValueError]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -79,9 +90,7 @@ def load_artifact(
     from safetensors.numpy import load
 
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such {kind} file; check the path")
-    data = path.read_bytes()
+    data = read_artifact_bytes(path, kind, error)
     header = _read_header(path, data, error)
     try:
         tensors = load(data)

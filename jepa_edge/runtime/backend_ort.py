@@ -272,9 +272,14 @@ def encoder_only_bytes(path: Path) -> bytes:
     import json
 
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx.utils import Extractor
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError) as exc:  # truncated / not an ONNX file
+        raise RuntimeModelError(f"{path}: not a readable ONNX model ({exc}); re-export it with `jepa-edge export`") \
+            from exc
     props = {p.key: p.value for p in model.metadata_props}
     meta = json.loads(props.get(METADATA_KEY, "{}"))
     sub = Extractor(model).extract_model(["frames"], ["z"])

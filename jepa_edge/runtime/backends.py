@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa_edge.config import from_dict
+from jepa_edge.runtime import backend_trt
 from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers
 from jepa_edge.runtime.backend_trt import TrtConfig, TrtModel
 from jepa_edge.runtime.errors import BackendUnavailableError
@@ -17,12 +18,13 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", *ORT_BACKENDS, "tensorrt")
 
 
-def _config(cls: type, config: Any) -> Any:
+def _config(cls: type, config: Any, backend: str) -> Any:
     if config is None or isinstance(config, cls):
         return config
     if isinstance(config, dict):
         return from_dict(cls, config)
-    raise TypeError(f"config for this backend must be {cls.__name__} or a dict, got {type(config).__name__}")
+    raise ValueError(f"backend {backend!r} takes a {cls.__name__} (or a dict of its settings), got a "
+                     f"{type(config).__name__}; pass config=None for its defaults")
 
 
 def resolve_backend(path: Path, backend: str) -> str:
@@ -60,17 +62,22 @@ def load_model(
             raise ValueError("encoder_only cuts an ONNX graph; a TensorRT engine is fixed at build time "
                              "(its `z` output is still returned, so run the numpy head on that)")
         engine = path.with_suffix(".engine") if path.suffix == ".onnx" else path
-        return TrtModel(engine, _config(TrtConfig, config))
+        backend_trt.import_tensorrt()  # a missing extra is the first thing to fix, before any config mismatch
+        return TrtModel(engine, _config(TrtConfig, config, backend))
     if path.suffix == ".engine":
         raise ValueError(f"{path}: ONNX Runtime backends load the .onnx file, not a TensorRT engine; "
                          "pass the .onnx or use backend='tensorrt'")
-    return OrtModel(path, backend, _config(OrtConfig, config), encoder_only=encoder_only)
+    return OrtModel(path, backend, _config(OrtConfig, config, backend), encoder_only=encoder_only)
 
 
 def available_backends(path: str | Path | None = None) -> list[str]:
-    """Backends that can run here (``tensorrt`` only when it imports and, given ``path``, its engine exists)."""
+    """Backends that can run here (``tensorrt`` only when it imports and, given ``path``, its engine exists).
+
+    A ``.engine`` path runs on TensorRT alone: no ONNX Runtime backend is offered for it.
+    """
     have = set(available_providers())
-    names = [name for name, provider in ORT_BACKENDS.items() if provider in have]
+    is_engine = path is not None and Path(path).suffix == ".engine"
+    names = [] if is_engine else [name for name, provider in ORT_BACKENDS.items() if provider in have]
     try:
         from jepa_edge.runtime.backend_trt import import_cudart, import_tensorrt
 

@@ -44,7 +44,7 @@ class CaptureConfig:
     reconnect_max_s: float = 8.0  # … up to this cap
     max_retries: int = 10  # consecutive failed reopens before SourceLostError; 0 = never reopen
     max_corrupt_in_row: int = 100  # consecutive undecodable frames before giving up on the source
-    join_timeout_s: float = 2.0  # close() waits this long for a read blocked in a driver
+    join_timeout_s: float = 2.0  # close() waits this long for a blocked read, closes the source, waits again
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
@@ -142,6 +142,9 @@ class Capture:
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.config.join_timeout_s)
+            if self._thread.is_alive():  # blocked in source.read(): closing the source is what unblocks it
+                self.source.close()
+                self._thread.join(self.config.join_timeout_s)
             if self._thread.is_alive():
                 log.warning("capture thread for %s still blocked in read(); leaving it as a daemon", self.source.name)
         self.source.close()

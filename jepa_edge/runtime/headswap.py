@@ -3,7 +3,9 @@
 ``HeadWatcher.poll()`` scans the folder once. A set of files is read only
 after it looked identical (names, sizes, mtimes) for ``stable_polls`` polls
 in a row and its newest file is ``min_age_s`` old, so a half-copied file is
-never read. The head is built with the calib loaders and ``build_head``
+never read. Only regular files count: symlinks (which could point anywhere on
+the robot), folders, FIFOs and devices are ignored, and every file is
+size-capped before it is parsed (the calib loaders). The head is built with the calib loaders and ``build_head``
 (fingerprint and shape checks); a bad set is refused (logged, counted, reason
 kept) and the previous head keeps running. ``take()`` hands a new head to the
 pipeline exactly once; ``HeadStage.swap`` installs it between two frames
@@ -13,6 +15,7 @@ pipeline exactly once; ``HeadStage.swap`` installs it between two frames
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -89,6 +92,7 @@ class HeadWatcher:
         self._candidate_polls = 0
         self._handled: Signature | None = None  # last set loaded or refused: not read again until it changes
         self._pending: FusedHead | None = None
+        self._ignored: set[str] = set()  # names of non-regular entries already warned about
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,8 +104,13 @@ class HeadWatcher:
         sig, newest = [], 0.0
         for p in files:
             try:
-                st = p.stat()
+                st = p.lstat()  # the entry itself: a symlink is not followed
             except FileNotFoundError:  # removed between glob and stat: the next scan sees the new set
+                continue
+            if not stat.S_ISREG(st.st_mode):  # symlinks, folders, FIFOs, devices: never read from the inbox
+                if p.name not in self._ignored:
+                    self._ignored.add(p.name)
+                    log.warning("ignoring %s in the head folder: not a regular file (symlink, folder, FIFO…)", p)
                 continue
             sig.append((p.name, st.st_size, st.st_mtime_ns))
             newest = max(newest, st.st_mtime_ns / 1e9)

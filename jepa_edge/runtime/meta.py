@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from jepa_edge.artifacts import MAX_METADATA_BYTES
 from jepa_edge.runtime.errors import RuntimeModelError
 
 FORMAT = "jepa-edge/onnx"
@@ -74,6 +75,9 @@ def parse_meta(text: str | None, source: str) -> ModelMeta:
         raise RuntimeModelError(
             f"{source}: no metadata_props[{METADATA_KEY!r}]; this is not a `jepa-edge export` model, re-export it"
         )
+    if len(text) > MAX_METADATA_BYTES:  # size cap before parsing: the file may come from anywhere
+        raise RuntimeModelError(f"{source}: metadata_props['jepa_edge'] is {len(text)} characters, over the "
+                                f"{MAX_METADATA_BYTES} limit; re-export the model with `jepa-edge export`")
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:

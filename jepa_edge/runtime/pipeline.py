@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from jepa_edge.runtime.capture import Capture, CaptureConfig
-from jepa_edge.runtime.errors import RuntimeModelError
-from jepa_edge.runtime.headswap import HeadStage, HeadWatcher, Refusal
+from jepa_edge.runtime.errors import RuntimeModelError, SourceError
+from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher, Refusal
 from jepa_edge.runtime.model import Model
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
@@ -54,11 +54,23 @@ class PipelineConfig:
     get_timeout_s: float = 0.25  # a blocked wait for a frame re-checks the stop flag this often
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
+    def validate(self) -> None:
+        """Checked before the source opens, so a bad option never starts a half run."""
+        if self.max_frames < 0:
+            raise ValueError(f"max_frames={self.max_frames}; use 0 (until the source ends) or a positive count")
+        if self.head_mode not in HEAD_MODES:
+            raise ValueError(f"head mode {self.head_mode!r}; choose one of {HEAD_MODES}")
+        if self.video_out and Path(self.video_out).suffix.lower() not in FOURCC:
+            raise ValueError(f"{self.video_out}: annotated video must be one of {sorted(FOURCC)} (by file suffix)")
+        if self.video_fps < 0 or self.annotate_size < 16 or self.get_timeout_s <= 0:
+            raise ValueError("PipelineConfig: need video_fps >= 0, annotate_size >= 16 and get_timeout_s > 0")
+        self.capture.validate()
+
 
 @dataclass
 class RunSummary:
     frames: int
-    reason: str  # "end_of_stream" | "max_frames" | "stopped" | "interrupted"
+    reason: str  # "end_of_stream" | "max_frames" | "stopped" | "interrupted" | "source_lost"
     fps: float
     latency_ms: dict[str, dict[str, float]]
     capture: dict[str, Any]
@@ -164,13 +176,21 @@ def run(
     stop: threading.Event | None = None,
     on_frame: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None,
 ) -> RunSummary:
-    """Run the deploy loop; returns a summary. ``on_frame(record, outputs)`` sees every frame."""
+    """Run the deploy loop; returns a summary. ``on_frame(record, outputs)`` sees every frame.
+
+    A source that fails for good mid-run (``SourceLostError`` after the
+    reopen budget, or any other ``SourceError``) is re-raised after the
+    capture is released, with the summary of the frames processed so far
+    attached as ``exc.summary`` (reason ``"source_lost"``).
+    """
     cfg = config or PipelineConfig()
+    cfg.validate()
     stop = stop or threading.Event()
     src = open_source(source) if isinstance(source, str) else source
     stage = HeadStage(model, cfg.head_mode, head, swappable=watcher is not None)
     times, capture, writer = StageTimes(), Capture(src, cfg.capture), None
     rss_start, n, reason, t_start = rss_kb(), 0, "stopped", time.perf_counter()
+    lost: SourceError | None = None
     try:
         capture.start()
         while not stop.is_set():
@@ -210,12 +230,24 @@ def run(
             n += 1
     except KeyboardInterrupt:
         reason = "interrupted"
+    except SourceError as exc:
+        lost = exc
+        reason = "source_lost"
     finally:
         capture.close()
         if writer is not None:
             writer.release()
         if out is not None:
             out.flush()
+    summary = _summary(n, reason, t_start, times, capture, stage, watcher, rss_start)
+    if lost is not None:
+        lost.summary = summary  # type: ignore[attr-defined] - read by the CLI, which still prints it
+        raise lost
+    return summary
+
+
+def _summary(n: int, reason: str, t_start: float, times: StageTimes, capture: Capture, stage: HeadStage,
+             watcher: HeadWatcher | None, rss_start: int | None) -> RunSummary:
     elapsed = time.perf_counter() - t_start
     return RunSummary(
         frames=n,

@@ -17,6 +17,9 @@ spec                         kind
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from jepa_edge.runtime.errors import CorruptFrame, SourceDisconnected, SourceOpe
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
 
@@ -109,8 +113,77 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720
     )
 
 
+def quiet_opencv_logs() -> None:
+    """Silence OpenCV's own ``[ WARN ]`` lines (a camera that does not open prints several to stderr):
+    our error names the problem and the fix. A user's ``OPENCV_LOG_LEVEL`` is respected."""
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # an OpenCV build without the logging module: nothing to silence
+        pass
+
+
+class TimedReader:
+    """``cap.read()`` in one helper thread, so a read blocked in a camera driver or a GStreamer pipeline
+    never blocks the caller longer than ``timeout_s``.
+
+    After a timeout the reader is spent: the caller closes it (releasing the device, which unblocks the
+    driver) and opens a new one; ``close()`` joins the thread with a timeout and never waits forever.
+    """
+
+    def __init__(self, cap: Any, timeout_s: float, name: str) -> None:
+        self._cap, self.timeout_s = cap, float(timeout_s)
+        self._request, self._done, self._closed = threading.Event(), threading.Event(), False
+        self._result: Any = None
+        self._thread = threading.Thread(target=self._loop, name=f"read:{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._request.wait()
+            self._request.clear()
+            if self._closed:
+                return
+            try:
+                self._result = self._cap.read()
+            except cv2.error as exc:  # handed to the caller, which decides (corrupt frame / disconnect)
+                self._result = exc
+            self._done.set()
+
+    def read(self) -> tuple[bool, Any]:
+        """``(ok, image)`` like ``VideoCapture.read``; ``TimeoutError`` when no answer came in time."""
+        self._done.clear()
+        self._request.set()
+        if not self._done.wait(self.timeout_s):
+            raise TimeoutError(f"no frame within {self.timeout_s:g} s")
+        if isinstance(self._result, Exception):
+            raise self._result
+        return self._result
+
+    def close(self, join_s: float = 1.0) -> bool:
+        """Stop the thread; release the device if a read is still blocked in it. True when the thread ended."""
+        self._closed = True
+        self._request.set()
+        self._thread.join(join_s)
+        if self._thread.is_alive():  # blocked inside read(): releasing the device is what unblocks it
+            self._cap.release()
+            self._thread.join(join_s)
+        if self._thread.is_alive():
+            log.warning("%s still blocked in the driver after release(); left as a daemon thread", self._thread.name)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
 class CaptureSource(Source):
-    """Anything ``cv2.VideoCapture`` opens: camera index, file, URL, GStreamer pipeline."""
+    """Anything ``cv2.VideoCapture`` opens: camera index, file, URL, GStreamer pipeline.
+
+    Camera and GStreamer reads go through a ``TimedReader`` (``timeout_ms``): a frame that does not come
+    in time is a ``SourceDisconnected`` (the capture then reopens the source), never a hung thread.
+    """
 
     def __init__(self, spec: str, kind: str, loop: bool = False, timeout_ms: int = 5000,
                  fps: float | None = None, decode_threads: int = 0) -> None:
@@ -120,6 +193,7 @@ class CaptureSource(Source):
         self.fps_override = fps  # a file's nominal rate replaced (e.g. a badly tagged recording)
         self.live = kind in ("camera", "network", "gstreamer")
         self._cap: Any = None
+        self._reader: TimedReader | None = None
         self._index = 0
 
     def _open_args(self) -> tuple[Any, int, list[int]]:
@@ -161,6 +235,7 @@ class CaptureSource(Source):
                     "opencv-python-headless uninstalled from it)"
                 )
         target, api, params = self._open_args()
+        quiet_opencv_logs()  # before opening: a missing camera makes OpenCV print [ WARN ] lines otherwise
         cap = cv2.VideoCapture(target, api, params) if params else cv2.VideoCapture(target, api)
         if not cap.isOpened():
             cap.release()
@@ -172,11 +247,27 @@ class CaptureSource(Source):
         if self.fps_override and not self.live:
             self.fps = float(self.fps_override)
         self._cap, self._index = cap, 0
+        if self.kind in ("camera", "gstreamer"):
+            self._reader = TimedReader(cap, self.timeout_ms / 1e3, self.name)
+
+    def _read_frame(self) -> tuple[bool, Any]:
+        if self._reader is None:
+            return self._cap.read()
+        try:
+            return self._reader.read()
+        except TimeoutError as exc:
+            self.close()  # releases the device and joins the reader (bounded): no thread left blocked
+            raise SourceDisconnected(f"{self.kind} source {self.name!r}: {exc}; {self._hint()}") from exc
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
             raise SourceDisconnected(f"{self.kind} source {self.name!r} is not open")
-        ok, img = self._cap.read()
+        try:
+            ok, img = self._read_frame()
+        except cv2.error as exc:
+            if self.live:
+                raise SourceDisconnected(f"{self.kind} source {self.name!r}: OpenCV error {exc}") from exc
+            raise CorruptFrame(f"{self.name} frame {self._index}: OpenCV error {exc}") from exc
         if not ok:
             if self.live:
                 raise SourceDisconnected(f"{self.kind} source {self.name!r} stopped delivering frames")
@@ -188,6 +279,9 @@ class CaptureSource(Source):
         return as_bgr(img, f"{self.name} frame {self._index - 1}")
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close(join_s=min(1.0, self.timeout_ms / 1e3))
+            self._reader = None
         if self._cap is not None:
             self._cap.release()
             self._cap = None

@@ -1,0 +1,562 @@
+"""The `jepa-edge` command line, in-process (typer's CliRunner) on tiny agents.
+
+One module-scoped world trains two tiny agents (16 px, 4 steps) through the CLI and derives every
+artifact from them (postcard, probes, ONNX, recording). Each command's happy path runs once; the
+bad-input matrix checks that every bad input gives exit code 2 and ONE line naming the file, the
+problem and the fix, with no traceback, nothing written or half-written, and any existing state kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from safetensors.numpy import load_file, save_file
+from typer.testing import CliRunner
+
+from jepa_edge.calib.fingerprint import fingerprint_arrays
+from jepa_edge.cli import app
+
+TINY = {
+    "data": {"img_size": 16, "n_episodes": 24, "episode_len": 12, "eval_episodes": 8},
+    "train": {"steps": 4, "batch_size": 16, "warmup": 2, "eval_every": 4, "ckpt_every": 4, "log_every": 1,
+              "device": "cpu", "threads": 1},
+    "jepa": {"encoder": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                         "latent_dim": 16}},
+}
+MOMENTS = ["--episodes", "8", "--steps", "12"]  # calib / probe: 8 fresh episodes x 12 steps at 16 px
+
+
+def cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+
+
+def error_line(result) -> str:
+    """The single error line of a failed command (asserting there is exactly one, and no traceback)."""
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    assert not isinstance(result.exception, Exception), repr(result.exception)  # SystemExit(2), not a crash
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@dataclass
+class World:
+    root: Path
+    config: Path
+    run_a: Path
+    run_b: Path
+    postcard: Path  # W_BA: agent B → agent A
+    probes: dict[str, Path]  # agent A's probes by task
+    onnx: Path  # agent B + W_BA + A's position probe, fused
+    recording: Path
+    results: dict[str, object] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    w = World(root, config, root / "runs/agentA", root / "runs/agentB", root / "W_BA.postcard.safetensors",
+              {t: root / f"probes/agentA.{t}.probe.safetensors" for t in ("position", "danger")},
+              root / "agentB.onnx", root / "rec")
+    w.results["train"] = cli("train", "--out", w.run_a, "--config", config, "--no-progress")
+    w.results["train_b"] = cli("train", "--out", w.run_b, "--view", "oblique", "--seed", 1, "--config", config,
+                               "--no-progress")
+    w.results["calib"] = cli("calib", "--source", w.run_b, "--target", w.run_a, "--out", w.postcard,
+                             "--anchors", 40, *MOMENTS)
+    w.results["probe"] = cli("probe", w.run_a, "--out", root / "probes", *MOMENTS)
+    w.results["export"] = cli("export", w.run_b, "--postcard", w.postcard, "--probe", w.probes["position"],
+                              "--out", w.onnx)
+    w.results["record"] = cli("world", "record", w.recording, "--episodes", 3, "--steps", 12, "--size", 16)
+    return w
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+def test_train_writes_an_agent_and_prints_the_probe_table(world):
+    for key in ("train", "train_b"):
+        assert_ok(world.results[key])
+    assert "held-out state probe" in world.results["train"].stdout
+    meta = json.loads((world.run_a / "meta.json").read_text())
+    assert meta["step"] == 4 and meta["name"] == "agentA" and meta["encoder"]["img_size"] == 16
+
+
+def test_world_record_and_info(world):
+    assert_ok(world.results["record"])
+    info = cli("world", "info", world.recording)
+    assert_ok(info)
+    assert "3 episode(s) x 12 steps" in info.stdout and "states yes" in info.stdout
+
+
+def test_calib_writes_a_postcard_and_the_controls(world):
+    res = world.results["calib"]
+    assert_ok(res)
+    assert world.postcard.is_file()
+    for word in ("trained", "untrained", "shuffled anchors", "retrieval chance"):
+        assert word in res.stdout
+
+
+def test_probe_and_transfer(world):
+    assert_ok(world.results["probe"])
+    assert all(p.is_file() for p in world.probes.values())
+    res = cli("probe", world.run_b, "--transfer", world.postcard, "--probe", world.probes["position"], *MOMENTS)
+    assert_ok(res)
+    assert "zero-shot transfer" in res.stdout and "position" in res.stdout
+
+
+def test_export_fuses_postcard_and_probe(world):
+    assert_ok(world.results["export"])
+    meta = json.loads({p.key: p.value for p in onnx.load(str(world.onnx)).metadata_props}["jepa_edge"])
+    assert meta["mode"] == "fused" and meta["head"]["outputs"][-1]["name"] == "position"
+
+
+def test_run_writes_one_json_line_per_frame_and_a_summary(world, tmp_path):
+    out = tmp_path / "frames.jsonl"
+    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 3, "--jsonl", out,
+              "--backend", "ort-cpu")
+    assert_ok(res)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2]
+    assert len(records[0]["outputs"]["position"]) == 6
+    assert '"reason": "max_frames"' in res.stderr
+
+
+def test_run_applies_a_postcard_and_probes_in_numpy(world, tmp_path):
+    bare = tmp_path / "bare.onnx"
+    assert_ok(cli("export", world.run_b, "--mode", "bare", "--out", bare))
+    out = tmp_path / "frames.jsonl"
+    res = cli("run", bare, "--source", "sim:oblique?size=16", "--max-frames", 2, "--jsonl", out,
+              "--postcard", world.postcard, "--probe", world.probes["danger"])
+    assert_ok(res)
+    first = json.loads(out.read_text().splitlines()[0])
+    assert set(first["outputs"]) == {"z_mapped", "danger"}
+
+
+def test_bench_writes_the_json_report(world, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", world.onnx, "--source", "sim:oblique?size=16", "--frames", 4, "--warmup", 1, "--batch", 1,
+              "--backend", "ort-cpu", "--out", out)
+    assert_ok(res)
+    report = json.loads(out.read_text())
+    assert {(r["head_mode"], r["status"]) for r in report["results"]} == {("fused", "ok"), ("unfused", "ok")}
+
+
+def test_reproduce_writes_the_report(world, tmp_path):
+    res = cli("reproduce", "--out", tmp_path / "demo", "--config", world.config, "--steps", 2, "--no-other-world",
+              "--no-progress")
+    assert_ok(res)
+    assert (tmp_path / "demo/report.md").is_file() and (tmp_path / "demo/results.json").is_file()
+
+
+def test_train_on_a_recording_says_why_no_held_out_probe(world, tmp_path):
+    res = cli("train", "--out", tmp_path / "rec_run", "--recording", world.recording, "--config", world.config,
+              "--no-progress")
+    assert_ok(res)
+    note = [line for line in res.stdout.splitlines() if line.startswith("no held-out state probe")]
+    assert len(note) == 1 and "jepa-edge probe" in note[0]
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("meta.json", "encoder.safetensors"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def _truncate(src: Path, dst: Path, keep: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def _garbage(dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(b"\x00garbage, not what the name says" * 4)
+    return dst
+
+
+def _json(dst: Path, obj: object) -> Path:
+    dst.write_text(json.dumps(obj))
+    return dst
+
+
+def _nan_run(w: World, tmp: Path) -> Path:
+    """A run whose encoder holds NaN, with a matching fingerprint (so the NaN check itself must catch it)."""
+    run = _copy_run(w.run_b, tmp / "nan_run")
+    arrays = load_file(str(run / "encoder.safetensors"))
+    first = min(arrays)
+    arrays[first] = np.full_like(arrays[first], np.nan)
+    save_file(arrays, str(run / "encoder.safetensors"))
+    meta = json.loads((run / "meta.json").read_text())
+    meta["fingerprint"] = fingerprint_arrays(arrays)
+    _json(run / "meta.json", meta)
+    return run
+
+
+def _postcard_with(w: World, tmp: Path, change: Callable[[dict], None], name: str) -> Path:
+    """A copy of W_BA with its tensors changed (e.g. a wrong shape or NaN), metadata kept."""
+    from safetensors import safe_open
+
+    with safe_open(str(w.postcard), "np") as f:
+        meta = f.metadata()
+    arrays = load_file(str(w.postcard))
+    change(arrays)
+    out = tmp / f"{name}.postcard.safetensors"
+    save_file(arrays, str(out), metadata=meta)
+    return out
+
+
+def _wrong_hw_onnx(w: World, tmp: Path) -> Path:
+    """agent B's ONNX with metadata claiming 24x24 input while the graph takes 16x16."""
+    model = onnx.load(str(w.onnx))
+    for p in model.metadata_props:
+        if p.key == "jepa_edge":
+            meta = json.loads(p.value)
+            meta["input"].update(height=24, width=24)
+            p.value = json.dumps(meta)
+    out = tmp / "wrong_hw.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def _engine(w: World, tmp: Path) -> Path:
+    engine = tmp / "model.engine"
+    engine.write_bytes(b"plan")
+    _json(tmp / "model.engine.json", {"precision": "fp16", "onnx": {"path": "model.onnx", "sha256": "0" * 64}})
+    return engine
+
+
+@dataclass
+class Case:
+    """A bad input: ``build(world, tmp)`` → (argv, substrings the error line must hold, paths that must not exist)."""
+
+    build: Callable[[World, Path], tuple[list, list[str], list[Path]]]
+    keep: Callable[[World], list[Path]] = lambda w: []  # files that must be byte-identical afterwards
+    xfail: str = ""
+
+
+CASES: dict[str, Case] = {
+    # ---- train / config files
+    "train config steps='abc'": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"steps": "abc"}})],
+        ["c.json", "train.steps must be int", "str 'abc'"], [t / "o"])),
+    "train config is a JSON list": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _json(t / "c.json", [1, 2])],
+        ["c.json", "must be a JSON object", "got list"], [t / "o"])),
+    "train config unknown key": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"stepz": 3}})],
+        ["c.json", "unknown key", "train.stepz"], [t / "o"])),
+    "train config bool for int": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"data": {"img_size": True}})],
+        ["c.json", "data.img_size must be int"], [t / "o"])),
+    "train config section not an object": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"data": [16]})],
+        ["c.json", "data must be an object"], [t / "o"])),
+    "train config truncated JSON": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", _truncate(w.config, t / "c.json")],
+        ["c.json", "not valid JSON"], [t / "o"])),
+    "train config missing": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", t / "nope.json"], ["nope.json", "no such"], [t / "o"])),
+    "train diverging loss": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", w.config, "--lr", "1e30", "--no-progress"],
+        ["nan", "lr"], [t / "o" / "encoder.safetensors"])),
+    "train into an existing run": Case(lambda w, t: (
+        ["train", "--out", w.run_a, "--config", w.config, "--no-progress"], [str(w.run_a), "--resume"], []),
+        keep=lambda w: [w.run_a / "encoder.safetensors", w.run_a / "meta.json", w.run_a / "train_state.json"]),
+    "train --resume with nothing to resume": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", w.config, "--resume", "--no-progress"], ["nothing to resume"],
+        [t / "o"])),
+    "train unknown view": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", w.config, "--view", "bogus"], ["bogus", "choose one of"],
+        [t / "o"])),
+    "train missing recording": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", w.config, "--recording", t / "norec"], ["norec"], [t / "o"])),
+    "train missing teacher": Case(lambda w, t: (
+        ["train", "--out", t / "o", "--config", w.config, "--teacher", t / "noteacher", "--no-progress"],
+        ["noteacher"], [t / "o" / "encoder.safetensors"])),
+    # ---- world record / info
+    "record over an existing recording": Case(lambda w, t: (
+        ["world", "record", w.recording, "--episodes", 2, "--steps", 8, "--size", 16], [str(w.recording), "overwrite"],
+        []), keep=lambda w: [w.recording / "recording.json", w.recording / "states.npz"]),
+    "record odd size": Case(lambda w, t: (
+        ["world", "record", t / "r", "--size", 15, "--episodes", 2, "--steps", 8], ["size", "15"], [t / "r"])),
+    "record unknown view": Case(lambda w, t: (
+        ["world", "record", t / "r", "--view", "bogus", "--episodes", 2, "--steps", 8], ["bogus"], [t / "r"])),
+    "info missing folder": Case(lambda w, t: (["world", "info", t / "nofolder"], ["nofolder", "does not exist"], [])),
+    "info corrupt recording.json": Case(lambda w, t: (
+        ["world", "info", _corrupt_recording(w, t, "recording.json")], ["recording.json", "not valid JSON"], [])),
+    "info truncated video": Case(lambda w, t: (
+        ["world", "info", _corrupt_recording(w, t, "oblique.avi")], ["oblique.avi"], [])),
+    "info corrupt states.npz": Case(lambda w, t: (
+        ["world", "info", _corrupt_recording(w, t, "states.npz")], ["states.npz"], [])),
+    # ---- calib
+    "calib missing run dir": Case(lambda w, t: (
+        ["calib", "--source", t / "norun", "--target", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
+        ["norun", "jepa-edge train"], [t / "W.postcard.safetensors"])),
+    "calib corrupt meta.json": Case(lambda w, t: (
+        ["calib", "--source", _broken_run(w, t, "meta.json"), "--target", w.run_a,
+         "--out", t / "W.postcard.safetensors", *MOMENTS], ["meta.json", "not valid JSON"],
+        [t / "W.postcard.safetensors"])),
+    "calib truncated checkpoint": Case(lambda w, t: (
+        ["calib", "--source", _broken_run(w, t, "encoder.safetensors"), "--target", w.run_a,
+         "--out", t / "W.postcard.safetensors", *MOMENTS], ["encoder.safetensors"],
+        [t / "W.postcard.safetensors"])),
+    "calib NaN weights": Case(lambda w, t: (
+        ["calib", "--source", _nan_run(w, t), "--target", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
+        ["encoder.safetensors", "NaN"], [t / "W.postcard.safetensors"])),
+    "calib too many anchors": Case(lambda w, t: (
+        ["calib", "--source", w.run_b, "--target", w.run_a, "--out", t / "W.postcard.safetensors", "--anchors",
+         100000, *MOMENTS], ["100000 anchors", "--anchors"], [t / "W.postcard.safetensors"])),
+    "calib unknown estimator": Case(lambda w, t: (
+        ["calib", "--source", w.run_b, "--target", w.run_a, "--out", t / "W.postcard.safetensors", "--estimator",
+         "bogus", "--anchors", 40, *MOMENTS], ["bogus", "lstsq"], [t / "W.postcard.safetensors"])),
+    # ---- probe
+    "probe unknown task": Case(lambda w, t: (
+        ["probe", w.run_a, "--out", t / "p", "--task", "bogus", *MOMENTS], ["bogus", "position"], [t / "p"])),
+    "probe --transfer without --probe": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", w.postcard, *MOMENTS], ["--probe"], [])),
+    "probe garbage postcard": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", _garbage(t / "g.postcard.safetensors"), "--probe", w.probes["position"],
+         *MOMENTS], ["g.postcard.safetensors"], [])),
+    "probe truncated postcard": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", _truncate(w.postcard, t / "t.postcard.safetensors"), "--probe",
+         w.probes["position"], *MOMENTS], ["t.postcard.safetensors", "truncated"], [])),
+    "probe postcard of another agent": Case(lambda w, t: (
+        ["probe", w.run_a, "--transfer", w.postcard, "--probe", w.probes["position"], *MOMENTS],
+        ["W_BA.postcard.safetensors", "fingerprint"], [])),
+    "probe truncated probe file": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", w.postcard, "--probe",
+         _truncate(w.probes["position"], t / "x.probe.safetensors"), *MOMENTS], ["x.probe.safetensors"], [])),
+    "probe missing probe file": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", w.postcard, "--probe", t / "none.probe.safetensors", *MOMENTS],
+        ["none.probe.safetensors", "no such"], [])),
+    "probe file is a symlink": Case(lambda w, t: (
+        ["probe", w.run_b, "--transfer", w.postcard, "--probe", _symlink(w.probes["position"], t / "l.probe.safetensors"),
+         *MOMENTS], ["l.probe.safetensors", "symbolic link"], [])),
+    # ---- export
+    "export old --head option": Case(lambda w, t: (
+        ["export", w.run_b, "--head", w.postcard, "--out", t / "m.onnx"], ["--head", "--postcard"], [t / "m.onnx"])),
+    "export missing run dir": Case(lambda w, t: (
+        ["export", t / "norun", "--postcard", w.postcard, "--out", t / "m.onnx"], ["norun"], [t / "m.onnx"])),
+    "export truncated checkpoint": Case(lambda w, t: (
+        ["export", _broken_run(w, t, "encoder.safetensors"), "--postcard", w.postcard, "--out", t / "m.onnx"],
+        ["encoder.safetensors"], [t / "m.onnx"])),
+    "export NaN weights": Case(lambda w, t: (
+        ["export", _nan_run(w, t), "--postcard", w.postcard, "--out", t / "m.onnx"], ["NaN"], [t / "m.onnx"])),
+    "export garbage postcard": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", _garbage(t / "g.postcard.safetensors"), "--out", t / "m.onnx"],
+        ["g.postcard.safetensors"], [t / "m.onnx"])),
+    "export postcard with wrong dims": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", _postcard_with(w, t, lambda a: a.update(W=a["W"][:3, :3]), "dims"),
+         "--out", t / "m.onnx"], ["dims.postcard.safetensors", "shape"], [t / "m.onnx"])),
+    "export postcard with NaN": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", _postcard_with(w, t, lambda a: a["bias"].fill(np.nan), "nan"),
+         "--out", t / "m.onnx"], ["nan.postcard.safetensors", "NaN"], [t / "m.onnx"])),
+    "export postcard of another agent": Case(lambda w, t: (
+        ["export", w.run_a, "--postcard", w.postcard, "--out", t / "m.onnx"], ["fingerprint"], [t / "m.onnx"])),
+    "export unknown mode": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", w.postcard, "--mode", "bogus", "--out", t / "m.onnx"], ["bogus"],
+        [t / "m.onnx"])),
+    "export over an existing model, bad probe": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", w.postcard, "--probe", _garbage(t / "g.probe.safetensors"), "--out", w.onnx],
+        ["g.probe.safetensors"], []), keep=lambda w: [w.onnx]),
+    "export --trt without TensorRT": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", w.postcard, "--out", t / "m.onnx", "--trt"], ["TensorRT", "jepa-edge[trt]"],
+        [t / "m.onnx"])),
+    # ---- run
+    "run model.engine default backend": Case(lambda w, t: (
+        ["run", _engine(w, t), "--max-frames", 1, "--jsonl", t / "o.jsonl"], ["TensorRT", "jepa-edge[trt]"],
+        [t / "o.jsonl"])),
+    "run missing model": Case(lambda w, t: (
+        ["run", t / "none.onnx", "--jsonl", t / "o.jsonl"], ["none.onnx", "jepa-edge export"], [t / "o.jsonl"])),
+    "run garbage ONNX": Case(lambda w, t: (
+        ["run", _garbage(t / "g.onnx"), "--jsonl", t / "o.jsonl"], ["g.onnx"], [t / "o.jsonl"])),
+    "run truncated ONNX": Case(lambda w, t: (
+        ["run", _truncate(w.onnx, t / "t.onnx"), "--jsonl", t / "o.jsonl"], ["t.onnx"], [t / "o.jsonl"])),
+    "run ONNX H×W disagrees with metadata": Case(lambda w, t: (
+        ["run", _wrong_hw_onnx(w, t), "--source", "sim:oblique?size=16", "--max-frames", 1, "--jsonl", t / "o.jsonl"],
+        ["wrong_hw.onnx", "re-export"], [t / "o.jsonl"])),
+    "run missing source file": Case(lambda w, t: (
+        ["run", w.onnx, "--source", t / "none.mp4", "--jsonl", t / "o.jsonl"], ["none.mp4", "no such"],
+        [t / "o.jsonl"])),
+    "run unreadable source (not a video)": Case(lambda w, t: (
+        ["run", w.onnx, "--source", _garbage(t / "g.mp4"), "--jsonl", t / "o.jsonl"], ["g.mp4", "ffprobe"],
+        [t / "o.jsonl"])),
+    "run unknown sim view": Case(lambda w, t: (
+        ["run", w.onnx, "--source", "sim:nope", "--jsonl", t / "o.jsonl"], ["nope"], [t / "o.jsonl"])),
+    "run bad sim setting": Case(lambda w, t: (
+        ["run", w.onnx, "--source", "sim:top?size=abc", "--jsonl", t / "o.jsonl"], ["size=abc"], [t / "o.jsonl"])),
+    "run old --head option": Case(lambda w, t: (
+        ["run", w.onnx, "--head", w.postcard, "--jsonl", t / "o.jsonl"], ["--postcard"], [t / "o.jsonl"])),
+    "run truncated postcard": Case(lambda w, t: (
+        ["run", w.onnx, "--postcard", _truncate(w.postcard, t / "t.postcard.safetensors"), "--jsonl", t / "o.jsonl"],
+        ["t.postcard.safetensors"], [t / "o.jsonl"])),
+    "run missing watch folder": Case(lambda w, t: (
+        ["run", w.onnx, "--watch", t / "inbox", "--jsonl", t / "o.jsonl"], ["inbox"], [t / "o.jsonl"])),
+    "run bad video suffix": Case(lambda w, t: (
+        ["run", w.onnx, "--video-out", t / "v.gif", "--jsonl", t / "o.jsonl"], ["v.gif", ".avi"],
+        [t / "o.jsonl", t / "v.gif"])),
+    "run unknown backend": Case(lambda w, t: (
+        ["run", w.onnx, "--backend", "onnx", "--jsonl", t / "o.jsonl"], ["onnx", "ort-cpu"], [t / "o.jsonl"])),
+    # ---- bench
+    "bench model.engine without --backend": Case(lambda w, t: (
+        ["bench", _engine(w, t), "--out", t / "b.json"], ["TensorRT", "jepa-edge[trt]"], [t / "b.json"])),
+    "bench model.engine on ort-cpu": Case(lambda w, t: (
+        ["bench", _engine(w, t), "--backend", "ort-cpu", "--out", t / "b.json"], ["model.engine", "tensorrt"],
+        [t / "b.json"])),
+    "bench garbage ONNX": Case(lambda w, t: (
+        ["bench", _garbage(t / "g.onnx"), "--backend", "ort-cpu", "--out", t / "b.json"],
+        ["nothing could be benchmarked", "g.onnx"], [t / "b.json"])),
+    "bench unknown head mode": Case(lambda w, t: (
+        ["bench", w.onnx, "--head-mode", "bogus", "--out", t / "b.json"], ["bogus"], [t / "b.json"])),
+    "bench missing source": Case(lambda w, t: (
+        ["bench", w.onnx, "--backend", "ort-cpu", "--source", t / "none.avi", "--out", t / "b.json"], ["none.avi"],
+        [t / "b.json"])),
+    # ---- reproduce
+    "reproduce config is a JSON list": Case(lambda w, t: (
+        ["reproduce", "--out", t / "demo", "--config", _json(t / "c.json", [])], ["c.json", "JSON object"],
+        [t / "demo"])),
+    "reproduce --student config wrong type": Case(lambda w, t: (
+        ["reproduce", "--student", "--out", t / "demo", "--config", _json(t / "c.json", {"train": {"lr": "fast"}})],
+        ["c.json", "train.lr must be float"], [t / "demo"])),
+}
+
+
+def _corrupt_recording(w: World, tmp: Path, name: str) -> Path:
+    rec = tmp / "rec"
+    rec.mkdir()
+    for f in w.recording.iterdir():
+        (rec / f.name).write_bytes(f.read_bytes())
+    if name == "recording.json":
+        (rec / name).write_text('{"format": ')
+    else:
+        _truncate(w.recording / name, rec / name, 0.3)
+    return rec
+
+
+def _broken_run(w: World, tmp: Path, name: str) -> Path:
+    run = _copy_run(w.run_b, tmp / "broken_run")
+    _truncate(w.run_b / name, run / name, 0.5)
+    return run
+
+
+def _symlink(target: Path, link: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def _snapshot(paths: list[Path]) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_clear_line(world, tmp_path, name, request):
+    case = CASES[name]
+    if case.xfail:
+        request.applymarker(pytest.mark.xfail(reason=case.xfail, strict=False))
+    argv, needles, absent = case.build(world, tmp_path)
+    kept = _snapshot(case.keep(world))
+    line = error_line(cli(*argv))
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    for path in absent:
+        assert not path.exists(), f"{path} was written"
+    assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+    assert _snapshot(list(kept)) == kept, "existing state changed"
+
+
+def test_engine_sidecar_problems_are_one_line(world, tmp_path, monkeypatch):
+    """With an emulated TensorRT (tests/test_runtime_trt_emulated.py): missing / corrupt sidecar, stale ONNX."""
+    from test_runtime_trt_emulated import FakeCudart, FakeTrt
+
+    from jepa_edge.runtime import backend_trt
+
+    monkeypatch.setattr(backend_trt, "import_tensorrt", lambda: FakeTrt)
+    monkeypatch.setattr(backend_trt, "import_cudart", lambda: FakeCudart())
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"{}")
+    assert "sidecar model.engine.json is missing" in error_line(cli("run", engine))
+    side = tmp_path / "model.engine.json"
+    side.write_text('{"onnx": ')
+    assert "model.engine.json" in error_line(cli("run", engine))
+    (tmp_path / "model.onnx").write_bytes(world.onnx.read_bytes())
+    _json(side, {"onnx": {"path": "model.onnx", "sha256": "0" * 64}})
+    assert "stale" in error_line(cli("bench", engine, "--out", tmp_path / "b.json"))
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_live_source_lost_mid_run_still_prints_the_summary(world, tmp_path, monkeypatch):
+    import functools
+
+    from jepa_edge import runtime
+    from jepa_edge.runtime import CaptureConfig
+    from jepa_edge.runtime.errors import SourceDisconnected, SourceOpenError
+    from jepa_edge.runtime.sources import Source
+
+    class FlakyCamera(Source):
+        """A live camera that delivers 3 frames, then drops out and cannot be reopened."""
+
+        name, live, fps = "cam0", True, 30.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n, self.opened = 0, 0
+
+        def open(self) -> None:
+            self.opened += 1
+            if self.opened > 1:
+                raise SourceOpenError("cam0: no such device")
+
+        def read(self):
+            self.n += 1
+            if self.n > 3:
+                raise SourceDisconnected("cam0 stopped delivering frames")
+            return np.zeros((16, 16, 3), np.uint8)
+
+    def open_flaky(spec, **kw):
+        src = FlakyCamera()
+        src.open()
+        return src
+
+    monkeypatch.setattr(runtime, "open_source", open_flaky)
+    monkeypatch.setattr(runtime, "CaptureConfig", functools.partial(
+        CaptureConfig, policy="all", max_retries=2, reconnect_initial_s=0.01, reconnect_max_s=0.02))
+    out = tmp_path / "frames.jsonl"
+    res = cli("run", world.onnx, "--source", "0", "--jsonl", out)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "cam0" in lines[-1] and "reopen" in lines[-1]
+    summary = json.loads("\n".join(lines[:-1]))
+    assert summary["reason"] == "source_lost" and summary["frames"] == 3
+    assert len(out.read_text().splitlines()) == 3  # the frames processed before the loss are kept
+
+
+def test_a_missing_camera_prints_no_opencv_warnings(world, tmp_path):
+    """OpenCV's own `[ WARN ]` lines must not leak: only our one line (a real process: OpenCV writes to fd 2)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "jepa_edge.cli", "run", str(world.onnx), "--source", "63"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open camera source '63'"), proc.stderr
