@@ -486,21 +486,27 @@ def test_bad_input_is_one_clear_line(world, tmp_path, name, request):
 
 
 def test_engine_sidecar_problems_are_one_line(world, tmp_path, monkeypatch):
-    """With an emulated TensorRT (tests/test_runtime_trt_emulated.py): missing / corrupt sidecar, stale ONNX."""
-    from test_runtime_trt_emulated import FakeCudart, FakeTrt
+    """With the fake TensorRT (tests/fake_trt.py): missing / corrupt sidecar, tampered engine, stale ONNX."""
+    from fake_trt import install_fakes
 
-    from jepa_edge.runtime import backend_trt
+    from jepa_edge.export import TrtBuildConfig, build_engine
 
-    monkeypatch.setattr(backend_trt, "import_tensorrt", lambda: FakeTrt)
-    monkeypatch.setattr(backend_trt, "import_cudart", lambda: FakeCudart())
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"{}")
+    install_fakes(monkeypatch)
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(world.onnx.read_bytes())
+    built = build_engine(onnx_path, None, TrtBuildConfig(precision="fp32", max_batch=2))
+    engine, side = built.engine_path, built.sidecar_path
+    good_side, good_engine = side.read_bytes(), engine.read_bytes()
+
+    side.unlink()
     assert "sidecar model.engine.json is missing" in error_line(cli("run", engine))
-    side = tmp_path / "model.engine.json"
     side.write_text('{"onnx": ')
     assert "model.engine.json" in error_line(cli("run", engine))
-    (tmp_path / "model.onnx").write_bytes(world.onnx.read_bytes())
-    _json(side, {"onnx": {"path": "model.onnx", "sha256": "0" * 64}})
+    side.write_bytes(good_side)
+    engine.write_bytes(good_engine[:-1] + bytes([good_engine[-1] ^ 1]))  # one flipped bit
+    assert "sha256" in error_line(cli("run", engine))
+    engine.write_bytes(good_engine)
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")  # the ONNX changed after the build
     assert "stale" in error_line(cli("bench", engine, "--out", tmp_path / "b.json"))
     assert not (tmp_path / "b.json").exists()
 
