@@ -369,6 +369,7 @@ class FleetNode:
                     probes=sorted(self.peer_probes))
         self._rebuild({"reason": "attach", "peer_epoch": info["epoch"]})
         if calibrated:
+            self.publish_card()  # peers check a postcard against its sender's card
             self._put("postcard", postcard_bytes(self.postcard))
 
     def _fetch_probes(self, peer: str) -> dict[str, Probe]:
