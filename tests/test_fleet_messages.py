@@ -261,3 +261,39 @@ def test_fuzz_10000_messages_none_bad_applied_all_good_accepted(a, inbox, caplog
     assert sum(inbox.stats.accepted.values()) == accepted_good + 1  # + the fixture's card
     if None not in rss:
         assert rss[1] - rss[0] < 20_000, f"RSS grew {rss[1] - rss[0]} KiB over the second 5,000 messages"
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def test_fleet_is_torch_free_and_zenoh_is_lazy():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["zenoh"] = None  # as if eclipse-zenoh were not installed
+        import jepa_edge.fleet, jepa_edge.fleet.node, jepa_edge.fleet.app
+        from jepa_edge.fleet import TransportConfig, open_session, FleetTransportError
+        try:
+            open_session(TransportConfig())
+        except FleetTransportError as exc:
+            print("ERR", exc)
+        print("HEAVY", sorted(m for m in ("torch", "tensorrt") if m in sys.modules))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "jepa-edge[fleet]" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_transport_config_validation_and_json5():
+    from jepa_edge.fleet.transport import TransportConfig
+
+    cfg = TransportConfig(listen=["tcp/127.0.0.1:7447"], connect=["tcp/127.0.0.1:7448"])
+    j = json.loads(cfg.to_json5())
+    assert j["mode"] == "peer" and j["scouting"]["multicast"]["enabled"] is False
+    assert j["connect"]["retry"]["period_max_ms"] == 300 and j["listen"]["endpoints"] == ["tcp/127.0.0.1:7447"]
+    for bad in (TransportConfig(mode="router"), TransportConfig(mode="client"), TransportConfig(listen=["nope"])):
+        with pytest.raises(ValueError):
+            bad.validate()

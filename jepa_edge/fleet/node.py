@@ -51,7 +51,7 @@ from jepa_edge.fleet.messages import (
     postcard_bytes,
 )
 from jepa_edge.fleet.moments import AnchorWorld, moment_frames
-from jepa_edge.fleet.transport import TransportConfig, open_session
+from jepa_edge.fleet.transport import TransportConfig, import_zenoh, open_session
 from jepa_edge.runtime.headswap import WatcherStats
 from jepa_edge.runtime.model import Model
 
@@ -75,6 +75,7 @@ class FleetConfig:
     peer_timeout_s: float = 1.0  # no card for this long: the peer is reported lost
     query_timeout_s: float = 5.0  # anchor / probe requests
     fps: float = 0.0  # pace the frame loop at this rate (every frame processed); 0 = as fast as the source
+    block_on_congestion: bool = False  # outputs: wait for a congested link (none lost) instead of dropping
     transport: TransportConfig = field(default_factory=TransportConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
     limits: FleetLimits = field(default_factory=FleetLimits)
@@ -168,7 +169,7 @@ class FleetNode:
         self.peer_probes: dict[str, Probe] = {}
         self.postcard: Postcard | None = None
         self.peer_alive = False
-        self._layout_version = -1
+        self._head_version = -1
         self._next_frame_t = 0.0
         self.epoch = 0
         self.card = AgentCard(self.agent, f"jepa-edge {_version()}", meta.input_size, config.world.to_dict(),
@@ -216,7 +217,10 @@ class FleetNode:
         if self.cfg.follow:
             self._decl.append(s.declare_subscriber(key_expr(f, self.cfg.follow, "probe"),
                                                    lambda sample: self._on_sample("probe", sample)))
-        self._outputs_pub = s.declare_publisher(key_expr(f, self.name, "outputs"), express=True)
+        zenoh = import_zenoh()
+        congestion = zenoh.CongestionControl.BLOCK if self.cfg.block_on_congestion else zenoh.CongestionControl.DROP
+        self._outputs_pub = s.declare_publisher(key_expr(f, self.name, "outputs"), express=True,
+                                                congestion_control=congestion)
         self.publish_card()
         for _, data in self.own_probes.values():
             self._put("probe", data)
@@ -247,11 +251,13 @@ class FleetNode:
         return Envelope(self.cfg.fleet, kind, self.name, self.agent["fingerprint"], self.epoch, next(counter),
                         time.time())
 
-    def _put(self, kind: str, payload: bytes) -> None:
+    def _put(self, kind: str, payload: bytes) -> float:
+        """Publish one enveloped message; returns its send time (the envelope's ``t``)."""
         with self._pub_lock:
             env = self._envelope(kind)
             self._session.put(key_expr(self.cfg.fleet, self.name, kind), payload, attachment=env.encode(),
                               express=True)
+        return env.t
 
     def publish_card(self) -> None:
         self._put("card", self.card.encode())
@@ -264,9 +270,7 @@ class FleetNode:
             self._rebuild({"reason": "own probe"})
         else:
             self.slot.put(self._own_head(), {"reason": "own probe", "ready_t": time.time()})
-        t = time.time()
-        self._put("probe", self.own_probes[name][1])
-        return t
+        return self._put("probe", self.own_probes[name][1])
 
     # ---- receiving ----------------------------------------------------------------------------
     def _on_sample(self, kind: str, sample: Any) -> None:
@@ -280,9 +284,8 @@ class FleetNode:
             return
         if kind == "card" and agent == self.cfg.follow:
             self._on_peer_card(got)
-        elif kind == "probe":
-            self.peer_probes[got.value.name] = got.value
-            self._job(("rebuild", {"reason": "probe", "probe": got.value.name, "sent_t": got.envelope.t}))
+        elif kind == "probe":  # installed by the worker thread, which owns peer_probes
+            self._job(("rebuild", {"reason": "probe", "probe": got.value, "sent_t": got.envelope.t}))
         elif kind == "postcard":
             self._event("postcard", peer=agent, name=got.value.name)
 
@@ -315,6 +318,17 @@ class FleetNode:
             with self._pub_lock:
                 env = self._envelope("probe")
             query.reply(key_expr(self.cfg.fleet, self.name, "probe"), data, attachment=env.encode())
+
+    def watch_outputs(self, agent: str, callback: Callable[[Accepted], None]) -> None:
+        """Receive ``agent``'s outputs stream; ``callback`` sees each message that passes the Inbox."""
+        check_name("agent", agent)
+
+        def on_sample(sample: Any) -> None:
+            got = self.inbox.accept("outputs", agent, sample.payload.to_bytes())
+            if got is not None:
+                callback(got)
+
+        self._decl.append(self._session.declare_subscriber(key_expr(self.cfg.fleet, agent, "outputs"), on_sample))
 
     # ---- background threads -------------------------------------------------------------------
     def _job(self, job: tuple[str, dict[str, Any]]) -> None:
@@ -419,6 +433,10 @@ class FleetNode:
         return pc
 
     def _rebuild(self, tag: dict[str, Any]) -> None:
+        probe = tag.get("probe")
+        if isinstance(probe, Probe):
+            self.peer_probes[probe.name] = probe
+            tag = {**tag, "probe": probe.name}
         if self.postcard is None:
             return  # probes arrive before the first calibration: the attach builds the head
         probes = [self.peer_probes[k] for k in sorted(self.peer_probes)] + [p for p, _ in self.own_probes.values()]
@@ -430,11 +448,14 @@ class FleetNode:
     def on_frame(self, record: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
         """Publish this frame's outputs (and a new card first when the head changed); pace the loop."""
         version = int(record["head_version"])
-        if version != self._layout_version:
+        if version != self._head_version:
             head, tag = self.slot.current
-            self.card.layout = _layout(outputs, head, version)
-            self._layout_version = version
-            self.publish_card()
+            self._head_version = version
+            layout = _layout(outputs, head, self.card.layout["version"])
+            if layout != self.card.layout:  # new names/widths/labels: a new layout version, announced first
+                layout["version"] += 1
+                self.card.layout = layout
+                self.publish_card()
             self._event("head_applied", head_version=version, frame=record["frame"], **tag)
         names = [o["name"] for o in self.card.layout["outputs"]]
         values = np.concatenate([np.asarray(outputs[n], np.float32).reshape(-1) for n in names]) if names else \
@@ -442,7 +463,7 @@ class FleetNode:
         with self._pub_lock:
             seq = next(self._seq.setdefault("outputs", itertools.count()))
         msg = Outputs(fp8_of(self.agent["fingerprint"]), self.epoch, seq, int(record["frame"]), float(record["t"]),
-                      version, values)
+                      self.card.layout["version"], values)
         self._outputs_pub.put(msg.encode())
         if self.cfg.fps > 0:
             now = time.perf_counter()

@@ -28,6 +28,7 @@ class TransportConfig:
     multicast_scouting: bool = False  # off: only the endpoints above are used
     retry_init_ms: int = 100  # first wait before re-dialling a peer that is down …
     retry_max_ms: int = 300  # … growing to at most this (bounds how fast a restarted peer is found again)
+    max_message_bytes: int = 64 * 1024 * 1024 + 65536  # Zenoh refuses larger messages before they reach us
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -37,6 +38,8 @@ class TransportConfig:
         for ep in [*self.listen, *self.connect]:
             if not isinstance(ep, str) or "/" not in ep:
                 raise ValueError(f"endpoint {ep!r} must look like 'tcp/127.0.0.1:7447'")
+        if self.max_message_bytes < 65536:
+            raise ValueError("TransportConfig.max_message_bytes must be >= 65536")
         if not 0 < self.retry_init_ms <= self.retry_max_ms:
             raise ValueError("TransportConfig: need 0 < retry_init_ms <= retry_max_ms")
 
@@ -48,6 +51,7 @@ class TransportConfig:
             "listen": {"endpoints": list(self.listen)},
             "connect": {"endpoints": list(self.connect), "exit_on_failure": False, "timeout_ms": -1, "retry": retry},
             "scouting": {"multicast": {"enabled": self.multicast_scouting}},
+            "transport": {"link": {"rx": {"max_message_size": self.max_message_bytes}}},
         })
 
 
