@@ -456,5 +456,30 @@ def fleet(
     console.print_json(json.dumps(summary, default=str))
 
 
+@app.command("calib-graph")
+@user_errors
+def calib_graph(
+    models: Annotated[list[Path], typer.Argument(help="Exported models of >= 2 agents (one per view).")],
+    out: Annotated[Path, typer.Option(help="Folder for graph.json, graph.md, graph.png.")],
+    fit_moments: Annotated[int, typer.Option(help="Anchor moments that fit every W and probe.")] = 256,
+    eval_moments: Annotated[int, typer.Option(help="Held-out moments that score them.")] = 256,
+    seed: Annotated[int, typer.Option(help="World seed of the anchor moments.")] = 777,
+    estimator: Annotated[str, typer.Option(help="lstsq | ridge | procrustes | orth_lstsq")] = "ridge",
+    max_hops: Annotated[int, typer.Option(help="Longest composed path scored.")] = 2,
+    backend: Annotated[str, typer.Option(help="Runtime backend that encodes the moments.")] = "ort-cpu",
+) -> None:
+    """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
+    from jepa_edge.calib.fit import FitConfig
+    from jepa_edge.calib.graph import GraphConfig
+    from jepa_edge.fleet.graph import graph_from_models
+    from jepa_edge.fleet.moments import AnchorWorld
+
+    world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)
+    res = graph_from_models(models, out, world, fit_moments, eval_moments,
+                            GraphConfig(fit=FitConfig(estimator=estimator), max_hops=max_hops), backend)
+    console.print_json(json.dumps(res["summary"]))
+    Console().print(f"wrote {out / 'graph.md'}, graph.json, graph.png")
+
+
 if __name__ == "__main__":
     app()

@@ -117,43 +117,50 @@ def test_two_nodes_calibrate_live_swap_without_dropping_a_frame(agents):
     stopA, stopB = threading.Event(), threading.Event()
     records: list[tuple[dict, dict]] = []
     framesB = sim_frames("oblique", 600)
+    sent: dict[str, float] = {}
+
+    def applied_b() -> list[dict]:
+        return [e for e in list(events) if e["event"] == "head_applied" and e["agent"] == "agentB"]
 
     def on_frame_b(record, outputs):
         records.append((record, {k: np.array(v) for k, v in outputs.items()}))
-        applied = [e for e in events if e["event"] == "head_applied" and e["agent"] == "agentB"]
-        if len(applied) >= 3 or len(records) >= 590:  # initial, calibrated, updated probe
-            stopB.set()
+        if len(records) >= 590 or ("t" in sent and any(e.get("sent_t") == sent["t"] for e in applied_b())):
+            stopB.set()  # the republished probe is in: done
 
+    ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                          kwargs={"stop": stopA}, daemon=True)
     with nodeA, nodeB:
-        ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
-                              kwargs={"stop": stopA}, daemon=True)
-        ta.start()
-        tb = threading.Thread(target=nodeB.run, args=(ArraySource(framesB),),
-                              kwargs={"stop": stopB, "on_frame": on_frame_b, "pipeline": PipelineConfig()},
-                              daemon=True)
-        tb.start()
-        deadline = time.time() + 20
-        while time.time() < deadline and not any(e["event"] == "head_applied" and e.get("reason") == "attach"
-                                                 for e in events):
-            time.sleep(0.05)
-        sent_t = nodeA.publish_probe(agents["probe_path"])  # same probe again: B rebuilds and swaps once more
-        tb.join(20)
-        stopA.set()
-        ta.join(5)
+        try:
+            ta.start()
+            tb = threading.Thread(target=nodeB.run, args=(ArraySource(framesB),),
+                                  kwargs={"stop": stopB, "on_frame": on_frame_b, "pipeline": PipelineConfig()},
+                                  daemon=True)
+            tb.start()
+            deadline = time.time() + 20
+            while time.time() < deadline and not any(e["head_version"] >= 1 for e in applied_b()):
+                time.sleep(0.05)
+            sent["t"] = nodeA.publish_probe(agents["probe_path"])  # the same probe again: B rebuilds, swaps again
+            tb.join(20)
+        finally:  # the loops end even when an assertion above fails
+            stopA.set()
+            stopB.set()
+            if ta.is_alive():
+                ta.join(5)
+
     kinds = [e["event"] for e in events if e["agent"] == "agentB"]
     assert "calibrated" in kinds and "attached" in kinds, kinds
     frames = [r["frame"] for r, _ in records]
     assert frames == list(range(len(frames))) and records[-1][0]["dropped"] == 0  # every frame, in order
     versions = [r["head_version"] for r, _ in records]
-    swap = versions.index(max(versions) - 1) if max(versions) > 1 else None
-    assert swap is not None and "position" in records[swap][1]
+    swap = next(i for i, v in enumerate(versions) if v >= 1)  # first frame on a calibrated head
+    assert swap > 0 and "position" in records[swap][1] and "position" not in records[swap - 1][1]
     moved, mB = offline_transfer(agents, "agentB", range(48))
     zB = np.concatenate([mB.infer(framesB[i : i + 1])["z"] for i in range(swap, len(records))])
     live = np.concatenate([o["position"] for _, o in records[swap:]])
     assert_transfer_close(live, moved, zB)
-    late = [e for e in events if e["event"] == "head_applied" and e.get("reason") == "probe"]
-    assert late and late[0]["t"] - sent_t < 2.0  # publish → applied, loose bound on a loaded machine
-    assert sum(nodeB.inbox.stats.refused.values()) == 0 and sum(nodeA.inbox.stats.refused.values()) == 0
+    late = [e for e in applied_b() if e.get("sent_t") == sent["t"]]
+    assert late and 0 < late[0]["t"] - sent["t"] < 2.0  # publish → applied, loose bound on a loaded machine
+    assert sum(nodeB.inbox.stats.refused.values()) == 0, nodeB.inbox.stats.to_dict()
 
 
 # ---------------------------------------------------------------- three processes
@@ -216,10 +223,15 @@ def wait_for(what: str, cond, timeout: float, robots) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
 
-def check_zero_shot(agents, robot: Robot, version: int) -> int:
-    """The robot's position outputs under head `version` equal the offline transfer on its own frames."""
-    recs = [r for r in robot.records() if r["head_version"] == version]
-    assert recs, f"{robot.name} wrote no frame with head v{version}"
+def calibrated_records(robot: Robot) -> list[dict]:
+    """Frames run on a head built from A's probe and the live W (head v1 and later: one W, one probe)."""
+    return [r for r in robot.records() if r["head_version"] >= 1]
+
+
+def check_zero_shot(agents, robot: Robot) -> int:
+    """The robot's position outputs on calibrated heads equal the offline transfer on its own frames."""
+    recs = calibrated_records(robot)
+    assert recs, f"{robot.name} wrote no frame with a calibrated head"
     moved, m = offline_transfer(agents, robot.name, range(48))
     frames = sim_frames(robot.view, recs[-1]["frame"] + 1)
     z = np.concatenate([m.infer(frames[r["frame"] : r["frame"] + 1])["z"] for r in recs])
@@ -240,10 +252,10 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
         wait_for("B and C to apply A's probes through a live W",
                  lambda: all(any(e["head_version"] >= 1 for e in r.event_list("head_applied")) for r in (b, c)),
                  45, robots)
-        time.sleep(1.0)  # about 30 frames on the calibrated head
+        wait_for("10 frames on the calibrated heads", lambda: all(len(calibrated_records(r)) >= 10 for r in (b, c)),
+                 20, robots)
         for r in (b, c):
-            applied = next(e for e in r.event_list("head_applied") if e["head_version"] >= 1)
-            assert r.event_list("calibrated") and check_zero_shot(agents, r, applied["head_version"]) >= 10
+            assert r.event_list("calibrated") and check_zero_shot(agents, r) >= 10
 
         # kill A mid-stream: B and C keep running on their current head, then re-attach to the restarted A
         a.kill()
@@ -265,8 +277,7 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
         for r in (b, c):  # every frame processed, none dropped, through the swap, the loss and the re-attach
             recs = r.records()
             assert [x["frame"] for x in recs] == list(range(len(recs))) and recs[-1]["dropped"] == 0
-            latest = max(x["head_version"] for x in recs)
-            check_zero_shot(agents, r, latest)
+            check_zero_shot(agents, r)
     finally:
         for r in robots:
             r.kill(signal.SIGTERM)
