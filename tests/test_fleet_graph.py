@@ -65,3 +65,18 @@ def test_graph_from_four_exported_models_writes_report_and_plot(tmp_path):
     saved = json.loads((tmp_path / "graph" / "graph.json").read_text())
     assert saved["summary"] == res["summary"] and (tmp_path / "graph" / "graph.png").stat().st_size > 1000
     assert "Alignment graph: 4 agents" in (tmp_path / "graph" / "graph.md").read_text()
+
+
+def test_calib_graph_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+
+    paths = [make_model(tmp_path / f"{v}.onnx", make_encoder(16, 16, 8, seed=30 + i, name=f"agent_{v}", view=v),
+                        "head_inputs") for i, v in enumerate(("top", "oblique"))]
+    res = CliRunner().invoke(app, ["calib-graph", *map(str, paths), "--out", str(tmp_path / "g"),
+                                   "--fit-moments", "64", "--eval-moments", "64"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "g" / "graph.json").read_text())["summary"]["pairs"] == 2
+    res = CliRunner().invoke(app, ["calib-graph", str(paths[0]), str(paths[0]), "--out", str(tmp_path / "h")])
+    assert res.exit_code == 2 and "each agent once" in res.output
