@@ -281,3 +281,28 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
     finally:
         for r in robots:
             r.kill(signal.SIGTERM)
+
+
+def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
+    pA, pB = free_ports(2)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    other = FleetConfig(fleet="t", world=AnchorWorld(seed=5, steps=64, pool=128), n_anchors=48, fps=60,
+                        transport=TransportConfig(listen=[f"tcp/127.0.0.1:{pA}"], connect=[f"tcp/127.0.0.1:{pB}"]))
+    nodeA = FleetNode(modelA, other, [agents["probe_path"]], events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA", fps=60), events=events.append)
+    records: list[dict] = []
+    stopA = threading.Event()
+    ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                          kwargs={"stop": stopA}, daemon=True)
+    with nodeA, nodeB:
+        try:
+            ta.start()
+            nodeB.run(ArraySource(sim_frames("oblique", 240)), on_frame=lambda r, _: records.append(r))
+        finally:
+            stopA.set()
+            ta.join(5)
+    failed = [e for e in events if e["event"] == "attach_failed"]
+    assert failed and "anchor world" in failed[0]["error"]
+    assert len(records) == 240 and all(r["head_version"] == 0 for r in records)  # kept running, head unchanged
+    assert not any(e["event"] in ("calibrated", "anchors_served") for e in events)

@@ -370,9 +370,12 @@ class FleetNode:
         card = self.inbox.card(peer)
         if card is None:
             return
-        if card.anchor_world != self.cfg.world.to_dict():
-            raise ValueError(f"{peer} encodes anchor world {card.anchor_world}, this robot "
-                             f"{self.cfg.world.to_dict()}: the moments would differ; use one anchor world")
+        world = self.cfg.world
+        if (card.anchor_world["seed"], card.anchor_world["steps"]) != (world.seed, world.steps):
+            raise ValueError(f"{peer} encodes anchor world {card.anchor_world}, this robot {world.to_dict()}: "
+                             "the moments would differ; give both robots one anchor world (seed, steps)")
+        if max(self.cfg.ids()) >= card.anchor_world["pool"]:
+            raise ValueError(f"{peer} encodes only moments 0..{card.anchor_world['pool'] - 1}; ask for fewer anchors")
         self.peer_probes = self._fetch_probes(peer)
         calibrated = False
         if self.postcard is None or self.postcard.target_fingerprint != card.fingerprint:
