@@ -306,3 +306,43 @@ def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
     assert failed and "anchor world" in failed[0]["error"]
     assert len(records) == 240 and all(r["head_version"] == 0 for r in records)  # kept running, head unchanged
     assert not any(e["event"] in ("calibrated", "anchors_served") for e in events)
+
+
+def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
+    from jepa_edge.fleet.transport import open_session
+
+    pA, pB, pX = free_ports(3)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    nodeA = FleetNode(modelA, cfg(pA, [pB]), [agents["probe_path"]], events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA"), events=events.append)
+    rng = np.random.default_rng(0)
+    with nodeA, nodeB:
+        deadline = time.time() + 20
+        while time.time() < deadline and not any(e["event"] == "head_ready" for e in events):
+            time.sleep(0.05)
+        outputs_seen: list = []
+        nodeB.watch_outputs("agentA", outputs_seen.append)
+        loaded = nodeB.slot.stats.loaded
+        refused0 = sum(nodeB.inbox.stats.refused.values())
+        rogue = open_session(TransportConfig(listen=[f"tcp/127.0.0.1:{pX}"], connect=[f"tcp/127.0.0.1:{pB}"]))
+        try:
+            time.sleep(0.5)
+            kinds = ("card", "probe", "outputs")
+            for i in range(600):  # pretends to be agentA: garbage, truncated and oversized payloads
+                payload = rng.bytes(int(rng.integers(0, 2000)))
+                att = None if i % 3 else rng.bytes(int(rng.integers(0, 300)))
+                rogue.put(f"jepa/t/agentA/{kinds[i % 3]}", payload, attachment=att)
+            rogue.put("jepa/t/agentA/probe", bytes(70 * 1024 * 1024))  # over Zenoh's message cap: dropped there
+            replies = list(rogue.get("jepa/t/agentA/anchors", payload=b"\x00garbage", timeout=5))
+            deadline = time.time() + 20
+            while time.time() < deadline and sum(nodeB.inbox.stats.refused.values()) < refused0 + 600:
+                time.sleep(0.05)
+        finally:
+            rogue.close()
+        assert sum(nodeB.inbox.stats.refused.values()) == refused0 + 600  # every one refused, none applied
+        assert nodeB.slot.stats.loaded == loaded and nodeB.inbox.card("agentA") is not None and not outputs_seen
+        assert replies and all(r.ok is None for r in replies)  # A answered the garbage request with an error
+        card = nodeB.inbox.card("agentA")
+        z = nodeB.fetch_anchors("agentA", card, [0, 1, 2])  # the real peer still answers
+        assert z.shape == (3, 8) and np.all(np.isfinite(z))
