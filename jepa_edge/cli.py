@@ -540,5 +540,67 @@ def _require_tensorrt() -> None:
     import_cudart()
 
 
+# ---------------------------------------------------------------- fleet (Zenoh; jepa-edge[fleet])
+
+
+@app.command()
+@user_errors
+def fleet(
+    model: Annotated[Path, typer.Argument(help="Exported .onnx / .engine (head_inputs mode hot-swaps in the graph).")],
+    source: Annotated[str, typer.Option(help="Camera, video, stream, folder or sim:VIEW.")] = "sim:top",
+    name: Annotated[str | None, typer.Option("--fleet", help="Fleet name (key expressions jepa/<fleet>/...).")] = None,
+    agent: Annotated[str | None, typer.Option(help="This robot's name (default: the model's agent).")] = None,
+    follow: Annotated[str | None, typer.Option(help="Peer whose probes to run through a live-fitted W.")] = None,
+    probe: Annotated[list[Path], typer.Option(help="Own probe files to publish (repeat).")] = [],  # noqa: B006
+    listen: Annotated[list[str], typer.Option(help="Endpoint to listen on, e.g. tcp/127.0.0.1:7447.")] = [],  # noqa: B006
+    connect: Annotated[list[str], typer.Option(help="Peer (or router) endpoint (repeat).")] = [],  # noqa: B006
+    anchors: Annotated[int | None, typer.Option(help="Anchor moments requested for calibration.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Pace the loop at this rate (0 = as fast as the source).")] = None,
+    backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
+    max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
+    jsonl: Annotated[Path | None, typer.Option(help="Append one JSON line per frame here.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Append fleet events (attached, calibrated, ...) here.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON FleetConfig (unknown keys are errors).")] = None,
+) -> None:
+    """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
+    from jepa_edge.config import deep_merge, from_dict
+    from jepa_edge.fleet.app import run_fleet
+    from jepa_edge.fleet.node import FleetConfig
+
+    given = {"fleet": name, "agent": agent, "follow": follow, "n_anchors": anchors, "fps": fps}
+    over = {k: v for k, v in given.items() if v is not None}
+    if listen or connect:
+        over["transport"] = {**({"listen": listen} if listen else {}), **({"connect": connect} if connect else {})}
+    cfg = from_dict(FleetConfig, deep_merge(_load_json_arg(config), over))
+    summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=max_frames, jsonl=jsonl,
+                        events=events)
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command("calib-graph")
+@user_errors
+def calib_graph(
+    models: Annotated[list[Path], typer.Argument(help="Exported models of >= 2 agents (one per view).")],
+    out: Annotated[Path, typer.Option(help="Folder for graph.json, graph.md, graph.png.")],
+    fit_moments: Annotated[int, typer.Option(help="Anchor moments that fit every W and probe.")] = 256,
+    eval_moments: Annotated[int, typer.Option(help="Held-out moments that score them.")] = 256,
+    seed: Annotated[int, typer.Option(help="World seed of the anchor moments.")] = 777,
+    estimator: Annotated[str, typer.Option(help="lstsq | ridge | procrustes | orth_lstsq")] = "ridge",
+    max_hops: Annotated[int, typer.Option(help="Longest composed path scored.")] = 2,
+    backend: Annotated[str, typer.Option(help="Runtime backend that encodes the moments.")] = "ort-cpu",
+) -> None:
+    """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
+    from jepa_edge.calib.fit import FitConfig
+    from jepa_edge.calib.graph import GraphConfig
+    from jepa_edge.fleet.graph import graph_from_models
+    from jepa_edge.fleet.moments import AnchorWorld
+
+    world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)
+    res = graph_from_models(models, out, world, fit_moments, eval_moments,
+                            GraphConfig(fit=FitConfig(estimator=estimator), max_hops=max_hops), backend)
+    console.print_json(json.dumps(res["summary"]))
+    Console().print(f"wrote {out / 'graph.md'}, graph.json, graph.png")
+
+
 if __name__ == "__main__":
     app()

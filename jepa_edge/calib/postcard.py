@@ -86,11 +86,17 @@ def load_artifact(
     path: str | Path, kind: str, version: int, error: type[ValueError]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a jepa-edge safetensors file; check readability, kind, version and finiteness."""
+    path = Path(path)
+    return parse_artifact(read_artifact_bytes(path, kind, error), str(path), kind, version, error)
+
+
+def parse_artifact(
+    data: bytes, path: str, kind: str, version: int, error: type[ValueError]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``load_artifact`` on bytes already in memory (e.g. received over the fleet); ``path`` names them."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    path = Path(path)
-    data = read_artifact_bytes(path, kind, error)
     header = _read_header(path, data, error)
     try:
         tensors = load(data)
@@ -231,6 +237,19 @@ def load_postcard(
 ) -> Postcard:
     """Read and fully check a postcard; refuse it with PostcardError on any problem."""
     tensors, meta = load_artifact(path, "postcard", POSTCARD_VERSION, PostcardError)
+    return _postcard_from_artifact(tensors, meta, str(path), expect_source_fingerprint, expect_target_fingerprint)
+
+
+def postcard_from_bytes(data: bytes, where: str, expect_source_fingerprint: str | None = None,
+                        expect_target_fingerprint: str | None = None) -> Postcard:
+    """``load_postcard`` on the bytes of a postcard file already in memory (received over the fleet)."""
+    tensors, meta = parse_artifact(data, where, "postcard", POSTCARD_VERSION, PostcardError)
+    return _postcard_from_artifact(tensors, meta, where, expect_source_fingerprint, expect_target_fingerprint)
+
+
+def _postcard_from_artifact(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
+                            expect_source_fingerprint: str | None, expect_target_fingerprint: str | None
+                            ) -> Postcard:
     missing = sorted(set(_TENSORS) - set(tensors))
     extra = sorted(set(tensors) - set(_TENSORS))
     if missing or extra:

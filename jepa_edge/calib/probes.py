@@ -22,6 +22,7 @@ from jepa_edge.calib.postcard import (
     check_agent,
     check_fingerprint,
     load_artifact,
+    parse_artifact,
     save_artifact,
 )
 
@@ -279,7 +280,18 @@ def save_probe(path: str | Path, probe: Probe) -> None:
 
 def load_probe(path: str | Path, expect_agent_fingerprint: str | None = None) -> Probe:
     """Read and fully check a probe; refuse it with ProbeError on any problem."""
-    tensors, meta = load_artifact(path, "probe", PROBE_VERSION, ProbeError)
+    return probe_from_artifact(*load_artifact(path, "probe", PROBE_VERSION, ProbeError), str(path),
+                               expect_agent_fingerprint)
+
+
+def probe_from_bytes(data: bytes, where: str, expect_agent_fingerprint: str | None = None) -> Probe:
+    """``load_probe`` on the bytes of a probe file already in memory (received over the fleet)."""
+    return probe_from_artifact(*parse_artifact(data, where, "probe", PROBE_VERSION, ProbeError), where,
+                               expect_agent_fingerprint)
+
+
+def probe_from_artifact(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
+                        expect_agent_fingerprint: str | None = None) -> Probe:
     if set(tensors) != {"weight", "bias"}:
         raise ProbeError(f"{path}: tensors are {sorted(tensors)}, a probe holds exactly ['bias', 'weight']; re-export it")
     for key in ("name", "task", "agent", "outputs"):

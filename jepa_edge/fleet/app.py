@@ -1,0 +1,58 @@
+"""``jepa-edge fleet``: one robot on the fleet, from a model file, a source and a config (what the CLI calls)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jepa_edge.fleet.node import FleetConfig, FleetNode
+
+
+class _Lines:
+    """JSON lines to a file, flushed per line (another process may follow it); thread-safe."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self._f = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        with self._lock:
+            self._f.write(json.dumps(record, default=str) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_files: Sequence[str | Path] = (),
+              backend: str = "auto", max_frames: int = 0, jsonl: str | Path | None = None,
+              events: str | Path | None = None) -> dict[str, Any]:
+    """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary."""
+    from jepa_edge.runtime import PipelineConfig, load_model, open_source
+
+    config.validate()
+    frames_out, events_out = _Lines(jsonl), _Lines(events)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \
+        threading.main_thread() else None
+    model = load_model(str(model_path), backend=backend)
+    try:
+        with FleetNode(model, config, probe_files, events=events_out) as node:
+            src = open_source(source)
+            summary = node.run(src, PipelineConfig(max_frames=max_frames), stop=stop,
+                               on_frame=lambda record, _: frames_out(record))
+            result = {**summary.to_dict(), "inbox": node.inbox.stats.to_dict()}
+    finally:
+        model.close()
+        frames_out.close()
+        events_out.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return result

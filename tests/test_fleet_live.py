@@ -1,0 +1,348 @@
+"""Robots on a Zenoh fleet over loopback: live calibration from anchor latents, hot swap, outputs, restarts.
+
+Agents are the tiny ONNX encoders of ``onnx_fixtures`` exported in ``head_inputs``
+mode (16 px, D=8), one per simulator view. Agent A's position probe is a real
+ridge probe fitted on A's latents. The offline reference is the library path of
+``jepa-edge probe --transfer``: ``fit_map`` on the same anchor latents →
+``Postcard.from_map`` → ``transfer_probe`` → ``Probe.apply`` on B's latents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_fixtures import make_encoder, make_model
+
+pytest.importorskip("zenoh")
+
+from jepa_edge.calib.fit import FitConfig, fit_map
+from jepa_edge.calib.postcard import Postcard
+from jepa_edge.calib.probes import fit_probe, save_probe, transfer_probe
+from jepa_edge.fleet.moments import AnchorWorld, moment_frames, moment_positions
+from jepa_edge.fleet.node import FleetConfig, FleetNode
+from jepa_edge.fleet.transport import TransportConfig
+from jepa_edge.runtime import PipelineConfig, load_model, open_source, preprocess
+from jepa_edge.runtime.sources import ArraySource
+
+# Live head (ONNX Runtime Gemm, float32) vs offline transfer_probe (numpy float32), same z and anchors: the same
+# weights, so only float32 summation order differs. Its bound scales with the magnitude of the terms
+# (|w_i z_i| is large where an untrained encoder has a near-constant latent dim, e.g. agentC's).
+ATOL, RTOL_TERMS = 1e-5, 1e-6
+
+
+def assert_transfer_close(live: np.ndarray, moved, z: np.ndarray) -> None:
+    """|live - offline| <= ATOL + RTOL_TERMS * sum_i |w_i z_i| + |b| (a float32 dot-product rounding bound)."""
+    want = moved.apply(z)
+    bound = ATOL + RTOL_TERMS * (np.abs(z) @ np.abs(moved.weight).T + np.abs(moved.bias))  # (N, k)
+    err = np.abs(live - want)
+    assert np.all(err <= bound), f"max error {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+WORLD = AnchorWorld(seed=1000, steps=64, pool=128)
+VIEWS = {"agentA": "top", "agentB": "oblique", "agentC": "rotated"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def anchor_z(model, view: str, ids) -> np.ndarray:
+    """What a FleetNode encodes for its anchor pool: batches of 64 through the ONNX model."""
+    frames = moment_frames(WORLD, view, 16, range(WORLD.pool))
+    z = np.concatenate([model.infer(preprocess(frames[i : i + 64], (16, 16)))["z"] for i in range(0, WORLD.pool, 64)])
+    return z[list(ids)]
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fleet")
+    out = {}
+    for seed, (name, view) in enumerate(VIEWS.items()):
+        enc = make_encoder(16, 16, 8, seed=seed + 11, name=name, view=view)
+        out[name] = {"enc": enc, "view": view, "onnx": make_model(d / f"{name}.onnx", enc, "head_inputs")}
+    # A's position probe: ridge on A's latents of 256 moments of another world seed
+    train_world = AnchorWorld(seed=7, steps=64, pool=256)
+    ids = range(256)
+    a = out["agentA"]
+    z = a["enc"].z(moment_frames(train_world, "top", 16, ids))
+    probe = fit_probe(z, moment_positions(train_world, ids), "regression", "position", a["enc"].agent,
+                      labels=[f"obj{i // 2}_{'xy'[i % 2]}" for i in range(6)])
+    save_probe(d / "position.probe.safetensors", probe)
+    out["probe"], out["probe_path"], out["dir"] = probe, d / "position.probe.safetensors", d
+    return out
+
+
+def offline_transfer(agents, name: str, ids):
+    """probe_A ∘ W_{name,A} as `jepa-edge probe --transfer` computes it, from the same anchor latents."""
+    mA, mX = load_model(str(agents["agentA"]["onnx"]), "ort-cpu"), load_model(str(agents[name]["onnx"]), "ort-cpu")
+    lm = fit_map(anchor_z(mX, agents[name]["view"], ids), anchor_z(mA, "top", ids), FitConfig())
+    pc = Postcard.from_map(lm, f"W_{name}_A", agents[name]["enc"].agent, agents["agentA"]["enc"].agent)
+    return transfer_probe(agents["probe"], pc), mX
+
+
+def sim_frames(view: str, n: int) -> np.ndarray:
+    src = open_source(f"sim:{view}?size=16&seed=5&frames={n}")
+    return np.stack([src.read() for _ in range(n)])  # (n, 16, 16, 3)
+
+
+def cfg(port: int, peers: list[int], **kw) -> FleetConfig:
+    tr = TransportConfig(listen=[f"tcp/127.0.0.1:{port}"], connect=[f"tcp/127.0.0.1:{p}" for p in peers])
+    return FleetConfig(fleet="t", world=WORLD, n_anchors=48, transport=tr, **kw)
+
+
+# ---------------------------------------------------------------- two nodes in one process
+
+
+def test_two_nodes_calibrate_live_swap_without_dropping_a_frame(agents):
+    pA, pB = free_ports(2)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    nodeA = FleetNode(modelA, cfg(pA, [pB], fps=60), [agents["probe_path"]], events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA", fps=60), events=events.append)
+    stopA, stopB = threading.Event(), threading.Event()
+    records: list[tuple[dict, dict]] = []
+    framesB = sim_frames("oblique", 600)
+    sent: dict[str, float] = {}
+
+    def applied_b() -> list[dict]:
+        return [e for e in list(events) if e["event"] == "head_applied" and e["agent"] == "agentB"]
+
+    def on_frame_b(record, outputs):
+        records.append((record, {k: np.array(v) for k, v in outputs.items()}))
+        if len(records) >= 590 or ("t" in sent and any(e.get("sent_t") == sent["t"] for e in applied_b())):
+            stopB.set()  # the republished probe is in: done
+
+    ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                          kwargs={"stop": stopA}, daemon=True)
+    with nodeA, nodeB:
+        try:
+            ta.start()
+            tb = threading.Thread(target=nodeB.run, args=(ArraySource(framesB),),
+                                  kwargs={"stop": stopB, "on_frame": on_frame_b, "pipeline": PipelineConfig()},
+                                  daemon=True)
+            tb.start()
+            deadline = time.time() + 20
+            while time.time() < deadline and not any(e["head_version"] >= 1 for e in applied_b()):
+                time.sleep(0.05)
+            sent["t"] = nodeA.publish_probe(agents["probe_path"])  # the same probe again: B rebuilds, swaps again
+            tb.join(20)
+        finally:  # the loops end even when an assertion above fails
+            stopA.set()
+            stopB.set()
+            if ta.is_alive():
+                ta.join(5)
+
+    kinds = [e["event"] for e in events if e["agent"] == "agentB"]
+    assert "calibrated" in kinds and "attached" in kinds, kinds
+    frames = [r["frame"] for r, _ in records]
+    assert frames == list(range(len(frames))) and records[-1][0]["dropped"] == 0  # every frame, in order
+    versions = [r["head_version"] for r, _ in records]
+    swap = next(i for i, v in enumerate(versions) if v >= 1)  # first frame on a calibrated head
+    assert swap > 0 and "position" in records[swap][1] and "position" not in records[swap - 1][1]
+    moved, mB = offline_transfer(agents, "agentB", range(48))
+    zB = np.concatenate([mB.infer(framesB[i : i + 1])["z"] for i in range(swap, len(records))])
+    live = np.concatenate([o["position"] for _, o in records[swap:]])
+    assert_transfer_close(live, moved, zB)
+    late = [e for e in applied_b() if e.get("sent_t") == sent["t"]]
+    assert late and 0 < late[0]["t"] - sent["t"] < 2.0  # publish → applied, loose bound on a loaded machine
+    assert sum(nodeB.inbox.stats.refused.values()) == 0, nodeB.inbox.stats.to_dict()
+
+
+# ---------------------------------------------------------------- three processes
+
+
+class Robot:
+    """One `jepa-edge fleet` subprocess; its frames and events are JSON-lines files."""
+
+    def __init__(self, agents, d: Path, name: str, ports: dict[str, int], follow: str = "") -> None:
+        self.name, self.d, self.view = name, d, agents[name]["view"]
+        self.frames, self.events, self.log = d / f"{name}.frames.jsonl", d / f"{name}.events.jsonl", d / f"{name}.log"
+        config = d / "fleet.json"
+        config.write_text(json.dumps({"fleet": "t3", "n_anchors": 48, "fps": 30.0,
+                                      "world": {"seed": WORLD.seed, "steps": WORLD.steps, "pool": WORLD.pool}}))
+        self.cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", str(agents[name]["onnx"]), "--backend", "ort-cpu",
+                    "--source", f"sim:{self.view}?size=16&seed=5", "--config", str(config), "--max-frames", "3000",
+                    "--jsonl", str(self.frames), "--events", str(self.events),
+                    "--listen", f"tcp/127.0.0.1:{ports[name]}"]
+        self.cmd += [a for peer, p in ports.items() if peer != name for a in ("--connect", f"tcp/127.0.0.1:{p}")]
+        self.cmd += ["--follow", follow] if follow else ["--probe", str(agents["probe_path"])]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Robot:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env, cwd=self.d)
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        lines = path.read_text().splitlines()
+        return [json.loads(x) for x in lines[:-1]] + ([json.loads(lines[-1])] if lines and lines[-1].endswith("}")
+                                                        else [])
+
+    def records(self) -> list[dict]:
+        return self._read(self.frames)
+
+    def event_list(self, event: str) -> list[dict]:
+        return [e for e in self._read(self.events) if e["event"] == event]
+
+
+def wait_for(what: str, cond, timeout: float, robots) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    logs = "\n".join(f"--- {r.name}\n" + r.log.read_text()[-1500:] for r in robots if r.log.exists())
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+
+
+def calibrated_records(robot: Robot) -> list[dict]:
+    """Frames run on a head built from A's probe and the live W (head v1 and later: one W, one probe)."""
+    return [r for r in robot.records() if r["head_version"] >= 1]
+
+
+def check_zero_shot(agents, robot: Robot) -> int:
+    """The robot's position outputs on calibrated heads equal the offline transfer on its own frames."""
+    recs = calibrated_records(robot)
+    assert recs, f"{robot.name} wrote no frame with a calibrated head"
+    moved, m = offline_transfer(agents, robot.name, range(48))
+    frames = sim_frames(robot.view, recs[-1]["frame"] + 1)
+    z = np.concatenate([m.infer(frames[r["frame"] : r["frame"] + 1])["z"] for r in recs])
+    live = np.array([r["outputs"]["position"] for r in recs], np.float32)
+    assert_transfer_close(live, moved, z)
+    return len(recs)
+
+
+def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(agents, tmp_path):
+    ports = dict(zip(VIEWS, free_ports(3)))
+    a = Robot(agents, tmp_path, "agentA", ports)
+    b = Robot(agents, tmp_path, "agentB", ports, follow="agentA")
+    c = Robot(agents, tmp_path, "agentC", ports, follow="agentA")
+    robots = [a, b, c]
+    try:
+        for r in robots:
+            r.start()
+        wait_for("B and C to apply A's probes through a live W",
+                 lambda: all(any(e["head_version"] >= 1 for e in r.event_list("head_applied")) for r in (b, c)),
+                 45, robots)
+        wait_for("10 frames on the calibrated heads", lambda: all(len(calibrated_records(r)) >= 10 for r in (b, c)),
+                 20, robots)
+        for r in (b, c):
+            assert r.event_list("calibrated") and check_zero_shot(agents, r) >= 10
+
+        # kill A mid-stream: B and C keep running on their current head, then re-attach to the restarted A
+        a.kill()
+        n_before = {r.name: len(r.records()) for r in (b, c)}
+        wait_for("B and C to report A lost", lambda: all(r.event_list("peer_lost") for r in (b, c)), 10, robots)
+        time.sleep(0.5)
+        for r in (b, c):
+            assert len(r.records()) > n_before[r.name] + 10, f"{r.name} stopped while A was down"
+        a.start()
+        wait_for("A to restart", lambda: len(a.event_list("started")) == 2, 30, robots)
+        epoch = a.event_list("started")[-1]["epoch"]
+        wait_for("B and C to re-attach", lambda: all(
+            any(e["peer_epoch"] == epoch for e in r.event_list("attached")) for r in (b, c)), 10, robots)
+        for r in (b, c):
+            again = next(e for e in r.event_list("attached") if e["peer_epoch"] == epoch)
+            assert again["t"] - epoch / 1e9 <= 2.0, f"{r.name} re-attached {again['t'] - epoch / 1e9:.2f} s after A"
+            assert r.proc.poll() is None
+        time.sleep(0.5)
+        for r in (b, c):  # every frame processed, none dropped, through the swap, the loss and the re-attach
+            recs = r.records()
+            assert [x["frame"] for x in recs] == list(range(len(recs))) and recs[-1]["dropped"] == 0
+            check_zero_shot(agents, r)
+    finally:
+        for r in robots:
+            r.kill(signal.SIGTERM)
+
+
+def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
+    pA, pB = free_ports(2)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    other = FleetConfig(fleet="t", world=AnchorWorld(seed=5, steps=64, pool=128), n_anchors=48, fps=60,
+                        transport=TransportConfig(listen=[f"tcp/127.0.0.1:{pA}"], connect=[f"tcp/127.0.0.1:{pB}"]))
+    nodeA = FleetNode(modelA, other, [agents["probe_path"]], events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA", fps=60), events=events.append)
+    records: list[dict] = []
+    stopA = threading.Event()
+    ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                          kwargs={"stop": stopA}, daemon=True)
+    with nodeA, nodeB:
+        try:
+            ta.start()
+            nodeB.run(ArraySource(sim_frames("oblique", 240)), on_frame=lambda r, _: records.append(r))
+        finally:
+            stopA.set()
+            ta.join(5)
+    failed = [e for e in events if e["event"] == "attach_failed"]
+    assert failed and "anchor world" in failed[0]["error"]
+    assert len(records) == 240 and all(r["head_version"] == 0 for r in records)  # kept running, head unchanged
+    assert not any(e["event"] in ("calibrated", "anchors_served") for e in events)
+
+
+def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
+    from jepa_edge.fleet.transport import open_session
+
+    pA, pB, pX = free_ports(3)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    nodeA = FleetNode(modelA, cfg(pA, [pB]), [agents["probe_path"]], events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA"), events=events.append)
+    rng = np.random.default_rng(0)
+    with nodeA, nodeB:
+        deadline = time.time() + 20
+        while time.time() < deadline and not any(e["event"] == "head_ready" for e in events):
+            time.sleep(0.05)
+        outputs_seen: list = []
+        nodeB.watch_outputs("agentA", outputs_seen.append)
+        loaded = nodeB.slot.stats.loaded
+        refused0 = sum(nodeB.inbox.stats.refused.values())
+        rogue = open_session(TransportConfig(listen=[f"tcp/127.0.0.1:{pX}"], connect=[f"tcp/127.0.0.1:{pB}"]))
+        try:
+            time.sleep(0.5)
+            kinds = ("card", "probe", "outputs")
+            for i in range(600):  # pretends to be agentA: garbage, truncated and oversized payloads
+                payload = rng.bytes(int(rng.integers(0, 2000)))
+                att = None if i % 3 else rng.bytes(int(rng.integers(0, 300)))
+                rogue.put(f"jepa/t/agentA/{kinds[i % 3]}", payload, attachment=att)
+            rogue.put("jepa/t/agentA/probe", bytes(70 * 1024 * 1024))  # over Zenoh's message cap: dropped there
+            replies = list(rogue.get("jepa/t/agentA/anchors", payload=b"\x00garbage", timeout=5))
+            deadline = time.time() + 20
+            while time.time() < deadline and sum(nodeB.inbox.stats.refused.values()) < refused0 + 600:
+                time.sleep(0.05)
+        finally:
+            rogue.close()
+        assert sum(nodeB.inbox.stats.refused.values()) == refused0 + 600  # every one refused, none applied
+        assert nodeB.slot.stats.loaded == loaded and nodeB.inbox.card("agentA") is not None and not outputs_seen
+        assert replies and all(r.ok is None for r in replies)  # A answered the garbage request with an error
+        card = nodeB.inbox.card("agentA")
+        z = nodeB.fetch_anchors("agentA", card, [0, 1, 2])  # the real peer still answers
+        assert z.shape == (3, 8) and np.all(np.isfinite(z))
