@@ -9,7 +9,8 @@ import pytest
 from onnx_fixtures import make_encoder, make_model
 
 from jepa_edge.calib.fit import FitConfig
-from jepa_edge.calib.graph import Affine, GraphConfig, alignment_graph, graph_report
+from jepa_edge.calib.graph import Affine, GraphConfig, alignment_graph
+from jepa_edge.study.graph_report import graph_report
 
 
 def linear_world(n: int = 400, d: int = 6, agents: str = "ABCD", noise: float = 0.0, seed: int = 0):

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.graph import GraphConfig, alignment_graph, graph_report, plot_graph
+from jepa_edge.calib.graph import GraphConfig, alignment_graph
 from jepa_edge.fleet.moments import AnchorWorld, moment_frames, moment_positions
+from jepa_edge.study.graph_report import graph_report, plot_graph
 
 
 def model_latents(model: Any, world: AnchorWorld, view: str, ids: Sequence[int]) -> np.ndarray:
