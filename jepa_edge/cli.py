@@ -72,13 +72,14 @@ def train(
     teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
     teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny).")] = "demo",
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
     from jepa_edge.config import deep_merge, from_dict, to_dict
-    from jepa_edge.train.config import RunConfig
+    from jepa_edge.train.config import RunConfig, preset_config
     from jepa_edge.train.loop import train as run_train
 
-    base = to_dict(RunConfig())
+    base = to_dict(preset_config(preset))
     overrides = _load_json_arg(config)
     cfg_dict = deep_merge(base, overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
@@ -284,6 +285,11 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
+    batch: Annotated[int, typer.Option(help="Static batch N (every shape fixed: CUDA graphs); 0 = dynamic.")] = 0,
+    optimize: Annotated[bool | None, typer.Option("--optimize/--no-optimize", help="onnxslim constant folding "
+                        "(default: on when onnxslim is installed, the export extra).")] = None,
+    fuse_transformer: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions (com.microsoft ops: "
+                                "ORT only, not for --trt).")] = False,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine "
                                       "(needs the trt extra: pip install 'jepa-edge\\[trt]').")] = False,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
@@ -308,13 +314,19 @@ def export(
         export_agent,
         require_tensorrt,
     )
+    from jepa_edge.export.optimize import count_summary
 
+    if trt and fuse_transformer:
+        raise ValueError("--fuse-transformer writes com.microsoft contrib ops TensorRT cannot parse; "
+                         "export the --trt model without --fuse-transformer")
     if trt:
         require_tensorrt()  # fail at once, before the export, when the extra is missing
-    res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode,
-                       config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
+    res = export_agent(run, out, postcard_path=head, probe_paths=tuple(probe), mode=mode, fused_attn=not manual_attn,
+                       config=OnnxExportConfig(opset=opset, exporter=exporter, batch=batch, optimize=optimize,
+                                               fuse_transformer=fuse_transformer))
     Console().print(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
                     + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+    Console().print(f"graph (batch {batch or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), TrtBuildConfig(
             precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
