@@ -150,6 +150,12 @@ def fuse_transformer(model: Any, num_heads: int, hidden_size: int) -> tuple[Any,
     return out, stats
 
 
+def _copy(model: Any) -> Any:
+    out = type(model)()
+    out.CopyFrom(model)
+    return out
+
+
 def _restore_props(model: Any, props: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in props.items():
@@ -263,7 +269,7 @@ def _try_pass(model: Any, name: str, fn: Any, reference: list[dict[str, np.ndarr
               feeds: list[dict[str, np.ndarray]], config: OptimizeConfig, counts: dict[str, dict[str, int]],
               passes: list[dict[str, Any]]) -> Any:
     """Run one pass; keep its output only if it matches the exported graph's outputs within ``config.atol``."""
-    candidate, fused_ops = fn(model)
+    candidate, fused_ops = fn(_copy(model))  # passes may edit their input in place (optimize_model does)
     errors, problem = graph_parity(reference, candidate, feeds, config.atol)
     record: dict[str, Any] = {"name": name, "applied": not problem, "parity_max_abs_error": errors}
     if fused_ops:
