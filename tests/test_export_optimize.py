@@ -124,9 +124,12 @@ def test_simplified_and_fused_graphs_match_the_original(agent, exported, mode, b
     assert s["name"] == "onnxslim" and s["applied"] and s["version"] == opt.onnxslim_version()
     assert max(s["parity_max_abs_error"].values()) <= ATOL
     names = [(p["name"], p["applied"]) for p in fused.metadata["graph"]["passes"]]
-    assert names == [("onnxslim", True), ("transformer_fusion", True)]
-    assert fused.metadata["graph"]["passes"][1]["fused_ops"].get("SkipLayerNormalization", 0) >= 1
+    assert names == [("transformer_fusion", True), ("onnxslim", True)]  # fusion first: see optimize.py
+    fused_ops = fused.metadata["graph"]["passes"][0]["fused_ops"]
+    depth = agent[0].cfg.depth
+    assert fused_ops["Attention"] == depth and fused_ops["SkipLayerNormalization"] >= depth, fused_ops
     assert fused.metadata["graph"]["contrib_ops"] and not slimmed.metadata["graph"]["contrib_ops"]
+    assert fused.metadata["graph"]["attention"] == "split_qkv" and slimmed.metadata["graph"]["attention"] == "packed"
 
 
 def test_metadata_props_survive_every_pass(exported):
@@ -160,9 +163,9 @@ def test_a_pass_that_breaks_parity_is_dropped_and_recorded(agent, tmp_path, monk
     monkeypatch.setattr(opt, "fuse_transformer", wrong_fusion)
     with pytest.warns(RuntimeWarning, match="transformer_fusion dropped"):
         res = export(agent, tmp_path / "f.onnx", "fused", optimize=True, fuse_transformer=True)
-    fusion = res.metadata["graph"]["passes"][1]
+    fusion = res.metadata["graph"]["passes"][0]
     assert not fusion["applied"] and fusion["reason"].startswith("dropped: output")
-    assert "transformer_fusion" not in res.metadata["graph"]["node_counts"]
+    assert list(res.metadata["graph"]["node_counts"]) == ["original", "onnxslim"]
     assert not res.metadata["graph"]["contrib_ops"]
     assert not opt.has_contrib_ops(onnx.load(str(res.path)))  # the shipped graph is the slimmed one
 
@@ -214,6 +217,21 @@ def test_attention_scale_is_a_constant_even_unoptimised(agent, tmp_path):
         assert "Sqrt" not in {n.op_type for n in onnx.load(str(tmp_path / "a.onnx")).graph.node}
 
 
+def test_split_qkv_export_form_is_the_same_maths_and_leaves_the_encoder_alone(agent):
+    from jepa_edge.export.graph import EdgeGraph, EdgeGraphError, SplitQKVAttention
+
+    enc = agent[0]
+    before = enc.blocks[0].attn
+    graph = EdgeGraph(enc, None, "bare", attention="split_qkv")
+    assert isinstance(graph.encoder.blocks[0].attn, SplitQKVAttention) and enc.blocks[0].attn is before
+    x = frames(3)
+    with torch.no_grad():
+        got = graph(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, torch_z(enc, x), rtol=0, atol=1e-6)
+    with pytest.raises(EdgeGraphError, match="unknown attention form"):
+        EdgeGraph(enc, None, "bare", attention="flash")
+
+
 @pytest.mark.parametrize("head_dim", [8, 16, 24, 32, 48, 64])
 def test_explicit_sdpa_scale_is_bit_identical_to_the_default(head_dim):
     """The model passes scale=1/sqrt(hd) (a constant for the export): training numerics must not move."""
@@ -229,13 +247,13 @@ def test_explicit_sdpa_scale_is_bit_identical_to_the_default(head_dim):
 def test_node_counts_before_and_after_each_pass(exported):
     res = exported("fused", 4, "fused")
     counts = res.metadata["graph"]["node_counts"]
-    assert list(counts) == ["original", "onnxslim", "transformer_fusion"]
+    assert list(counts) == ["original", "transformer_fusion", "onnxslim"]
     totals = [sum(c.values()) for c in counts.values()]
     assert totals[0] > totals[1] > totals[2]
     final = onnx.load(str(res.path))
-    assert opt.node_counts(final) == counts["transformer_fusion"] and totals[2] == len(final.graph.node)
-    assert counts["transformer_fusion"]["com.microsoft.SkipLayerNormalization"] >= 1
-    assert opt.count_summary(counts) == f"original {totals[0]} → onnxslim {totals[1]} → transformer_fusion " \
+    assert opt.node_counts(final) == counts["onnxslim"] and totals[2] == len(final.graph.node)
+    assert counts["onnxslim"]["com.microsoft.Attention"] == 2 and counts["onnxslim"]["Softmax"] == 1  # the pool
+    assert opt.count_summary(counts) == f"original {totals[0]} → transformer_fusion {totals[1]} → onnxslim " \
                                         f"{totals[2]} nodes"
     ort_all = opt.ort_optimized_counts(onnx.load(str(exported("fused", 4, "original").path)))
     assert 0 < sum(ort_all.values()) < totals[0]

@@ -310,7 +310,8 @@ def export_onnx(
     if head is not None and head.latent_dim != encoder.cfg.latent_dim:
         raise ExportError(f"the head reads latent dim {head.latent_dim}, the encoder gives {encoder.cfg.latent_dim}")
     encoder = copy.deepcopy(encoder).cpu().eval()  # export a CPU copy in eval mode; the caller's module is untouched
-    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode).eval()
+    attention = "split_qkv" if config.fuse_transformer else "packed"  # the form ORT's Attention fusion matches
+    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode, attention).eval()
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="jepa-edge-export-") as tmp:
         traced = Path(tmp) / "graph.onnx"
         head_arrays = _parity_head(graph.latent_dim, head, config.seed)
@@ -327,7 +328,7 @@ def export_onnx(
         except onnx.checker.ValidationError as exc:
             raise ParityError(f"the exported graph is not valid ONNX ({exc}); nothing was written, "
                               "try another opset or exporter") from exc
-        parity = check_parity(model.SerializeToString(), graph, head, config)
+        parity = check_parity(model.SerializeToString(), graph, head, config, reference=encoder)
         metadata["exporter"]["parity_max_abs_error"] = parity
         _set_metadata(model, metadata)
     model, metadata["graph"] = _graph_passes(model, metadata, config)
@@ -344,7 +345,8 @@ def _graph_passes(model: Any, metadata: dict[str, Any], config: OnnxExportConfig
     import onnx
 
     slim_on = config.slim_enabled()
-    graph: dict[str, Any] = {"batch": config.batch or None}
+    graph: dict[str, Any] = {"batch": config.batch or None,
+                             "attention": "split_qkv" if config.fuse_transformer else "packed"}
     if not slim_on and not config.fuse_transformer:
         return model, {**graph, "passes": [], "node_counts": {"original": node_counts(model)}, "contrib_ops": False,
                        "parity_atol": config.optimize_atol}
@@ -367,8 +369,14 @@ def _head_bound(w: np.ndarray, dz: np.ndarray, ref: np.ndarray, rtol: float) -> 
     return np.abs(dz) @ np.abs(w).T + rtol * max(1.0, float(np.abs(ref).max(initial=0.0)))
 
 
-def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig) -> dict[str, float]:
-    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement."""
+def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig,
+                 reference: Any = None) -> dict[str, float]:
+    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement.
+
+    ``reference``: the encoder PyTorch's ``z`` comes from (default ``graph.encoder``; the export passes the
+    model as trained, so an export form such as split q/k/v is checked against the real model).
+    """
+    reference = graph.encoder if reference is None else reference
     import torch
 
     from jepa_edge.export.ort_providers import ort_session
@@ -381,7 +389,7 @@ def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config:
         feeds = dict(zip(graph.input_names, (t.numpy() for t in example)))
         got = dict(zip(graph.output_names, sess.run(graph.output_names, feeds)))
         with torch.no_grad():
-            z_ref = graph.encoder(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
+            z_ref = reference(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
         dz = got["z"].astype(np.float64) - z_ref
         errors = {"z": float(np.abs(dz).max())}
         if errors["z"] > config.z_atol:

@@ -1,26 +1,30 @@
 """Graph passes after export: fewer nodes (kernels) per frame, each pass checked against the exported graph.
 
-Two optional passes, applied in this order by ``optimize_graph``:
+Two optional passes, applied by ``optimize_graph`` (the fusion, when asked
+for, runs first: onnxslim folds the projection biases into neighbouring Adds,
+which hides the ``MatMul → Add`` attention pattern the fuser looks for):
 
-1. ``onnxslim`` (the ``export`` extra, a maintained library): constant folding,
+1. ONNX Runtime's transformer optimizer (``onnxruntime.transformers``,
+   ``model_type="vit"``, python fusions only: ``opt_level=0``, so nothing
+   CPU-specific is baked in): SkipLayerNormalization, (Bias)Gelu/FastGelu,
+   Attention where the pattern matches (the export traces attention as split
+   q/k/v for this, ``EdgeGraph(attention="split_qkv")``). The fused ops are
+   ``com.microsoft`` contrib ops: fine for ONNX Runtime (CPU and CUDA), **not**
+   for TensorRT's ONNX parser, so a TensorRT engine must be built from a graph
+   without this pass (``has_contrib_ops`` tells).
+2. ``onnxslim`` (the ``export`` extra, a maintained library): constant folding,
    dead-node removal and shape-plumbing elimination (Shape/Gather/Unsqueeze/
    Concat chains collapse to constants once the batch is static). Its
    ``FusionGemm`` pattern is skipped on purpose: it rewrites every 3-D
    ``MatMul + Add`` into ``Reshape → Gemm → Reshape`` (+2 nodes per Linear),
-   which hides the ``MatMul + Add`` form that ONNX Runtime's transformer
-   fusions and TensorRT's own fusions look for. The result is plain ONNX.
-2. ONNX Runtime's transformer optimizer (``onnxruntime.transformers``,
-   ``model_type="vit"``, python fusions only: ``opt_level=0``, so nothing
-   CPU-specific is baked in): SkipLayerNormalization, (Bias)Gelu/FastGelu,
-   Attention/MultiHeadAttention where the pattern matches. The fused ops are
-   ``com.microsoft`` contrib ops: fine for ONNX Runtime (CPU and CUDA), **not**
-   for TensorRT's ONNX parser, so a TensorRT engine must be built from a graph
-   without this pass (``has_contrib_ops`` tells).
+   which hides the ``MatMul + Add`` form that TensorRT's own fusions look
+   for. On a graph without the fusion pass the result is plain ONNX.
 
 Every pass is run on ONNX Runtime CPU next to the graph it started from, on
 the same seeded frames; a pass is kept only if every output agrees within
 ``atol * max(1, max |reference|)`` (default 1e-5); otherwise it is dropped and
-the reason recorded. What was applied, the parity errors and the node counts
+the reason recorded. Every pass is compared with the *exported* graph (not
+the previous pass), so errors never compound unseen. What was applied, the parity errors and the node counts
 by op type before/after each pass go into ``metadata["graph"]``; the model's
 ``metadata_props`` are carried through every pass.
 
@@ -52,7 +56,7 @@ class OptimizeError(ValueError):
 @dataclass
 class OptimizeConfig:
     slim: bool = True  # onnxslim constant folding / shape plumbing removal (needs the export extra)
-    fuse_transformer: bool = False  # ORT transformer fusions (contrib ops: ORT only, never TensorRT)
+    fuse_transformer: bool = False  # ORT transformer fusions, before onnxslim (contrib ops: ORT only, not TensorRT)
     atol: float = 1e-5  # parity of each pass vs its input graph: max |Δ| <= atol * max(1, max |ref|), per output
     parity_batches: tuple[int, ...] = (1, 3)  # batch sizes compared (a static-batch graph uses its own batch)
     seed: int = 0  # frames / head arrays of the parity check
@@ -74,7 +78,7 @@ def node_counts(model: Any) -> dict[str, int]:
 
 
 def count_summary(counts: dict[str, dict[str, int]]) -> str:
-    """One line: ``original 203 → onnxslim 103 → transformer_fusion 85 nodes``."""
+    """One line, e.g. ``original 207 → transformer_fusion 72 → onnxslim 43 nodes``."""
     return " → ".join(f"{stage} {sum(c.values())}" for stage, c in counts.items()) + " nodes"
 
 
@@ -234,7 +238,7 @@ def _encoder_dims(metadata: dict[str, Any]) -> tuple[int, int]:
 
 
 def optimize_graph(model: Any, metadata: dict[str, Any], config: OptimizeConfig) -> tuple[Any, dict[str, Any]]:
-    """Apply the configured passes to ``model`` → (final model, the ``metadata["graph"]`` passes report).
+    """Apply the configured passes (fusion, then onnxslim) → (final model, the ``metadata["graph"]`` report).
 
     The report: ``passes`` (name, version, applied, parity_max_abs_error,
     reason when dropped, fused_ops), ``node_counts`` (op type → count, per
@@ -249,9 +253,6 @@ def optimize_graph(model: Any, metadata: dict[str, Any], config: OptimizeConfig)
     reference = _run_cpu(model, feeds)
     counts = {"original": node_counts(model)}
     passes: list[dict[str, Any]] = []
-    if config.slim:
-        model = _try_pass(model, "onnxslim", lambda m: (slim(m), {}), reference, feeds, config, counts, passes)
-        passes[-1].update(version=onnxslim_version(), skip_fusion_patterns=list(SLIM_SKIP_PATTERNS))
     if config.fuse_transformer:
         import onnxruntime as ort
 
@@ -260,6 +261,9 @@ def optimize_graph(model: Any, metadata: dict[str, Any], config: OptimizeConfig)
                           feeds, config, counts, passes)
         passes[-1].update(version=ort.__version__, model_type=TRANSFORMER_MODEL_TYPE, num_heads=heads,
                           hidden_size=width)
+    if config.slim:
+        model = _try_pass(model, "onnxslim", lambda m: (slim(m), {}), reference, feeds, config, counts, passes)
+        passes[-1].update(version=onnxslim_version(), skip_fusion_patterns=list(SLIM_SKIP_PATTERNS))
     report = {"passes": passes, "node_counts": counts, "contrib_ops": has_contrib_ops(model),
               "parity_atol": config.atol}
     return model, report
