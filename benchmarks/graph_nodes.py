@@ -12,9 +12,13 @@ the columns are:
 * ``original``: the graph as torch.onnx.export writes it (``--no-optimize``);
 * ``ort_all``: what ONNX Runtime CPU runs after its own ALL-level optimisation
   of the original (``SessionOptions.optimized_model_filepath``; CPU-specific);
-* ``onnxslim``: after ``jepa_edge.export.optimize.slim`` (plain ONNX, TensorRT-parsable);
-* ``fused``: + ONNX Runtime transformer fusions (com.microsoft ops, ORT only);
+* ``onnxslim``: the default export (``--optimize``: plain ONNX, TensorRT-parsable);
+* ``fused``: ``--fuse-transformer``: split-q/k/v trace, ONNX Runtime transformer
+  fusions, then onnxslim (com.microsoft ops, ONNX Runtime only);
 * ``fused_ort_all``: ONNX Runtime ALL-level optimisation of the fused graph.
+
+``stages`` keeps each export's own per-pass counts (the fused export starts
+from its split-q/k/v trace, so its ``original`` differs from the column above).
 
 Every pass is parity-checked by ``export_agent`` itself (a pass that changes
 the outputs beyond 1e-5 x scale is dropped and listed under ``dropped``).
@@ -36,7 +40,7 @@ import onnxruntime as ort
 import torch
 
 from jepa_edge.export import OnnxExportConfig, export_agent
-from jepa_edge.export.optimize import onnxslim_version, ort_optimized_counts
+from jepa_edge.export.optimize import node_counts, onnxslim_version, ort_optimized_counts
 from jepa_edge.train.untrained import save_untrained_run
 from jepa_edge.world.record import write_json_atomic
 
@@ -49,27 +53,29 @@ def _total(counts: dict[str, int] | None) -> int | None:
 
 
 def measure(run_dir: Path, out_dir: Path, batch: int) -> dict[str, Any]:
-    """Export ``run_dir`` unoptimised and optimised+fused at ``batch`` (0 = dynamic) → counts per stage."""
-    tag = f"b{batch}"
-    plain = export_agent(run_dir, out_dir / f"{tag}_original.onnx", mode="bare",
-                         config=OnnxExportConfig(batch=batch, optimize=False))
-    fused = export_agent(run_dir, out_dir / f"{tag}_fused.onnx", mode="bare",
-                         config=OnnxExportConfig(batch=batch, optimize=True, fuse_transformer=True))
-    graph = fused.metadata["graph"]
-    by_stage = {
-        "original": graph["node_counts"]["original"],
-        "ort_all": ort_optimized_counts(onnx.load(str(plain.path))),
-        "onnxslim": graph["node_counts"].get("onnxslim"),
-        "fused": graph["node_counts"].get("transformer_fusion"),
-        "fused_ort_all": ort_optimized_counts(onnx.load(str(fused.path))),
+    """Export ``run_dir`` three ways at ``batch`` (0 = dynamic) → node counts per column."""
+    variants = {"original": {"optimize": False}, "onnxslim": {"optimize": True},
+                "fused": {"optimize": True, "fuse_transformer": True}}
+    res = {name: export_agent(run_dir, out_dir / f"b{batch}_{name}.onnx", mode="bare",
+                              config=OnnxExportConfig(batch=batch, **cfg)) for name, cfg in variants.items()}
+    final = {name: onnx.load(str(r.path)) for name, r in res.items()}
+    by_column = {
+        "original": node_counts(final["original"]),
+        "ort_all": ort_optimized_counts(final["original"]),
+        "onnxslim": node_counts(final["onnxslim"]),
+        "fused": node_counts(final["fused"]),
+        "fused_ort_all": ort_optimized_counts(final["fused"]),
     }
+    passes = [p for r in res.values() for p in r.metadata["graph"]["passes"]]
     return {
         "batch": batch or "dynamic",
-        "nodes": {k: _total(v) for k, v in by_stage.items()},
-        "by_op": by_stage,
-        "passes": graph["passes"],
-        "dropped": [p["name"] for p in graph["passes"] if not p["applied"]],
-        "z_parity_vs_pytorch": fused.parity.get("z"),
+        "nodes": {k: _total(v) for k, v in by_column.items()},
+        "by_op": by_column,
+        "stages": {name: {stage: _total(c) for stage, c in r.metadata["graph"]["node_counts"].items()}
+                   for name, r in res.items()},
+        "passes": {name: r.metadata["graph"]["passes"] for name, r in res.items()},
+        "dropped": [p["name"] for p in passes if not p["applied"]],
+        "z_parity_vs_pytorch": {name: r.parity.get("z") for name, r in res.items()},
     }
 
 
@@ -97,7 +103,8 @@ def main() -> None:
         "what": "ONNX graph node counts (bare encoder, untrained weights) before/after each graph pass",
         "columns": {c: c for c in COLUMNS} | {
             "ort_all": "ONNX Runtime CPU ALL-level optimised original (optimized_model_filepath)",
-            "fused": "onnxslim + onnxruntime.transformers fusions (model_type vit, opt_level 0)",
+            "onnxslim": "default export: onnxslim (FusionGemm skipped), plain ONNX",
+            "fused": "split-qkv trace + onnxruntime.transformers fusions (vit, opt_level 0) + onnxslim",
             "fused_ort_all": "ONNX Runtime CPU ALL-level optimised fused graph"},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "onnxslim": onnxslim_version(), "python": platform.python_version()},

@@ -332,3 +332,20 @@ def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
     z = run(res.path, {"frames": x})["z"]
     assert z.shape == (1, 192)
     np.testing.assert_allclose(z, torch_z(enc, x), atol=Z_ATOL)
+
+
+def test_graph_nodes_bench_script_writes_a_table(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gn.json"
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "graph_nodes.py"), "--presets", "demo",
+                        "--batches", "1", "--out", str(out)], check=False, capture_output=True, text=True,
+                       timeout=300, cwd=root)
+    assert p.returncode == 0, p.stderr
+    [row] = json.loads(out.read_text())["results"]
+    assert row["preset"] == "demo" and row["batch"] == 1 and row["dropped"] == []
+    nodes = row["nodes"]
+    assert nodes["original"] > nodes["ort_all"] and nodes["original"] > nodes["onnxslim"] > nodes["fused"] > 0
+    assert "demo" in p.stdout and str(nodes["fused"]) in p.stdout
