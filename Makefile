@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 #   make setup TORCH="torch==2.13.0+cu130" EXTRAS=gpu,train,dev (any torch spec pip can resolve)
 TORCH ?= torch==2.13.0
 # Exactly one ONNX Runtime build: `cpu` (onnxruntime) or `gpu` (onnxruntime-gpu); never both, they clash.
-EXTRAS ?= cpu,train,fleet,dev
+EXTRAS ?= cpu,train,export,fleet,dev
 DEMO_OUT ?= demo
 
 .PHONY: setup demo test lint bench gpu-check clean

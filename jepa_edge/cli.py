@@ -123,14 +123,16 @@ def train(
     teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
     teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny).")] = "demo",
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
     from jepa_edge.config import deep_merge, from_dict, to_dict
-    from jepa_edge.train.config import RunConfig
+    from jepa_edge.train.config import RunConfig, preset_config
     from jepa_edge.train.loop import train as run_train
 
+    base = to_dict(preset_config(preset))
     overrides = _checked_run_overrides(config)
-    cfg_dict = deep_merge(to_dict(RunConfig()), overrides)
+    cfg_dict = deep_merge(base, overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
     cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""))
     cfg_dict["train"].update(seed=seed, device=device, compile=compile)
@@ -351,6 +353,11 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
+    batch: Annotated[int, typer.Option(help="Static batch N (every shape fixed: CUDA graphs); 0 = dynamic.")] = 0,
+    optimize: Annotated[bool | None, typer.Option("--optimize/--no-optimize", help="onnxslim constant folding "
+                        "(default: on when onnxslim is installed, the export extra).")] = None,
+    fuse_transformer: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions (com.microsoft ops: "
+                                "ORT only, not for --trt).")] = False,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine "
                                       "(needs the trt extra: pip install 'jepa-edge\\[trt]').")] = False,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
@@ -380,6 +387,7 @@ def export(
         export_agent,
         require_tensorrt,
     )
+    from jepa_edge.export.optimize import count_summary
     from jepa_edge.runtime.meta import MODE_ALIASES
 
     renamed("--head", "--postcard", head)
@@ -390,6 +398,9 @@ def export(
                             ("--calib-view", calib_view, "--int8-source sim:VIEW"),
                             ("--calib-frames", calib_frames, "--int8-frames")):
         renamed(old, new, value)
+    if trt and fuse_transformer:
+        raise ValueError("--fuse-transformer writes com.microsoft contrib ops TensorRT cannot parse; "
+                         "export the --trt model without --fuse-transformer")
     build_cfg = TrtBuildConfig(
         precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
         max_batch=max_batch, opt_head=opt_head, max_head=max_head, workspace_mib=workspace_mib,
@@ -398,9 +409,12 @@ def export(
         build_cfg.validate()  # a bad profile fails before the export, not after it
         require_tensorrt()  # fail at once, before the export, when the extra is missing
     res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=mode,
-                       config=OnnxExportConfig(opset=opset, exporter=exporter), fused_attn=not manual_attn)
+                       fused_attn=not manual_attn,
+                       config=OnnxExportConfig(opset=opset, exporter=exporter, batch=batch, optimize=optimize,
+                                               fuse_transformer=fuse_transformer))
     say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
         + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+    say(f"graph (batch {batch or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
         side = built.sidecar

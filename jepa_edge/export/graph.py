@@ -11,9 +11,18 @@ the normalisation (inside the encoder) itself. Three modes:
   inputs; the output ``head (B, K)`` lets the runtime swap heads (any K)
   without re-exporting or rebuilding an engine.
 * ``encoder_only``: the encoder alone, output ``z`` only.
+
+``attention="split_qkv"`` traces every transformer block's attention as three
+q/k/v projections and ``softmax(q k^T / sqrt(hd)) v`` (the same maths as the
+packed ``qkv`` + SDPA the model trains with: the q/k/v weights are slices of
+``qkv``): the pattern ONNX Runtime's transformer optimizer fuses into one
+``Attention`` op. The default ``"packed"`` traces the model as it is.
 """
 
 from __future__ import annotations
+
+import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,19 +36,53 @@ LATENT_NAME = "z"
 HEAD_WEIGHT_NAME = "head_weight"
 HEAD_BIAS_NAME = "head_bias"
 HEAD_OUTPUT_NAME = "head"
+ATTENTION_FORMS = ("packed", "split_qkv")
 
 
 class EdgeGraphError(ValueError):
     """An encoder/head/mode combination that cannot be exported."""
 
 
+class SplitQKVAttention(nn.Module):
+    """Export form of ``Attention``: separate q/k/v MatMul+Add and ``(q @ k^T) / sqrt(hd)``, same weights."""
+
+    def __init__(self, attn: nn.Module, tokens: int):
+        super().__init__()
+        self.attn = attn
+        self.tokens = tokens  # N as a Python int: reshapes are constants (-1 for the batch), no Shape plumbing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, N = self.attn, self.tokens
+        C = a.num_heads * a.head_dim
+        w, b = a.qkv.weight, a.qkv.bias  # (3C, C), (3C,): rows [q; k; v]
+        q, k, v = (F.linear(x, w[i * C:(i + 1) * C], b[i * C:(i + 1) * C])  # (B, N, C)
+                   .reshape(-1, N, a.num_heads, a.head_dim).transpose(1, 2) for i in range(3))  # each (B, h, N, hd)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(a.head_dim)  # (B, h, N, N)
+        x = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, N, C)  # (B, h, N, hd) → (B, N, C)
+        return a.proj(x)
+
+
+def split_qkv(encoder: nn.Module) -> nn.Module:
+    """A copy of ``encoder`` whose blocks trace their attention as ``SplitQKVAttention`` (the caller's is untouched)."""
+    encoder = copy.deepcopy(encoder)
+    for blk in encoder.blocks:
+        blk.attn = SplitQKVAttention(blk.attn, int(encoder.cfg.num_patches))
+    return encoder
+
+
 class EdgeGraph(nn.Module):
     """uint8 frames (B, H, W, 3) BGR → ``z`` (B, D) [+ head outputs]."""
 
-    def __init__(self, encoder: nn.Module, head: FusedHead | None = None, mode: str = "fused"):
+    def __init__(self, encoder: nn.Module, head: FusedHead | None = None, mode: str = "fused",
+                 attention: str = "packed"):
         super().__init__()
         if mode not in MODES:
             raise EdgeGraphError(unknown_mode(mode))
+        if attention not in ATTENTION_FORMS:
+            raise EdgeGraphError(f"unknown attention form {attention!r}; choose one of {list(ATTENTION_FORMS)}")
+        if attention == "split_qkv":
+            encoder = split_qkv(encoder)
+        self.attention = attention
         latent_dim = int(encoder.cfg.latent_dim)
         self.encoder = encoder
         self.mode = mode

@@ -18,6 +18,15 @@ Parity, per output, on seeded random uint8 frames at batch 1 and 3:
   elementwise: the first term is exactly how far the (already accepted) ``z``
   error can move a linear head, the second the float32 rounding of the Gemm.
 
+Then, optionally, graph passes (``jepa_edge.export.optimize``): onnxslim
+(on by default when installed) and ONNX Runtime's transformer fusions (off by
+default: contrib ops), each kept only if the optimised graph matches the
+exported one on ONNX Runtime CPU within ``optimize_atol * max(1, |ref|)``.
+``batch=N`` exports every frames/z/head shape static at N (CUDA graphs and
+fixed-shape engines need that); ``batch=0`` keeps the batch axis dynamic.
+``metadata["graph"]`` records the batch, the passes applied (and why one was
+dropped), their parity errors and the node counts by op type per stage.
+
 Torch is imported inside functions: reading metadata or inspecting a graph
 from this module works without it.
 """
@@ -39,6 +48,7 @@ import numpy as np
 from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
 from jepa_edge.export.int8 import downstream_nodes
+from jepa_edge.export.optimize import OptimizeConfig, node_counts, optimize_graph, require_onnxslim
 from jepa_edge.runtime.meta import FORMAT, METADATA_KEY, MODES, VERSION, unknown_mode
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -62,6 +72,10 @@ class OnnxExportConfig:
     parity_batches: tuple[int, ...] = (1, 3)  # batch sizes checked (1 and >1 prove the batch axis is dynamic)
     trace_batch: int = 2  # batch of the tracing example: neither 1 nor a parity size, so no size is baked in
     seed: int = 0  # random frames / placeholder head for tracing and parity
+    batch: int = 0  # 0: dynamic batch axis; N > 0: every frames/z/head shape static at N (CUDA graphs, TensorRT)
+    optimize: bool | None = None  # onnxslim pass: None = when onnxslim is installed, True = required, False = off
+    fuse_transformer: bool = False  # + ONNX Runtime transformer fusions (com.microsoft ops: ORT only, not TensorRT)
+    optimize_atol: float = 1e-5  # each pass vs the exported graph: max |Δ| <= optimize_atol * max(1, max |ref|)
 
     def validate(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -77,6 +91,24 @@ class OnnxExportConfig:
             raise ExportError("OnnxExportConfig.z_atol and head_rtol must be > 0")
         if not self.parity_batches or min(self.parity_batches) < 1 or self.trace_batch < 1:
             raise ExportError("OnnxExportConfig.parity_batches must be non-empty and every batch size >= 1")
+        if self.batch < 0:
+            raise ExportError(f"OnnxExportConfig.batch={self.batch}: use 0 (dynamic batch) or a static batch N >= 1")
+        if self.optimize_atol <= 0:
+            raise ExportError("OnnxExportConfig.optimize_atol must be > 0")
+
+    @property
+    def static(self) -> bool:
+        return self.batch > 0
+
+    def batches(self) -> tuple[int, tuple[int, ...]]:
+        """(trace batch, parity batches): a static graph is traced and checked at its one batch size."""
+        return (self.batch, (self.batch,)) if self.static else (self.trace_batch, self.parity_batches)
+
+    def slim_enabled(self) -> bool:
+        """Whether the onnxslim pass runs: asked for, or (None) onnxslim is importable."""
+        from jepa_edge.export.optimize import onnxslim_version
+
+        return self.optimize if self.optimize is not None else onnxslim_version() is not None
 
 
 @dataclass
@@ -182,10 +214,11 @@ def _parity_head(latent_dim: int, head: FusedHead | None, seed: int) -> tuple[np
             rng.standard_normal(3).astype(np.float32))
 
 
-def _dynamic_axes(graph: Any) -> dict[str, dict[int, str]]:
-    axes = {name: {0: "batch"} for name in (*graph.output_names, "frames")}
+def _dynamic_axes(graph: Any, static: bool) -> dict[str, dict[int, str]]:
+    """Symbolic axes: the batch (unless static) and, for head_inputs, the head width K (set per head swap)."""
+    axes = {} if static else {name: {0: "batch"} for name in (*graph.output_names, "frames")}
     if graph.mode == "head_inputs":
-        axes.update(head_weight={0: "K"}, head_bias={0: "K"}, head={0: "batch", 1: "K"})
+        axes.update(head_weight={0: "K"}, head_bias={0: "K"}, head={1: "K"} if static else {0: "batch", 1: "K"})
     return axes
 
 
@@ -199,7 +232,7 @@ def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: Onnx
         if config.exporter == "torchscript":
             torch.onnx.export(
                 graph, example, str(path), input_names=graph.input_names, output_names=graph.output_names,
-                dynamic_axes=_dynamic_axes(graph), opset_version=config.opset, do_constant_folding=True,
+                dynamic_axes=_dynamic_axes(graph, config.static), opset_version=config.opset, do_constant_folding=True,
                 dynamo=False,
             )
         else:
@@ -209,7 +242,7 @@ def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: Onnx
                 raise ExportError("exporter='dynamo' needs onnxscript: pip install 'jepa-edge[train]' "
                                   "(or use the default exporter='torchscript')") from exc
             batch = torch.export.Dim("batch", min=1, max=4096)
-            shapes: tuple[dict[int, Any], ...] = ({0: batch},)  # one entry per example input
+            shapes: tuple[dict[int, Any] | None, ...] = (None if config.static else {0: batch},)  # one per input
             if graph.mode == "head_inputs":
                 k = torch.export.Dim("K", min=1, max=65536)
                 shapes += ({0: k}, {0: k})
@@ -251,6 +284,8 @@ def export_onnx(
 
     config = config or OnnxExportConfig()
     config.validate()
+    if config.optimize:
+        require_onnxslim()  # asked for explicitly: fail before the export when the extra is missing
     if mode not in MODES:
         raise ExportError(unknown_mode(mode))
     if mode == "encoder_only" and head is not None:
@@ -270,11 +305,12 @@ def export_onnx(
     if head is not None and head.latent_dim != encoder.cfg.latent_dim:
         raise ExportError(f"the head reads latent dim {head.latent_dim}, the encoder gives {encoder.cfg.latent_dim}")
     encoder = copy.deepcopy(encoder).cpu().eval()  # export a CPU copy in eval mode; the caller's module is untouched
-    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode).eval()
+    attention = "split_qkv" if config.fuse_transformer else "packed"  # the form ORT's Attention fusion matches
+    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode, attention).eval()
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="jepa-edge-export-") as tmp:
         traced = Path(tmp) / "graph.onnx"
         head_arrays = _parity_head(graph.latent_dim, head, config.seed)
-        example = _example_inputs(graph, config.trace_batch, config.seed, head_arrays)
+        example = _example_inputs(graph, config.batches()[0], config.seed, head_arrays)
         _torch_export(graph, example, traced, config)
         model = onnx.load(str(traced))
     metadata = build_metadata(encoder, agent, mode, head, provenance)
@@ -287,14 +323,37 @@ def export_onnx(
         except onnx.checker.ValidationError as exc:
             raise ParityError(f"the exported graph is not valid ONNX ({exc}); nothing was written, "
                               "try another opset or exporter") from exc
-        parity = check_parity(model.SerializeToString(), graph, head, config)
+        parity = check_parity(model.SerializeToString(), graph, head, config, reference=encoder)
         metadata["exporter"]["parity_max_abs_error"] = parity
         _set_metadata(model, metadata)
+    model, metadata["graph"] = _graph_passes(model, metadata, config)
+    _set_metadata(model, metadata)
     data = model.SerializeToString()
     out_path = Path(out_path)
     atomic_write_bytes(out_path, data)
     return ExportResult(out_path, mode, metadata, parity, {"z_atol": config.z_atol, "head_rtol": config.head_rtol},
                         hashlib.sha256(data).hexdigest())
+
+
+def _graph_passes(model: Any, metadata: dict[str, Any], config: OnnxExportConfig) -> tuple[Any, dict[str, Any]]:
+    """onnxslim / transformer fusion (each kept only at parity with the exported graph) → (model, metadata["graph"])."""
+    import onnx
+
+    slim_on = config.slim_enabled()
+    graph: dict[str, Any] = {"batch": config.batch or None,
+                             "attention": "split_qkv" if config.fuse_transformer else "packed"}
+    if not slim_on and not config.fuse_transformer:
+        return model, {**graph, "passes": [], "node_counts": {"original": node_counts(model)}, "contrib_ops": False,
+                       "parity_atol": config.optimize_atol}
+    model, report = optimize_graph(model, metadata, OptimizeConfig(
+        slim=slim_on, fuse_transformer=config.fuse_transformer, atol=config.optimize_atol,
+        parity_batches=config.batches()[1], seed=config.seed))
+    try:  # contrib ops have no ONNX schema: check the structure only
+        onnx.checker.check_model(model, full_check=not report["contrib_ops"])
+    except onnx.checker.ValidationError as exc:
+        raise ParityError(f"the optimised graph is not valid ONNX ({exc}); nothing was written, "
+                          "export with --no-optimize and report it") from exc
+    return model, {**graph, **report}
 
 
 # ---- parity --------------------------------------------------------------------------------
@@ -305,8 +364,14 @@ def _head_bound(w: np.ndarray, dz: np.ndarray, ref: np.ndarray, rtol: float) -> 
     return np.abs(dz) @ np.abs(w).T + rtol * max(1.0, float(np.abs(ref).max(initial=0.0)))
 
 
-def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig) -> dict[str, float]:
-    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement."""
+def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig,
+                 reference: Any = None) -> dict[str, float]:
+    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement.
+
+    ``reference``: the encoder PyTorch's ``z`` comes from (default ``graph.encoder``; the export passes the
+    model as trained, so an export form such as split q/k/v is checked against the real model).
+    """
+    reference = graph.encoder if reference is None else reference
     import torch
 
     from jepa_edge.export.ort_providers import ort_session
@@ -314,12 +379,12 @@ def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config:
     sess = ort_session(model_bytes, provider="cpu")
     head_arrays = _parity_head(graph.latent_dim, head, config.seed)
     worst: dict[str, float] = {}
-    for i, batch in enumerate(config.parity_batches):
+    for i, batch in enumerate(config.batches()[1]):
         example = _example_inputs(graph, batch, config.seed + 1 + i, head_arrays)
         feeds = dict(zip(graph.input_names, (t.numpy() for t in example)))
         got = dict(zip(graph.output_names, sess.run(graph.output_names, feeds)))
         with torch.no_grad():
-            z_ref = graph.encoder(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
+            z_ref = reference(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
         dz = got["z"].astype(np.float64) - z_ref
         errors = {"z": float(np.abs(dz).max())}
         if errors["z"] > config.z_atol:

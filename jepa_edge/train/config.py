@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jepa_edge.config import from_dict, to_dict
+from jepa_edge.config import ConfigError, from_dict, to_dict
 from jepa_edge.train.jepa import JEPAConfig
 from jepa_edge.world.sim import WorldConfig
 
@@ -74,3 +74,32 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+# ---- presets: named starting points for RunConfig (the "demo" preset is RunConfig() itself) -------------------
+
+PRESETS: dict[str, dict] = {
+    "demo": {},  # 32 px, patch 8, width 64, depth 3: the recipe of docs/RECIPE.md (trains on 2 CPU cores)
+    # ViT-Tiny size (DeiT-Ti: 224 px, patch 16, width 192, depth 12, 3 heads, MLP x4), for real-camera numbers.
+    # Its training recipe is not tuned (never trained on CPU); it exists so export/run/bench see a deployable size.
+    "vit-tiny": {
+        "data": {"img_size": 224, "n_episodes": 64, "eval_episodes": 16},  # 64x32 frames at 224 px: ~0.3 GB uint8
+        "jepa": {
+            "encoder": {"img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3,
+                        "mlp_ratio": 4.0, "latent_dim": 192},
+            "predictor": {"embed_dim": 192, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0},
+        },
+    },
+}
+
+
+def preset_config(name: str) -> RunConfig:
+    """The RunConfig of preset ``name`` (``PRESETS``): defaults with the preset's fields replaced."""
+    from jepa_edge.config import deep_merge
+
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = RunConfig.from_dict(deep_merge(RunConfig().to_dict(), PRESETS[name]))
+    cfg.validate()
+    cfg.jepa.validate()
+    return cfg

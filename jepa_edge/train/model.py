@@ -66,7 +66,8 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
         p = self.attn_drop if self.training else 0.0
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            # scale given as a Python float (bit-equal to SDPA's own 1/sqrt(hd)): the export gets a constant, not Sqrt(Shape)
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=1.0 / math.sqrt(self.head_dim))
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
             attn = F.dropout(attn.softmax(dim=-1), p, training=self.training)
@@ -129,7 +130,7 @@ class AttentionPool(nn.Module):
         kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, h, N, hd)
         k, v = kv.unbind(0)
         if self.fused_attn:
-            o = F.scaled_dot_product_attention(q, k, v)
+            o = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))  # constant in the export
         else:
             o = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1) @ v  # (B, h, 1, hd)
         return self.out(o.reshape(B, C))  # (B, out_dim)
