@@ -28,7 +28,7 @@ class DeviceClips:
     def __init__(self, frames: np.ndarray, batch: int, clip_len: int, seed: int, rank: int,
                  device: torch.device | str):
         """``frames``: (E, T, S, S, 3) uint8 BGR (``ViewData.frames``), moved to ``device`` once."""
-        E, T = frames.shape[:2]
+        T = frames.shape[1]
         if T < clip_len:
             raise ValueError(f"episodes hold {T} frames, fewer than one clip ({clip_len}); use longer episodes")
         self.device = torch.device(device)

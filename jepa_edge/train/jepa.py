@@ -114,14 +114,16 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """EMA: target ← momentum · target + (1 − momentum) · online, one fused op over all parameters.
+        """EMA: target ← momentum · target + (1 − momentum) · online, two multi-tensor ops over all parameters.
 
-        ``lerp(t, o, w) = t + w · (o − t)`` with ``w = 1 − momentum`` is the same update
-        (tests/test_train_speed_paths.py checks it against the per-parameter form).
+        The same two operations per tensor as a per-parameter ``mul_``/``add_`` loop, so the
+        result is bit-identical to it (tests/test_train_speed_paths.py); ``_foreach_lerp_``
+        would be one kernel but rounds differently.
         """
         targets = list(self.target_encoder.parameters())
         online = [p.detach() for p in self.encoder.parameters()]
-        torch._foreach_lerp_(targets, online, 1.0 - momentum)
+        torch._foreach_mul_(targets, momentum)
+        torch._foreach_add_(targets, online, alpha=1.0 - momentum)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
