@@ -8,6 +8,9 @@ the training loop runs them). Writes JSON with the machine (CPU model, GPU name)
 
     python benchmarks/train_throughput.py [--device cuda] [--batch 128 512] [--modes eager compile cuda-graphs]
     python benchmarks/train_throughput.py --device cpu --batch 32 --steps 5 --modes eager   # a quick CPU check
+
+``compile`` on the CPU builds C++ kernels with inductor: its warm-up took minutes on a shared 2-core
+machine (reported as ``warmup_s``). Timings belong in benchmarks/results only from an otherwise idle machine.
 """
 
 from __future__ import annotations

@@ -304,3 +304,16 @@ def test_train_throughput_script_reports_modes_attention_and_machine(tmp_path):
     assert [(r["mode"], r["fused_attn"], r["status"]) for r in rows] == [("eager", True, "ok"), ("eager", False, "ok")]
     assert all(r["step_ms_p50"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert set(report["speedups"]) == {"fused_vs_manual/eager/b4"}
+
+
+def test_gpu_training_with_cuda_graphs_runs(tmp_path):
+    if not torch.cuda.is_available():
+        skip_or_fail("no CUDA device")
+    try:
+        res = train(_tiny(device="cuda", cuda_graphs=True, fused_attn=True), tmp_path / "cg", progress=False)
+    finally:
+        torch._dynamo.reset()
+    log = [json.loads(line) for line in (tmp_path / "cg" / "log.jsonl").read_text().splitlines()]
+    assert res.step == 8 and all(r["loss"] == r["loss"] for r in log if "loss" in r)  # finite (no NaN)
+    _enc, meta = load_agent(tmp_path / "cg")
+    assert meta["step"] == 8
