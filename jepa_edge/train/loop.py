@@ -225,10 +225,11 @@ def choose_attention(model: JEPA, cfg: RunConfig, device: torch.device, amp: boo
         if key not in _ATTENTION_CHOICES:
             _ATTENTION_CHOICES[key] = measure_attention(model, cfg.train.batch_size, amp)
         choice = dict(_ATTENTION_CHOICES[key])
-        if dist.is_initialized():
-            shared = [choice]
-            dist.broadcast_object_list(shared, src=0)
-            choice = shared[0]
+        if dist.is_initialized():  # every rank runs rank 0's choice (a tensor broadcast: nothing is unpickled)
+            shared = torch.tensor([float(choice["fused"]), choice["fused_ms"], choice["manual_ms"]], device=device)
+            dist.broadcast(shared, src=0)
+            fused, fused_ms, manual_ms = shared.tolist()
+            choice.update(fused=bool(fused), fused_ms=round(fused_ms, 3), manual_ms=round(manual_ms, 3))
     model.set_fused_attn(bool(choice["fused"]))
     return {**choice, "setting": setting}
 
