@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ class EncoderConfig:
     num_heads: int = 4
     mlp_ratio: float = 2.0
     latent_dim: int = 64  # size of the global latent z exchanged through W
-    fused_attn: bool | str = "auto"  # True = F.scaled_dot_product_attention, False = manual reference path;
+    fused_attn: bool | Literal["auto"] = "auto"  # True = F.scaled_dot_product_attention, False = manual reference path;
     # "auto": modules are built fused, and the trainer picks the faster path for its device (train/loop.py)
 
     def validate(self) -> None:
