@@ -277,6 +277,13 @@ def test_each_rank_binds_its_gpu_before_nccl_starts(monkeypatch):
     rank, world, device = loop.setup_distributed(TrainConfig(device="cuda", threads=0))
     assert (rank, world, device) == (1, 2, torch.device("cuda", 1))
     assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl", {"device_id": torch.device("cuda", 1)})]
+    calls.clear()  # one process, plain "cuda": the current GPU, with its index (set_device refuses a bare "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert loop.setup_distributed(TrainConfig(device="cuda", threads=0)) == (0, 1, torch.device("cuda", 0))
+    assert calls == [("set_device", torch.device("cuda", 0))]
 
 
 def test_gpu_training_resumes_bit_identically(tmp_path):

@@ -97,9 +97,9 @@ def setup_distributed(tc: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun each process binds its GPU *before* NCCL starts."""
     rank, world, local_rank = _dist_info()
     device = _resolve_device(tc.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
+    if device.type == "cuda":  # an explicit index: torchrun's local rank, else the one asked for or the current one
+        index = local_rank if world > 1 else (device.index if device.index is not None else torch.cuda.current_device())
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)  # NCCL and the default CUDA stream must use this rank's GPU
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
