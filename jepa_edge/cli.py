@@ -115,7 +115,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    compile: Annotated[bool, typer.Option(help="torch.compile the encoder (CUDA).")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the training step's loss module.")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(help="Compile with CUDA graphs (reduce-overhead); CUDA only.")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides (unknown keys are errors).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     teacher: Annotated[Path | None, typer.Option(help="Teacher agent run dir: align this student to it via W.")] = None,
@@ -135,7 +136,7 @@ def train(
     cfg_dict = deep_merge(base, overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
     cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""))
-    cfg_dict["train"].update(seed=seed, device=device, compile=compile)
+    cfg_dict["train"].update(seed=seed, device=device, compile=compile, cuda_graphs=cuda_graphs)
     if steps is not None:
         cfg_dict["train"]["steps"] = steps
     if batch_size is not None:

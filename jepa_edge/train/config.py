@@ -35,7 +35,8 @@ class TrainConfig:
     log_every: int = 25
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast (CUDA only; CPU stays fp32)
-    compile: bool = False  # torch.compile the encoder (CUDA)
+    compile: bool = False  # torch.compile the loss module the step calls (CPU needs a C++ compiler)
+    cuda_graphs: bool = False  # compile with mode="reduce-overhead" (CUDA graphs; CUDA only, one process)
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
 
 

@@ -83,8 +83,18 @@ class JEPA(nn.Module):
     def clip_len(self) -> int:
         return self.cfg.context_frames + self.cfg.horizon
 
-    def loss(self, clip: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """clip (B, k+h, 3, H, W) float in [0, 255] → (scalar loss, logs)."""
+    def set_fused_attn(self, fused: bool) -> None:
+        """One switch for every attention module (online and target encoders, predictor)."""
+        for m in self.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = fused
+
+    def loss(self, clip: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """clip (B, k+h, 3, H, W) float in [0, 255] → (scalar loss, logs as detached 0-d tensors).
+
+        Nothing here reads a value back to the host: the trainer accumulates the logs on
+        the device and reads them at log steps only.
+        """
         cfg, k = self.cfg, self.cfg.context_frames
         B = clip.shape[0]
         tokens = self.encoder.forward_features(clip[:, :k].flatten(0, 1))  # (B*k, N, D)
@@ -98,16 +108,22 @@ class JEPA(nn.Module):
         loss_z = F.mse_loss(pred_z, target_z)
         var, cov = vicreg_terms(tokens.transpose(0, 1), cfg.var_target)  # groups = patch positions
         loss = cfg.token_weight * loss_tok + cfg.z_weight * loss_z + cfg.reg_weight * (var + cfg.cov_weight * cov)
-        logs = {"loss": loss.item(), "loss_tokens": loss_tok.item(), "loss_z": loss_z.item(),
-                "tok_var": var.item(), "tok_cov": cov.item(), "z_std": embedding_std(z.detach())}
-        return loss, logs
+        logs = {"loss": loss, "loss_tokens": loss_tok, "loss_z": loss_z, "tok_var": var, "tok_cov": cov,
+                "z_std": z.detach().float().std(0).mean()}
+        return loss, {k: v.detach() for k, v in logs.items()}
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """EMA: target ← momentum · target + (1 − momentum) · online."""
-        for p_t, p_o in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            p_t.mul_(momentum)
-            p_t.add_(p_o.detach(), alpha=1.0 - momentum)
+        """EMA: target ← momentum · target + (1 − momentum) · online, two multi-tensor ops over all parameters.
+
+        The same two operations per tensor as a per-parameter ``mul_``/``add_`` loop, so the
+        result is bit-identical to it (tests/test_train_speed_paths.py); ``_foreach_lerp_``
+        would be one kernel but rounds differently.
+        """
+        targets = list(self.target_encoder.parameters())
+        online = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_mul_(targets, momentum)
+        torch._foreach_add_(targets, online, alpha=1.0 - momentum)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:

@@ -1,10 +1,16 @@
 """`jepa-edge train`: one flat training loop with labelled sections.
 
-Sections per step, in order: eval/checkpoint → sample clips → forward/backward
-→ clip/step → EMA → log. The learning rate and EMA momentum are pure
-functions of ``step`` and clip sampling is seeded by ``(seed, step, rank)``,
-so ``--resume`` only needs the step and the saved tensors to continue exactly
-where an interrupted run stopped.
+Sections per step, in order: eval/checkpoint → forward/backward → clip/step
+→ EMA → log. The learning rate and EMA momentum are pure functions of
+``step`` and the clips are drawn on the device from a generator seeded by
+``(seed, step, rank)`` (``train/clips.py``), so ``--resume`` only needs the step
+and the saved tensors to continue exactly where an interrupted run stopped.
+
+A step never waits for the host: the frames live on the training device,
+losses and metrics are summed there (``Meter``) and read back every
+``log_every`` steps, which is also when a non-finite loss is detected
+(``TrainingDivergedError``; the check runs again before every checkpoint, so
+a diverged run never overwrites the last good one).
 
 Runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on
 CUDA): each process samples its own clips, gradients are averaged, rank 0
@@ -13,10 +19,13 @@ evaluates and writes checkpoints.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +43,15 @@ from jepa_edge.train.checkpoint import (
     save_train_state,
     state_to_numpy,
 )
-from jepa_edge.train.config import RunConfig
+from jepa_edge.train.clips import DeviceClips
+from jepa_edge.train.config import RunConfig, TrainConfig
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.world.dataset import ViewData, make_view_dataset
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or gradient norm) became NaN/Inf; the checkpoint on disk is still the last good one."""
 
 
 @dataclass
@@ -48,10 +62,11 @@ class TrainResult:
     metrics: dict[str, Any]  # final eval of the saved encoder
     untrained: dict[str, Any]  # the same eval at step 0 (the control)
     wall_time_s: float
+    attention: dict[str, Any] = field(default_factory=dict)  # which attention path ran, and why
 
 
-class _LossModule(torch.nn.Module):
-    """DDP hooks ``forward``; this makes ``forward(clip)`` the JEPA loss."""
+class LossModule(torch.nn.Module):
+    """DDP and torch.compile wrap ``forward``; this makes ``forward(clip)`` the JEPA loss."""
 
     def __init__(self, jepa: JEPA):
         super().__init__()
@@ -59,6 +74,14 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, clip: torch.Tensor):
         return self.jepa.loss(clip)
+
+
+# ---------------------------------------------------------------- device, processes, data
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -70,9 +93,22 @@ def _resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+def setup_distributed(tc: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun each process binds its GPU *before* NCCL starts."""
+    rank, world, local_rank = _dist_info()
+    device = _resolve_device(tc.device)
+    if device.type == "cuda":  # an explicit index: torchrun's local rank, else the one asked for or the current one
+        index = local_rank if world > 1 else (device.index if device.index is not None else torch.cuda.current_device())
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)  # NCCL and the default CUDA stream must use this rank's GPU
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    return rank, world, device
 
 
 def load_view_data(cfg: RunConfig) -> tuple[ViewData, ViewData | None]:
@@ -87,14 +123,198 @@ def load_view_data(cfg: RunConfig) -> tuple[ViewData, ViewData | None]:
     return train, held_out
 
 
-def sample_clips(frames: torch.Tensor, batch: int, clip_len: int, seed: int, step: int, rank: int) -> torch.Tensor:
-    """(E, T, 3, S, S) uint8 → (B, clip_len, 3, S, S) float; a pure function of (seed, step, rank)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 7919 + rank)
-    E, T = frames.shape[:2]
-    e = torch.randint(0, E, (batch,), generator=g)  # (B,)
-    t = torch.randint(0, T - clip_len + 1, (batch,), generator=g)  # (B,)
-    idx = t[:, None] + torch.arange(clip_len)[None]  # (B, L)
-    return frames[e[:, None], idx].float()  # (B, L, 3, S, S)
+# ---------------------------------------------------------------- model, optimiser, compile
+
+
+def build_modules(cfg: RunConfig, device: torch.device, world: int) -> tuple[JEPA, dict[str, torch.nn.Module]]:
+    """The JEPA (and, for a student, the alignment to its teacher), seeded by ``train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    model = JEPA(cfg.jepa).to(device)
+    modules: dict[str, torch.nn.Module] = {"model": model}
+    if cfg.teacher.run:
+        if world > 1:
+            raise ValueError("student training with --teacher runs in one process; drop torchrun for it")
+        from jepa_edge.train.teacher import build_alignment  # student mode: align to a frozen teacher through W
+
+        modules["align"] = build_alignment(cfg, device)
+    return model, modules
+
+
+def optimizer_options(device: torch.device) -> dict[str, bool]:
+    """One fused AdamW kernel on CUDA; the multi-tensor (foreach) implementation on the CPU."""
+    return {"fused": True, "foreach": False} if device.type == "cuda" else {"fused": False, "foreach": True}
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, **optimizer_options(device))
+
+
+def compile_options(tc: TrainConfig, device: torch.device, world: int) -> dict[str, Any] | None:
+    """``torch.compile`` keyword arguments for the step's loss module, or None for eager."""
+    if tc.cuda_graphs:
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device (training runs on {device}); drop --cuda-graphs "
+                             "or train with --device cuda")
+        if world > 1:
+            raise ValueError("--cuda-graphs is not supported under torchrun (DDP); drop it or use --compile")
+        return {"mode": "reduce-overhead"}  # CUDA graphs: the batch shape is fixed, so one graph is replayed
+    return {} if tc.compile else None
+
+
+def wrap_runner(model: JEPA, tc: TrainConfig, device: torch.device, world: int) -> torch.nn.Module:
+    """What the step calls: the loss module, under DDP when distributed, compiled when asked."""
+    runner: torch.nn.Module = LossModule(model)
+    if world > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda"
+                                                           else None)
+    options = compile_options(tc, device, world)
+    return runner if options is None else torch.compile(runner, **options)
+
+
+# ---------------------------------------------------------------- attention path per device
+
+_ATTENTION_CHOICES: dict[tuple, dict[str, Any]] = {}  # (device, config, batch, amp) → measured choice, per process
+
+
+def _timed_step(model: JEPA, clip: torch.Tensor, amp: bool) -> float:
+    sync = torch.cuda.synchronize if clip.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    with torch.autocast(clip.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss, _ = model.loss(clip)
+    loss.backward()
+    sync()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def measure_attention(model: JEPA, batch: int, amp: bool, rounds: int = 3) -> dict[str, Any]:
+    """Time forward+backward of a copy of ``model`` with each attention path, alternating; best of ``rounds``."""
+    probe = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    S, L = model.cfg.encoder.img_size, model.clip_len
+    g = torch.Generator().manual_seed(0)  # a private generator: training's RNG streams stay untouched
+    clip = (torch.rand(batch, L, 3, S, S, generator=g) * 255).to(device)  # (B, L, 3, S, S)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds + 1):  # round 0 warms both paths up
+        for fused in (True, False):
+            probe.set_fused_attn(fused)
+            t = _timed_step(probe, clip, amp)
+            if r:
+                times[fused].append(t)
+    fused_ms, manual_ms = 1e3 * min(times[True]), 1e3 * min(times[False])
+    return {"fused": fused_ms <= manual_ms, "how": "measured", "fused_ms": round(fused_ms, 3),
+            "manual_ms": round(manual_ms, 3), "batch": batch, "device": str(device)}
+
+
+def choose_attention(model: JEPA, cfg: RunConfig, device: torch.device, amp: bool,
+                     saved: dict[str, Any] | None) -> dict[str, Any]:
+    """Set the attention path of every module and return the record kept in the run meta.
+
+    ``jepa.encoder.fused_attn`` true/false is obeyed; "auto" times both paths on this
+    device (cached per device and config in this process; rank 0's choice is used by every
+    rank). A resumed run keeps the choice saved in its train state, so it stays bit-identical.
+    """
+    setting = cfg.jepa.encoder.fused_attn
+    if saved is not None:
+        choice = {**saved, "how": saved.get("how", "saved")}
+    elif isinstance(setting, bool):
+        choice = {"fused": setting, "how": "config"}
+    else:
+        key = (str(device), json.dumps(to_dict(cfg.jepa), sort_keys=True), cfg.train.batch_size, amp)
+        if key not in _ATTENTION_CHOICES:
+            _ATTENTION_CHOICES[key] = measure_attention(model, cfg.train.batch_size, amp)
+        choice = dict(_ATTENTION_CHOICES[key])
+        if dist.is_initialized():  # every rank runs rank 0's choice (a tensor broadcast: nothing is unpickled)
+            shared = torch.tensor([float(choice["fused"]), choice["fused_ms"], choice["manual_ms"]], device=device)
+            dist.broadcast(shared, src=0)
+            fused, fused_ms, manual_ms = shared.tolist()
+            choice.update(fused=bool(fused), fused_ms=round(fused_ms, 3), manual_ms=round(manual_ms, 3))
+    model.set_fused_attn(bool(choice["fused"]))
+    return {**choice, "setting": setting}
+
+
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class _Start:
+    step: int = 0
+    untrained: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    attention: dict[str, Any] | None = None
+
+
+def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+            device: torch.device, resume: bool) -> _Start:
+    """Where this run starts: step 0 of a new run dir, or the saved state of an interrupted run."""
+    state_json = out_dir / "train_state.json"
+    if not resume:
+        if state_json.exists():
+            raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+        return _Start()
+    if not state_json.is_file():
+        raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
+    saved = json.loads(state_json.read_text())
+    if from_dict(RunConfig, saved["config"]) != cfg:
+        raise CheckpointError(f"{out_dir}: the saved run used a different config; resume with the same options "
+                              "(or train into a new --out)")
+    info = load_train_state(out_dir, modules, opt)
+    for group in opt.param_groups:  # the saved groups carry the implementation flags of the machine that wrote them
+        group.update(optimizer_options(device))
+    return _Start(info["step"], info.get("untrained", {}), info.get("wall_time_s", 0.0), info.get("attention"))
+
+
+# ---------------------------------------------------------------- metrics and divergence
+
+
+class Meter:
+    """Sums per-step metrics on the device; ``read()`` is the one host sync, at log/checkpoint steps.
+
+    Under DDP ``read()`` averages over ranks too (one all-reduce), so every rank sees the
+    same values and a divergence stops every process at the same step.
+    """
+
+    def __init__(self, device: torch.device, world: int):
+        self.device, self.world = device, world
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None
+        self.n = 0
+
+    def add(self, logs: dict[str, torch.Tensor | float]) -> None:
+        if not self.names:
+            self.names = list(logs)
+        vec = torch.stack([torch.as_tensor(logs[k], device=self.device).float() for k in self.names])  # (M,)
+        self.total = vec if self.total is None else self.total + vec
+        self.n += 1
+
+    def read(self) -> dict[str, float]:
+        """Means since the last ``reset()`` (over steps, and ranks)."""
+        total = self.total.clone()
+        if self.world > 1:
+            dist.all_reduce(total)
+        return dict(zip(self.names, (total / (self.n * self.world)).tolist(), strict=True))
+
+    def reset(self) -> None:
+        self.total, self.n = None, 0
+
+
+def check_finite(values: dict[str, float], step: int, window: int, last_good: int | None, out_dir: Path,
+                 lr: float) -> None:
+    """Raise ``TrainingDivergedError`` when any metric of the last ``window`` steps is NaN/Inf."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if not bad:
+        return
+    kept = f"{out_dir} keeps the last good checkpoint (step {last_good})" if last_good is not None \
+        else "no checkpoint was written"
+    raise TrainingDivergedError(
+        f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} in steps {step - window + 1}..{step} "
+        f"(checked every log_every steps); {kept}; lower --lr (peak {lr:g}) or raise train.warmup / lower "
+        "train.grad_clip, and train into a new --out"
+    )
+
+
+# ---------------------------------------------------------------- eval, checkpoint, log
 
 
 def evaluate(model: JEPA, held_out: ViewData | None, device: torch.device) -> dict[str, Any]:
@@ -107,145 +327,142 @@ def evaluate(model: JEPA, held_out: ViewData | None, device: torch.device) -> di
     return out
 
 
-def _agent_meta(cfg: RunConfig, step: int, metrics: dict, untrained: dict, source: str) -> dict[str, Any]:
+def _agent_meta(cfg: RunConfig, step: int, metrics: dict, untrained: dict, source: str,
+                attention: dict) -> dict[str, Any]:
     return {"name": cfg.name, "view": cfg.data.view, "step": step, "encoder": to_dict(cfg.jepa.encoder),
-            "run": cfg.to_dict(), "data_source": source, "metrics": metrics, "untrained_metrics": untrained}
+            "run": cfg.to_dict(), "data_source": source, "metrics": metrics, "untrained_metrics": untrained,
+            "attention": attention}
+
+
+def save_checkpoint(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+                    info: dict[str, Any], source: str) -> str:
+    """Train state (for --resume) then the agent (EMA target encoder); returns its fingerprint."""
+    save_train_state(out_dir, modules, opt, info)
+    meta = _agent_meta(cfg, info["step"], info["metrics"], info["untrained"], source, info["attention"])
+    return save_agent(out_dir, modules["model"].target_encoder, meta)
+
+
+@contextmanager
+def _run_log(out_dir: Path, is_main: bool):
+    """log.jsonl (rank 0), appended across resumes; None on other ranks."""
+    if not is_main:
+        yield None
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "log.jsonl", "a") as f:
+        yield f
+
+
+def _write(log_f, record: dict[str, Any]) -> None:
+    if log_f is not None:
+        log_f.write(json.dumps(record) + "\n")
+        log_f.flush()
+
+
+def _progress_bar(cfg: RunConfig, step: int, show: bool) -> tuple[Progress, Any]:
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show)
+    return bar, bar.add_task(f"train {cfg.name} ({cfg.data.view})", total=cfg.train.steps, completed=step, info="")
+
+
+# ---------------------------------------------------------------- one step's forward/backward
+
+
+def forward_backward(runner: torch.nn.Module, model: JEPA, align: torch.nn.Module | None, clip: torch.Tensor,
+                     step: int, cfg: RunConfig, opt: torch.optim.Optimizer,
+                     autocast) -> dict[str, torch.Tensor]:
+    """Loss of one batch (plus the teacher alignment for a student), backward; returns detached logs."""
+    with autocast:
+        loss, logs = runner(clip)
+        if align is not None:
+            align_loss, align_logs = align.loss(model.encoder, step)
+            loss = loss + cfg.teacher.weight * align_loss
+            logs = {**logs, **align_logs}
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return {**logs, "loss": loss.detach()}
+
+
+# ---------------------------------------------------------------- the loop
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_at: int | None = None) -> TrainResult:
     """Train one agent; ``stop_at`` ends early after checkpointing at that step (for interruption tests)."""
     cfg.validate()
-    out_dir = Path(out_dir)
-    rank, world, local_rank = _dist_info()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo")
-    device = _resolve_device(cfg.train.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    tc = cfg.train
+    out_dir, tc = Path(out_dir), cfg.train
+    rank, world, device = setup_distributed(tc)
+    amp = tc.amp and device.type == "cuda"
+    compile_options(tc, device, world)  # refuse an impossible --cuda-graphs before any work
 
-    # ---- setup: data, model, optimiser, resume
+    # ---- setup: data on the device, model, optimiser, resume, attention path, what the step calls
     train_data, held_out = load_view_data(cfg)
-    frames = torch.from_numpy(train_data.frames).permute(0, 1, 4, 2, 3).contiguous()  # (E, T, 3, S, S) uint8
-    torch.manual_seed(tc.seed)
-    model = JEPA(cfg.jepa).to(device)
-    modules: dict[str, torch.nn.Module] = {"model": model}
-    align = None
-    if cfg.teacher.run:
-        if world > 1:
-            raise ValueError("student training with --teacher runs in one process; drop torchrun for it")
-        from jepa_edge.train.teacher import build_alignment  # student mode: align to a frozen teacher through W
-
-        align = build_alignment(cfg, device)
-        modules["align"] = align
+    model, modules = build_modules(cfg, device, world)
+    align = modules.get("align")
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    step, untrained, wall_before = 0, {}, 0.0
-    if resume:
-        saved = json.loads((out_dir / "train_state.json").read_text()) if (out_dir / "train_state.json").is_file() \
-            else None
-        if saved is None:
-            raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
-        if from_dict(RunConfig, saved["config"]) != cfg:
-            raise CheckpointError(
-                f"{out_dir}: the saved run used a different config; resume with the same options "
-                "(or train into a new --out)"
-            )
-        info = load_train_state(out_dir, modules, opt)
-        step, untrained, wall_before = info["step"], info.get("untrained", {}), info.get("wall_time_s", 0.0)
-    elif (out_dir / "train_state.json").exists():
-        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
-    runner: torch.nn.Module = _LossModule(model)
-    if world > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda"
-                                                           else None)
-    if tc.compile and device.type == "cuda":
-        model.encoder = torch.compile(model.encoder)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
-    is_main = rank == 0
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log_f = open(out_dir / "log.jsonl", "a") if is_main else None  # noqa: SIM115 (closed below)
-
-    def checkpoint(at: int, metrics: dict) -> str | None:
-        if not is_main:
-            return None
-        info = {"step": at, "config": cfg.to_dict(), "untrained": untrained, "metrics": metrics,
-                "wall_time_s": wall_before + time.time() - t0}
-        save_train_state(out_dir, modules, opt, info)
-        return save_agent(out_dir, model.target_encoder,
-                          _agent_meta(cfg, at, metrics, untrained, train_data.source))
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                   disable=not (progress and is_main))
-    task = bar.add_task(f"train {cfg.name} ({cfg.data.view})", total=tc.steps, completed=step, info="")
-    t0 = time.time()
+    opt = make_optimizer(params, tc, device)
+    start = restore(cfg, out_dir, modules, opt, device, resume)
+    attention = choose_attention(model, cfg, device, amp, start.attention)
+    runner = wrap_runner(model, tc, device, world)
+    clips = DeviceClips(train_data.frames, tc.batch_size, model.clip_len, tc.seed, rank, device)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    is_main, meter = rank == 0, Meter(device, world)
+    step, untrained, last_good = start.step, start.untrained, (start.step if resume else None)
     metrics: dict[str, Any] = {}
-    fingerprint = ""
-    clip_len = cfg.jepa.context_frames + cfg.jepa.horizon
-    with bar:
+    bar, task = _progress_bar(cfg, step, progress and is_main)
+    t0 = time.time()
+    with bar, _run_log(out_dir, is_main) as log_f:
         while True:
-            # ---- eval / checkpoint
+            # ---- eval / checkpoint (divergence checked first: a NaN run never overwrites a good checkpoint)
             last = step >= tc.steps or (stop_at is not None and step >= stop_at)
-            if is_main and (step % tc.eval_every == 0 or last):
+            due_eval, due_ckpt = step % tc.eval_every == 0 or last, (step > 0 and step % tc.ckpt_every == 0) or last
+            if (due_eval or due_ckpt) and meter.n:
+                check_finite(meter.read(), step, meter.n, last_good, out_dir, tc.lr)
+            if due_eval and is_main:
                 metrics = evaluate(model, held_out, device)
-                if step == 0 and not untrained:
-                    untrained = dict(metrics)
-                if log_f:
-                    log_f.write(json.dumps({"step": step, "eval": metrics}) + "\n")
-                    log_f.flush()
-            if (step > 0 and step % tc.ckpt_every == 0) or last:
-                fingerprint = checkpoint(step, metrics) or fingerprint
+                untrained = untrained or (dict(metrics) if step == 0 else {})
+                _write(log_f, {"step": step, "eval": metrics})
+            if due_ckpt and is_main:
+                info = {"step": step, "config": cfg.to_dict(), "untrained": untrained, "metrics": metrics,
+                        "attention": attention, "wall_time_s": start.wall_time_s + time.time() - t0}
+                save_checkpoint(cfg, out_dir, modules, opt, info, train_data.source)
+            last_good = step if due_ckpt else last_good
             if world > 1:
                 dist.barrier()
             if last:
                 break
 
-            # ---- sample clips
-            clip = sample_clips(frames, tc.batch_size, clip_len, tc.seed, step, rank).to(device)
-
-            # ---- forward / backward
+            # ---- forward / backward (clips gathered on the device; no host sync anywhere in the step)
             lr = lr_at(step, tc.steps, tc.lr, tc.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with autocast:
-                loss, logs = runner(clip)
-                if align is not None:
-                    align_loss, align_logs = align.loss(model.encoder, step)
-                    loss = loss + cfg.teacher.weight * align_loss
-                    logs = {**logs, **align_logs}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if tc.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            logs = forward_backward(runner, model, align, clips.sample(step), step, cfg, opt, autocast)
 
-            # ---- clip / step / EMA
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            # ---- clip / step
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
+
+            # ---- EMA
             model.update_target(ema_momentum_at(step, tc.steps, cfg.jepa.ema_start, cfg.jepa.ema_end))
             step += 1
 
-            # ---- log
-            if is_main and (step % tc.log_every == 0 or step == 1):
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or resume "
-                                             "from the last checkpoint")
-                loss_value = float(loss.detach())
-                rec = {"step": step, "lr": lr, **logs, "loss": loss_value, "grad_norm": float(grad_norm),
-                       "time_s": round(time.time() - t0, 2)}
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
+            # ---- log (metrics summed on the device; read back, and checked, every log_every steps)
+            meter.add(logs)
+            if step % tc.log_every == 0 or step == 1:
+                values, window = meter.read(), meter.n
+                meter.reset()
+                _write(log_f, {"step": step, "lr": lr, **values, "steps_averaged": window,
+                               "time_s": round(time.time() - t0, 2)})
+                check_finite(values, step, window, last_good, out_dir, tc.lr)
                 r2 = metrics.get("position_r2")
-                bar.update(task, info=f"loss {loss_value:.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
+                bar.update(task, info=f"loss {values['loss']:.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
             bar.update(task, completed=step)
-    if log_f:
-        log_f.close()
     if world > 1:
         dist.barrier()
     fingerprint = fingerprint_arrays(state_to_numpy(model.target_encoder.state_dict()))  # same on every rank
-    return TrainResult(out_dir, step, fingerprint, metrics, untrained, wall_before + time.time() - t0)
+    return TrainResult(out_dir, step, fingerprint, metrics, untrained, start.wall_time_s + time.time() - t0, attention)
 
 
 def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> bool:

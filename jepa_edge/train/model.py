@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,12 @@ class EncoderConfig:
     num_heads: int = 4
     mlp_ratio: float = 2.0
     latent_dim: int = 64  # size of the global latent z exchanged through W
-    fused_attn: bool = True  # F.scaled_dot_product_attention; False = manual reference path
+    fused_attn: bool | Literal["auto"] = "auto"  # True = F.scaled_dot_product_attention, False = manual reference path;
+    # "auto": modules are built fused, and the trainer picks the faster path for its device (train/loop.py)
 
     def validate(self) -> None:
+        if not (isinstance(self.fused_attn, bool) or self.fused_attn == "auto"):
+            raise ValueError(f"fused_attn must be true, false or \"auto\", got {self.fused_attn!r}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -147,9 +151,10 @@ class Encoder(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, cfg.patch_size)
         grid = cfg.img_size // cfg.patch_size
         self.register_buffer("pos_embed", sincos_pos_embed(D, grid)[None], persistent=False)  # (1, N, D)
-        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.fused_attn) for _ in range(cfg.depth))
+        fused = cfg.fused_attn is not False  # "auto" builds the fused path
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, fused) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(D)
-        self.pool = AttentionPool(D, cfg.num_heads, cfg.latent_dim, cfg.fused_attn)
+        self.pool = AttentionPool(D, cfg.num_heads, cfg.latent_dim, fused)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -191,7 +196,8 @@ class Predictor(nn.Module):
         grid = enc.img_size // enc.patch_size
         self.register_buffer("pos_embed", sincos_pos_embed(P, grid)[None, None], persistent=False)  # (1, 1, N, P)
         self.frame_embed = nn.Parameter(torch.zeros(1, self.k, 1, P))
-        self.blocks = nn.ModuleList(Block(P, cfg.num_heads, cfg.mlp_ratio, enc.fused_attn) for _ in range(cfg.depth))
+        fused = enc.fused_attn is not False  # "auto" builds the fused path
+        self.blocks = nn.ModuleList(Block(P, cfg.num_heads, cfg.mlp_ratio, fused) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(P)
         self.out = nn.Linear(P, D)
         self.z_head = nn.Sequential(nn.Linear(self.k * Z, 4 * Z), nn.GELU(), nn.Linear(4 * Z, 4 * Z), nn.GELU(),

@@ -138,7 +138,7 @@ class Alignment(nn.Module):
         fit = (z @ self.W.T - t).pow(2).mean()
         orth = self.orthogonality()
         loss = fit + ORTH_WEIGHT * orth
-        fit_v, orth_v = fit.item(), orth.item()
+        fit_v, orth_v = fit.detach(), orth.detach()  # 0-d tensors: the trainer reads logs at log steps only
         return loss, {"align": fit_v + ORTH_WEIGHT * orth_v, "align_fit": fit_v, "align_orth": orth_v,
                       "align_r2": 1.0 - fit_v}  # t has mean square 1: fit = fraction of teacher variance unexplained
 
