@@ -570,3 +570,34 @@ def test_trt_int8_builds_with_either_quantization_workflow(real_trt, exported, m
         out = model.infer(frames)
     assert np.corrcoef(out["z"].ravel(), ref["z"].ravel())[0, 1] > 0.98
     np.testing.assert_allclose(out["position"], ref["position"], atol=0.1 * np.abs(ref["position"]).max())
+
+
+def _rewrite_onnx(path, edit):
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_batch_export_gets_a_fixed_batch_profile(fake10, exported, tmp_path):
+    """`export --batch N` admits one batch size: the engine profile is (N, N, N) whatever the config's range."""
+    def set_static(model):
+        props = {p.key: p.value for p in model.metadata_props}
+        meta = json.loads(props["jepa_edge"])
+        meta["graph"] = {"batch": 2}
+        props["jepa_edge"] = json.dumps(meta)
+        onnx.helper.set_model_props(model, props)
+
+    onnx_path = _rewrite_onnx(_copy_onnx(exported, "fused", tmp_path), set_static)
+    res = build_engine(onnx_path, None, TrtBuildConfig(precision="fp32", max_batch=8))
+    assert res.sidecar["profile"]["frames"] == {"min": [2, 16, 16, 3], "opt": [2, 16, 16, 3], "max": [2, 16, 16, 3]}
+
+
+def test_contrib_op_graph_is_refused_before_building(fake10, exported, tmp_path):
+    def add_contrib(model):
+        model.graph.node.append(onnx.helper.make_node("FastGelu", ["z"], ["z_gelu"], domain="com.microsoft"))
+
+    onnx_path = _rewrite_onnx(_copy_onnx(exported, "fused", tmp_path), add_contrib)
+    with pytest.raises(TrtBuildError, match="contrib ops.*FastGelu.*--fuse-transformer"):
+        build_engine(onnx_path, None, TrtBuildConfig(precision="fp32"))
+    assert not (tmp_path / "model.engine").exists()

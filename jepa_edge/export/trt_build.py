@@ -42,7 +42,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,10 @@ def read_source(onnx_path: Path) -> Source:
     model = onnx.load(str(onnx_path), load_external_data=False)
     raw_meta = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
     meta = parse_meta(raw_meta, str(onnx_path))  # RuntimeModelError if not a jepa-edge export
+    contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
+    if contrib:
+        raise TrtBuildError(f"{onnx_path}: the graph has ONNX Runtime contrib ops {contrib} (from --fuse-transformer) "
+                            "that TensorRT's parser cannot read; export the engine's ONNX without --fuse-transformer")
     already_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     return Source(onnx_path, meta, already_qdq)
 
@@ -398,6 +402,10 @@ def network_profile(network: Any, src: Source, cfg: TrtBuildConfig) -> dict[str,
     """The optimisation profile, after checking the network's inputs are the ones the metadata promises."""
     meta = src.meta
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    static = (meta.raw.get("graph") or {}).get("batch")
+    if static:  # a static-batch export (`export --batch N`) admits one batch size: the profile is (N, N, N)
+        log.info("%s: static batch %d, batch profile %d/%d/%d", src.path, static, static, static, static)
+        cfg = replace(cfg, min_batch=static, opt_batch=static, max_batch=static)
     profile = engine_profile(meta.mode, meta.height, meta.width, meta.latent_dim, cfg)
     if inputs != set(profile):
         raise TrtBuildError(f"{src.path}: network inputs {sorted(inputs)} do not match its {meta.mode!r} metadata "
