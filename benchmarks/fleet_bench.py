@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,17 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jepa_edge.fleet.transport import free_loopback_ports
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def make_agents(d: Path) -> dict[str, Path]:
@@ -78,7 +69,7 @@ def run_once(args: argparse.Namespace, paths: dict[str, Path], d: Path, block: b
     from jepa_edge.runtime import load_model
     from jepa_edge.runtime.sources import ArraySource, open_source
 
-    pA, pB = free_ports(2)
+    pA, pB = free_loopback_ports(2)
     tag = "block" if block else "drop"
     config = d / f"fleet_{tag}.json"
     config.write_text(json.dumps({"fleet": "bench", "n_anchors": 48, "fps": args.b_fps, "block_on_congestion": block,

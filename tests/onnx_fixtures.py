@@ -190,3 +190,17 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, max_batch: int 
 
     cfg = TrtBuildConfig(precision="fp32", max_batch=max_batch, max_head=max_head, timing_cache="off")
     return real_build(onnx_path, engine_path, cfg).engine_path
+
+
+def tiny_models(folder: str | Path, enc_seed: int = 0, frames_seed: int = 1) -> dict:
+    """A 16x12 encoder with its reference head, exported fused and head_inputs, plus 5 random frames."""
+    folder = Path(folder)
+    enc = make_encoder(height=16, width=12, latent_dim=8, seed=enc_seed)
+    head = reference_head(enc)
+    return {
+        "enc": enc,
+        "head": head,
+        "fused": make_model(folder / "fused.onnx", enc, "fused", head),
+        "head_inputs": make_model(folder / "head_inputs.onnx", enc, "head_inputs"),
+        "frames": np.random.default_rng(frames_seed).integers(0, 256, (5, 16, 12, 3), dtype=np.uint8),
+    }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import fit_probe, save_probe, transfer_probe
 from jepa_edge.fleet.moments import AnchorWorld, moment_frames, moment_positions
 from jepa_edge.fleet.node import FleetConfig, FleetNode
-from jepa_edge.fleet.transport import TransportConfig
+from jepa_edge.fleet.transport import TransportConfig, free_loopback_ports
 from jepa_edge.runtime import PipelineConfig, load_model, open_source, preprocess
 from jepa_edge.runtime.sources import ArraySource
 
@@ -49,16 +48,6 @@ def assert_transfer_close(live: np.ndarray, moved, z: np.ndarray) -> None:
 WORLD = AnchorWorld(seed=1000, steps=64, pool=128)
 VIEWS = {"agentA": "top", "agentB": "oblique", "agentC": "rotated"}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def anchor_z(model, view: str, ids) -> np.ndarray:
@@ -109,7 +98,7 @@ def cfg(port: int, peers: list[int], **kw) -> FleetConfig:
 
 
 def test_two_nodes_calibrate_live_swap_without_dropping_a_frame(agents):
-    pA, pB = free_ports(2)
+    pA, pB = free_loopback_ports(2)
     events: list[dict] = []
     modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
     nodeA = FleetNode(modelA, cfg(pA, [pB], fps=60), [agents["probe_path"]], events=events.append)
@@ -241,7 +230,7 @@ def check_zero_shot(agents, robot: Robot) -> int:
 
 
 def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(agents, tmp_path):
-    ports = dict(zip(VIEWS, free_ports(3)))
+    ports = dict(zip(VIEWS, free_loopback_ports(3)))
     a = Robot(agents, tmp_path, "agentA", ports)
     b = Robot(agents, tmp_path, "agentB", ports, follow="agentA")
     c = Robot(agents, tmp_path, "agentC", ports, follow="agentA")
@@ -284,7 +273,7 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
 
 
 def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
-    pA, pB = free_ports(2)
+    pA, pB = free_loopback_ports(2)
     events: list[dict] = []
     modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
     other = FleetConfig(fleet="t", world=AnchorWorld(seed=5, steps=64, pool=128), n_anchors=48, fps=60,
@@ -311,7 +300,7 @@ def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
 def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
     from jepa_edge.fleet.transport import open_session
 
-    pA, pB, pX = free_ports(3)
+    pA, pB, pX = free_loopback_ports(3)
     events: list[dict] = []
     modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
     nodeA = FleetNode(modelA, cfg(pA, [pB]), [agents["probe_path"]], events=events.append)

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from gpu import skip_or_fail
-from onnx_fixtures import make_encoder, make_model, reference_head
+from onnx_fixtures import make_encoder, reference_head, tiny_models
 
 from jepa_edge.config import ConfigError
 from jepa_edge.runtime import (
@@ -32,15 +32,7 @@ ATOL = 2e-5  # float32 MatMul/Gemm reassociation vs numpy; the values are O(1)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    enc = make_encoder(height=16, width=12, latent_dim=8, seed=0)
-    head = reference_head(enc)
-    return {
-        "enc": enc,
-        "head": head,
-        "fused": make_model(d / "fused.onnx", enc, "fused", head),
-        "head_inputs": make_model(d / "head_inputs.onnx", enc, "head_inputs"),
-        "frames": np.random.default_rng(1).integers(0, 256, (5, 16, 12, 3), dtype=np.uint8),
-    }
+    return tiny_models(d, enc_seed=0, frames_seed=1)
 
 
 def test_fused_head_inputs_and_numpy_unfused_agree_with_numpy_reference(tiny):

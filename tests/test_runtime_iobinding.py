@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx_fixtures import make_encoder, make_model, reference_head
+from onnx_fixtures import reference_head, tiny_models
 
 from jepa_edge.runtime import OrtConfig, RuntimeModelError, backend_ort, load_model
 from jepa_edge.runtime.backend_ort import cuda_graph_plan, cuda_provider_options, ort_precision
@@ -24,15 +24,7 @@ PARITY_ATOL = 1e-6  # same session options, same CPU kernels: the two paths agre
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("iobind")
-    enc = make_encoder(height=16, width=12, latent_dim=8, seed=3)
-    head = reference_head(enc)
-    return {
-        "enc": enc,
-        "head": head,
-        "fused": make_model(d / "fused.onnx", enc, "fused", head),
-        "head_inputs": make_model(d / "head_inputs.onnx", enc, "head_inputs"),
-        "frames": np.random.default_rng(4).integers(0, 256, (5, 16, 12, 3), dtype=np.uint8),
-    }
+    return tiny_models(d, enc_seed=3, frames_seed=4)
 
 
 def _pair(path, **kw):

@@ -10,6 +10,7 @@ restarted peer is reached again quickly.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,3 +74,15 @@ def open_session(config: TransportConfig) -> Any:
         return zenoh.open(zenoh.Config.from_json5(config.to_json5()))
     except zenoh.ZError as exc:
         raise FleetTransportError(f"cannot open a Zenoh session with {config.to_json5()}: {exc}") from exc
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 now (for local fleets, tests and the bench; another process may take one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

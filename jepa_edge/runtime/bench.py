@@ -254,7 +254,7 @@ def benchmark(
 def bench_table(report: dict[str, Any]) -> Any:
     """A rich Table of a ``benchmark`` report (stage times p50 per batch; age and e2e per frame).
 
-    Device columns (enqueue, H2D, GPU compute, D2H) appear only when some backend measured them.
+    Device columns (enqueue, H2D, compute — GPU events or the host-timed run call —, D2H) appear only when some backend measured them.
     """
     from rich.table import Table
 
@@ -287,4 +287,4 @@ def bench_table(report: dict[str, Any]) -> Any:
     return table
 
 
-_DEVICE_LABELS = {"enqueue": "enqueue", "h2d": "H2D", "compute": "GPU", "d2h": "D2H"}
+_DEVICE_LABELS = {"enqueue": "enqueue", "h2d": "H2D", "compute": "compute", "d2h": "D2H"}
