@@ -318,10 +318,13 @@ def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
         try:
             time.sleep(0.5)
             kinds = ("card", "probe", "outputs")
+            import zenoh
+
+            block = zenoh.CongestionControl.BLOCK  # the test is about the inbox: the transport must not drop any
             for i in range(600):  # pretends to be agentA: garbage, truncated and oversized payloads
                 payload = rng.bytes(int(rng.integers(0, 2000)))
                 att = None if i % 3 else rng.bytes(int(rng.integers(0, 300)))
-                rogue.put(f"jepa/t/agentA/{kinds[i % 3]}", payload, attachment=att)
+                rogue.put(f"jepa/t/agentA/{kinds[i % 3]}", payload, attachment=att, congestion_control=block)
             rogue.put("jepa/t/agentA/probe", bytes(70 * 1024 * 1024))  # over Zenoh's message cap: dropped there
             replies = list(rogue.get("jepa/t/agentA/anchors", payload=b"\x00garbage", timeout=5))
             deadline = time.time() + 20
