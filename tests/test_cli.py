@@ -439,6 +439,18 @@ CASES: dict[str, Case] = {
     "reproduce --student config wrong type": Case(lambda w, t: (
         ["reproduce", "--student", "--out", t / "demo", "--config", _json(t / "c.json", {"train": {"lr": "fast"}})],
         ["c.json", "train.lr must be float"], [t / "demo"])),
+    # ---- fleet / calib-graph (no network is opened: each fails before the Zenoh session)
+    "fleet missing model": Case(lambda w, t: (
+        ["fleet", t / "none.onnx", "--fleet", "x", "--jsonl", t / "f.jsonl", "--max-frames", 1],
+        ["none.onnx", "jepa-edge export"], [t / "f.jsonl"])),
+    "fleet config unknown key": Case(lambda w, t: (
+        ["fleet", w.onnx, "--config", _json(t / "f.json", {"fleets": "x"}), "--jsonl", t / "f.jsonl"],
+        ["fleets"], [t / "f.jsonl"])),
+    "fleet config is a JSON list": Case(lambda w, t: (
+        ["fleet", w.onnx, "--config", _json(t / "f.json", []), "--jsonl", t / "f.jsonl"],
+        ["f.json", "JSON object"], [t / "f.jsonl"])),
+    "calib-graph missing model": Case(lambda w, t: (
+        ["calib-graph", t / "none.onnx", w.onnx, "--out", t / "g"], ["none.onnx"], [t / "g"])),
 }
 
 

@@ -38,11 +38,11 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
     from jepa_edge.runtime import PipelineConfig, load_model, open_source
 
     config.validate()
+    model = load_model(str(model_path), backend=backend)  # first: a bad model leaves no output file behind
     frames_out, events_out = _Lines(jsonl), _Lines(events)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \
         threading.main_thread() else None
-    model = load_model(str(model_path), backend=backend)
     try:
         with FleetNode(model, config, probe_files, events=events_out) as node:
             src = open_source(source)
