@@ -122,9 +122,14 @@ class Alignment(nn.Module):
         self.W = nn.Parameter(torch.eye(D))  # (D_teacher, D_student); any orthogonal start is as good as another
 
     def batch_ids(self, step: int) -> torch.Tensor:
-        """Anchors used at ``step``: a pure function of (seed, step), so resume needs nothing else."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randperm(self.teacher.shape[0], generator=g)[: self.anchor_batch]  # (b,)
+        """Anchors used at ``step``: a pure function of (seed, step, device), so resume needs nothing else.
+
+        Drawn on the teacher's device: no per-step host→device copy (a sync on CUDA). CPU draws are unchanged;
+        a CUDA generator draws other (equally seeded) permutations.
+        """
+        device = self.teacher.device
+        g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
+        return torch.randperm(self.teacher.shape[0], generator=g, device=device)[: self.anchor_batch]  # (b,)
 
     def orthogonality(self) -> torch.Tensor:
         D = self.W.shape[1]
@@ -132,7 +137,7 @@ class Alignment(nn.Module):
         return (gram - torch.eye(D, device=gram.device, dtype=gram.dtype)).pow(2).sum() / D
 
     def loss(self, encoder: nn.Module, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = self.batch_ids(step).to(self.teacher.device)
+        idx = self.batch_ids(step)
         z = _normalise(encoder(self.frames[idx].float()).float())  # (b, D) student; grad flows to the encoder
         t = _normalise(self.teacher[idx])  # (b, D) constants, through the same normalisation as the student
         fit = (z @ self.W.T - t).pow(2).mean()
