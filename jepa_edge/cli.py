@@ -312,6 +312,8 @@ def reproduce(
     view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
     steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
     other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
+    objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
+                                                "number of objects.")] = True,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
     student: Annotated[bool, typer.Option(help="Instead: teacher-accelerated students vs scratch (>= 3 seeds, "
                                           "controls), written to OUT/student_report.md.")] = False,
@@ -334,6 +336,7 @@ def reproduce(
         return
 
     cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
+                          objects_world=objects_world,
                           run=overrides)
     run_reproduce(cfg, out, progress=progress)
     say(f"report: {out / 'report.md'}")
