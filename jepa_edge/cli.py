@@ -313,7 +313,7 @@ def reproduce(
     steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
     other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
     objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
-                                                "number of objects.")] = True,
+                                                "number of objects (one more agent to train).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
     student: Annotated[bool, typer.Option(help="Instead: teacher-accelerated students vs scratch (>= 3 seeds, "
                                           "controls), written to OUT/student_report.md.")] = False,

@@ -39,7 +39,7 @@ class ReproduceConfig:
     world_seed_a: int = 0  # each agent trains on its own simulated episodes
     world_seed_b: int = 1
     other_world: bool = True  # also train the different-world control agent (costs one more run)
-    objects_world: bool = True  # also train the control agent of a world with objects_world_count objects
+    objects_world: bool = False  # also train the control agent of a world with objects_world_count objects (+1 run)
     objects_world_count: int = 5  # object count of that world (the agents' world has WorldConfig.n_objects)
     anchor_episodes: int = 96  # paired moments for W and its evaluation: 96 x 32 = 3072
     anchor_steps: int = 32
