@@ -312,9 +312,15 @@ def reproduce(
     view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
     steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
     other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
+    objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
+                                                "number of objects (one more agent to train).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
     student: Annotated[bool, typer.Option(help="Instead: teacher-accelerated students vs scratch (>= 3 seeds, "
                                           "controls), written to OUT/student_report.md.")] = False,
+    scaling: Annotated[bool, typer.Option(help="Instead: the scaling study (agents at several compute budgets, "
+                                          "seeds and view pairs), written to OUT/scaling.md + .json + .png.")] = False,
+    scaling_config: Annotated[Path | None, typer.Option(help="JSON ScalingConfig overrides (budgets, seeds, views; "
+                                                       "jepa_edge/study/scaling.py).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
@@ -322,6 +328,18 @@ def reproduce(
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
     overrides = _checked_run_overrides(config)  # a bad key fails now, not after the first agent trained
+    if scaling:
+        from jepa_edge.config import ConfigError, from_dict
+        from jepa_edge.study.scaling import ScalingConfig, run_scaling
+
+        try:
+            sc = from_dict(ScalingConfig, {"run": overrides, **_load_json_arg(scaling_config, "ScalingConfig overrides")})
+        except ConfigError as exc:
+            raise ConfigError(f"{scaling_config}: {exc}; fix or remove that key (see jepa_edge/study/scaling.py)") from exc
+        sc.validate()
+        run_scaling(sc, out, progress=progress)
+        say(f"report: {out / 'scaling.md'}")
+        return
     if student:
         from jepa_edge.config import deep_merge
         from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study
@@ -334,6 +352,7 @@ def reproduce(
         return
 
     cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
+                          objects_world=objects_world,
                           run=overrides)
     run_reproduce(cfg, out, progress=progress)
     say(f"report: {out / 'report.md'}")

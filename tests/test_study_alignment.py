@@ -102,3 +102,56 @@ def test_importing_calib_and_the_alignment_study_does_not_import_torch():
     code = "import sys, jepa_edge.calib, jepa_edge.study.alignment; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_shifted_pairs_pair_each_row_with_its_episode_t_plus_delta():
+    from jepa_edge.study.alignment import shifted_pairs
+
+    episode = np.repeat([3, 7, 9], 10)
+    step = np.tile(np.arange(10), 3)
+    perm = np.random.default_rng(0).permutation(30)  # row order must not matter
+    episode, step = episode[perm], step[perm]
+    rows = np.arange(30)
+    src, tgt = shifted_pairs(episode, step, rows, 4)
+    assert len(src) == 3 * 6  # steps 0..5 of each episode have a partner 4 steps later
+    assert np.all(episode[src] == episode[tgt]) and np.all(step[tgt] == step[src] + 4)
+    src, tgt = shifted_pairs(episode, step, rows[episode == 7], 9)
+    assert len(src) == 1 and step[src[0]] == 0 and episode[tgt[0]] == 7
+    assert len(shifted_pairs(episode, step, rows, 10)[0]) == 0  # never crosses into the next episode
+
+
+def test_steps_default_to_row_order_within_each_episode():
+    inputs = _world(np.random.default_rng(5), episodes=3, steps=4)
+    inputs.episode = np.array([0, 0, 1, 1, 0, 2, 1, 2, 0, 2, 1, 2])
+    assert inputs.steps().tolist() == [0, 1, 0, 1, 2, 0, 2, 1, 3, 2, 3, 3]
+    inputs.step = np.arange(12)
+    assert inputs.steps().tolist() == list(range(12))
+
+
+def test_time_shift_and_shared_dims_and_danger_analysis_are_reported():
+    rng = np.random.default_rng(0)
+    inputs = _world(rng)
+    inputs.objects_world = rng.normal(size=inputs.target.shape)
+    p0 = inputs.positions[:, :2] - np.median(inputs.positions[:, :2], 0)
+    inputs.danger = (np.linalg.norm(p0, axis=1) < np.median(np.linalg.norm(p0, axis=1))).astype(int)  # a disc
+    res = run_study(inputs, SMALL)
+    shifts = res["time_shift"]
+    assert list(shifts) == ["1", "5", "25"]
+    for d in ("5", "25"):  # the moment-to-moment correspondence is broken: retrieval collapses, Δ=0 does not
+        assert shifts[d]["shifted"]["retrieval_top1"] < 0.1 and shifts[d]["matched"]["retrieval_top1"] > 0.8
+    assert shifts["25"]["shifted"]["r2"] < shifts["1"]["shifted"]["r2"]
+    assert shifts["25"]["n_eval"] < shifts["1"]["n_eval"]
+    ctrl = res["verdicts"]["retrieval"]["controls"]
+    assert {"shift_5", "shift_25", "objects_world"} <= set(ctrl) and "shift_1" not in ctrl
+    sh = res["shared"]
+    assert sh["trained"]["n_above"]["0.9"] >= 5 and sh["untrained"]["n_above"]["0.5"] == 0
+    assert sh["objects_world"]["n_above"]["0.5"] == 0 and sh["shuffled"]["n_above"]["0.9"] == 0
+    assert sh["w_split"]["by_threshold"]["0.9"]["r2_inside"] > 0.9
+    dz = res["danger_analysis"]
+    assert dz["quadratic_on_true_positions"] > dz["linear_on_true_positions"] + 0.1  # a disc is not linear
+    assert 0.3 < dz["positive_fraction"]["all"] < 0.7
+    md = render_report(res)
+    for text in ("## How much is shared", "## Time-shifted pairing", "## Why danger transfers worse",
+                 "different object count", "| 25 | "):
+        assert text in md
+    assert render_report(json.loads(json.dumps(res))) == md

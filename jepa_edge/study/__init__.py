@@ -4,6 +4,7 @@
 ``plots``      its PNG figures (matplotlib)
 ``reproduce``  `jepa-edge reproduce`: trains the agents and controls, then runs ``alignment`` (torch)
 ``student``    `jepa-edge reproduce --student`: students with/without a teacher (torch)
+``scaling``    `jepa-edge reproduce --scaling`: alignment vs training compute, seeds, view pairs (torch)
 
 Nothing here is imported by ``runtime/`` or ``calib/``; this package imports nothing eagerly, so
 ``jepa_edge.study.alignment`` stays torch-free.

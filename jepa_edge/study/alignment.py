@@ -7,7 +7,14 @@ fitted on a few anchors aligns the two spaces, always beside its controls:
   trained      W_BA between the two trained agents
   untrained    the same between untrained encoders A0/B0 of the same architecture
   other_world  an encoder trained on a different world, fed this world's frames, as source
+  objects_world  an encoder trained on a world with a different number of objects, as source
   shuffled     the trained pair, W fitted on anchors whose pairing is shuffled
+  shift_Δ      the trained pair, B at step t paired with A at step t+Δ of the same episode
+               (anchors and held-out pairs), for each Δ in ``time_shifts``
+
+Besides the map metrics it says how much the two spaces share (``calib.cca``:
+held-out canonical correlations, W's R² inside / outside the shared subspace) and
+why the danger probe transfers worse than the position probe (``danger_analysis``).
 
 Moments are split into an anchor pool and a held-out set *by episode*;
 everything is scored on held-out moments. ``write_report`` turns the result
@@ -25,14 +32,21 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.calib.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
 from jepa_edge.calib.fit import ESTIMATORS, FitConfig, FitError, LinearMap, fit_map
-from jepa_edge.calib.metrics import map_spectrum, paired_metrics, permutation_null, similarity_metrics
+from jepa_edge.calib.metrics import (
+    linear_cka,
+    map_spectrum,
+    paired_metrics,
+    permutation_null,
+    similarity_metrics,
+)
 from jepa_edge.calib.postcard import Postcard, jsonable
 from jepa_edge.calib.probes import Probe, ProbeConfig, evaluate_probe, fit_probe, primary_score, transfer_probe
 from jepa_edge.config import to_dict
 from jepa_edge.study.plots import TITLES, write_plots
 
-CONTROLS = ("untrained", "other_world", "shuffled")
+CONTROLS = ("untrained", "other_world", "objects_world", "shuffled")
 
 
 class StudyError(ValueError):
@@ -59,6 +73,11 @@ class StudyConfig:
     keep_fraction: float = 0.9  # probe_A ∘ W must keep this fraction of the native probe's score above chance
     cka_margin: float = 0.2  # map-free check: trained CKA minus the best control's (untrained, other world)
     min_native_above_chance: float = 0.05  # below this the native probe is at chance: "kept" is undefined
+    cca_ridge: float = 1e-3  # CCA shrinkage, × the mean eigenvalue of each side's covariance
+    cca_pca_dims: int = 0  # > 0: SVCCA, each side first cut to its top principal dims (0 = plain CCA)
+    shared_threshold: float = 0.5  # held-out canonical correlation that puts a direction in the shared subspace
+    time_shifts: tuple[int, ...] = (1, 5, 25)  # Δ of the time-shifted control (steps within an episode)
+    shift_verdict_min: int = 5  # shifts >= this count as controls in the retrieval verdict
 
     def validate(self) -> None:
         for e in (*self.estimators, *self.sweep_estimators, self.primary_estimator):
@@ -68,6 +87,10 @@ class StudyConfig:
                              f"estimators {list(self.estimators)}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise StudyError(f"StudyConfig.heldout_fraction={self.heldout_fraction} must be in (0, 1)")
+        if any(d < 1 for d in self.time_shifts) or self.cca_ridge < 0 or self.cca_pca_dims < 0:
+            raise StudyError("StudyConfig: time_shifts must be >= 1, cca_ridge and cca_pca_dims >= 0")
+        if not 0.0 < self.shared_threshold < 1.0:
+            raise StudyError(f"StudyConfig.shared_threshold={self.shared_threshold} must be in (0, 1)")
         if self.n_anchors < 3 or self.n_perm < 1 or self.sweep_repeats < 1 or self.max_eval < 20:
             raise StudyError("StudyConfig: need n_anchors >= 3, n_perm >= 1, sweep_repeats >= 1, max_eval >= 20")
         self.probe.validate()
@@ -86,12 +109,26 @@ class StudyInputs:
     source_untrained: np.ndarray | None = None  # (M, Ds) untrained B0 on B's frames
     other_world: np.ndarray | None = None  # (M, Dc) encoder trained on another world, on B's frames
     position_labels: list[str] | None = None  # names of the position columns, e.g. obj0_x
+    objects_world: np.ndarray | None = None  # (M, Dd) encoder trained on a world with another object count, B's frames
+    step: np.ndarray | None = None  # (M,) time step within the episode; None = row order within each episode
+
+    def steps(self) -> np.ndarray:
+        """Time step of every row (given, or the row's rank among its episode's rows)."""
+        if self.step is not None:
+            return np.asarray(self.step, np.int64)
+        ep = np.asarray(self.episode)
+        order = np.argsort(ep, kind="stable")
+        first = np.searchsorted(ep[order], ep[order])  # (M,) index of the episode's first row in sorted order
+        out = np.empty(len(ep), np.int64)
+        out[order] = np.arange(len(ep)) - first
+        return out
 
     def validate(self) -> None:
         m = len(self.target)
         arrays = {"target": self.target, "source": self.source, "positions": self.positions,
                   "danger": self.danger, "episode": self.episode, "target_untrained": self.target_untrained,
-                  "source_untrained": self.source_untrained, "other_world": self.other_world}
+                  "source_untrained": self.source_untrained, "other_world": self.other_world,
+                  "objects_world": self.objects_world, "step": self.step}
         for name, a in arrays.items():
             if a is None:
                 continue
@@ -127,7 +164,28 @@ def _pairs(inputs: StudyInputs) -> dict[str, dict[str, Any]]:
         c = inputs.other_world
         pairs["other_world"] = {"source": c, "target": inputs.target, "s_agent": _agent({}, c.shape[1], "other_world"),
                                     "t_agent": A}
+    if inputs.objects_world is not None:
+        d = inputs.objects_world
+        pairs["objects_world"] = {"source": d, "target": inputs.target,
+                                  "s_agent": _agent({}, d.shape[1], "objects_world"), "t_agent": A}
     return pairs
+
+
+def shifted_pairs(episode: np.ndarray, step: np.ndarray, rows: np.ndarray, delta: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source rows, target rows): each row r of ``rows`` paired with the row of the same episode at step + delta.
+
+    Rows without such a partner (the episode ends first) are dropped.
+    """
+    episode, step = np.asarray(episode, np.int64), np.asarray(step, np.int64)
+    span = int(step.max()) + abs(delta) + 1
+    keys = (episode - episode.min()) * span + (step - step.min())  # (M,) unique per (episode, step)
+    order = np.argsort(keys)
+    want = keys[rows] + delta  # (R,)
+    pos = np.clip(np.searchsorted(keys[order], want), 0, len(keys) - 1)
+    found = keys[order][pos] == want
+    src = np.asarray(rows)[found]
+    tgt = order[pos][found]
+    return src, tgt
 
 
 def _split(episode: np.ndarray, config: StudyConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -274,6 +332,117 @@ def _nanstd_rows(v: np.ndarray) -> list[float | None]:
     return [float(np.std(r[np.isfinite(r)])) if np.isfinite(r).any() else None for r in v]
 
 
+def _halves(episode: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rows split into two halves by episode (alternate episodes), so a choice made on one is scored on the other."""
+    eps = np.unique(episode[rows])
+    first = np.isin(episode[rows], eps[::2])
+    return rows[first], rows[~first]
+
+
+def _shared(pairs, anchors, ev, episode, config, rng) -> dict[str, Any]:
+    """Held-out canonical correlations per condition, and W's R² inside / outside the shared subspace."""
+    pca = config.cca_pca_dims or None
+    out: dict[str, Any] = {}
+    for cond, pair in pairs.items():
+        out[cond] = shared_dimensions(pair["source"][anchors], pair["target"][anchors], pair["source"][ev],
+                                      pair["target"][ev], config.cca_ridge, pca)
+    tr = pairs["trained"]
+    perm = rng.permutation(anchors)
+    out["shuffled"] = shared_dimensions(tr["source"][perm], tr["target"][anchors], tr["source"][ev],
+                                        tr["target"][ev], config.cca_ridge, pca)
+    # Directions are picked on half of the held-out episodes and W is scored on the other half.
+    pick, score = _halves(episode, ev)
+    model = fit_cca(tr["source"][anchors], tr["target"][anchors], config.cca_ridge, pca)
+    corr = heldout_correlations(model, tr["source"][pick], tr["target"][pick])
+    lm = _fit(tr["source"][anchors], tr["target"][anchors], config.primary_estimator, config)
+    mapped, target = lm.apply(tr["source"][score]), tr["target"][score]
+    split = {}
+    for t in sorted({0.9, config.shared_threshold}, reverse=True):
+        keep = corr > t
+        split[f"{t:g}"] = {"n_dims": int(keep.sum()), **split_r2(model, mapped, target, keep)}
+    out["w_split"] = {"estimator": config.primary_estimator, "r2_all": paired_metrics(mapped, target)["r2"],
+                      "n_pick": len(pick), "n_score": len(score), "by_threshold": split}
+    return out
+
+
+def _time_shifts(inputs, pairs, pool, held, ev, probes, labels, config, rng) -> dict[str, Any]:
+    """Trained pair with B at step t paired with A at t+Δ: anchors and held-out pairs shifted alike.
+
+    Beside each, the same source rows paired at Δ = 0 ("matched"): same anchor count, same eval set size.
+    """
+    tr, est = pairs["trained"], config.primary_estimator
+    episode, step = np.asarray(inputs.episode), inputs.steps()
+    out: dict[str, Any] = {}
+    for d in config.time_shifts:
+        a_src, a_tgt = shifted_pairs(episode, step, pool, d)
+        e_src, e_tgt = shifted_pairs(episode, step, ev, d)
+        if len(a_src) < 3 or len(e_src) < 20:
+            out[str(d)] = {"error": f"only {len(a_src)} anchor / {len(e_src)} held-out pairs {d} steps apart"}
+            continue
+        pick = rng.choice(len(a_src), min(config.n_anchors, len(a_src)), replace=False)
+        a_src, a_tgt = a_src[pick], a_tgt[pick]
+        try:
+            lm = _fit(tr["source"][a_src], tr["target"][a_tgt], est, config)
+            lm0 = _fit(tr["source"][a_src], tr["target"][a_src], est, config)
+        except FitError as exc:
+            out[str(d)] = {"error": str(exc)}
+            continue
+        shifted = paired_metrics(lm.apply(tr["source"][e_src]), tr["target"][e_tgt], lm.target_mean)
+        matched = paired_metrics(lm0.apply(tr["source"][e_src]), tr["target"][e_src], lm0.target_mean)
+        on_true = paired_metrics(lm.apply(tr["source"][ev]), tr["target"][ev], lm.target_mean)
+        cca = shared_dimensions(tr["source"][a_src], tr["target"][a_tgt], tr["source"][e_src], tr["target"][e_tgt],
+                                config.cca_ridge, config.cca_pca_dims or None)
+        out[str(d)] = {
+            "n_anchors": len(a_src), "n_eval": len(e_src),
+            "shifted": {**shifted, "cka": linear_cka(tr["source"][e_src], tr["target"][e_tgt]),
+                        "n_above": cca["n_above"]},
+            "matched": {**matched, "cka": linear_cka(tr["source"][e_src], tr["target"][e_src])},
+            "shifted_w_on_true_pairs": on_true,
+            "probes_transferred": _probe_scores(probes["trained"], lm, tr, held, labels),
+        }
+    return out
+
+
+def _danger_analysis(inputs, pool, held, positions, danger, main, config) -> dict[str, Any]:
+    """Why danger transfers worse than position: class balance, the label's nonlinearity, native decodability.
+
+    danger = 1 when object 0 is inside a disc: not linear in positions, linear in [positions, positions²].
+    A classifier on the true positions bounds what any linear probe on a perfect position code can do.
+    """
+    agent = {"name": "ground_truth", "fingerprint": "ground_truth", "latent_dim": 0, "view": ""}
+    quad = np.concatenate([positions, positions**2], 1)  # (M, 4n) for 2n position columns
+    out: dict[str, Any] = {"positive_fraction": {"all": float(danger.mean()), "anchor_pool": float(danger[pool].mean()),
+                                                 "heldout": float(danger[held].mean())}}
+    for name, feats in (("linear_on_true_positions", positions), ("quadratic_on_true_positions", quad)):
+        probe = fit_probe(feats[pool], danger[pool], "classification", "danger", {**agent, "latent_dim": feats.shape[1]},
+                          config.probe)
+        out[name] = primary_score(evaluate_probe(probe, feats[held], danger[held]), "classification")
+    row = main[config.primary_estimator]["trained"]
+    if "error" not in row:
+        p = row["probes"]
+        out["native_on_target"] = p["danger"]["home_on_target"]
+        out["native_on_source"] = p["danger"]["native_on_source"]
+        out["transferred"] = p["danger"]["transferred"]
+        out["position_transferred_r2"] = p["position"]["transferred"]
+    return out
+
+
+def _danger_via_positions(probes, pairs, anchors, held, positions, danger, config) -> float | None:
+    """Danger read from the *transferred position probe's* output by a quadratic rule fitted on true positions."""
+    tr = pairs["trained"]
+    try:
+        lm = _fit(tr["source"][anchors], tr["target"][anchors], config.primary_estimator, config)
+    except FitError:
+        return None
+    pc = Postcard.from_map(lm, "study", tr["s_agent"], tr["t_agent"])
+    pred = transfer_probe(probes["trained"].home["position"], pc).apply(tr["source"][held])  # (H, 2n)
+    agent = {"name": "ground_truth", "fingerprint": "ground_truth", "latent_dim": 2 * positions.shape[1], "view": ""}
+    rule = fit_probe(np.concatenate([positions, positions**2], 1)[anchors], danger[anchors], "classification",
+                     "danger", agent, config.probe)
+    feats = np.concatenate([pred, pred**2], 1)
+    return primary_score(evaluate_probe(rule, feats, danger[held]), "classification")
+
+
 def _pca_panel(pairs, anchors, ev, positions, config, rng) -> dict[str, Any]:
     """2-D PCA: A's latents, B's in its own basis (before W), B mapped by W in A's basis (after)."""
     pair = pairs["trained"]
@@ -293,13 +462,17 @@ def _pca_panel(pairs, anchors, ev, positions, config, rng) -> dict[str, Any]:
             "color": positions[idx, 0].tolist(), "color_label": "object 0 x"}
 
 
-def _verdicts(main: dict[str, Any], similarity: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
+def _verdicts(main: dict[str, Any], similarity: dict[str, Any], shifts: dict[str, Any],
+              config: StudyConfig) -> dict[str, Any]:
     row = main[config.primary_estimator]
     trained = row["trained"]
     if "error" in trained:
         return {"error": trained["error"]}
     ctrl = {c: (row[c]["retrieval_top1"]["mean"] if c == "shuffled" else row[c]["retrieval_top1"])
             for c in CONTROLS if c in row and "error" not in row[c]}
+    for d, entry in shifts.items():  # time-shifted pairing: same agents, same views, wrong moment
+        if int(d) >= config.shift_verdict_min and "error" not in entry:
+            ctrl[f"shift_{d}"] = entry["shifted"]["retrieval_top1"]
     best = max(ctrl, key=ctrl.get) if ctrl else None
     margin = trained["retrieval_top1"] - (ctrl[best] if best else 0.0)
     keep = {name: {"kept": p["kept"], "pass": p["kept"] is not None and p["kept"] >= config.keep_fraction}
@@ -346,6 +519,10 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
     probes = {cond: _fit_probes(pair, pool, labels, config) for cond, pair in pairs.items()}
     similarity = {c: similarity_metrics(p["source"][ev], p["target"][ev], config.k) for c, p in pairs.items()}
     main = _main_tables(pairs, anchors, held, ev, probes, labels, config, rng)
+    shifts = _time_shifts(inputs, pairs, pool, held, ev, probes, labels, config, rng)
+    danger_info = _danger_analysis(inputs, pool, held, positions, danger, main, config)
+    danger_info["via_transferred_positions"] = _danger_via_positions(probes, pairs, anchors, held, positions,
+                                                                     danger, config)
     return {
         "config": to_dict(config),
         "agents": {"target": pairs["trained"]["t_agent"], "source": pairs["trained"]["s_agent"]},
@@ -356,11 +533,20 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
         "estimators": main,
         "sweep": _sweep(pairs, pool, ev, probes, labels, config, rng),
         "pca": _pca_panel(pairs, anchors, ev, positions, config, rng),
-        "verdicts": _verdicts(main, similarity, config),
+        "shared": _shared(pairs, anchors, ev, np.asarray(inputs.episode), config, rng),
+        "time_shift": shifts,
+        "danger_analysis": danger_info,
+        "verdicts": _verdicts(main, similarity, shifts, config),
     }
 
 
 # ---------------------------------------------------------------- report
+
+
+def _title(cond: str) -> str:
+    if cond.startswith("shift_"):
+        return f"time shift Δ={cond[6:]}"
+    return TITLES.get(cond, cond)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -390,7 +576,7 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
         return [f"- No verdict: the primary estimator could not be fitted ({v['error']})."]
     r, p = v["retrieval"], v["probe_keep"]
     yes = {True: "**yes**", False: "**no**"}
-    best = f"{_f(r['controls'][r['best_control']])} ({TITLES[r['best_control']]})" if r["best_control"] else "none"
+    best = f"{_f(r['controls'][r['best_control']])} ({_title(r['best_control'])})" if r["best_control"] else "none"
     lines = [(f"- Top-1 retrieval beats every control by at least {r['threshold']:.2f}: {yes[r['pass']]}. "
              f"Trained {_f(r['trained'])} vs best control {best}; chance {_f(r['chance'], 4)}.")]
     parts = [f"{name} " + (f"{_f(d['kept'], 2)} ({'yes' if d['pass'] else 'no'})" if d["kept"] is not None
@@ -403,7 +589,7 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"- Linear CKA (no W) exceeds every control's by at least {c['threshold']:.2f}: "
                      f"{yes[c['pass']]}. Trained {_f(c['trained'])} vs best control {_f(c['controls'][c['best_control']])} "
-                     f"({TITLES[c['best_control']]}).")
+                     f"({_title(c['best_control'])}).")
     return lines
 
 
@@ -422,13 +608,13 @@ def render_report(results: dict[str, Any]) -> str:
                 ("W condition number", "w_condition_number"), ("W isometry deviation", "w_isometry_deviation")]
     for e, row in results["estimators"].items():
         L += [f"## Held-out alignment, estimator `{e}`", ""]
-        L += _table(["metric", *(TITLES[c] for c in conds)],
+        L += _table(["metric", *(_title(c) for c in conds)],
                     [[name, *(_cell(row.get(c), key) for c in conds)] for name, key in map_rows])
         L += ["", (f"Retrieval chance: {_f(1 / sp['n_eval'], 4)}. Shuffled: mean ± sd over {cfg['n_perm']} "
               "shuffled-anchor fits."), ""]
     sim = results["similarity"]
     L += ["## Map-free similarity (held-out, no W)", ""]
-    L += _table(["metric", *(TITLES[c] for c in sim), "chance"],
+    L += _table(["metric", *(_title(c) for c in sim), "chance"],
                 [[name, *(_f(sim[c][key]) for c in sim), chance] for name, key, chance in (
                     ("linear CKA", "cka", "—"),
                     (f"mutual {cfg['k']}-NN overlap", "mutual_knn", _f(sim["trained"]["mutual_knn_chance"])),
@@ -439,18 +625,89 @@ def render_report(results: dict[str, Any]) -> str:
         entry = results["estimators"][est].get(c, {})
         for name, d in entry.get("probes", {}).items():
             if c == "shuffled":
-                rows.append([f"{name}", TITLES[c], "—", "—", _cell(d, "transferred"), "—", "—", "—"])
+                rows.append([f"{name}", _title(c), "—", "—", _cell(d, "transferred"), "—", "—", "—"])
             else:
-                rows.append([f"{name} ({d['metric']})", TITLES[c], _f(d["home_on_target"]),
+                rows.append([f"{name} ({d['metric']})", _title(c), _f(d["home_on_target"]),
                              _f(d["native_on_source"]), _f(d["transferred"]), _f(d["chance"]),
                              _f(d["kept"], 2), _f(d["kept_raw"], 2)])
     L += _table(["probe", "condition", "probe_A on A", "native probe on B", "probe_A ∘ W on B (zero-shot)",
                  "chance", "kept (above chance)", "transferred / native"], rows)
     L += ["", ("kept (above chance) = (zero-shot − chance) / (native − chance); — where the native probe is "
           f"within {cfg['min_native_above_chance']} of chance."), ""]
+    L += ["", *_shared_section(results), "", *_shift_section(results), "", *_danger_section(results)]
     L += ["", *_sweep_section(results), "", "![anchor sweep](anchor_sweep.png)", "",
           "![controls](controls.png)", "", "![PCA](pca.png)", ""]
     return "\n".join(L)
+
+
+def _shared_section(results: dict[str, Any]) -> list[str]:
+    sh, cfg = results.get("shared"), results["config"]
+    if not sh:
+        return []
+    conds = [c for c in sh if c != "w_split"]
+    kind = f"SVCCA (top {cfg['cca_pca_dims']} principal dims, then CCA)" if cfg["cca_pca_dims"] else "CCA"
+    L = [f"## How much is shared: {kind}, ridge {cfg['cca_ridge']:g}, fitted on the anchors, scored held-out", "",
+         *_table(["condition", "dims > 0.9", "dims > 0.5", "mean held-out corr", "top 5 held-out", "top 5 on anchors"],
+                 [[_title(c), str(sh[c]["n_above"].get("0.9", "—")), str(sh[c]["n_above"].get("0.5", "—")),
+                   _f(sh[c]["mean_heldout_correlation"]),
+                   ", ".join(f"{v:.2f}" for v in sh[c]["heldout_correlations"][:5]),
+                   ", ".join(f"{v:.2f}" for v in sh[c]["fit_correlations"][:5])] for c in conds]), ""]
+    w = sh["w_split"]
+    L.append(f"W (`{w['estimator']}`) on held-out moments: R² {_f(w['r2_all'])} over all of A's latent space. "
+             f"Split by the trained pair's canonical directions (picked on {w['n_pick']} held-out moments, "
+             f"scored on the other {w['n_score']}):")
+    L.append("")
+    for t, d in w["by_threshold"].items():
+        share = d["target_variance_inside"]
+        L.append(f"- shared = held-out correlation > {t} ({d['n_dims']} dims, "
+                 f"{'—' if share is None else f'{100 * share:.0f}%'} of A's variance): R² inside {_f(d['r2_inside'])}, "
+                 f"outside {_f(d['r2_outside'])}.")
+    L += ["", ("Low R² inside means W itself is poor; high inside but low outside means A's latents hold content "
+               "that B's do not (view-specific), which no map from B can predict.")]
+    return L
+
+
+def _shift_section(results: dict[str, Any]) -> list[str]:
+    sh = results.get("time_shift")
+    if not sh:
+        return []
+    rows = []
+    for d, e in sh.items():
+        if "error" in e:
+            rows.append([d, "—", "—", e["error"], "", "", "", "", "", "", "", ""])
+            continue
+        s, m, p = e["shifted"], e["matched"], e["probes_transferred"]
+        rows.append([d, str(e["n_anchors"]), str(e["n_eval"]), _f(s["retrieval_top1"]), _f(m["retrieval_top1"]),
+                     _f(1 / e["n_eval"], 4), _f(s["r2"]), _f(m["r2"]), _f(s["cka"]), _f(m["cka"]),
+                     str(s["n_above"].get("0.5", "—")), " / ".join(_f(v) for v in p.values())])
+    names = " / ".join(next((list(e["probes_transferred"]) for e in sh.values() if "error" not in e), []))
+    return ["## Time-shifted pairing (B at t, A at t+Δ, same episode)", "",
+            *_table(["Δ", "anchors", "eval", "retrieval shifted", "retrieval Δ=0 (same rows)", "chance",
+                     "R² shifted", "R² Δ=0", "CKA shifted", "CKA Δ=0", "CCA dims > 0.5 shifted",
+                     f"{names} via shifted W (true labels)"], rows), "",
+            ("Anchors and held-out pairs are shifted alike; the Δ=0 columns use the same source rows paired with "
+             "their own moment, so anchor count and retrieval chance match. Shifts of at least "
+             f"{results['config']['shift_verdict_min']} steps count as controls in the retrieval verdict.")]
+
+
+def _danger_section(results: dict[str, Any]) -> list[str]:
+    d = results.get("danger_analysis")
+    if not d:
+        return []
+    pf = d["positive_fraction"]
+    L = ["## Why danger transfers worse than position", "",
+         (f"- Class balance: {100 * pf['all']:.0f}% of moments are dangerous (anchor pool {100 * pf['anchor_pool']:.0f}%, "
+          f"held-out {100 * pf['heldout']:.0f}%); scores are balanced accuracy, chance 0.5."),
+         (f"- The label is not linear in positions (object 0 inside a disc): a linear classifier on the *true* "
+          f"positions reaches {_f(d['linear_on_true_positions'])}, one on [positions, positions²] "
+          f"{_f(d['quadratic_on_true_positions'])}.")]
+    if "native_on_target" in d:
+        L.append(f"- Natively linear in each agent: A {_f(d['native_on_target'])}, B {_f(d['native_on_source'])}; "
+                 f"probe_A ∘ W on B {_f(d['transferred'])} (position R² transferred {_f(d['position_transferred_r2'])}).")
+    if d.get("via_transferred_positions") is not None:
+        L.append(f"- Danger read by the quadratic rule from the transferred *position* probe's output: "
+                 f"{_f(d['via_transferred_positions'])}.")
+    return L
 
 
 def _sweep_section(results: dict[str, Any]) -> list[str]:
@@ -465,7 +722,7 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
             L += [(f"## Anchor sweep: {key.replace('_', ' ')}, estimator `{e}` "
                   f"(mean over {results['config']['sweep_repeats']} anchor draws)"), ""]
             rows = [[str(n), *(_f(d[c][key]["mean"][i]) for c in d)] for i, n in enumerate(sweep["counts"])]
-            L += [*_table(["anchors", *(TITLES[c] for c in d)], rows), ""]
+            L += [*_table(["anchors", *(_title(c) for c in d)], rows), ""]
     if sweep["errors"]:
         L += ["Not fittable (too few anchors for the estimator): " + ", ".join(sweep["errors"]) + "."]
     return L

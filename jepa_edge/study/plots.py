@@ -10,9 +10,10 @@ import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
 
-COLORS = {"trained": "tab:blue", "untrained": "tab:orange", "other_world": "tab:green", "shuffled": "tab:gray"}
+COLORS = {"trained": "tab:blue", "untrained": "tab:orange", "other_world": "tab:green", "shuffled": "tab:gray",
+          "objects_world": "tab:purple"}
 TITLES = {"trained": "trained", "untrained": "untrained encoders", "other_world": "different world",
-          "shuffled": "shuffled anchors"}
+          "shuffled": "shuffled anchors", "objects_world": "different object count"}
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]):

@@ -26,6 +26,7 @@ from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.train.loop import ensure_trained
+from jepa_edge.world.sim import WorldConfig, with_object_count
 
 
 @dataclass
@@ -38,11 +39,18 @@ class ReproduceConfig:
     world_seed_a: int = 0  # each agent trains on its own simulated episodes
     world_seed_b: int = 1
     other_world: bool = True  # also train the different-world control agent (costs one more run)
+    objects_world: bool = False  # also train the control agent of a world with objects_world_count objects (+1 run)
+    objects_world_count: int = 5  # object count of that world (the agents' world has WorldConfig.n_objects)
     anchor_episodes: int = 96  # paired moments for W and its evaluation: 96 x 32 = 3072
     anchor_steps: int = 32
     anchor_seed: int = 4242  # a world neither agent trained on
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides shared by all agents
     study: StudyConfig = field(default_factory=StudyConfig)
+
+
+def objects_world(cfg: ReproduceConfig, base: dict) -> dict:
+    """data.world overrides of the object-count control world: same physics and sizes, more (or fewer) objects."""
+    return to_dict(with_object_count(from_dict(WorldConfig, base), cfg.objects_world_count))
 
 
 OTHER_WORLD = {"radius": [0.06, 0.13, 0.09], "speed": 0.03, "max_speed": 0.05, "dynamics_noise": 0.012}
@@ -81,6 +89,10 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
         cfg_c = _agent_config(cfg, "agentC_otherworld", cfg.view_b, cfg.seed_b + 100, cfg.world_seed_b + 100,
                               OTHER_WORLD)
         ensure_agent(cfg_c, runs / "agentC_otherworld", progress, console)
+    if cfg.objects_world:
+        cfg_d = _agent_config(cfg, "agentD_objects", cfg.view_b, cfg.seed_b + 200, cfg.world_seed_b + 200,
+                              objects_world(cfg, to_dict(cfg_a.data.world)))
+        ensure_agent(cfg_d, runs / "agentD_objects", progress, console)
     (enc_a, meta_a), (enc_b, meta_b) = load_agent(runs / "agentA"), load_agent(runs / "agentB")
 
     # ---- paired moments and latents
@@ -96,6 +108,8 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
         source_untrained=latents_of(untrained_like(meta_b, 10_002), fb),
         other_world=latents_of(load_agent(runs / "agentC_otherworld")[0], fb) if cfg.other_world else None,
         position_labels=[f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"],
+        objects_world=latents_of(load_agent(runs / "agentD_objects")[0], fb) if cfg.objects_world else None,
+        step=np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes),  # rows are episode-major
     )
     console.print("running the study (W estimators, controls, anchor sweep, probe transfer)…")
     results = run_study(inputs, cfg.study)

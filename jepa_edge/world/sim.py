@@ -13,7 +13,7 @@ Ground truth per step (``WorldStates``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,18 @@ class WorldConfig:
                 f"WorldConfig.danger_center {self.danger_center} must be an (x, y) pair and "
                 f"danger_radius {self.danger_radius} must be > 0"
             )
+
+
+def with_object_count(cfg: WorldConfig, n_objects: int) -> WorldConfig:
+    """The same world with ``n_objects`` objects: the first radii kept, extra objects cycle through the
+    existing radii, each cycle 15% smaller (everything else unchanged). A control world for alignment."""
+    if n_objects < 1:
+        raise ValueError(f"with_object_count: n_objects={n_objects} must be >= 1")
+    base = tuple(cfg.radius[: cfg.n_objects])
+    radius = tuple(base[i % len(base)] * 0.85 ** (i // len(base)) for i in range(n_objects))
+    out = replace(cfg, n_objects=n_objects, radius=radius)
+    out.validate()
+    return out
 
 
 @dataclass

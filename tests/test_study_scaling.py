@@ -1,0 +1,65 @@
+"""`reproduce --scaling` on a tiny config: every point trains, studies, and lands in the table and plot."""
+
+import json
+
+import pytest
+
+from jepa_edge.study.scaling import ScalingConfig, ScalingError, render_scaling, run_scaling
+
+TINY_RUN = {
+    "data": {"img_size": 16, "episode_len": 12, "eval_episodes": 8},
+    "train": {"warmup": 1, "eval_every": 1000, "ckpt_every": 1000, "log_every": 1, "device": "cpu", "threads": 1},
+    "jepa": {"encoder": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                         "latent_dim": 16, "fused_attn": True}},
+}
+
+
+def _tiny(**kw) -> ScalingConfig:
+    return ScalingConfig(steps=(1, 3), batch_sizes=(8, 8), n_episodes=(4, 6), seeds=(0, 1), anchor_episodes=8,
+                         anchor_steps=12, run=TINY_RUN, **kw)
+
+
+def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
+    res = run_scaling(_tiny(), tmp_path, progress=False)
+    assert len(res["points"]) == 2 * 2 * 2  # budgets × seeds × pairs
+    assert {p["pair"] for p in res["points"]} == {"oblique->top", "rotated->top"}
+    assert len(res["summary"]) == 4 and all(r["seeds"] == 2 for r in res["summary"])
+    row = res["summary"][0]
+    for key in ("retrieval_top1", "untrained_retrieval_top1", "shuffled_retrieval_top1", "other_world_retrieval_top1",
+                "time_shift_retrieval_top1", "cka", "shared_dims_0.5", "position_transferred"):
+        assert row[key] is not None and row[key]["n"] == 2, key
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = json.loads((tmp_path / "scaling.json").read_text())
+    md = (tmp_path / "scaling.md").read_text()
+    assert render_scaling(loaded) == md and "3 × 8" in md
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["b0_s0", "b0_s1", "b1_s0", "b1_s1"]
+    assert sorted(p.name for p in (tmp_path / "runs/b1_s1").iterdir()) == ["A", "B_oblique", "B_rotated", "C"]
+    again = run_scaling(_tiny(), tmp_path, progress=False)  # finished agents are reused, same numbers
+    assert again["points"][0]["w_r2"] == pytest.approx(res["points"][0]["w_r2"])
+
+
+def test_bad_scaling_configs_refused():
+    with pytest.raises(ScalingError, match="one entry per budget"):
+        ScalingConfig(steps=(1, 2), batch_sizes=(8,), n_episodes=(4, 4)).validate()
+    with pytest.raises(ScalingError, match="must not contain view_a"):
+        ScalingConfig(views_b=("top",)).validate()
+
+
+def test_cli_reproduce_scaling(tmp_path):
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+
+    cfg = tmp_path / "scaling.json"
+    cfg.write_text(json.dumps({"steps": [2], "batch_sizes": [8], "n_episodes": [4], "seeds": [0], "views_b": ["oblique"],
+                               "other_world": False, "anchor_episodes": 8, "anchor_steps": 12}))
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(TINY_RUN))
+    res = CliRunner().invoke(app, ["reproduce", "--scaling", "--scaling-config", str(cfg), "--config", str(run),
+                                   "--out", str(tmp_path / "out"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out/scaling.md").is_file() and "oblique->top" in (tmp_path / "out/scaling.md").read_text()
+    cfg.write_text(json.dumps({"budgets": [1]}))
+    res = CliRunner().invoke(app, ["reproduce", "--scaling", "--scaling-config", str(cfg), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "budgets" in res.output
