@@ -30,8 +30,9 @@ demo: setup
 		--torch $(DEMO_OUT)/runs/agentB --threads 1 --decode-threads 1 --out $(DEMO_OUT)/bench.json
 	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --max-frames 5
 
+# One worker per core (`-n auto`), a test file's tests on one worker (module fixtures are built once).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check jepa_edge tests benchmarks

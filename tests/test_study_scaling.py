@@ -15,15 +15,16 @@ TINY_RUN = {
 
 
 def _tiny(**kw) -> ScalingConfig:
+    kw = {"views_b": ("oblique",), **kw}  # one view pair keeps the test fast; pairs are looped like budgets
     return ScalingConfig(steps=(1, 3), batch_sizes=(8, 8), n_episodes=(4, 6), seeds=(0, 1), anchor_episodes=8,
                          anchor_steps=12, run=TINY_RUN, **kw)
 
 
 def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
     res = run_scaling(_tiny(), tmp_path, progress=False)
-    assert len(res["points"]) == 2 * 2 * 2  # budgets × seeds × pairs
-    assert {p["pair"] for p in res["points"]} == {"oblique->top", "rotated->top"}
-    assert len(res["summary"]) == 4 and all(r["seeds"] == 2 for r in res["summary"])
+    assert len(res["points"]) == 2 * 2 * 1  # budgets × seeds × pairs
+    assert {p["pair"] for p in res["points"]} == {"oblique->top"}
+    assert len(res["summary"]) == 2 and all(r["seeds"] == 2 for r in res["summary"])
     row = res["summary"][0]
     for key in ("retrieval_top1", "untrained_retrieval_top1", "shuffled_retrieval_top1", "other_world_retrieval_top1",
                 "time_shift_retrieval_top1", "cka", "shared_dims_0.5", "position_transferred"):
@@ -34,7 +35,7 @@ def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
     assert render_scaling(loaded) == md and "3 × 8" in md
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["b0_s0", "b0_s1", "b1_s0", "b1_s1"]
-    assert sorted(p.name for p in (tmp_path / "runs/b1_s1").iterdir()) == ["A", "B_oblique", "B_rotated", "C"]
+    assert sorted(p.name for p in (tmp_path / "runs/b1_s1").iterdir()) == ["A", "B_oblique", "C"]
     again = run_scaling(_tiny(), tmp_path, progress=False)  # finished agents are reused, same numbers
     assert again["points"][0]["w_r2"] == pytest.approx(res["points"][0]["w_r2"])
 
