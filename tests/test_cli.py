@@ -526,33 +526,13 @@ def test_engine_sidecar_problems_are_one_line(world, tmp_path, monkeypatch):
 def test_live_source_lost_mid_run_still_prints_the_summary(world, tmp_path, monkeypatch):
     import functools
 
+    from fake_sources import LostCamera
+
     from jepa_edge import runtime
     from jepa_edge.runtime import CaptureConfig
-    from jepa_edge.runtime.errors import SourceDisconnected, SourceOpenError
-    from jepa_edge.runtime.sources import Source
-
-    class FlakyCamera(Source):
-        """A live camera that delivers 3 frames, then drops out and cannot be reopened."""
-
-        name, live, fps = "cam0", True, 30.0
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.n, self.opened = 0, 0
-
-        def open(self) -> None:
-            self.opened += 1
-            if self.opened > 1:
-                raise SourceOpenError("cam0: no such device")
-
-        def read(self):
-            self.n += 1
-            if self.n > 3:
-                raise SourceDisconnected("cam0 stopped delivering frames")
-            return np.zeros((16, 16, 3), np.uint8)
 
     def open_flaky(spec, **kw):
-        src = FlakyCamera()
+        src = LostCamera(frames=3)
         src.open()
         return src
 

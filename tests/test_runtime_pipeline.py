@@ -130,28 +130,11 @@ def test_bad_video_suffix(models, tmp_path):
 
 
 def test_source_lost_mid_run_raises_with_the_summary_of_what_ran(models):
-    from jepa_edge.runtime.errors import SourceDisconnected, SourceLostError, SourceOpenError
-    from jepa_edge.runtime.sources import Source
+    from fake_sources import LostCamera
 
-    class DropsAfterThree(Source):
-        name, live = "cam", True
+    from jepa_edge.runtime.errors import SourceLostError
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.n, self.opens = 0, 0
-
-        def open(self) -> None:
-            self.opens += 1
-            if self.opens > 1:
-                raise SourceOpenError("cam: gone")
-
-        def read(self):
-            self.n += 1
-            if self.n > 3:
-                raise SourceDisconnected("cam: stopped")
-            return np.zeros((16, 16, 3), np.uint8)
-
-    src = DropsAfterThree()
+    src = LostCamera(frames=3)
     src.open()
     out = io.StringIO()
     cfg = PipelineConfig(capture=CaptureConfig(policy="all", max_retries=1, reconnect_initial_s=0.01))
