@@ -334,18 +334,25 @@ def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
     np.testing.assert_allclose(z, torch_z(enc, x), atol=Z_ATOL)
 
 
-def test_graph_nodes_bench_script_writes_a_table(tmp_path):
-    import subprocess
+def test_graph_nodes_bench_script_writes_a_table(tmp_path, monkeypatch, capsys):
+    import importlib.util
     from pathlib import Path
 
+    # the script's main() in this process (a subprocess would spend seconds importing torch again)
     root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("graph_nodes", root / "benchmarks" / "graph_nodes.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     out = tmp_path / "gn.json"
-    p = subprocess.run([sys.executable, str(root / "benchmarks" / "graph_nodes.py"), "--presets", "demo",
-                        "--batches", "1", "--out", str(out)], check=False, capture_output=True, text=True,
-                       timeout=300, cwd=root)
-    assert p.returncode == 0, p.stderr
+    monkeypatch.setattr(sys, "argv", ["graph_nodes.py", "--presets", "demo", "--batches", "1", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        script.main()
+    finally:
+        torch.set_num_threads(threads)  # the script pins one thread
+    stdout = capsys.readouterr().out
     [row] = json.loads(out.read_text())["results"]
     assert row["preset"] == "demo" and row["batch"] == 1 and row["dropped"] == []
     nodes = row["nodes"]
     assert nodes["original"] > nodes["ort_all"] and nodes["original"] > nodes["onnxslim"] > nodes["fused"] > 0
-    assert "demo" in p.stdout and str(nodes["fused"]) in p.stdout
+    assert "demo" in stdout and str(nodes["fused"]) in stdout

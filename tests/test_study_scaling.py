@@ -15,9 +15,10 @@ TINY_RUN = {
 
 
 def _tiny(**kw) -> ScalingConfig:
-    kw = {"views_b": ("oblique",), **kw}  # one view pair keeps the test fast; pairs are looped like budgets
-    return ScalingConfig(steps=(1, 3), batch_sizes=(8, 8), n_episodes=(4, 6), seeds=(0, 1), anchor_episodes=8,
-                         anchor_steps=12, run=TINY_RUN, **kw)
+    # one view pair keeps the test fast; pairs are looped like budgets
+    # in-process (workers 1): spawning training processes costs seconds; the CLI test below runs the pool
+    kw = {"views_b": ("oblique",), "steps": (1, 3), "batch_sizes": (8, 8), "n_episodes": (4, 6), "workers": 1, **kw}
+    return ScalingConfig(seeds=(0, 1), anchor_episodes=8, anchor_steps=12, run=TINY_RUN, **kw)
 
 
 def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
@@ -36,8 +37,11 @@ def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["b0_s0", "b0_s1", "b1_s0", "b1_s1"]
     assert sorted(p.name for p in (tmp_path / "runs/b1_s1").iterdir()) == ["A", "B_oblique", "C"]
-    again = run_scaling(_tiny(), tmp_path, progress=False)  # finished agents are reused, same numbers
-    assert again["points"][0]["w_r2"] == pytest.approx(res["points"][0]["w_r2"])
+    # finished agents are reused (the first budget alone: its study is re-run, not its agents), same numbers
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs/b0_s1").rglob("encoder.safetensors")}
+    again = run_scaling(_tiny(steps=(1,), batch_sizes=(8,), n_episodes=(4,)), tmp_path, progress=False)
+    assert [p["w_r2"] for p in again["points"]] == pytest.approx([p["w_r2"] for p in res["points"][:2]])
+    assert mtimes and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
 
 def test_bad_scaling_configs_refused():
@@ -54,7 +58,8 @@ def test_cli_reproduce_scaling(tmp_path):
 
     cfg = tmp_path / "scaling.json"
     cfg.write_text(json.dumps({"steps": [2], "batch_sizes": [8], "n_episodes": [4], "seeds": [0], "views_b": ["oblique"],
-                               "other_world": False, "anchor_episodes": 8, "anchor_steps": 12}))
+                               "other_world": False, "anchor_episodes": 8, "anchor_steps": 12,
+                               "workers": 2}))  # two training processes
     run = tmp_path / "run.json"
     run.write_text(json.dumps(TINY_RUN))
     res = CliRunner().invoke(app, ["reproduce", "--scaling", "--scaling-config", str(cfg), "--config", str(run),

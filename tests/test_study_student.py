@@ -182,7 +182,8 @@ def test_tiny_study_end_to_end(tmp_path):
     run = json.loads(json.dumps(TINY))
     run["train"].pop("steps")
     cfg = StudentStudyConfig(teacher_steps=4, teacher_eval_every=2, steps=4, eval_every=2, seeds=(0,), run=run,
-                             teacher=dict(STUDENT), target_mode="final", workers=2,  # the process-pool path
+                             teacher=dict(STUDENT), target_mode="final", workers=1,  # in-process
+                             # (the process pool of train_all runs in test_study_scaling.py::test_cli_reproduce_scaling)
                              metric="effective_rank")  # positive from step 0: the plumbing, not the science
     res = run_student_study(cfg, tmp_path, progress=False)
     assert set(res["analysis"]["per_seed"]) == {"scratch", "teacher", "shuffled", "random"}
@@ -193,3 +194,13 @@ def test_tiny_study_end_to_end(tmp_path):
     again = run_student_study(cfg, tmp_path, progress=False)  # finished runs are reused, not retrained
     assert (tmp_path / "runs" / "scratch_s0" / "log.jsonl").read_text() == log
     assert again["analysis"]["summary"]["teacher"]["final"] == res["analysis"]["summary"]["teacher"]["final"]
+
+
+def test_pool_progress_reads_the_last_logged_step(tmp_path):
+    from jepa_edge.study.student import _logged_step
+
+    assert _logged_step(tmp_path) == 0  # no log yet
+    (tmp_path / "log.jsonl").write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "loss": 0.9}\n{"step": 7')
+    assert _logged_step(tmp_path) == 0  # a record being written is not read as a step
+    (tmp_path / "log.jsonl").write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "eval": {}}\n')
+    assert _logged_step(tmp_path) == 50

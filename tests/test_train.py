@@ -166,3 +166,18 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert done[0][2]["fused"] == done[1][2]["fused"] and done[0][2]["how"] == "measured"  # rank 0's choice, shared
     _enc, meta = load_agent(tmp_path / "ddp")
     assert meta["step"] == 4 and meta["fingerprint"] == done[0][1]
+
+
+def test_linear_z_head_is_one_matrix_and_trains(tmp_path):
+    d = to_dict(tiny_config(steps=6, eval_every=6, ckpt_every=6))
+    d["jepa"]["predictor"]["z_head"] = "linear"
+    cfg = from_dict(RunConfig, d)
+    model = JEPA(cfg.jepa)
+    Z, k = cfg.jepa.encoder.latent_dim, cfg.jepa.context_frames
+    assert isinstance(model.predictor.z_head, torch.nn.Linear) and model.predictor.z_head.weight.shape == (Z, k * Z)
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res.step == 6 and np.isfinite(res.metrics["position_r2"])
+    assert load_agent(tmp_path / "run")[1]["run"]["jepa"]["predictor"]["z_head"] == "linear"
+    d["jepa"]["predictor"]["z_head"] = "quadratic"
+    with pytest.raises(ValueError, match="z_head 'quadratic' is not one of"):
+        from_dict(RunConfig, d).jepa.validate()

@@ -4,7 +4,6 @@ metrics read at log steps, divergence, --compile on the call path, the attention
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -299,12 +298,21 @@ def test_gpu_training_resumes_bit_identically(tmp_path):
 # ---------------------------------------------------------------- the benchmark script
 
 
-def test_train_throughput_script_reports_modes_attention_and_machine(tmp_path):
+def test_train_throughput_script_reports_modes_attention_and_machine(tmp_path, monkeypatch):
+    import importlib.util
+
+    # the script's main() in this process (a subprocess would spend seconds importing torch again)
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     out = tmp_path / "tt.json"
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--device", "cpu",
-                        "--batch", "4", "--steps", "1", "--warmup", "1", "--modes", "eager", "--threads", "1",
-                        "--out", str(out)], check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--device", "cpu", "--batch", "4", "--steps", "1",
+                                      "--warmup", "1", "--modes", "eager", "--threads", "1", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        script.main()
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert report["machine"]["cpu"] and report["machine"]["device"] == "cpu"
     rows = report["results"]

@@ -41,11 +41,15 @@ class ScalingError(ValueError):
 class ScalingConfig:
     view_a: str = "top"  # W's target in every pair
     views_b: tuple[str, ...] = ("oblique", "rotated")  # one pair per view: B → A
-    steps: tuple[int, ...] = (250, 500, 1000, 2000)  # per budget (same length as batch_sizes and n_episodes)
-    batch_sizes: tuple[int, ...] = (64, 64, 128, 128)
-    n_episodes: tuple[int, ...] = (128, 256, 512, 512)  # distinct simulated training episodes
+    # Budgets double in clips seen and in distinct episodes; the default fits ~1 h on 2 CPU cores (docs/SCALING.md).
+    steps: tuple[int, ...] = (250, 500, 1000, 1000)  # per budget (same length as batch_sizes and n_episodes)
+    batch_sizes: tuple[int, ...] = (64, 64, 64, 128)
+    n_episodes: tuple[int, ...] = (128, 256, 512, 1024)  # distinct simulated training episodes
     seeds: tuple[int, ...] = (0, 1)  # each seed: new model seeds and new training worlds for every agent
     other_world: bool = True  # train the different-world control agent at every point
+    # agents trained at once, one torch thread each unless run sets train.threads: on this 2-core CPU two
+    # 1-thread runs gave 1.23x the clips/s of one 2-thread run (docs/SCALING.md); 1 = one at a time, in-process
+    workers: int = 2
     anchor_episodes: int = 64  # paired moments: anchor_episodes × anchor_steps, one world for every point
     anchor_steps: int = 32
     anchor_seed: int = 4242
@@ -60,6 +64,8 @@ class ScalingConfig:
             raise ScalingError("ScalingConfig needs at least one view in views_b and one seed")
         if self.view_a in self.views_b:
             raise ScalingError(f"ScalingConfig.views_b {list(self.views_b)} must not contain view_a {self.view_a!r}")
+        if self.workers < 1:
+            raise ScalingError(f"ScalingConfig.workers={self.workers} must be >= 1")
         if min(self.steps) < 1 or min(self.batch_sizes) < 2 or min(self.n_episodes) < 2:
             raise ScalingError("ScalingConfig: steps >= 1, batch_sizes >= 2, n_episodes >= 2")
         self.study_config().validate()
@@ -72,7 +78,7 @@ class ScalingConfig:
                 for s, b, e in zip(self.steps, self.batch_sizes, self.n_episodes)]
 
 
-OTHER_WORLD_VIEW = 0  # the different-world control sees views_b[0]'s frames
+OTHER_WORLD_VIEW = 0  # the different-world control agent is trained on views_b[0] (fed each pair's B frames)
 
 
 def agent_config(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
@@ -83,6 +89,8 @@ def agent_config(cfg: ScalingConfig, budget: dict[str, int], name: str, view: st
     if world:
         d["data"]["world"] = deep_merge(d["data"]["world"], world)
     d["train"].update(seed=seed, steps=budget["steps"], batch_size=budget["batch_size"])
+    if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}):
+        d["train"]["threads"] = 1  # the workers share the cores
     run = from_dict(RunConfig, d)
     run.validate()
     return run
@@ -142,9 +150,8 @@ def _row(res: dict[str, Any], meta_a: dict, meta_b: dict) -> dict[str, Any]:
 def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     import torch  # noqa: F401  (the training side)
 
-    from jepa_edge.study.reproduce import ensure_agent
-    from jepa_edge.train.checkpoint import load_agent
-    from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
+    from jepa_edge.study.student import worker_pool
+    from jepa_edge.train.latents import world_moments
 
     cfg.validate()
     out_dir = Path(out_dir)
@@ -157,6 +164,27 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
     labels = [f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"]
     points: list[dict[str, Any]] = []
+    pool = worker_pool(cfg.workers) if cfg.workers > 1 else None
+    try:
+        _run_points(cfg, out_dir, console, study, moments, step, labels, points, pool, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    results = {"config": to_dict(cfg), "study_config": to_dict(study), "points": points,
+               "summary": summarise(points), "note": ("The different-world control agent is trained on "
+                                                      f"{cfg.views_b[OTHER_WORLD_VIEW]} in another world and fed each "
+                                                      "pair's B frames")}
+    write_scaling(results, out_dir)
+    return results
+
+
+def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: StudyConfig, moments: Any,
+                step: np.ndarray, labels: list[str], points: list[dict[str, Any]], pool: Any, progress: bool) -> None:
+    """Train every (budget, seed) point's agents, then study each pair; rows appended to ``points``."""
+    from jepa_edge.study.student import train_all
+    from jepa_edge.train.checkpoint import load_agent
+    from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like
+
     total, done = len(cfg.budgets()) * len(cfg.seeds), 0
     for bi, budget in enumerate(cfg.budgets()):
         for seed in cfg.seeds:
@@ -166,8 +194,9 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
                           f"clips, {budget['n_episodes']} episodes, seed {seed}")
             agents = _point_agents(cfg, budget, seed)
             root = out_dir / "runs" / f"b{bi}_s{seed}"
-            for key, (run_cfg, _) in agents.items():
-                ensure_agent(run_cfg, root / key, progress, console)
+            jobs = [(run_cfg, root / key) for key, (run_cfg, _) in agents.items()]
+            train_all(jobs, cfg.workers, progress, pool, on_done=lambda out, reused, t0=t0: console.print(
+                f"    {'reusing' if reused else 'trained'} {out.name} ({time.perf_counter() - t0:.0f} s)"))
             train_s = time.perf_counter() - t0
             loaded = {key: load_agent(root / key) for key in agents}
             lat = {key: latents_of(enc, moments.frames[agents[key][1]]) for key, (enc, _) in loaded.items()}
@@ -186,11 +215,6 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
                 points.append({"budget": bi, **budget, "seed": seed, "pair": f"{v}->{cfg.view_a}",
                                "train_seconds": train_s, **_row(res, meta_a, meta_b)})
             console.print(f"    done in {time.perf_counter() - t0:.0f} s (training {train_s:.0f} s)")
-    results = {"config": to_dict(cfg), "study_config": to_dict(study), "points": points,
-               "summary": summarise(points), "note": ("other_world control sees "
-                                                      f"{cfg.views_b[OTHER_WORLD_VIEW]}'s frames in every pair")}
-    write_scaling(results, out_dir)
-    return results
 
 
 METRICS = ("agent_a_position_r2", "agent_b_position_r2", "w_r2", "retrieval_top1", "cka", "mutual_knn",
@@ -252,8 +276,13 @@ def plot_scaling(results: dict[str, Any], path: Path) -> None:
     panels = ("agent_b_position_r2", "w_r2", "retrieval_top1", "cka", "mutual_knn", "position_transferred",
               "danger_transferred", "position_kept", "danger_kept", "shared_dims_0.9", "shared_dims_0.5",
               "w_r2_inside_shared")
-    fig = Figure(figsize=(16, 10), layout="constrained")
+    from matplotlib.ticker import NullLocator
+
+    # a fixed grid (constrained layout costs seconds per figure); x ticks at the budgets themselves
+    fig = Figure(figsize=(16, 10))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=0.96, wspace=0.22, hspace=0.42)
     axes = fig.subplots(3, 4, squeeze=False).ravel()
+    budgets = sorted({r["clips"] for r in results["summary"]})
     pairs = list(dict.fromkeys(r["pair"] for r in results["summary"]))
     for ax, key in zip(axes, panels):
         for i, pair in enumerate(pairs):
@@ -266,6 +295,8 @@ def plot_scaling(results: dict[str, Any], path: Path) -> None:
                 ax.plot([r["clips"] for r in crow], [r[c]["mean"] for r in crow], ":", marker=".", color=f"C{i}",
                         alpha=0.35 + 0.15 * j, label=f"{pair}: {c.replace('_' + key, '')}" if i == 0 else None)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(budgets, [f"{c / 1000:g}k" for c in budgets], fontsize=7)
         ax.set_xlabel("training clips (steps × batch)")
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,19 +125,63 @@ def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_r
     return from_dict(RunConfig, d)
 
 
-def train_all(jobs: list[tuple[RunConfig, Path]], workers: int, progress: bool) -> None:
-    """``ensure_trained`` every job, ``workers`` processes at a time (spawned: no torch state is forked)."""
-    if workers <= 1:
+def train_all(jobs: list[tuple[RunConfig, Path]], workers: int, progress: bool, pool: Any = None,
+              on_done: Callable[[Path, bool], None] | None = None) -> None:
+    """``ensure_trained`` every job, ``workers`` processes at a time (spawned: no torch state is forked).
+
+    ``pool``: an open executor to reuse (the scaling study keeps one for all its points); ``on_done(out,
+    reused)`` is called as each job finishes, in the order they finish."""
+    if workers <= 1 and pool is None:
         for run_cfg, out in jobs:
-            ensure_trained(run_cfg, out, progress)
+            reused = ensure_trained(run_cfg, out, progress)
+            if on_done:
+                on_done(out, reused)
         return
+    if pool is None:
+        with worker_pool(workers) as own:
+            return train_all(jobs, workers, progress, own, on_done)
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    futures = {pool.submit(ensure_trained, run_cfg, out, False): (run_cfg, out) for run_cfg, out in jobs}
+    pending = set(futures)
+    with _pool_progress(progress) as bar:  # the workers print nothing: their bars are read from log.jsonl
+        tasks = {f: bar.add_task(f"train {c.name} ({c.data.view})", total=c.train.steps) for f, (c, _) in futures.items()}
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for f in pending:  # never backwards: a record being written reads as 0
+                bar.update(tasks[f], completed=max(bar.tasks[tasks[f]].completed, _logged_step(futures[f][1])))
+            for f in done:
+                reused = f.result()  # a failed run raises here, with its own message
+                bar.update(tasks[f], completed=futures[f][0].train.steps)
+                if on_done:
+                    on_done(futures[f][1], reused)
+
+
+def _pool_progress(show: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), disable=not show)
+
+
+def _logged_step(out: Path) -> int:
+    """The last step a (running) run wrote to its log.jsonl; 0 before its first record."""
+    try:
+        with open(out / "log.jsonl", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            last = f.read().splitlines()[-1]
+        return int(json.loads(last)["step"])
+    except (OSError, IndexError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def worker_pool(workers: int):
+    """``workers`` spawned training processes (no torch state is forked)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(ensure_trained, run_cfg, out, False) for run_cfg, out in jobs]
-        for f in futures:
-            f.result()  # a failed run raises here, with its own message
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
 
 
 # ---------------------------------------------------------------- reading logs

@@ -47,6 +47,7 @@ class JEPAConfig:
 
     def validate(self) -> None:
         self.encoder.validate()
+        self.predictor.validate()
         if self.context_frames < 1 or self.horizon < 1:
             raise ValueError(f"context_frames ({self.context_frames}) and horizon ({self.horizon}) must be >= 1")
         if self.regulariser not in REGULARISERS:

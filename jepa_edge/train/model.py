@@ -45,12 +45,21 @@ class EncoderConfig:
         return (self.img_size // self.patch_size) ** 2
 
 
+Z_HEADS = ("mlp", "linear")
+
+
 @dataclass
 class PredictorConfig:
     embed_dim: int = 64  # predictor width (= encoder width: no bottleneck at the token level)
     depth: int = 2  # a shallow predictor: the dynamics are simple, the encoder must do the work
     num_heads: int = 4
     mlp_ratio: float = 2.0
+    z_head: str = "mlp"  # [z_{t-k+1}..z_t] → z_{t+h}: "mlp" (3 layers, width 4Z) or "linear" (one matrix: z must
+    # then evolve linearly, which favours codes linear in the world state; docs/RECIPE.md)
+
+    def validate(self) -> None:
+        if self.z_head not in Z_HEADS:
+            raise ValueError(f"jepa.predictor.z_head {self.z_head!r} is not one of {Z_HEADS}: set one of them")
 
 
 class Attention(nn.Module):
@@ -200,8 +209,11 @@ class Predictor(nn.Module):
         self.blocks = nn.ModuleList(Block(P, cfg.num_heads, cfg.mlp_ratio, fused) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(P)
         self.out = nn.Linear(P, D)
-        self.z_head = nn.Sequential(nn.Linear(self.k * Z, 4 * Z), nn.GELU(), nn.Linear(4 * Z, 4 * Z), nn.GELU(),
-                                    nn.Linear(4 * Z, Z))  # [z_{t-k+1}..z_t] → z_{t+h}
+        if cfg.z_head == "linear":
+            self.z_head = nn.Linear(self.k * Z, Z)  # [z_{t-k+1}..z_t] → z_{t+h}
+        else:
+            self.z_head = nn.Sequential(nn.Linear(self.k * Z, 4 * Z), nn.GELU(), nn.Linear(4 * Z, 4 * Z), nn.GELU(),
+                                        nn.Linear(4 * Z, Z))  # [z_{t-k+1}..z_t] → z_{t+h}
         nn.init.trunc_normal_(self.frame_embed, std=0.02)
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
