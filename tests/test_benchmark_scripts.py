@@ -54,6 +54,7 @@ def _no_gpu_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": str(empty), "CUDA_VISIBLE_DEVICES": ""}
 
 
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu_check.json"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)],

@@ -157,6 +157,7 @@ def test_bench_writes_the_json_report(world, tmp_path):
     assert {(r["head_mode"], r["status"]) for r in report["results"]} == {("fused", "ok"), ("unfused", "ok")}
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
     import functools
 

@@ -182,6 +182,7 @@ def test_no_training_mode_dropout_in_the_graph(agents, tmp_path, fused_attn):
     assert "Dropout" not in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_also_passes_parity(agents, tmp_path):
     cfg = OnnxExportConfig(exporter="dynamo", opset=18)
     res = export_onnx(agents["enc"], agents["meta"], tmp_path / "dyn.onnx", head=agents["head"], config=cfg)

@@ -319,6 +319,7 @@ def test_vit_tiny_preset_is_vit_tiny_and_demo_is_the_default():
         preset_config("vit-huge")
 
 
+@pytest.mark.slow
 def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
     run_path = tmp_path / "vit-tiny"
     fp = save_untrained_run(run_path, "vit-tiny", seed=0)
@@ -334,6 +335,7 @@ def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
     np.testing.assert_allclose(z, torch_z(enc, x), atol=Z_ATOL)
 
 
+@pytest.mark.slow
 def test_graph_nodes_bench_script_writes_a_table(tmp_path, monkeypatch, capsys):
     import importlib.util
     from pathlib import Path

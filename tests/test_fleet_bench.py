@@ -13,6 +13,7 @@ pytest.importorskip("zenoh")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_fleet_bench_writes_a_report(tmp_path):
     out = tmp_path / "fleet.json"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fleet_bench.py"), "--seconds", "1",

@@ -229,6 +229,7 @@ def check_zero_shot(agents, robot: Robot) -> int:
     return len(recs)
 
 
+@pytest.mark.slow
 def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(agents, tmp_path):
     ports = dict(zip(VIEWS, free_loopback_ports(3)))
     a = Robot(agents, tmp_path, "agentA", ports)
@@ -272,6 +273,7 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
             r.kill(signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_peer_with_another_anchor_world_is_not_calibrated_against(agents):
     pA, pB = free_loopback_ports(2)
     events: list[dict] = []

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from test_study_scaling import TINY_RUN
 
 from jepa_edge.config import from_dict, to_dict
@@ -10,6 +11,7 @@ from jepa_edge.study.reproduce import ReproduceConfig, reproduce
 from jepa_edge.study.scaling import LIGHT_STUDY
 
 
+@pytest.mark.slow
 def test_reproduce_trains_the_object_count_control_and_reports_every_new_section(tmp_path):
     light = from_dict(StudyConfig, {**to_dict(StudyConfig()), **LIGHT_STUDY})  # the sections, not the sweep
     cfg = ReproduceConfig(steps=2, other_world=False, objects_world=True, objects_world_count=4, anchor_episodes=8,

@@ -21,6 +21,7 @@ def _tiny(**kw) -> ScalingConfig:
     return ScalingConfig(seeds=(0, 1), anchor_episodes=8, anchor_steps=12, run=TINY_RUN, **kw)
 
 
+@pytest.mark.slow
 def test_tiny_scaling_study_writes_table_plot_and_json(tmp_path):
     res = run_scaling(_tiny(), tmp_path, progress=False)
     assert len(res["points"]) == 2 * 2 * 1  # budgets × seeds × pairs
@@ -51,6 +52,7 @@ def test_bad_scaling_configs_refused():
         ScalingConfig(views_b=("top",)).validate()
 
 
+@pytest.mark.slow
 def test_cli_reproduce_scaling(tmp_path):
     from typer.testing import CliRunner
 

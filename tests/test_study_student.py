@@ -176,6 +176,7 @@ def test_step_flops_of_a_tiny_run_and_its_alignment_term(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
     from test_teacher import STUDENT, TINY
 

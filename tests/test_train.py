@@ -142,6 +142,7 @@ def test_mismatched_architecture_is_refused(tmp_path):
         load_agent(tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(to_dict(tiny_config(steps=4, eval_every=4, ckpt_every=4))))
