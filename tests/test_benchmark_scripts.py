@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -83,10 +82,9 @@ def _bench_row(backend: str, mode: str, batch: int, infer_p50: float) -> dict:
 
 
 def test_gpu_check_targets_from_measured_results(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up there
-    spec.loader.exec_module(gpu_check)
+    from scripts import load_script
+
+    gpu_check = load_script("gpu_check", monkeypatch)
     rows = [_bench_row("ort-cpu", "fused", 1, 0.6), _bench_row("ort-cuda", "fused", 1, 0.2),
             _bench_row("ort-cuda", "unfused", 1, 0.196), _bench_row("ort-cuda", "fused", 8, 0.32)]
     t = gpu_check.targets(rows)

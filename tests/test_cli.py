@@ -161,13 +161,11 @@ def test_bench_writes_the_json_report(world, tmp_path):
 def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
     import functools
 
-    from jepa_edge.config import from_dict, to_dict
     from jepa_edge.study import reproduce as reproduce_mod
-    from jepa_edge.study.alignment import StudyConfig
-    from jepa_edge.study.scaling import LIGHT_STUDY
+    from jepa_edge.study.scaling import ScalingConfig
 
-    # the command's wiring, on fewer moments and the light study (the full study: test_study_alignment.py)
-    light = from_dict(StudyConfig, {**to_dict(StudyConfig()), **LIGHT_STUDY})
+    # the command's wiring, on fewer moments and the scaling study's light study (full: test_study_alignment.py)
+    light = ScalingConfig().study_config()
     monkeypatch.setattr(reproduce_mod, "ReproduceConfig", functools.partial(
         reproduce_mod.ReproduceConfig, anchor_episodes=16, study=light))
     res = cli("reproduce", "--out", tmp_path / "demo", "--config", world.config, "--steps", 2, "--no-other-world",

@@ -337,21 +337,10 @@ def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
 
 @pytest.mark.slow
 def test_graph_nodes_bench_script_writes_a_table(tmp_path, monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
+    from scripts import run_script
 
-    # the script's main() in this process (a subprocess would spend seconds importing torch again)
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("graph_nodes", root / "benchmarks" / "graph_nodes.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "gn.json"
-    monkeypatch.setattr(sys, "argv", ["graph_nodes.py", "--presets", "demo", "--batches", "1", "--out", str(out)])
-    threads = torch.get_num_threads()
-    try:
-        script.main()
-    finally:
-        torch.set_num_threads(threads)  # the script pins one thread
+    run_script("graph_nodes", ["--presets", "demo", "--batches", "1", "--out", str(out)], monkeypatch)
     stdout = capsys.readouterr().out
     [row] = json.loads(out.read_text())["results"]
     assert row["preset"] == "demo" and row["batch"] == 1 and row["dropped"] == []

@@ -5,15 +5,13 @@ import json
 import pytest
 from test_study_scaling import TINY_RUN
 
-from jepa_edge.config import from_dict, to_dict
-from jepa_edge.study.alignment import StudyConfig
 from jepa_edge.study.reproduce import ReproduceConfig, reproduce
-from jepa_edge.study.scaling import LIGHT_STUDY
+from jepa_edge.study.scaling import ScalingConfig
 
 
 @pytest.mark.slow
 def test_reproduce_trains_the_object_count_control_and_reports_every_new_section(tmp_path):
-    light = from_dict(StudyConfig, {**to_dict(StudyConfig()), **LIGHT_STUDY})  # the sections, not the sweep
+    light = ScalingConfig().study_config()  # the scaling study's light study: the sections, not the sweep
     cfg = ReproduceConfig(steps=2, other_world=False, objects_world=True, objects_world_count=4, anchor_episodes=8,
                           anchor_steps=12, run=TINY_RUN, study=light)
     res = reproduce(cfg, tmp_path, progress=False)

@@ -4,7 +4,6 @@ metrics read at log steps, divergence, --compile on the call path, the attention
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -299,20 +298,11 @@ def test_gpu_training_resumes_bit_identically(tmp_path):
 
 
 def test_train_throughput_script_reports_modes_attention_and_machine(tmp_path, monkeypatch):
-    import importlib.util
+    from scripts import run_script
 
-    # the script's main() in this process (a subprocess would spend seconds importing torch again)
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "tt.json"
-    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--device", "cpu", "--batch", "4", "--steps", "1",
-                                      "--warmup", "1", "--modes", "eager", "--threads", "1", "--out", str(out)])
-    threads = torch.get_num_threads()
-    try:
-        script.main()
-    finally:
-        torch.set_num_threads(threads)
+    run_script("train_throughput", ["--device", "cpu", "--batch", "4", "--steps", "1", "--warmup", "1", "--modes",
+                                    "eager", "--threads", "1", "--out", str(out)], monkeypatch)
     report = json.loads(out.read_text())
     assert report["machine"]["cpu"] and report["machine"]["device"] == "cpu"
     rows = report["results"]

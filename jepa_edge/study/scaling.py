@@ -163,10 +163,9 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
                             first.data.world)
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
     labels = [f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"]
-    points: list[dict[str, Any]] = []
     pool = worker_pool(cfg.workers) if cfg.workers > 1 else None
     try:
-        _run_points(cfg, out_dir, console, study, moments, step, labels, points, pool, progress)
+        points = _run_points(cfg, out_dir, console, study, moments, step, labels, pool, progress)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -179,12 +178,13 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
 
 
 def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: StudyConfig, moments: Any,
-                step: np.ndarray, labels: list[str], points: list[dict[str, Any]], pool: Any, progress: bool) -> None:
-    """Train every (budget, seed) point's agents, then study each pair; rows appended to ``points``."""
+                step: np.ndarray, labels: list[str], pool: Any, progress: bool) -> list[dict[str, Any]]:
+    """Train every (budget, seed) point's agents, then study each pair: one row per (budget, seed, pair)."""
     from jepa_edge.study.student import train_all
     from jepa_edge.train.checkpoint import load_agent
     from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like
 
+    points: list[dict[str, Any]] = []
     total, done = len(cfg.budgets()) * len(cfg.seeds), 0
     for bi, budget in enumerate(cfg.budgets()):
         for seed in cfg.seeds:
@@ -215,6 +215,7 @@ def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: Stud
                 points.append({"budget": bi, **budget, "seed": seed, "pair": f"{v}->{cfg.view_a}",
                                "train_seconds": train_s, **_row(res, meta_a, meta_b)})
             console.print(f"    done in {time.perf_counter() - t0:.0f} s (training {train_s:.0f} s)")
+    return points
 
 
 METRICS = ("agent_a_position_r2", "agent_b_position_r2", "w_r2", "retrieval_top1", "cka", "mutual_knn",

@@ -35,7 +35,7 @@ from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.train.checkpoint import load_agent_meta
 from jepa_edge.train.config import RunConfig
-from jepa_edge.train.loop import ensure_trained
+from jepa_edge.train.loop import ensure_trained, progress_task, training_progress
 
 CONDITIONS = ("scratch", "teacher", "shuffled", "random")
 CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # condition → TeacherConfig.control
@@ -144,24 +144,19 @@ def train_all(jobs: list[tuple[RunConfig, Path]], workers: int, progress: bool, 
 
     futures = {pool.submit(ensure_trained, run_cfg, out, False): (run_cfg, out) for run_cfg, out in jobs}
     pending = set(futures)
-    with _pool_progress(progress) as bar:  # the workers print nothing: their bars are read from log.jsonl
-        tasks = {f: bar.add_task(f"train {c.name} ({c.data.view})", total=c.train.steps) for f, (c, _) in futures.items()}
+    with training_progress(progress) as bar:  # the workers print nothing: their bars are read from log.jsonl
+        tasks = {f: progress_task(bar, c) for f, (c, _) in futures.items()}
+        shown = dict.fromkeys(futures, 0)
         while pending:
             done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
             for f in pending:  # never backwards: a record being written reads as 0
-                bar.update(tasks[f], completed=max(bar.tasks[tasks[f]].completed, _logged_step(futures[f][1])))
+                shown[f] = max(shown[f], _logged_step(futures[f][1]))
+                bar.update(tasks[f], completed=shown[f])
             for f in done:
                 reused = f.result()  # a failed run raises here, with its own message
                 bar.update(tasks[f], completed=futures[f][0].train.steps)
                 if on_done:
                     on_done(futures[f][1], reused)
-
-
-def _pool_progress(show: bool):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), disable=not show)
 
 
 def _logged_step(out: Path) -> int:

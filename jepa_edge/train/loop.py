@@ -359,10 +359,19 @@ def _write(log_f, record: dict[str, Any]) -> None:
         log_f.flush()
 
 
+def training_progress(show: bool) -> Progress:
+    """The bar of training runs (one task per run, ``info`` field for the latest metrics)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show)
+
+
+def progress_task(bar: Progress, cfg: RunConfig, step: int = 0) -> Any:
+    return bar.add_task(f"train {cfg.name} ({cfg.data.view})", total=cfg.train.steps, completed=step, info="")
+
+
 def _progress_bar(cfg: RunConfig, step: int, show: bool) -> tuple[Progress, Any]:
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show)
-    return bar, bar.add_task(f"train {cfg.name} ({cfg.data.view})", total=cfg.train.steps, completed=step, info="")
+    bar = training_progress(show)
+    return bar, progress_task(bar, cfg, step)
 
 
 # ---------------------------------------------------------------- one step's forward/backward
