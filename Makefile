@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --max-frames 5
 
 # One worker per core (`-n auto`, one math thread each: tests/conftest.py); idle workers steal queued tests
-# (`worksteal`: 94 s here against 103 s with `loadfile`, whose big files left one core idle at the end).
+# (`worksteal`: 89–99 s of pytest on the 2-core AMD EPYC dev host, 27 Nov, against 103 s with `loadfile`).
 test: setup
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
