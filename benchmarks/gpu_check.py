@@ -7,29 +7,36 @@
 
 It uses the interpreter at hand (no venv, no downloads; the repository root is
 put on PYTHONPATH) and runs, each step timed and recorded as ok / failed /
-skipped with the reason:
+skipped with the reason (measurements first, so a hung test cannot cost them):
 
-1. tests: ``JEPA_EDGE_REQUIRE_GPU=1 pytest -m "gpu or trt"`` (a GPU test that
-   cannot run fails instead of skipping), then the whole suite (same setting);
-2. train: a 300-step CUDA training run of the 32 px agent (default config);
-3. export: that agent, and a ViT-Tiny-size agent (224 px, patch 16, width 192,
+1. train: a 300-step CUDA training run of the 32 px agent (default config);
+2. export: that agent, and a ViT-Tiny-size agent (224 px, patch 16, width 192,
    depth 12, 3 heads; random weights: latency does not depend on training), to
    ONNX in ``head_inputs`` mode — the bench sets a head in the graph (fused) or
-   cuts the graph at ``z`` and runs the head in numpy (unfused); with TensorRT
-   importable, an fp16 engine of each as well;
-4. bench: ort-cpu / ort-cuda / tensorrt × fused / unfused × batch 1 and 8 of
-   both models, through ``benchmarks/runtime_bench.py`` on a generated
+   cuts the graph at ``z`` and runs the head in numpy (unfused) — and, with a
+   position probe fitted on each, in ``fused`` mode (head baked in: the graph
+   ONNX Runtime can capture as a CUDA graph); with TensorRT importable, an fp16
+   engine of each as well;
+3. bench: ort-cpu / ort-cuda (IOBinding, ``--cuda-graph off``) / tensorrt on the
+   head_inputs models, ort-cuda with ``--cuda-graph on`` on the fused ones, × fused / unfused head ×
+   batch 1 and 8, through ``benchmarks/runtime_bench.py`` on a generated
    simulator video at the model's input size (decode, capture age, preprocess,
    H2D / GPU compute / D2H / enqueue where the backend measures them, head,
    end to end);
-5. ``benchmarks/train_throughput.py --device cuda``.
+4. ``benchmarks/train_throughput.py --device cuda`` (eager and CUDA graphs,
+   batch 128 and 1024);
+5. tests: ``JEPA_EDGE_REQUIRE_GPU=1 pytest -m "gpu or trt"`` (a GPU test that
+   cannot run fails instead of skipping), then the whole suite (same setting,
+   one worker per core where pytest-xdist is installed).
 
 Writes ``benchmarks/results/gpu_check.json``: the machine (CPU, GPU, driver,
 torch, ONNX Runtime, TensorRT), every step, every bench result, and the
-targets of issue 10 with the measured value beside each. Exit status 1 when a
-step failed. ``--cpu`` runs the same pipeline on the CPU with the backends
-available there, to check the script without a GPU (its numbers mean nothing
-for the GPU targets and go to another file).
+targets of issue 10 with the measured value beside each, for the IOBinding
+path and for the CUDA-graph path. Stopped early (SIGTERM, Ctrl-C), it still
+writes what ran, with ``stopped`` saying where. Exit status 1 when a step
+failed or the check was stopped. ``--cpu`` runs the same pipeline on the CPU
+with the backends available there, to check the script without a GPU (its
+numbers mean nothing for the GPU targets and go to another file).
 """
 
 from __future__ import annotations
@@ -142,6 +149,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.steps: list[StepResult] = []
+        self.results: list[dict[str, Any]] = []  # bench rows, kept as they come (a stopped check still reports them)
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.device = "cpu" if args.cpu else "cuda"
@@ -169,6 +177,11 @@ class Runner:
                 print(f"   {line}", end="", flush=True)
                 tail.append(line.rstrip())
             rc = proc.wait()
+        except BaseException:  # the check itself was stopped: stop the step's process group with it
+            _kill_group(proc.pid)
+            self.steps.append(StepResult(name, "failed", round(time.perf_counter() - t0, 2), command, None,
+                                         "stopped with the check", list(tail)))
+            raise
         finally:
             timer.cancel()
         seconds = time.perf_counter() - t0
@@ -203,6 +216,13 @@ class Runner:
 
     def cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "jepa_edge.cli", *args]
+
+
+def xdist_args() -> list[str]:
+    """One pytest worker per core where pytest-xdist is installed (as `make test` does); else a serial run."""
+    import importlib.util
+
+    return ["-n", "auto", "--dist", "worksteal"] if importlib.util.find_spec("xdist") is not None else []
 
 
 # ---- the models ------------------------------------------------------------------------------
@@ -256,6 +276,15 @@ def train_and_export(r: Runner, trt: str | None) -> dict[str, Path]:
         if r.passed(r.run(f"export {name}", r.cli("export", str(run), "--out", str(out), "--mode", "head_inputs"),
                           timeout_s=300)):
             onnx[name] = out
+        # a fused graph (head baked in) for CUDA graphs: a head_inputs model rebinds its head at every set_head
+        probes = w / "probes" / name
+        if r.passed(r.run(f"probe {name}", r.cli("probe", str(run), "--out", str(probes), "--task", "position",
+                                                 "--episodes", "16", "--steps", "16"), timeout_s=300)):
+            probe = next(iter(sorted(probes.glob("*.position.probe.safetensors"))), probes / "missing")
+            fused = w / "onnx" / f"{name}_fused.onnx"
+            if r.passed(r.run(f"export {name} fused", r.cli("export", str(run), "--out", str(fused), "--probe",
+                                                            str(probe)), timeout_s=300)):
+                onnx[f"{name}@graph"] = fused
         if trt is None:
             r.skip(f"tensorrt engine {name}", "`import tensorrt` fails here")
             continue
@@ -269,39 +298,52 @@ def train_and_export(r: Runner, trt: str | None) -> dict[str, Path]:
 
 def bench(r: Runner, models: dict[str, Path], backends: list[str]) -> list[dict[str, Any]]:
     """runtime_bench.py per (model, backend): a crash in one backend leaves the others' numbers."""
-    a, results = r.args, []
+    a, results = r.args, r.results
     for name, path in models.items():
-        label, on_trt = name.split("@")[0], name.endswith("@trt")
+        label, variant = (name.split("@") + ["head_inputs"])[:2]
         size = VIT_TINY["img_size"] if label == "vit_tiny" else 32
-        for backend in (["tensorrt"] if on_trt else [b for b in backends if b != "tensorrt"]):
-            out = r.work / "bench" / f"{label}_{backend}.json"
-            step = r.run(f"bench {label} {backend}", [
+        if variant == "trt":
+            todo = ["tensorrt"]
+        elif variant == "graph":  # the fused graph, replayed as a CUDA graph (GPU only)
+            todo = [b for b in backends if b == "ort-cuda"]
+        else:
+            todo = [b for b in backends if b != "tensorrt"]
+        for backend in todo:
+            out = r.work / "bench" / f"{label}_{variant}_{backend}.json"
+            step = r.run(f"bench {label} {variant} {backend}", [
                 sys.executable, str(ROOT / "benchmarks" / "runtime_bench.py"), "--model", str(path),
                 "--backends", backend, "--frames", str(a.frames), "--warmup", str(a.warmup), "--batch", "1", "8",
                 "--head-modes", "fused", "unfused", "--decode-threads", "1", "--video-size", str(size),
-                "--view", "top", "--out", str(out)], timeout_s=600)
+                "--view", "top", "--out", str(out), "--cuda-graph", "on" if variant == "graph" else "off"],
+                timeout_s=600)
             if step.status == "ok":  # (never in a dry run)
                 for res in json.loads(out.read_text())["results"]:
-                    results.append({"agent": label, **res})
+                    results.append({"agent": label, "variant": variant, **res})
     return results
 
 
 # ---- report ----------------------------------------------------------------------------------
-def _find(results: list[dict], agent: str, backend: str, mode: str, batch: int) -> dict | None:
+def _find(results: list[dict], agent: str, backend: str, mode: str, batch: int,
+          variant: str = "head_inputs") -> dict | None:
     for res in results:
         if (res.get("status") == "ok" and res["agent"] == agent and res["backend"] == backend
-                and res["head_mode"] == mode and res["batch"] == batch):
+                and res["head_mode"] == mode and res["batch"] == batch and res.get("variant", "head_inputs") == variant
+                and (variant != "graph" or str(res.get("cuda_graph") or "").startswith("on"))):
             return res
     return None
 
 
-def targets(results: list[dict]) -> dict[str, Any]:
-    """Issue 10's targets for the 32 px agent, measured value beside each (None: not measured here)."""
-    def infer_p50(backend: str, mode: str, batch: int) -> float | None:
-        res = _find(results, "agent32", backend, mode, batch)
+def targets(results: list[dict], variant: str = "head_inputs") -> dict[str, Any]:
+    """Issue 10's targets for the 32 px agent, measured value beside each (None: not measured here).
+
+    ``variant``: "head_inputs" (IOBinding, head weights as graph inputs) or "graph" (the fused graph
+    replayed as a CUDA graph); ort-cpu is always the head_inputs model.
+    """
+    def infer_p50(backend: str, mode: str, batch: int, var: str = variant) -> float | None:
+        res = _find(results, "agent32", backend, mode, batch, var)
         return None if res is None else res["stages_ms_per_batch"]["infer"]["p50_ms"]
 
-    cuda1, cpu1 = infer_p50("ort-cuda", "fused", 1), infer_p50("ort-cpu", "fused", 1)
+    cuda1, cpu1 = infer_p50("ort-cuda", "fused", 1), infer_p50("ort-cpu", "fused", 1, "head_inputs")
     cuda8, bare1 = infer_p50("ort-cuda", "fused", 8), infer_p50("ort-cuda", "unfused", 1)
     fps8 = None if cuda8 is None else 8 * 1e3 / cuda8  # model throughput: frames per second of infer time
     overhead = None if cuda1 is None or bare1 is None else cuda1 / bare1 - 1.0
@@ -327,17 +369,20 @@ def print_summary(results: list[dict], steps: list[StepResult]) -> None:
     from rich.table import Table
 
     table = Table(title="gpu-check: bench (p50 ms; infer is the whole infer() call, GPU = CUDA-event time)")
-    for col in ("agent", "backend", "head", "batch", "precision", "infer", "enqueue", "H2D", "GPU", "D2H", "e2e",
+    for col in ("agent", "graph", "backend", "head", "batch", "precision", "infer", "enqueue", "H2D", "GPU", "D2H", "e2e",
                 "FPS"):
-        table.add_column(col, justify="left" if col in ("agent", "backend", "head", "precision") else "right")
+        table.add_column(col, justify="left" if col in ("agent", "graph", "backend", "head", "precision") else "right")
     for res in results:
+        variant = res.get("variant", "head_inputs")
+        if variant == "graph":
+            variant = "fused, CUDA graph" if str(res.get("cuda_graph") or "").startswith("on") else "fused (no graph)"
         if res["status"] != "ok":
-            table.add_row(res["agent"], res["backend"], res["head_mode"], str(res.get("batch", "")),
+            table.add_row(res["agent"], variant, res["backend"], res["head_mode"], str(res.get("batch", "")),
                           f"skipped: {res['reason'][:60]}", *[""] * 7)
             continue
         st = res["stages_ms_per_batch"]
         cell = [f"{st[k]['p50_ms']:.3f}" if k in st else "–" for k in ("infer", "enqueue", "h2d", "compute", "d2h")]
-        table.add_row(res["agent"], res["backend"], res["head_mode"], str(res["batch"]), res.get("precision", ""),
+        table.add_row(res["agent"], variant, res["backend"], res["head_mode"], str(res["batch"]), res.get("precision", ""),
                       *cell, f"{res['e2e_ms']['p50_ms']:.3f}", f"{res['fps']:.0f}")
     console = Console(width=200)
     console.print(table)
@@ -364,31 +409,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def train_throughput(r: Runner, work: Path) -> dict[str, Any] | None:
+    """benchmarks/train_throughput.py: eager vs CUDA graphs, fused attention (torch.compile's inductor warm-up
+    takes minutes: run the script with --modes compile for it)."""
+    script = ROOT / "benchmarks" / "train_throughput.py"
+    if r.args.no_train_throughput or not script.is_file():
+        r.skip("train throughput", "--no-train-throughput" if r.args.no_train_throughput else f"{script} missing")
+        return None
+    sizes = ["--batch", "32", "--steps", "5", "--modes", "eager"] if r.args.cpu else \
+        ["--batch", "128", "1024", "--steps", "20", "--modes", "eager", "cuda-graphs"]
+    out = work / "train_throughput.json"
+    step = r.run("train throughput", [sys.executable, str(script), "--device", r.device, *sizes, "--attention",
+                                      "fused", "--out", str(out)], timeout_s=300)
+    return json.loads(out.read_text()) if step.status == "ok" else None
+
+
+def run_tests(r: Runner) -> None:
+    """The GPU/TensorRT tests, then the whole suite, with JEPA_EDGE_REQUIRE_GPU=1 (a skip is a failure)."""
+    if r.args.skip_tests:
+        r.skip("tests (gpu or trt)", "--skip-tests")
+        r.skip("tests (whole suite)", "--skip-tests")
+        return
+    py, require = sys.executable, {"JEPA_EDGE_REQUIRE_GPU": "1"}
+    r.run("tests (gpu or trt)", [py, "-m", "pytest", "-q", "-m", "gpu or trt"], timeout_s=300, env=require)
+    r.run("tests (whole suite)", [py, "-m", "pytest", "-q", *xdist_args()], timeout_s=600, env=require)
+
+
 def run_all(args: argparse.Namespace, work: Path, gpu_reason: str) -> int:
     r = Runner(args, work)
     trt = None if args.cpu else tensorrt_version()
     if args.dry_run:
         print(f"dry run: the TensorRT steps run only where `import tensorrt` works (here: {trt or 'no'})")
         trt = trt or "dry run"
-    t0 = time.perf_counter()
-    py = sys.executable
-    if args.skip_tests:
-        r.skip("tests (gpu or trt)", "--skip-tests")
-        r.skip("tests (whole suite)", "--skip-tests")
-    else:
-        require = {"JEPA_EDGE_REQUIRE_GPU": "1"}
-        r.run("tests (gpu or trt)", [py, "-m", "pytest", "-q", "-m", "gpu or trt"], timeout_s=300, env=require)
-        r.run("tests (whole suite)", [py, "-m", "pytest", "-q"], timeout_s=600, env=require)
-    models = train_and_export(r, trt)
-    backends = ["ort-cpu"] if args.cpu else ["ort-cpu", "ort-cuda", "tensorrt"]
-    results = bench(r, models, backends)
-    throughput = None
-    script = ROOT / "benchmarks" / "train_throughput.py"
-    if args.no_train_throughput or not script.is_file():
-        r.skip("train throughput", "--no-train-throughput" if args.no_train_throughput else f"{script} missing")
-    elif r.run("train throughput", [py, str(script), "--device", r.device, "--steps", "5" if args.cpu else "20",
-                                    "--out", str(work / "train_throughput.json")], timeout_s=300).status == "ok":
-        throughput = json.loads((work / "train_throughput.json").read_text())
+    t0, stopped, throughput = time.perf_counter(), "", None
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # `timeout` or a scheduler: report what ran, then stop
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:  # measurements first: a test step that hangs cannot cost the numbers
+        models = train_and_export(r, trt)
+        bench(r, models, ["ort-cpu"] if args.cpu else ["ort-cpu", "ort-cuda", "tensorrt"])
+        throughput = train_throughput(r, work)
+        run_tests(r)
+    except KeyboardInterrupt:
+        stopped = f"stopped during '{r.steps[-1].name if r.steps else 'set-up'}'; later steps did not run"
+        print(f"gpu-check: {stopped}", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.dry_run:
         return 0
     from jepa_edge.runtime.stats import machine_info
@@ -398,22 +466,24 @@ def run_all(args: argparse.Namespace, work: Path, gpu_reason: str) -> int:
         "gpu_detected": gpu_reason,
         "machine": {**machine_info(), "torch": torch_info(), "tensorrt": trt or "none"},
         "duration_s": round(time.perf_counter() - t0, 1),
+        "stopped": stopped or None,
         "settings": {"train_steps": args.steps, "frames": args.frames, "warmup": args.warmup,
                      "models": {"agent32": "default RunConfig, 32 px, trained --steps",
                                 "vit_tiny": {**VIT_TINY, "weights": "random (untrained)"}},
-                     "export_mode": "head_inputs", "tensorrt_precision": "fp16"},
+                     "export_mode": "head_inputs; fused (+ a position probe) for the CUDA-graph rows",
+                     "tensorrt_precision": "fp16"},
         "steps": [asdict(s) for s in r.steps],
-        "targets": targets(results),
-        "bench": results,
+        "targets": {"ort_cuda_iobinding": targets(r.results), "ort_cuda_graph": targets(r.results, "graph")},
+        "bench": r.results,
         "train_throughput": throughput,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print_summary(results, r.steps)
+    print_summary(r.results, r.steps)
     failed = [s.name for s in r.steps if s.status == "failed"]
-    print(f"wrote {args.out} in {report['duration_s']:.0f} s; "
+    print(f"wrote {args.out} in {report['duration_s']:.0f} s; " + (f"{stopped}; " if stopped else "")
           + (f"FAILED: {', '.join(failed)}" if failed else "every step passed"))
-    return 1 if failed else 0
+    return 1 if failed or stopped else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpu-check: no CUDA GPU here ({gpu_reason}); nothing to check — run it on a GPU machine")
             return 0
     if args.keep:
+        if args.keep.is_dir() and any(args.keep.iterdir()):
+            print(f"gpu-check: --keep {args.keep} is not empty (training would refuse to overwrite the last "
+                  "check's run); pass a new or empty folder")
+            return 2
         args.keep.mkdir(parents=True, exist_ok=True)
         return run_all(args, args.keep.resolve(), gpu_reason)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:

@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--latent-dim", type=int, default=64, help="fixture latent dim")
     ap.add_argument("--view", default="top")
     ap.add_argument("--realtime", action="store_true", help="play the video at 30 FPS (drops when too slow)")
+    ap.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                    help="ort-cuda: replay a captured CUDA graph per batch size (auto: fused / encoder-only graphs)")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch eager of the fixture model")
     ap.add_argument("--torch-run", type=Path, help="agent run dir: also time its PyTorch eager encoder + head")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_bench.json")
@@ -114,7 +116,8 @@ def main() -> None:
         cfg = BenchConfig(warmup=args.warmup, n_frames=args.frames, batch_sizes=tuple(args.batch),
                           head_modes=tuple(args.head_modes), backends=tuple(args.backends),
                           realtime=args.realtime, intra_op_threads=args.threads,
-                          decode_threads=args.decode_threads)
+                          decode_threads=args.decode_threads,
+                          cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph])
         report = benchmark(models, str(video), cfg, extra_backends=extra)
     report["source"] = f"generated {args.view} video {args.video_size}px, 150 frames, MJPG (looped)"
     report["models"] = [str(m) if args.model else m.name for m in models]

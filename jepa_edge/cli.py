@@ -465,6 +465,8 @@ def run_cmd(
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
     realtime: Annotated[bool, typer.Option(help="Pace a file at its fps (drops frames if inference is slow).")] = False,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
+    cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="ort-cuda: replay a "
+                          "captured CUDA graph per batch size (default: on for fused / encoder_only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a file/stream "
                                                 "(0 = FFmpeg's default; 1 = lowest latency on small frames).")] = 0,
     video_out: Annotated[Path | None, typer.Option(help="Write an annotated video.")] = None,
@@ -475,7 +477,7 @@ def run_cmd(
     import sys
     import threading
 
-    from jepa_edge.runtime import CaptureConfig, HeadWatcher, PipelineConfig, load_model, open_source
+    from jepa_edge.runtime import CaptureConfig, HeadWatcher, PipelineConfig, open_source
     from jepa_edge.runtime import run as run_pipeline
     from jepa_edge.runtime.errors import SourceError
 
@@ -483,7 +485,9 @@ def run_cmd(
     pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
                           video_out=str(video_out or ""), capture=CaptureConfig(realtime=realtime))
     pcfg.validate()
-    m = load_model(str(model), backend=backend, config=_backend_config(model, backend, threads), encoder_only=False)
+    from jepa_edge.runtime.backends import load_model_for_run
+
+    m = load_model_for_run(str(model), backend, _backend_config(model, backend, threads, cuda_graph), head_mode)
     watcher = src = None
     out_f = sys.stdout
     try:
@@ -510,13 +514,16 @@ def run_cmd(
     console.print_json(json.dumps(summary.to_dict()))
 
 
-def _backend_config(model: Path, backend: str, threads: int):
+def _backend_config(model: Path, backend: str, threads: int, cuda_graph: bool | None = None):
     """OrtConfig for the ONNX Runtime backends, None (defaults) for TensorRT: chosen after resolving ``auto``."""
     from jepa_edge.runtime import OrtConfig
     from jepa_edge.runtime.backend_ort import ORT_BACKENDS
     from jepa_edge.runtime.backends import resolve_backend
 
-    return OrtConfig(intra_op_threads=threads) if resolve_backend(model, backend) in ORT_BACKENDS else None
+    resolved = resolve_backend(model, backend)
+    if resolved not in ORT_BACKENDS:
+        return None
+    return OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if resolved == "ort-cuda" else None)
 
 
 @app.command()
@@ -530,6 +537,8 @@ def bench(
     frames: Annotated[int, typer.Option(help="Timed frames per configuration.")] = 300,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up batches.")] = 20,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
+    cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="ort-cuda: replay a "
+                          "captured CUDA graph per batch size (default: on for fused / encoder_only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a video source "
                                                 "(0 = FFmpeg's default).")] = 0,
     realtime: Annotated[bool, typer.Option(help="Play a file at its fps with the latest-frame policy "
@@ -554,8 +563,8 @@ def bench(
         extra = {"torch-eager": eager_backend(torch_run)}
     report = benchmark([str(p) for p in model], source, BenchConfig(
         warmup=warmup, n_frames=frames, batch_sizes=tuple(batch), head_modes=tuple(head_mode),
-        backends=tuple(backend), intra_op_threads=threads, decode_threads=decode_threads, realtime=realtime),
-        extra_backends=extra)
+        backends=tuple(backend), intra_op_threads=threads, decode_threads=decode_threads, realtime=realtime,
+        cuda_graph=cuda_graph), extra_backends=extra)
     Console(width=None if sys.stdout.isatty() else 200).print(bench_table(report))
     ok = [r for r in report["results"] if r["status"] == "ok"]
     if not ok:  # every configuration was skipped: that is an error, not an empty benchmark

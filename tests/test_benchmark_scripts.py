@@ -71,8 +71,10 @@ def test_gpu_check_dry_run_plans_every_step(tmp_path):
     plan = p.stdout
     for step in ("tests (gpu or trt)", "-m 'gpu or trt'", "tests (whole suite)", "--steps 300 --device cuda",
                  "write vit_tiny", "export agent32", "export vit_tiny", "tensorrt engine vit_tiny",
-                 "bench agent32 ort-cpu", "bench agent32 ort-cuda", "bench vit_tiny tensorrt", "--batch 1 8",
-                 "--video-size 224", "train_throughput.py --device cuda"):
+                 "bench agent32 head_inputs ort-cpu", "bench agent32 head_inputs ort-cuda", "probe agent32",
+                 "export agent32 fused", "bench agent32 graph ort-cuda", "bench vit_tiny graph ort-cuda",
+                 "--cuda-graph on", "--cuda-graph off", "bench vit_tiny trt tensorrt", "--batch 1 8", "--video-size 224",
+                 "train_throughput.py --device cuda"):
         assert step in plan, step
 
 
@@ -99,3 +101,60 @@ def test_gpu_check_targets_from_measured_results(monkeypatch):
                                   "fused_head_overhead<=3%")] == [False, False, False]
     none = gpu_check.targets([_bench_row("ort-cpu", "fused", 1, 0.6)])  # no GPU results: not measured, not failed
     assert all(none[k] == {"measured": None, "met": None} for k in none if k != "note")
+
+
+def test_gpu_check_graph_targets_use_captured_graph_rows_only(monkeypatch):
+    from scripts import load_script
+
+    gpu_check = load_script("gpu_check", monkeypatch)
+
+    def graph_row(mode, batch, p50, status="on: one CUDA graph per static batch size"):
+        return {**_bench_row("ort-cuda", mode, batch, p50), "variant": "graph", "cuda_graph": status}
+
+    rows = [_bench_row("ort-cpu", "fused", 1, 0.6), _bench_row("ort-cuda", "fused", 1, 1.3),
+            graph_row("fused", 1, 0.1), graph_row("unfused", 1, 0.099), graph_row("fused", 8, 0.2)]
+    t = gpu_check.targets(rows, "graph")
+    assert t["ort_cuda_b1_infer_p50_ms<=0.25"] == {"measured": 0.1, "met": True}
+    assert t["ort_cuda_b1_below_ort_cpu"]["measured"] == pytest.approx(0.5)  # against the CPU's head_inputs row
+    assert t["ort_cuda_b8_infer_fps>=20000"]["measured"] == pytest.approx(40_000.0)
+    assert gpu_check.targets(rows)["ort_cuda_b1_infer_p50_ms<=0.25"] == {"measured": 1.3, "met": False}
+    fell_back = [r if r.get("variant") != "graph" else {**r, "cuda_graph": "fallback to IOBinding: capture failed"}
+                 for r in rows]  # a graph that was never captured is not a graph number
+    assert gpu_check.targets(fell_back, "graph")["ort_cuda_b1_infer_p50_ms<=0.25"]["measured"] is None
+
+
+def test_gpu_check_stopped_midway_still_writes_what_it_measured(tmp_path, monkeypatch):
+    """SIGTERM (`timeout`) during a step: the step's process group is killed, the report keeps the rows so far."""
+    import signal
+    import threading
+
+    from scripts import load_script
+
+    gpu_check = load_script("gpu_check", monkeypatch)
+    row = {**_bench_row("ort-cuda", "fused", 1, 0.2), "variant": "head_inputs", "e2e_ms": {"p50_ms": 0.3}, "fps": 3e3}
+    before = signal.getsignal(signal.SIGTERM)
+
+    def measured_then_hung_step(r, trt):
+        r.results.append(row)  # a bench row already in
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        r.run("a step that hangs", [sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=120)
+        return {}
+
+    monkeypatch.setattr(gpu_check, "train_and_export", measured_then_hung_step)
+    out = tmp_path / "report.json"
+    args = gpu_check.parse_args(["--cpu", "--out", str(out)])
+    assert gpu_check.run_all(args, tmp_path, "--cpu") == 1
+    report = json.loads(out.read_text())
+    assert report["stopped"] == "stopped during 'a step that hangs'; later steps did not run"
+    assert report["bench"] == [row] and report["steps"][-1]["reason"] == "stopped with the check"
+    assert report["targets"]["ort_cuda_iobinding"]["ort_cuda_b1_infer_p50_ms<=0.25"]["measured"] == 0.2
+    assert signal.getsignal(signal.SIGTERM) is before  # the check's handler is gone again
+
+
+def test_gpu_check_refuses_a_keep_folder_in_use(tmp_path, monkeypatch, capsys):
+    from scripts import load_script
+
+    gpu_check = load_script("gpu_check", monkeypatch)
+    (tmp_path / "runs").mkdir()
+    assert gpu_check.main(["--cpu", "--keep", str(tmp_path)]) == 2
+    assert "is not empty" in capsys.readouterr().out

@@ -7,6 +7,7 @@ of the unoptimised export, and ``z`` within the export's own 1e-4 of PyTorch.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -57,6 +58,18 @@ def agent():
 
 VARIANTS = {"original": {"optimize": False}, "slim": {"optimize": True},
             "fused": {"optimize": True, "fuse_transformer": True}}
+SLIM_MISSING = "needs onnxslim (the export extra): pip install 'jepa-edge[export]'"
+
+
+def has_onnxslim() -> bool:
+    try:
+        importlib.import_module("onnxslim")
+    except ImportError:
+        return False
+    return True
+
+
+needs_onnxslim = pytest.mark.skipif(not has_onnxslim(), reason=SLIM_MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +79,8 @@ def exported(agent, tmp_path_factory):
 
     def get(mode: str, batch: int, variant: str):
         key = (mode, batch, variant)
+        if VARIANTS[variant].get("optimize") and not has_onnxslim():
+            pytest.skip(SLIM_MISSING)
         if key not in cache:
             path = tmp_path_factory.mktemp("exports") / f"{mode}_{batch}_{variant}.onnx"
             cache[key] = export(agent, path, mode, batch=batch, **VARIANTS[variant])
@@ -132,6 +147,7 @@ def test_simplified_and_fused_graphs_match_the_original(agent, exported, mode, b
     assert fused.metadata["graph"]["attention"] == "split_qkv" and slimmed.metadata["graph"]["attention"] == "packed"
 
 
+@needs_onnxslim
 def test_metadata_props_survive_every_pass(exported):
     res = exported("fused", 0, "original")
     model = onnx.load(str(res.path))
@@ -150,6 +166,7 @@ def test_metadata_props_survive_every_pass(exported):
     assert meta["graph"] == out.metadata["graph"]
 
 
+@needs_onnxslim
 def test_a_pass_that_breaks_parity_is_dropped_and_recorded(agent, tmp_path, monkeypatch):
     real = opt.fuse_transformer
 
@@ -290,6 +307,7 @@ def run_dir(agent, tmp_path_factory):
     return path
 
 
+@needs_onnxslim
 def test_cli_export_static_batch_fused_prints_node_counts(run_dir, tmp_path):
     from jepa_edge.cli import app
 
@@ -335,6 +353,7 @@ def test_untrained_vit_tiny_run_exports_and_runs_one_frame(tmp_path):
     np.testing.assert_allclose(z, torch_z(enc, x), atol=Z_ATOL)
 
 
+@needs_onnxslim
 @pytest.mark.slow
 def test_graph_nodes_bench_script_writes_a_table(tmp_path, monkeypatch, capsys):
     from scripts import run_script

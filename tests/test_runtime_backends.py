@@ -279,6 +279,24 @@ def test_ort_cuda_graph_replays_new_frames(tiny):
     assert model.provider_options["CUDAExecutionProvider"].get("enable_cuda_graph", "0") == "0"  # the main session
 
 
+@pytest.mark.gpu
+def test_head_inputs_on_ort_cuda_runs_as_an_encoder_only_cuda_graph_with_a_numpy_head(tiny):
+    from jepa_edge.runtime.backends import load_model_for_run
+    from jepa_edge.runtime.headswap import HeadStage
+
+    _require_cuda_ep()
+    enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
+    with load_model_for_run(tiny["head_inputs"], "ort-cuda") as model:
+        assert model.meta.mode == "encoder_only" and model.cuda_graph_status.startswith("on"), model.cuda_graph_status
+        stage = HeadStage(model, "auto", head)
+        assert stage.mode == "numpy"
+        for batch in (frames[:1], frames[:1], frames[:1], frames[:1]):  # warm-up, capture, replays
+            out = stage(model.infer(batch))
+            _close(out["z"], enc.z(batch), model.precision, "z")
+            _close(out["position"], head.split(head.apply(enc.z(batch)))["position"], model.precision, "position")
+        assert sorted(model._graphs) == [1]
+
+
 def _has_trt() -> bool:
     """TensorRT + cuda-python + a CUDA device (no onnxruntime-gpu needed: a Jetson may lack it)."""
     if importlib.util.find_spec("tensorrt") is None:

@@ -94,6 +94,20 @@ def test_benchmark_with_given_head_and_bad_config(setup):
         benchmark(setup["fused"], "sim:top", BenchConfig(head_modes=("baked",)))
 
 
+def test_benchmark_cuda_graph_is_asked_of_ort_cuda_only_and_recorded(setup):
+    cfg = BenchConfig(warmup=3, n_frames=4, batch_sizes=(1,), head_modes=("fused",), backends=("ort-cpu", "ort-cuda"),
+                      cuda_graph=True)
+    report = benchmark([setup["fused"], setup["head_inputs"]], setup["video"], cfg)
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    assert all(r["cuda_graph"].startswith("off (auto: ") for r in ok if r["backend"] == "ort-cpu")  # not asked there
+    for r in (r for r in ok if r["backend"] == "ort-cuda"):  # a GPU machine: the fused graph replays a capture
+        want = "on" if r["graph"] == "fused" else "fallback"  # head_inputs rebinds its head: no capture
+        assert r["cuda_graph"].startswith(want), r["cuda_graph"]
+    console = Console(record=True, width=250)
+    console.print(bench_table(report))
+    assert ("+graph" in console.export_text()) == any(r["cuda_graph"].startswith("on") for r in ok)
+
+
 class StagedModel:
     """A real ONNX Runtime model that also reports device stages, as the CUDA/TensorRT backends do."""
 

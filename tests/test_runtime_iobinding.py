@@ -173,14 +173,22 @@ def test_stage_timings_are_what_each_path_measures(tiny):
 
 # ---- CUDA graphs: the decisions, on any machine ----------------------------------------------------------
 def test_cuda_graph_plan():
-    on, off = OrtConfig(cuda_graph=True), OrtConfig()
+    on, off, auto = OrtConfig(cuda_graph=True), OrtConfig(cuda_graph=False), OrtConfig()
+    assert auto.cuda_graph is None  # the default: auto
     assert cuda_graph_plan("ort-cuda", off, "fused") == (False, "off (OrtConfig.cuda_graph=False)")
-    assert cuda_graph_plan("ort-cuda", on, "fused")[0]
-    assert cuda_graph_plan("ort-cuda", on, "encoder_only")[0]
+    for cfg in (on, auto):
+        assert cuda_graph_plan("ort-cuda", cfg, "fused")[0]
+        assert cuda_graph_plan("ort-cuda", cfg, "encoder_only")[0]
+    assert cuda_graph_plan("ort-cuda", auto, "fused")[1].endswith("(auto)")
     capture, why = cuda_graph_plan("ort-cuda", on, "head_inputs")
     assert not capture and why.startswith("fallback to IOBinding") and "set_head" in why
     capture, why = cuda_graph_plan("ort-cpu", on, "fused")
     assert not capture and "'ort-cuda'" in why and "'ort-cpu'" in why
+    # auto: the same reasons, said as "off", never as a fallback from something asked for
+    for backend, mode, cfg, word in (("ort-cuda", "head_inputs", auto, "set_head"), ("ort-cpu", "fused", auto, "ort-cpu"),
+                                     ("ort-cuda", "fused", OrtConfig(io_binding=False), "io_binding")):
+        capture, why = cuda_graph_plan(backend, cfg, mode)
+        assert not capture and why.startswith("off (auto: ") and word in why, why
     with pytest.raises(ValueError, match="needs io_binding=True"):
         load_model("unused.onnx", "ort-cpu", OrtConfig(cuda_graph=True, io_binding=False))
 
@@ -188,9 +196,11 @@ def test_cuda_graph_plan():
 def test_cuda_graph_on_the_cpu_provider_records_why_and_still_runs(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="jepa_edge.runtime.backend_ort"):
         model = load_model(tiny["fused"], "ort-cpu", OrtConfig(cuda_graph=True))
+        auto = load_model(tiny["fused"], "ort-cpu")  # the default asks nothing: no warning
     assert model.cuda_graph_status.startswith("fallback to IOBinding") and "ort-cpu" in model.cuda_graph_status
+    assert auto.cuda_graph_status.startswith("off (auto: ")
     assert sum("CUDA graphs" in r.message for r in caplog.records) == 1
-    plain = load_model(tiny["fused"], "ort-cpu", OrtConfig(io_binding=False))
+    plain = load_model(tiny["fused"], "ort-cpu", OrtConfig(io_binding=False, cuda_graph=False))
     assert plain.cuda_graph_status == "off (OrtConfig.cuda_graph=False)"
     _assert_same(model.infer(tiny["frames"]), plain.infer(tiny["frames"]), "cuda_graph fallback")
 
@@ -295,3 +305,24 @@ def test_model_records_provider_options_and_precision(tiny):
     assert "CPUExecutionProvider" in model.provider_options  # as ONNX Runtime reports them, for the bench JSON
     assert model.precision == "fp32"
 
+
+
+def test_head_inputs_runs_as_encoder_only_plus_numpy_head_on_cuda_only():
+    """A head_inputs graph cannot be a CUDA graph; its encoder-only cut can (the head then runs in numpy)."""
+    from jepa_edge.runtime.backends import numpy_head_on_cuda_graph
+
+    assert numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "auto")
+    assert numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "numpy", OrtConfig(cuda_graph=True))
+    assert numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "auto", {"cuda_graph": None})
+    assert not numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "auto", OrtConfig(cuda_graph=False))
+    assert not numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "graph")  # asked for the head in the graph
+    assert not numpy_head_on_cuda_graph("ort-cpu", "head_inputs", "auto")  # no CUDA graph on the CPU
+    assert not numpy_head_on_cuda_graph("tensorrt", "head_inputs", "auto")
+    assert not numpy_head_on_cuda_graph("ort-cuda", "fused", "auto")
+
+
+def test_load_model_for_run_keeps_the_head_inputs_graph_on_the_cpu(tiny):
+    from jepa_edge.runtime.backends import load_model_for_run
+
+    with load_model_for_run(tiny["head_inputs"], "ort-cpu") as model:
+        assert model.meta.mode == "head_inputs"

@@ -35,10 +35,11 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
               backend: str = "auto", max_frames: int = 0, jsonl: str | Path | None = None,
               events: str | Path | None = None) -> dict[str, Any]:
     """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary."""
-    from jepa_edge.runtime import PipelineConfig, load_model, open_source
+    from jepa_edge.runtime import PipelineConfig, open_source
+    from jepa_edge.runtime.backends import load_model_for_run
 
     config.validate()
-    model = load_model(str(model_path), backend=backend)  # first: a bad model leaves no output file behind
+    model = load_model_for_run(str(model_path), backend)  # first: a bad model leaves no output file behind
     frames_out, events_out = _Lines(jsonl), _Lines(events)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \

@@ -22,7 +22,7 @@ Two ways to run a frame, same results (tested for parity on the CPU provider):
 * **Plain** ``sess.run`` (``io_binding=False``): the reference path; ONNX
   Runtime copies feeds and fetches inside the run call.
 
-**CUDA graphs** (``OrtConfig.cuda_graph=True``, ``ort-cuda`` only): one extra
+**CUDA graphs** (``OrtConfig.cuda_graph``: None = auto, the default; ``ort-cuda`` only): one extra
 session per static batch size with the CUDA EP option ``enable_cuda_graph=1``
 and the symbolic batch dimension fixed (``add_free_dimension_override_by_name``,
 so shape arithmetic folds away). ONNX Runtime runs the first one or two frames
@@ -100,7 +100,10 @@ class OrtConfig:
     # tensor cores (faster on Ampere and later, ~1e-3 relative error). The CPU always computes in fp32.
     precision: str = "fp32"
     io_binding: bool = True  # device buffers bound once per input shape; False = plain sess.run (reference path)
-    cuda_graph: bool = False  # ort-cuda: one captured CUDA graph per static batch size (needs io_binding)
+    # ort-cuda: one captured CUDA graph per static batch size (needs io_binding). None = auto: on where the model
+    # allows it (ort-cuda, a fused or encoder_only graph, IOBinding), quietly off elsewhere; True = asked for (a
+    # fallback is logged); False = off. On an H100 it ran the demo-size agent 5x faster (docs: README "On a GPU").
+    cuda_graph: bool | None = None
     # CUDA EP cuDNN conv algorithm search: EXHAUSTIVE (ORT's default) benchmarks every conv shape at its first
     # run (slow first frame, fastest kernels); HEURISTIC asks cuDNN's heuristics; DEFAULT takes one fixed algorithm.
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
@@ -119,7 +122,7 @@ class OrtConfig:
                                      ("arena_extend_strategy", self.arena_extend_strategy, _ARENA_STRATEGIES)):
             if value not in allowed:
                 raise ValueError(f"OrtConfig.{name}={value!r}; choose one of {allowed}")
-        if self.cuda_graph and not self.io_binding:
+        if self.cuda_graph is True and not self.io_binding:
             raise ValueError("OrtConfig.cuda_graph=True needs io_binding=True: ONNX Runtime replays a CUDA graph "
                              "on the buffers bound through IOBinding")
 
@@ -254,17 +257,27 @@ def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[A
 
 
 def cuda_graph_plan(backend: str, cfg: OrtConfig, mode: str) -> tuple[bool, str]:
-    """(capture?, status) decided at load; a capture that fails later falls back with its own reason."""
-    if not cfg.cuda_graph:
+    """(capture?, status) decided at load; a capture that fails later falls back with its own reason.
+
+    ``cfg.cuda_graph`` None (auto) captures where the model allows it and says "off (auto: …)" elsewhere;
+    True says "fallback to IOBinding: …" where it cannot (the model logs that once).
+    """
+    if cfg.cuda_graph is False:
         return False, "off (OrtConfig.cuda_graph=False)"
+    auto = cfg.cuda_graph is None
+    why = ""
     if backend != "ort-cuda":
-        return False, (f"fallback to IOBinding: CUDA graphs are captured on the CUDA EP (backend 'ort-cuda'), "
-                       f"this model runs on {backend!r}")
-    if mode == "head_inputs":
-        return False, ("fallback to IOBinding: a head_inputs model rebinds its head buffers (new addresses, "
-                       "new row count) at every set_head, and uploads them from the watcher thread, which would "
-                       "break a capture in progress; export a fused model for CUDA graphs")
-    return True, "on: one CUDA graph per static batch size, captured after ONNX Runtime's warm-up frames of each size"
+        why = f"CUDA graphs are captured on the CUDA EP (backend 'ort-cuda'), this model runs on {backend!r}"
+    elif not cfg.io_binding:
+        why = "CUDA graphs replay on IOBinding buffers, and io_binding is off"
+    elif mode == "head_inputs":
+        why = ("a head_inputs model rebinds its head buffers (new addresses, new row count) at every set_head, and "
+               "uploads them from the watcher thread, which would break a capture in progress; export a fused model "
+               "for CUDA graphs")
+    if why:
+        return False, (f"off (auto: {why})" if auto else f"fallback to IOBinding: {why}")
+    return True, ("on: one CUDA graph per static batch size, captured after ONNX Runtime's warm-up frames of each size"
+                  + (" (auto)" if auto else ""))
 
 
 def encoder_only_bytes(path: Path) -> bytes:
@@ -406,7 +419,7 @@ class OrtModel(Model):
         self._slots: dict[int, tuple[HeadState, Any, Any]] = {}  # id(HeadState) → (state, weight, bias) OrtValues
         self._graphs: dict[int, _IoRunner] = {}  # batch size → runner of its CUDA-graph session
         self._graph_on, self.cuda_graph_status = cuda_graph_plan(backend, cfg, self.meta.mode)
-        if cfg.cuda_graph and not self._graph_on:
+        if cfg.cuda_graph is True and not self._graph_on:
             log.warning("%s: CUDA graphs %s", path, self.cuda_graph_status)
         if self._head_state is not None:
             self._prepare_head(self._head_state)  # the placeholder head of a head_inputs model

@@ -70,6 +70,28 @@ def load_model(
     return OrtModel(path, backend, _config(OrtConfig, config, backend), encoder_only=encoder_only)
 
 
+def numpy_head_on_cuda_graph(backend: str, graph_mode: str, head_mode: str, config: Any = None) -> bool:
+    """Run a ``head_inputs`` model on ``ort-cuda`` as its encoder-only cut with the head in numpy?
+
+    Yes where the head may run in numpy (``head_mode`` auto or numpy) and CUDA graphs are not turned off: the
+    encoder-only cut replays as a CUDA graph, the head_inputs graph cannot (its head buffers rebind at every
+    swap). Swaps stay free: the numpy head is swapped between frames like the graph's. (Measured: README "On a GPU".)
+    """
+    graph = config.get("cuda_graph") if isinstance(config, dict) else getattr(config, "cuda_graph", None)
+    return backend == "ort-cuda" and graph_mode == "head_inputs" and head_mode in ("auto", "numpy") and graph is not False
+
+
+def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto") -> Model:
+    """``load_model`` for the run pipeline: a head_inputs model on ``ort-cuda`` is reloaded as its encoder-only cut
+    where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy)."""
+    model = load_model(path, backend, config)
+    if numpy_head_on_cuda_graph(getattr(model, "backend", ""), model.meta.mode, head_mode, config):
+        model.close()
+        model = load_model(path, backend, config, encoder_only=True)
+        log.info("%s: head_inputs on ort-cuda → encoder-only cut (CUDA graph) + numpy head", path)
+    return model
+
+
 def available_backends(path: str | Path | None = None) -> list[str]:
     """Backends that can run here (``tensorrt`` only when it imports and, given ``path``, its engine exists).
 

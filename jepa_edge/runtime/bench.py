@@ -72,6 +72,8 @@ class BenchConfig:
     intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
     decode_threads: int = 0  # FFmpeg decoder threads for a video source (0 = FFmpeg's default)
     head_width: int = 8  # rows of the synthetic head when the model has none to copy
+    # ort-cuda CUDA graphs per batch size (OrtConfig.cuda_graph): None = auto (fused / encoder-only graphs), True, False
+    cuda_graph: bool | None = None
 
     def validate(self) -> None:
         bad = set(self.head_modes) - set(HEAD_MODES)
@@ -172,9 +174,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _model_settings(model: Any) -> dict[str, Any]:
-    """What the backend ran with, where it says so: precision and (ONNX Runtime) provider options."""
+    """What the backend ran with, where it says so: precision, (ONNX Runtime) provider options, CUDA graphs."""
     return {"precision": getattr(model, "precision", "fp32"),
-            "provider_options": _jsonable(getattr(model, "provider_options", None))}
+            "provider_options": _jsonable(getattr(model, "provider_options", None)),
+            "cuda_graph": getattr(model, "cuda_graph_status", None)}
 
 
 def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
@@ -182,7 +185,8 @@ def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
     results = []
     for mode in cfg.head_modes:
         encoder_only = mode == "unfused" and backend in ORT_BACKENDS
-        ort_cfg = OrtConfig(intra_op_threads=cfg.intra_op_threads) if backend in ORT_BACKENDS else None
+        graph = cfg.cuda_graph if backend == "ort-cuda" else None  # asked of ort-cuda; quietly off elsewhere
+        ort_cfg = OrtConfig(intra_op_threads=cfg.intra_op_threads, cuda_graph=graph) if backend in ORT_BACKENDS else None
         base = {"model": str(path), "backend": backend, "head_mode": mode}
         try:
             model = load_model(path, backend, ort_cfg, encoder_only=encoder_only)
@@ -278,8 +282,9 @@ def bench_table(report: dict[str, Any]) -> Any:
         if r["rss_start_kb"] is not None:
             rss = (r["rss_end_kb"] - r["rss_start_kb"] - r.get("samples_kb", 0)) / 1024
         age = r.get("capture_age_ms", {}).get("p50_ms", float("nan"))
+        backend = r["backend"] + (" +graph" if str(r.get("cuda_graph") or "").startswith("on") else "")
         table.add_row(
-            name, r["backend"], r["head_mode"], str(r["batch"]), f"{age:.3f}",
+            name, backend, r["head_mode"], str(r["batch"]), f"{age:.3f}",
             *(f"{st[k]['p50_ms']:.3f}" if k in st else "–" for k, _ in stage_cols),
             *(f"{e[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
             f"{r['fps']:.1f}", str(r["dropped"]), f"{r['drift'].get('ratio', float('nan')):.2f}", f"{rss:+.1f}",
