@@ -164,14 +164,21 @@ def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
     from jepa_edge.study import reproduce as reproduce_mod
     from jepa_edge.study.scaling import ScalingConfig
 
-    # the command's wiring, on fewer moments and the scaling study's light study (full: test_study_alignment.py)
+    # the command's wiring, on fewer moments and the scaling study's light study (full: test_study_alignment.py),
+    # with the object-count control agent: trained on its own world, it lands in every new section
     light = ScalingConfig().study_config()
     monkeypatch.setattr(reproduce_mod, "ReproduceConfig", functools.partial(
         reproduce_mod.ReproduceConfig, anchor_episodes=16, study=light))
     res = cli("reproduce", "--out", tmp_path / "demo", "--config", world.config, "--steps", 2, "--no-other-world",
-              "--no-progress")
+              "--objects-world", "--no-progress")
     assert_ok(res)
-    assert (tmp_path / "demo/report.md").is_file() and (tmp_path / "demo/results.json").is_file()
+    results = json.loads((tmp_path / "demo/results.json").read_text())
+    meta = json.loads((tmp_path / "demo/runs/agentD_objects/meta.json").read_text())
+    assert meta["run"]["data"]["world"]["n_objects"] == reproduce_mod.ReproduceConfig().objects_world_count == 5
+    assert "objects_world" in results["conditions"] and "objects_world" in results["shared"]
+    assert set(results["time_shift"]) == {"1", "5", "25"}
+    md = (tmp_path / "demo/report.md").read_text()
+    assert "different object count" in md and "## How much is shared" in md
 
 
 def test_train_on_a_recording_says_why_no_held_out_probe(world, tmp_path):

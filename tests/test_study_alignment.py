@@ -155,3 +155,10 @@ def test_time_shift_and_shared_dims_and_danger_analysis_are_reported():
                  "different object count", "| 25 | "):
         assert text in md
     assert render_report(json.loads(json.dumps(res))) == md
+
+
+def test_a_time_shift_longer_than_the_episodes_is_reported_not_fitted():
+    res = run_study(_world(np.random.default_rng(0), episodes=40, steps=12), SMALL)  # 12-step episodes, Δ = 25
+    assert "25 steps apart" in res["time_shift"]["25"]["error"] and "error" not in res["time_shift"]["5"]
+    assert "shift_25" not in res["verdicts"]["retrieval"]["controls"]
+    render_report(res)  # the report still renders, with the error in place of the row

@@ -142,6 +142,14 @@ def test_mismatched_architecture_is_refused(tmp_path):
         load_agent(tmp_path / "nope")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     cfg_path = tmp_path / "cfg.json"
@@ -155,11 +163,18 @@ def test_ddp_two_gloo_processes(tmp_path):
         f"open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.json'), 'w')"
         ".write(json.dumps([r.step, r.fingerprint, r.attention]))\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # --standalone: torchrun picks its own free rendezvous port (no race between choosing and binding one)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the two ranks as torchrun would start them (its launcher process would import torch a third time); a port
+    # taken between choosing and binding it (a race with another process) is retried once with a new one
+    for attempt in range(2):
+        port = _free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        errs = [p.communicate(timeout=240)[1] for p in ranks]
+        if all(p.returncode == 0 for p in ranks) or attempt or "address already in use" not in " ".join(errs).lower():
+            break
+    assert all(p.returncode == 0 for p in ranks), errs[0][-2000:] + errs[1][-2000:]
     done = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]  # one file per rank
     assert all(step == 4 for step, _, _ in done)
     # gradients were averaged: both ranks end with identical weights, and rank 0 saved exactly those
