@@ -184,7 +184,7 @@ def test_tiny_study_end_to_end(tmp_path):
     run["train"].pop("steps")
     cfg = StudentStudyConfig(teacher_steps=4, teacher_eval_every=2, steps=4, eval_every=2, seeds=(0,), run=run,
                              teacher=dict(STUDENT), target_mode="final", workers=1,  # in-process
-                             # (the process pool of train_all runs in test_study_scaling.py::test_cli_reproduce_scaling)
+                             # (the process pool of train_all runs in test_study_scaling.py::test_cli_scaling_study_trains_in_a_pool_and_writes_table_plot_and_json)
                              metric="effective_rank")  # positive from step 0: the plumbing, not the science
     res = run_student_study(cfg, tmp_path, progress=False)
     assert set(res["analysis"]["per_seed"]) == {"scratch", "teacher", "shuffled", "random"}

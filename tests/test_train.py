@@ -142,14 +142,6 @@ def test_mismatched_architecture_is_refused(tmp_path):
         load_agent(tmp_path / "nope")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     cfg_path = tmp_path / "cfg.json"
@@ -165,8 +157,10 @@ def test_ddp_two_gloo_processes(tmp_path):
     )
     # the two ranks as torchrun would start them (its launcher process would import torch a third time); a port
     # taken between choosing and binding it (a race with another process) is retried once with a new one
+    from jepa_edge.fleet.transport import free_loopback_ports
+
     for attempt in range(2):
-        port = _free_port()
+        (port,) = free_loopback_ports(1)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
         ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
