@@ -280,21 +280,43 @@ def cuda_graph_plan(backend: str, cfg: OrtConfig, mode: str) -> tuple[bool, str]
                   + (" (auto)" if auto else ""))
 
 
+def _read_onnx(path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, OSError, ValueError) as exc:  # truncated / not an ONNX file
+        raise RuntimeModelError(f"{path}: not a readable ONNX model ({exc}); re-export it with `jepa-edge export`") \
+            from exc
+
+
+def _contract(model: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata_props, the parsed jepa_edge metadata) of a loaded ONNX model."""
+    import json
+
+    props = {p.key: p.value for p in model.metadata_props}
+    return props, json.loads(props.get(METADATA_KEY, "{}"))
+
+
+def graph_mode(path: Path) -> str:
+    """The export mode written in an ONNX file's metadata, read without a session; "" when it cannot be read
+    (the model's load then says what is wrong with the file)."""
+    try:
+        return str(_contract(_read_onnx(path))[1].get("mode", ""))
+    except (RuntimeModelError, ValueError, AttributeError):
+        return ""
+
+
 def encoder_only_bytes(path: Path) -> bytes:
     """The graph cut at ``z`` (head nodes and head inputs removed), serialised, metadata mode="encoder_only"."""
     import json
 
     import onnx
-    from google.protobuf.message import DecodeError
     from onnx.utils import Extractor
 
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, OSError, ValueError) as exc:  # truncated / not an ONNX file
-        raise RuntimeModelError(f"{path}: not a readable ONNX model ({exc}); re-export it with `jepa-edge export`") \
-            from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get(METADATA_KEY, "{}"))
+    model = _read_onnx(path)
+    props, meta = _contract(model)
     sub = Extractor(model).extract_model(["frames"], ["z"])
     meta["mode"] = "encoder_only"
     meta["head"] = {"outputs": []}

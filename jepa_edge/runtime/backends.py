@@ -8,7 +8,7 @@ from typing import Any
 
 from jepa_edge.config import from_dict
 from jepa_edge.runtime import backend_trt
-from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers
+from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers, graph_mode
 from jepa_edge.runtime.backend_trt import TrtConfig, TrtModel
 from jepa_edge.runtime.errors import BackendUnavailableError
 from jepa_edge.runtime.model import Model
@@ -82,14 +82,16 @@ def numpy_head_on_cuda_graph(backend: str, graph_mode: str, head_mode: str, conf
 
 
 def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto") -> Model:
-    """``load_model`` for the run pipeline: a head_inputs model on ``ort-cuda`` is reloaded as its encoder-only cut
-    where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy)."""
-    model = load_model(path, backend, config)
-    if numpy_head_on_cuda_graph(getattr(model, "backend", ""), model.meta.mode, head_mode, config):
-        model.close()
-        model = load_model(path, backend, config, encoder_only=True)
+    """``load_model`` for the run pipeline: a head_inputs model on ``ort-cuda`` is loaded as its encoder-only cut
+    where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy). Only on ``ort-cuda`` is
+    the file's mode read first (from its metadata, without a session)."""
+    path = Path(path)
+    backend = resolve_backend(path, backend)
+    cut = (backend == "ort-cuda" and path.suffix != ".engine"
+           and numpy_head_on_cuda_graph(backend, graph_mode(path), head_mode, config))
+    if cut:
         log.info("%s: head_inputs on ort-cuda → encoder-only cut (CUDA graph) + numpy head", path)
-    return model
+    return load_model(path, backend, config, encoder_only=cut)
 
 
 def available_backends(path: str | Path | None = None) -> list[str]:
