@@ -150,6 +150,16 @@ def test_head_inputs_swaps_heads_of_any_width_without_reexport(agents, tmp_path)
     assert res.metadata["mode"] == "head_inputs" and res.metadata["head"]["outputs"] == []
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_flatten_pool_encoder_exports_with_parity(tmp_path, batch):
+    enc = make_encoder(3, pool="flatten")  # z = one linear map of all tokens in place (EncoderConfig.pool)
+    res = export_onnx(enc, meta_of(enc, "flat", "top"), tmp_path / "flat.onnx", mode="encoder_only")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    x = frames(batch)
+    np.testing.assert_allclose(sess.run(None, {"frames": x})[0], torch_z(enc, x), rtol=0, atol=Z_ATOL)
+    assert res.metadata["encoder"]["pool"] == "flatten"
+
+
 def test_encoder_only_mode_exports_frames_to_z(agents, tmp_path):
     res = export_onnx(agents["enc"], agents["meta"], tmp_path / "enc.onnx", mode="encoder_only")
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])

@@ -148,7 +148,10 @@ def _encoder_forward_flops(enc: dict, n_images: int) -> int:
     N, hidden = (S // p) ** 2, int(D * enc["mlp_ratio"])
     patch = 2 * N * D * 3 * p * p
     block = 2 * N * D * 3 * D + 2 * 2 * N * N * D + 2 * N * D * D + 2 * 2 * N * D * hidden  # qkv, attn, proj, mlp
-    pool = 2 * N * D * 2 * D + 2 * 2 * N * D + 2 * D * Z  # kv, q·k and attn·v for one query, out
+    if enc["pool"] == "flatten":
+        pool = 2 * N * D * Z  # one matrix over all N*D token values
+    else:
+        pool = 2 * N * D * 2 * D + 2 * 2 * N * D + 2 * D * Z  # kv, q·k and attn·v for one query, out
     return n_images * (patch + depth * block + pool)
 
 

@@ -15,7 +15,7 @@ from jepa_edge.config import ConfigError, from_dict, to_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_train_state
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.jepa import JEPA
-from jepa_edge.train.loop import train
+from jepa_edge.train.loop import ensure_trained, train
 from jepa_edge.train.model import Encoder, EncoderConfig
 
 TINY = {
@@ -176,6 +176,42 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert done[0][2]["fused"] == done[1][2]["fused"] and done[0][2]["how"] == "measured"  # rank 0's choice, shared
     _enc, meta = load_agent(tmp_path / "ddp")
     assert meta["step"] == 4 and meta["fingerprint"] == done[0][1]
+
+
+def test_flatten_pool_trains_saves_and_reloads_the_same_encoder(tmp_path):
+    d = to_dict(tiny_config(steps=4, eval_every=4, ckpt_every=4))
+    d["jepa"]["encoder"]["pool"] = "flatten"
+    cfg = from_dict(RunConfig, d)
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res.step == 4 and np.isfinite(res.metrics["position_r2"])
+    enc, meta = load_agent(tmp_path / "run")
+    e = cfg.jepa.encoder
+    assert meta["encoder"]["pool"] == "flatten" and enc.pool.out.in_features == e.num_patches * e.embed_dim
+    x = torch.rand(3, 3, e.img_size, e.img_size) * 255
+    saved = Encoder(from_dict(EncoderConfig, meta["encoder"]))  # rebuilt from meta.json alone: same z
+    saved.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(saved.eval()(x), enc.eval()(x), rtol=0, atol=0)
+    d["jepa"]["encoder"]["pool"] = "mean"
+    with pytest.raises(ValueError, match="pool 'mean' is not one of"):
+        from_dict(RunConfig, d).jepa.validate()
+
+
+def test_agents_saved_before_the_pool_option_load_as_attention_pool_runs(tmp_path):
+    d = to_dict(tiny_config(steps=2, eval_every=2, ckpt_every=2))
+    d["jepa"]["encoder"]["pool"] = "attention"
+    d["jepa"]["predictor"]["z_head"] = "mlp"
+    cfg = from_dict(RunConfig, d)
+    train(cfg, tmp_path / "run", progress=False)
+    for name, key in (("meta.json", "run"), ("train_state.json", "config")):  # as the first release wrote them
+        f = tmp_path / "run" / name
+        saved = json.loads(f.read_text())
+        run = saved[key]
+        del run["jepa"]["encoder"]["pool"], run["jepa"]["predictor"]["z_head"]
+        saved.get("encoder", {}).pop("pool", None)
+        f.write_text(json.dumps(saved))
+    enc, meta = load_agent(tmp_path / "run")  # the attention pool, not today's default
+    assert type(enc.pool).__name__ == "AttentionPool"
+    assert ensure_trained(cfg, tmp_path / "run", progress=False)  # recognised as this finished run: not retrained
 
 
 def test_linear_z_head_is_one_matrix_and_trains(tmp_path):

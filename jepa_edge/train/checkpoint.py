@@ -28,7 +28,7 @@ from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json
 from jepa_edge.calib.fingerprint import fingerprint_arrays
 from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import ConfigError, from_dict
-from jepa_edge.train.model import Encoder, EncoderConfig
+from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 
 AGENT_FORMAT = "jepa-edge/agent"
 TRAIN_STATE_FORMAT = "jepa-edge/train-state"
@@ -106,7 +106,7 @@ def load_agent(run_dir: str | Path, fused_attn: bool = True) -> tuple[Encoder, d
     run_dir = Path(run_dir)
     meta = load_agent_meta(run_dir)
     try:
-        cfg = from_dict(EncoderConfig, {**meta["encoder"], "fused_attn": fused_attn})
+        cfg = from_dict(EncoderConfig, {**saved_encoder_dict(meta["encoder"]), "fused_attn": fused_attn})
         encoder = Encoder(cfg)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{run_dir}/meta.json: bad encoder config ({exc})") from exc

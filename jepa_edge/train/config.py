@@ -14,7 +14,8 @@ class DataConfig:
     view: str = "top"  # simulator view, or the camera name inside a recording folder
     recording: str = ""  # "" = built-in simulator; else a folder of multi-camera video
     img_size: int = 32  # frames are rendered / resized to img_size x img_size
-    n_episodes: int = 512  # simulated training episodes (pre-rendered once, ~12 MB at 32 px)
+    n_episodes: int = 2048  # simulated training episodes (pre-rendered once, ~200 MB at 32 px; 4x the first
+    # release's 512: docs/RECIPE.md, lever 1)
     episode_len: int = 32  # steps per episode
     eval_episodes: int = 64  # held-out episodes for the state probe (a different world seed)
     world_seed: int = 0  # seed of the simulated world (the training episodes)
@@ -77,6 +78,20 @@ class RunConfig:
         return to_dict(self)
 
 
+def saved_run_config(d: dict) -> RunConfig:
+    """A RunConfig as saved by train (meta.json "run", train_state.json "config"). Keys added to the config
+    since the first release are filled with the values those runs used, not with today's defaults."""
+    from jepa_edge.train.model import saved_encoder_dict
+
+    jepa = d.get("jepa", {})
+    if isinstance(jepa, dict) and isinstance(jepa.get("encoder"), dict):
+        jepa = {**jepa, "encoder": saved_encoder_dict(jepa["encoder"])}
+        if isinstance(jepa.get("predictor"), dict):
+            jepa["predictor"] = {"z_head": "mlp", **jepa["predictor"]}
+        d = {**d, "jepa": jepa}
+    return from_dict(RunConfig, d)
+
+
 # ---- presets: named starting points for RunConfig (the "demo" preset is RunConfig() itself) -------------------
 
 PRESETS: dict[str, dict] = {
@@ -87,7 +102,7 @@ PRESETS: dict[str, dict] = {
         "data": {"img_size": 224, "n_episodes": 64, "eval_episodes": 16},  # 64x32 frames at 224 px: ~0.3 GB uint8
         "jepa": {
             "encoder": {"img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3,
-                        "mlp_ratio": 4.0, "latent_dim": 192},
+                        "mlp_ratio": 4.0, "latent_dim": 192, "pool": "attention"},  # flatten: 196x192 → 192, 7M
             "predictor": {"embed_dim": 192, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0},
         },
     },

@@ -15,7 +15,7 @@ import torch
 from jepa_edge.config import from_dict
 from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.evaluate import encode_frames
-from jepa_edge.train.model import Encoder, EncoderConfig
+from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
 from jepa_edge.world.views import render
 
@@ -54,7 +54,7 @@ def agent_descriptor(meta: dict) -> dict:
 def untrained_like(meta: dict, seed: int) -> Encoder:
     """A freshly initialised encoder of the same architecture (the untrained control)."""
     torch.manual_seed(seed)
-    return Encoder(from_dict(EncoderConfig, meta["encoder"])).eval()
+    return Encoder(from_dict(EncoderConfig, saved_encoder_dict(meta["encoder"]))).eval()
 
 
 def latents_of(encoder: Encoder, frames: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jepa_edge.calib.fingerprint import fingerprint_arrays
-from jepa_edge.config import from_dict, to_dict
+from jepa_edge.config import to_dict
 from jepa_edge.train.checkpoint import (
     CheckpointError,
     load_agent_meta,
@@ -44,7 +44,7 @@ from jepa_edge.train.checkpoint import (
     state_to_numpy,
 )
 from jepa_edge.train.clips import DeviceClips
-from jepa_edge.train.config import RunConfig, TrainConfig
+from jepa_edge.train.config import RunConfig, TrainConfig, saved_run_config
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.world.dataset import ViewData, make_view_dataset
@@ -256,7 +256,7 @@ def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], 
     if not state_json.is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
     saved = json.loads(state_json.read_text())
-    if from_dict(RunConfig, saved["config"]) != cfg:
+    if saved_run_config(saved["config"]) != cfg:
         raise CheckpointError(f"{out_dir}: the saved run used a different config; resume with the same options "
                               "(or train into a new --out)")
     info = load_train_state(out_dir, modules, opt)
@@ -480,7 +480,7 @@ def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -
     out_dir = Path(out_dir)
     try:
         meta = load_agent_meta(out_dir)
-        if from_dict(RunConfig, meta["run"]) == cfg and meta["step"] == cfg.train.steps:
+        if saved_run_config(meta["run"]) == cfg and meta["step"] == cfg.train.steps:
             return True
     except CheckpointError:
         pass

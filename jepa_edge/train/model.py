@@ -5,7 +5,9 @@ NCHW, values in [0, 255]. Normalisation happens inside the module so the
 PyTorch model and its exported ONNX graph see exactly the same input.
 
 ``forward_features`` returns patch tokens (B, N, D); ``forward`` returns the
-global latent ``z`` (B, latent_dim) obtained by attention pooling.
+global latent ``z`` (B, latent_dim), pooled from the tokens by one learned attention
+query (``pool="attention"``) or by one linear map of all tokens in place
+(``pool="flatten"``, which keeps where each token sits in the image).
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ class EncoderConfig:
     num_heads: int = 4
     mlp_ratio: float = 2.0
     latent_dim: int = 64  # size of the global latent z exchanged through W
+    pool: str = "flatten"  # tokens → z: "flatten" (a linear map of all N*D token values: the layout reaches z)
+    # or "attention" (one learned query, the first release's pool); docs/RECIPE.md, lever 3
     fused_attn: bool | Literal["auto"] = "auto"  # True = F.scaled_dot_product_attention, False = manual reference path;
     # "auto": modules are built fused, and the trainer picks the faster path for its device (train/loop.py)
 
     def validate(self) -> None:
         if not (isinstance(self.fused_attn, bool) or self.fused_attn == "auto"):
             raise ValueError(f"fused_attn must be true, false or \"auto\", got {self.fused_attn!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"jepa.encoder.pool {self.pool!r} is not one of {POOLS}: set one of them")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -45,6 +51,7 @@ class EncoderConfig:
         return (self.img_size // self.patch_size) ** 2
 
 
+POOLS = ("attention", "flatten")
 Z_HEADS = ("mlp", "linear")
 
 
@@ -54,8 +61,8 @@ class PredictorConfig:
     depth: int = 2  # a shallow predictor: the dynamics are simple, the encoder must do the work
     num_heads: int = 4
     mlp_ratio: float = 2.0
-    z_head: str = "mlp"  # [z_{t-k+1}..z_t] → z_{t+h}: "mlp" (3 layers, width 4Z) or "linear" (one matrix: z must
-    # then evolve linearly, which favours codes linear in the world state; docs/RECIPE.md)
+    z_head: str = "linear"  # [z_{t-k+1}..z_t] → z_{t+h}: "linear" (one matrix: z must evolve linearly, which
+    # favours codes linear in the world state) or "mlp" (3 layers, width 4Z, the first release's); docs/RECIPE.md
 
     def validate(self) -> None:
         if self.z_head not in Z_HEADS:
@@ -87,6 +94,12 @@ class Attention(nn.Module):
             x = attn @ v  # (B, h, N, hd)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj(x)
+
+
+def saved_encoder_dict(d: dict) -> dict:
+    """An encoder config as saved in a meta.json; agents saved before ``pool`` existed used the attention pool
+    (the default since is "flatten"), so a missing key means "attention", never the current default."""
+    return {"pool": "attention", **d}
 
 
 class Mlp(nn.Module):
@@ -149,6 +162,17 @@ class AttentionPool(nn.Module):
         return self.out(o.reshape(B, C))  # (B, out_dim)
 
 
+class FlattenPool(nn.Module):
+    """All tokens in place → one linear map → a single vector (the token grid's layout is kept)."""
+
+    def __init__(self, dim: int, num_patches: int, out_dim: int):
+        super().__init__()
+        self.out = nn.Linear(num_patches * dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x.flatten(1))  # (B, N, D) → (B, N*D) → (B, out_dim)
+
+
 class Encoder(nn.Module):
     """ViT: images (B, 3, H, W) in [0, 255] → tokens (B, N, D) → z (B, latent_dim)."""
 
@@ -163,7 +187,10 @@ class Encoder(nn.Module):
         fused = cfg.fused_attn is not False  # "auto" builds the fused path
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, fused) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(D)
-        self.pool = AttentionPool(D, cfg.num_heads, cfg.latent_dim, fused)
+        if cfg.pool == "flatten":
+            self.pool = FlattenPool(D, cfg.num_patches, cfg.latent_dim)
+        else:
+            self.pool = AttentionPool(D, cfg.num_heads, cfg.latent_dim, fused)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -174,7 +201,8 @@ class Encoder(nn.Module):
             elif isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.pool.query, std=0.02)
+        if isinstance(self.pool, AttentionPool):
+            nn.init.trunc_normal_(self.pool.query, std=0.02)
 
     def set_fused_attn(self, fused: bool) -> None:
         for m in self.modules():
