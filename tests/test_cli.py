@@ -179,6 +179,11 @@ def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
     assert set(results["time_shift"]) == {"1", "5", "25"}
     md = (tmp_path / "demo/report.md").read_text()
     assert "different object count" in md and "## How much is shared" in md
+    rows = {r["target"]: r for r in results["recipe_targets"]}  # issue 12's targets, with what was measured
+    a_meta = json.loads((tmp_path / "demo/runs/agentA/meta.json").read_text())
+    assert rows["agent A position R²"]["value"] == a_meta["metrics"]["position_r2"]
+    assert 0 < rows["agent B training wall (s)"]["value"] < 600 and rows["agent B training wall (s)"]["pass"]
+    assert "## Recipe targets (issue 12)" in md and ("Missed: " in md or "Every measured target is met." in md)
 
 
 def test_train_on_a_recording_says_why_no_held_out_probe(world, tmp_path):

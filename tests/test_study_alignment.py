@@ -77,6 +77,24 @@ def test_verdicts_follow_the_numbers_and_thresholds():
     assert not res["verdicts"]["retrieval"]["pass"]
 
 
+def test_recipe_targets_follow_the_numbers_and_a_missing_value_is_not_a_pass():
+    from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
+
+    res = run_study(_world(np.random.default_rng(0)), SMALL)
+    res["agent_training"] = {"A": {"metrics": {"position_r2": 0.95}}, "B": {"metrics": {"position_r2": 0.85}}}
+    rows = {r["target"]: r for r in recipe_targets(res, {"A": 300.0, "B": None}, RecipeTargets())}
+    assert rows["agent A position R²"]["pass"] and rows["agent B position R²"]["pass"] is False
+    assert rows["agent A training wall (s)"]["pass"] and rows["agent B training wall (s)"]["pass"] is None
+    v = res["verdicts"]["retrieval"]
+    margin = rows[f"retrieval margin over the best control ({v['best_control']})"]
+    assert margin["value"] == v["margin"] and margin["pass"] == (v["margin"] >= 0.15)
+    assert rows["linear CKA"]["value"] == res["similarity"]["trained"]["cka"]
+    res["recipe_targets"] = list(rows.values())
+    md = render_report(res)
+    assert "## Recipe targets (issue 12)" in md and "| agent B training wall (s) | — | ≤ 600 | not measured |" in md
+    assert "Missed: agent B position R²" in md
+
+
 def test_study_without_controls_and_with_unfittable_estimators():
     cfg = from_dict(StudyConfig, {**to_dict(SMALL), "n_anchors": 8, "primary_estimator": "procrustes",
                                   "sweep_estimators": ["lstsq"], "anchor_counts": [5, 50]})

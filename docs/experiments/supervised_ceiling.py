@@ -4,7 +4,8 @@ as a JEPA agent, then scored exactly as the trainer scores an agent (ridge on z,
 eval world). It says how much of the state a 32 px (or 48 px) frame of the view lets this encoder recover,
 so a JEPA agent's R² can be read against what the pixels allow (docs/RECIPE.md, issue 12).
 
-usage: python docs/experiments/supervised_ceiling.py VIEW [--img 32 --patch 8 --steps 1500 --episodes 2048]
+usage: python docs/experiments/supervised_ceiling.py VIEW [--img 32 --patch 8 --pool attention --steps 1500]
+(the numbers in docs/RECIPE.md, lever 3, used the attention pool, the default before that lever)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import math
 import time
 
-import numpy as np
 import torch
 
 from jepa_edge.train.evaluate import encode_frames, state_probe
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("view")
     ap.add_argument("--img", type=int, default=32)
     ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--pool", default="attention", choices=["attention", "flatten"])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--episodes", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=128)
@@ -44,7 +45,7 @@ def main() -> None:
     pos = train.states.state_vector().reshape(len(frames), -1)  # (M, 2n)
     mu, sd = pos.mean(0), pos.std(0)
     target = torch.from_numpy((pos - mu) / sd).float()  # (M, 2n)
-    enc = Encoder(EncoderConfig(img_size=a.img, patch_size=a.patch, fused_attn=False))
+    enc = Encoder(EncoderConfig(img_size=a.img, patch_size=a.patch, pool=a.pool, fused_attn=False))
     head = torch.nn.Linear(enc.cfg.latent_dim, target.shape[1])
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
@@ -63,7 +64,7 @@ def main() -> None:
         opt.step()
     wall = time.time() - t0
     z = encode_frames(enc, held.frames)
-    out = {"view": a.view, "img": a.img, "patch": a.patch, "steps": a.steps, "episodes": a.episodes,
+    out = {"view": a.view, "img": a.img, "patch": a.patch, "pool": a.pool, "steps": a.steps, "episodes": a.episodes,
            "seed": a.seed, "wall_s": round(wall, 1), "final_mse": loss.item(), **state_probe(z, held.states)}
     print(json.dumps(out))
 

@@ -593,6 +593,20 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _targets_section(results: dict[str, Any]) -> list[str]:
+    """The training recipe's targets (issue 12), when the caller (reproduce) checked them."""
+    rows = results.get("recipe_targets")
+    if not rows:
+        return []
+    word = {True: "**yes**", False: "**no**", None: "not measured"}
+    table = _table(["target", "measured", "threshold", "met"],
+                   [[r["target"], _f(r["value"], r["digits"]),
+                     ("≤ " if r["at_most"] else "≥ ") + _f(r["threshold"], r["digits"]), word[r["pass"]]] for r in rows])
+    missed = [r["target"] for r in rows if r["pass"] is False]
+    verdict = (f"Missed: {', '.join(missed)}." if missed else "Every measured target is met.")
+    return ["## Recipe targets (issue 12)", "", *table, "", verdict, ""]
+
+
 def render_report(results: dict[str, Any]) -> str:
     """report.md: every number beside its controls, verdicts from the config thresholds."""
     cfg, sp, ag = results["config"], results["split"], results["agents"]
@@ -602,7 +616,7 @@ def render_report(results: dict[str, Any]) -> str:
          f"{ag['target']['name']} ({ag['target']['view']})"), "",
          (f"{sp['n_episodes']} episodes, split by episode: anchor pool {sp['n_pool']} moments, held-out "
          f"{sp['n_heldout']} (metrics on {sp['n_eval']}); {sp['n_anchors']} anchors. Verdicts use `{est}`."), "",
-         "## Verdicts", "", *_verdict_lines(results["verdicts"]), ""]
+         "## Verdicts", "", *_verdict_lines(results["verdicts"]), "", *_targets_section(results)]
     map_rows = [("R² (mapped vs true)", "r2"), ("mean cosine (centred on anchor mean)", "cosine"),
                 ("retrieval top-1", "retrieval_top1"), ("retrieval top-5", "retrieval_top5"),
                 ("W condition number", "w_condition_number"), ("W isometry deviation", "w_isometry_deviation")]

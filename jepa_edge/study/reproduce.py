@@ -9,6 +9,7 @@ the report, a postcard W_BA and agent A's probes for export.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,56 @@ from jepa_edge.world.sim import WorldConfig, with_object_count
 
 
 @dataclass
+class RecipeTargets:
+    """Issue 12's targets for a training recipe, checked on every reproduce run (report "Recipe targets")."""
+
+    agent_position_r2: float = 0.9  # each agent's own held-out position probe (train-time, meta.json)
+    position_kept: float = 0.95  # probe_A ∘ W on B, fraction of B's native score above chance
+    danger_kept: float = 0.85
+    retrieval_top1: float = 0.2
+    retrieval_margin: float = 0.15  # above the best control of the retrieval verdict (different world, shifts, …)
+    cka: float = 0.35
+    wall_s_per_agent: float = 600.0  # training wall time of each agent, from its train_state.json
+
+
+def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targets: RecipeTargets) -> list[dict]:
+    """One row per target: what was measured, the threshold, pass/fail (None where it was not measured)."""
+    rows: list[dict] = []
+
+    def add(name: str, value: float | None, threshold: float, at_most: bool = False, digits: int = 3) -> None:
+        ok = None if value is None else (value <= threshold if at_most else value >= threshold)
+        rows.append({"target": name, "value": value, "threshold": threshold, "at_most": at_most, "pass": ok,
+                     "digits": digits})
+
+    for key, agent in results.get("agent_training", {}).items():
+        add(f"agent {key} position R²", (agent.get("metrics") or {}).get("position_r2"), targets.agent_position_r2)
+    v = results["verdicts"]
+    if "error" not in v:
+        probes = v["probe_keep"]["probes"]
+        add("position kept", probes.get("position", {}).get("kept"), targets.position_kept)
+        add("danger kept", probes.get("danger", {}).get("kept"), targets.danger_kept)
+        r = v["retrieval"]
+        add("retrieval top-1", r["trained"], targets.retrieval_top1)
+        add(f"retrieval margin over the best control ({r['best_control']})", r["margin"], targets.retrieval_margin)
+    add("linear CKA", results["similarity"]["trained"]["cka"], targets.cka)
+    for key, wall in walls.items():
+        add(f"agent {key} training wall (s)", wall, targets.wall_s_per_agent, at_most=True, digits=0)
+    return rows
+
+
+def _train_wall(run_dir: Path) -> float | None:
+    """The agent's training wall time (train_state.json, summed over resumes); None when not recorded."""
+    f = run_dir / "train_state.json"
+    try:
+        if f.stat().st_size > 1 << 20:
+            return None
+        wall = json.loads(f.read_text()).get("wall_time_s")
+    except (OSError, ValueError):
+        return None
+    return float(wall) if isinstance(wall, (int, float)) else None
+
+
+@dataclass
 class ReproduceConfig:
     view_a: str = "top"  # agent A (W's target; its probes get transferred)
     view_b: str = "oblique"  # agent B (W's source; receives A's probes zero-shot)
@@ -46,6 +97,7 @@ class ReproduceConfig:
     anchor_seed: int = 4242  # a world neither agent trained on
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides shared by all agents
     study: StudyConfig = field(default_factory=StudyConfig)
+    targets: RecipeTargets = field(default_factory=RecipeTargets)
 
 
 def objects_world(cfg: ReproduceConfig, base: dict) -> dict:
@@ -118,6 +170,8 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
         for key, name, meta in (("A", "agentA", meta_a), ("B", "agentB", meta_b))
     }
     results["reproduce_config"] = to_dict(cfg)
+    walls = {key: _train_wall(runs / name) for key, name in (("A", "agentA"), ("B", "agentB"))}
+    results["recipe_targets"] = recipe_targets(results, walls, cfg.targets)
     write_report(results, out_dir)
 
     # ---- artifacts for export: W_BA on all anchors + agent A's probes

@@ -7,8 +7,9 @@ frame ``t + h``. Two prediction terms, both in latent space:
 * tokens: a token predictor maps the context tokens to the target frame's
   tokens (LayerNorm'ed target, as in I-JEPA). This is what makes the patch
   tokens carry where the objects are.
-* global: an MLP maps the k context latents ``z`` to the target ``z``; this
-  trains the attention pool that produces the exchanged latent.
+* global: one matrix (``z_head: "linear"``, the default; or an MLP) maps the k
+  context latents ``z`` to the target ``z``; this trains the pool (by default one
+  linear map of all tokens in place) that produces the exchanged latent.
 
 Anti-collapse: VICReg variance + covariance on the online context tokens,
 computed per patch position across the batch. See docs/RECIPE.md for what was
