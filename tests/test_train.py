@@ -110,7 +110,7 @@ def test_refuses_to_overwrite_or_resume_mismatched(tmp_path):
     train(tiny_config(), tmp_path / "run", progress=False, stop_at=4)
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_config(), tmp_path / "run", progress=False)
-    with pytest.raises(CheckpointError, match="different config"):
+    with pytest.raises(CheckpointError, match=r"different config \(train\.lr 0\.002 → 0\.01\)"):
         train(tiny_config(lr=1e-2), tmp_path / "run", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(tiny_config(), tmp_path / "empty", resume=True, progress=False)
@@ -209,7 +209,7 @@ def test_agents_saved_before_the_pool_option_load_as_attention_pool_runs(tmp_pat
         del run["jepa"]["encoder"]["pool"], run["jepa"]["predictor"]["z_head"]
         saved.get("encoder", {}).pop("pool", None)
         f.write_text(json.dumps(saved))
-    enc, meta = load_agent(tmp_path / "run")  # the attention pool, not today's default
+    enc, _meta = load_agent(tmp_path / "run")  # the attention pool, not today's default
     assert type(enc.pool).__name__ == "AttentionPool"
     assert ensure_trained(cfg, tmp_path / "run", progress=False)  # recognised as this finished run: not retrained
 

@@ -245,6 +245,19 @@ class _Start:
     attention: dict[str, Any] | None = None
 
 
+def config_diff(saved: RunConfig, wanted: RunConfig, limit: int = 4) -> str:
+    """The dotted keys where two run configs differ, with both values: "train.lr 0.002 → 0.01"."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved.to_dict()), flat(wanted.to_dict())
+    diffs = [f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs[:limit]) + (f", and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
 def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
             device: torch.device, resume: bool) -> _Start:
     """Where this run starts: step 0 of a new run dir, or the saved state of an interrupted run."""
@@ -256,9 +269,10 @@ def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], 
     if not state_json.is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
     saved = json.loads(state_json.read_text())
-    if saved_run_config(saved["config"]) != cfg:
-        raise CheckpointError(f"{out_dir}: the saved run used a different config; resume with the same options "
-                              "(or train into a new --out)")
+    saved_cfg = saved_run_config(saved["config"])
+    if saved_cfg != cfg:
+        raise CheckpointError(f"{out_dir}: the saved run used a different config ({config_diff(saved_cfg, cfg)}); "
+                              f"resume with the same options, or train into a new --out (or delete {out_dir})")
     info = load_train_state(out_dir, modules, opt)
     for group in opt.param_groups:  # the saved groups carry the implementation flags of the machine that wrote them
         group.update(optimizer_options(device))
