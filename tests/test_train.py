@@ -214,6 +214,24 @@ def test_agents_saved_before_the_pool_option_load_as_attention_pool_runs(tmp_pat
     assert ensure_trained(cfg, tmp_path / "run", progress=False)  # recognised as this finished run: not retrained
 
 
+def test_z_decorrelation_term_measures_correlation_and_trains(tmp_path):
+    from jepa_edge.train.jepa import z_correlation
+
+    g = torch.Generator().manual_seed(0)
+    iid = torch.randn(4096, 8, generator=g)
+    assert z_correlation(iid) < 0.01  # independent dimensions: ~Z/M
+    tied = torch.cat([iid[:, :4], iid[:, :4]], 1)  # 4 pairs of identical dimensions
+    assert z_correlation(tied) == pytest.approx(1.0, abs=0.01)  # 8 off-diagonal ones / Z
+    d = to_dict(tiny_config(steps=4, eval_every=4, ckpt_every=4, log_every=2))
+    d["jepa"]["z_decorr_weight"] = 0.5
+    res = train(from_dict(RunConfig, d), tmp_path / "run", progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert res.step == 4 and all(np.isfinite(r["z_corr"]) for r in logged if "loss" in r)
+    d["jepa"]["z_decorr_weight"] = -1.0
+    with pytest.raises(ValueError, match="z_decorr_weight -1.0 must be >= 0"):
+        from_dict(RunConfig, d).jepa.validate()
+
+
 def test_linear_z_head_is_one_matrix_and_trains(tmp_path):
     d = to_dict(tiny_config(steps=6, eval_every=6, ckpt_every=6))
     d["jepa"]["predictor"]["z_head"] = "linear"

@@ -38,17 +38,21 @@ class JEPAConfig:
     context_frames: int = 2  # k: two frames give position and velocity, enough to predict t+1
     horizon: int = 1  # h: predict frame t+1; objects move ~1.5 px/step at 32 px, already non-trivial
     token_weight: float = 1.0  # token prediction: the term that makes tokens encode object positions
-    z_weight: float = 1.0  # global z prediction: trains the pool; its loss stays small (~0.02)
+    z_weight: float = 1.0  # global z prediction: trains the pool (its loss grows with z's scale: ≈ 6 at step 2000)
     regulariser: str = "vicreg"  # on tokens per patch position; only vicreg is implemented (sigreg on z collapsed)
     reg_weight: float = 1.0  # weight of (variance + cov_weight * covariance); the best of the runs in RECIPE.md
     cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
     var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
+    z_decorr_weight: float = 0.0  # > 0: penalise correlations between z's dimensions (standardised, so scale-free);
+    # an experiment for views whose z keeps less than their tokens (docs/RECIPE.md, after lever 3); off by default
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
     ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (docs/RECIPE.md)
 
     def validate(self) -> None:
         self.encoder.validate()
         self.predictor.validate()
+        if self.z_decorr_weight < 0:
+            raise ValueError(f"jepa.z_decorr_weight {self.z_decorr_weight} must be >= 0 (0 turns the term off)")
         if self.context_frames < 1 or self.horizon < 1:
             raise ValueError(f"context_frames ({self.context_frames}) and horizon ({self.horizon}) must be >= 1")
         if self.regulariser not in REGULARISERS:
@@ -68,6 +72,14 @@ def vicreg_terms(x: torch.Tensor, target_std: float = 1.0) -> tuple[torch.Tensor
     cov = x.transpose(1, 2) @ x / (x.shape[1] - 1)  # (G, D, D)
     off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))  # (G, D, D) off-diagonal part
     return var, off.pow(2).sum((1, 2)).mean() / x.shape[-1]
+
+
+def z_correlation(z: torch.Tensor) -> torch.Tensor:
+    """z (M, Z) → mean squared off-diagonal correlation between its dimensions, times Z (0 = decorrelated)."""
+    zs = (z - z.mean(0)) / torch.sqrt(z.var(0) + 1e-4)  # (M, Z) standardised per dimension
+    corr = zs.T @ zs / (z.shape[0] - 1)  # (Z, Z)
+    off = corr - torch.diag_embed(torch.diagonal(corr))  # (Z, Z) off-diagonal part
+    return off.pow(2).sum() / z.shape[1]
 
 
 class JEPA(nn.Module):
@@ -112,6 +124,10 @@ class JEPA(nn.Module):
         loss = cfg.token_weight * loss_tok + cfg.z_weight * loss_z + cfg.reg_weight * (var + cfg.cov_weight * cov)
         logs = {"loss": loss, "loss_tokens": loss_tok, "loss_z": loss_z, "tok_var": var, "tok_cov": cov,
                 "z_std": z.detach().float().std(0).mean()}
+        if cfg.z_decorr_weight > 0:
+            logs["z_corr"] = z_correlation(z)
+            loss = loss + cfg.z_decorr_weight * logs["z_corr"]
+            logs["loss"] = loss
         return loss, {k: v.detach() for k, v in logs.items()}
 
     @torch.no_grad()
