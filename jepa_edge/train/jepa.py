@@ -77,9 +77,7 @@ def vicreg_terms(x: torch.Tensor, target_std: float = 1.0) -> tuple[torch.Tensor
 def z_correlation(z: torch.Tensor) -> torch.Tensor:
     """z (M, Z) → mean squared off-diagonal correlation between its dimensions, times Z (0 = decorrelated)."""
     zs = (z - z.mean(0)) / torch.sqrt(z.var(0) + 1e-4)  # (M, Z) standardised per dimension
-    corr = zs.T @ zs / (z.shape[0] - 1)  # (Z, Z)
-    off = corr - torch.diag_embed(torch.diagonal(corr))  # (Z, Z) off-diagonal part
-    return off.pow(2).sum() / z.shape[1]
+    return vicreg_terms(zs[None])[1]  # (1, M, Z): VICReg's covariance term, on standardised z a correlation term
 
 
 class JEPA(nn.Module):
