@@ -128,6 +128,13 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     state.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match"):
         train(tiny_config(), tmp_path / "run", resume=True, progress=False)
+    state_json = tmp_path / "run" / "train_state.json"
+    state_json.write_text(state_json.read_text()[:50])  # truncated JSON: refused by name, no JSONDecodeError
+    with pytest.raises(CheckpointError, match="train_state.json: train state is not valid JSON"):
+        train(tiny_config(), tmp_path / "run", resume=True, progress=False)
+    state_json.write_text('{"step": 4}')  # valid JSON, but not a train state
+    with pytest.raises(CheckpointError, match="no saved config in it"):
+        train(tiny_config(), tmp_path / "run", resume=True, progress=False)
 
 
 def test_mismatched_architecture_is_refused(tmp_path):
@@ -229,6 +236,28 @@ def test_z_decorrelation_term_measures_correlation_and_trains(tmp_path):
     assert res.step == 4 and all(np.isfinite(r["z_corr"]) for r in logged if "loss" in r)
     d["jepa"]["z_decorr_weight"] = -1.0
     with pytest.raises(ValueError, match="z_decorr_weight -1.0 must be >= 0"):
+        from_dict(RunConfig, d).jepa.validate()
+
+
+def test_z_reconstruction_term_decodes_target_tokens_and_resumes(tmp_path):
+    d = to_dict(tiny_config(steps=4, eval_every=2, ckpt_every=2, log_every=2))
+    d["jepa"]["z_recon_weight"] = 1.0
+    cfg = from_dict(RunConfig, d)
+    model = JEPA(cfg.jepa)
+    e = cfg.jepa.encoder
+    assert model.z_decoder.weight.shape == ((e.img_size // e.patch_size) ** 2 * e.embed_dim, e.latent_dim)
+    assert not hasattr(JEPA(from_dict(RunConfig, to_dict(tiny_config())).jepa), "z_decoder")  # off: no module
+    clip = torch.rand(3, model.clip_len, 3, e.img_size, e.img_size) * 255
+    loss, logs = model.loss(clip)
+    loss.backward()
+    assert float(logs["loss_z_recon"]) > 0 and model.z_decoder.weight.grad.abs().sum() > 0
+    assert model.encoder.pool.out.weight.grad.abs().sum() > 0  # the term reaches the pool through the predicted z
+    train(cfg, tmp_path / "run", progress=False, stop_at=2)
+    res = train(cfg, tmp_path / "run", resume=True, progress=False)  # the decoder is in train_state
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert res.step == 4 and all(np.isfinite(r["loss_z_recon"]) for r in logged if "loss" in r)
+    d["jepa"]["z_recon_weight"] = -0.5
+    with pytest.raises(ValueError, match="z_recon_weight -0.5 must be >= 0"):
         from_dict(RunConfig, d).jepa.validate()
 
 

@@ -9,7 +9,6 @@ the report, a postcard W_BA and agent A's probes for export.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
-from jepa_edge.train.checkpoint import load_agent
+from jepa_edge.train.checkpoint import CheckpointError, load_agent, read_json
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.train.loop import ensure_trained
@@ -70,12 +69,9 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
 
 def _train_wall(run_dir: Path) -> float | None:
     """The agent's training wall time (train_state.json, summed over resumes); None when not recorded."""
-    f = run_dir / "train_state.json"
     try:
-        if f.stat().st_size > 1 << 20:
-            return None
-        wall = json.loads(f.read_text()).get("wall_time_s")
-    except (OSError, ValueError):
+        wall = read_json(run_dir / "train_state.json", "train state").get("wall_time_s")
+    except CheckpointError:
         return None
     return float(wall) if isinstance(wall, (int, float)) else None
 

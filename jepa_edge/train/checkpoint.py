@@ -14,7 +14,6 @@ and refuses a corrupt or mismatched one instead of silently starting over.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save as np_save
 
-from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json
+from jepa_edge.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json_capped
 from jepa_edge.calib.fingerprint import fingerprint_arrays
 from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import ConfigError, from_dict
@@ -58,16 +57,14 @@ def _load_tensors(path: Path, what: str) -> dict[str, np.ndarray]:
         ) from exc
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """One JSON object from a run folder (size-capped); CheckpointError when missing, oversized or corrupt."""
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
     try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: {what} is not valid JSON ({exc}); the file is corrupt") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: {what} must hold a JSON object")
-    return obj
+        return read_json_capped(path, what, "the file is corrupt or not one this tool wrote")
+    except ArtifactError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -93,7 +90,7 @@ def load_agent_meta(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory; train one with `jepa-edge train --out {run_dir}`")
-    meta = _read_json(run_dir / "meta.json", "agent metadata")
+    meta = read_json(run_dir / "meta.json", "agent metadata")
     if meta.get("format") != AGENT_FORMAT:
         raise CheckpointError(f"{run_dir}/meta.json: format is {meta.get('format')!r}, expected {AGENT_FORMAT!r}")
     if meta.get("version") != VERSION:
@@ -179,7 +176,7 @@ def load_train_state(run_dir: str | Path, modules: dict[str, torch.nn.Module],
                      opt: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore modules and optimiser in place; returns the saved info (step, config...)."""
     run_dir = Path(run_dir)
-    info = _read_json(run_dir / "train_state.json", "train state")
+    info = read_json(run_dir / "train_state.json", "train state")
     if info.get("format") != TRAIN_STATE_FORMAT or info.get("version") != VERSION:
         raise CheckpointError(f"{run_dir}/train_state.json: not a {TRAIN_STATE_FORMAT} v{VERSION} file")
     arrays = _load_tensors(run_dir / "train_state.safetensors", "train state")

@@ -45,6 +45,8 @@ class JEPAConfig:
     var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
     z_decorr_weight: float = 0.0  # > 0: penalise correlations between z's dimensions (standardised, so scale-free);
     # an experiment for views whose z keeps less than their tokens (docs/RECIPE.md, after lever 3); off by default
+    z_recon_weight: float = 0.0  # > 0: a linear decoder maps the predicted z to the target frame's (LayerNorm'ed)
+    # tokens, so z must carry what the tokens carry (the same experiment's other lever); training-only, off by default
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
     ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (docs/RECIPE.md)
 
@@ -53,6 +55,8 @@ class JEPAConfig:
         self.predictor.validate()
         if self.z_decorr_weight < 0:
             raise ValueError(f"jepa.z_decorr_weight {self.z_decorr_weight} must be >= 0 (0 turns the term off)")
+        if self.z_recon_weight < 0:
+            raise ValueError(f"jepa.z_recon_weight {self.z_recon_weight} must be >= 0 (0 turns the term off)")
         if self.context_frames < 1 or self.horizon < 1:
             raise ValueError(f"context_frames ({self.context_frames}) and horizon ({self.horizon}) must be >= 1")
         if self.regulariser not in REGULARISERS:
@@ -90,6 +94,9 @@ class JEPA(nn.Module):
         self.encoder = Encoder(cfg.encoder)
         self.predictor = Predictor(cfg.encoder, cfg.predictor, cfg.context_frames)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        if cfg.z_recon_weight > 0:  # training-only: never exported, only in train_state for --resume
+            e = cfg.encoder
+            self.z_decoder = nn.Linear(e.latent_dim, (e.img_size // e.patch_size) ** 2 * e.embed_dim)  # z → N*D
 
     @property
     def clip_len(self) -> int:
@@ -125,6 +132,11 @@ class JEPA(nn.Module):
         if cfg.z_decorr_weight > 0:
             logs["z_corr"] = z_correlation(z)
             loss = loss + cfg.z_decorr_weight * logs["z_corr"]
+            logs["loss"] = loss
+        if cfg.z_recon_weight > 0:
+            recon = self.z_decoder(pred_z).reshape(target_tokens.shape)  # (B, N*D) → (B, N, D)
+            logs["loss_z_recon"] = F.mse_loss(recon, target_tokens)
+            loss = loss + cfg.z_recon_weight * logs["loss_z_recon"]
             logs["loss"] = loss
         return loss, {k: v.detach() for k, v in logs.items()}
 

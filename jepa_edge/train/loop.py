@@ -39,6 +39,7 @@ from jepa_edge.train.checkpoint import (
     CheckpointError,
     load_agent_meta,
     load_train_state,
+    read_json,
     save_agent,
     save_train_state,
     state_to_numpy,
@@ -268,7 +269,10 @@ def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], 
         return _Start()
     if not state_json.is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
-    saved = json.loads(state_json.read_text())
+    saved = read_json(state_json, "train state")
+    if not isinstance(saved.get("config"), dict):
+        raise CheckpointError(f"{state_json}: no saved config in it (not a train state this tool wrote); "
+                              f"train into a new --out (or delete {out_dir})")
     saved_cfg = saved_run_config(saved["config"])
     if saved_cfg != cfg:
         raise CheckpointError(f"{out_dir}: the saved run used a different config ({config_diff(saved_cfg, cfg)}); "
