@@ -203,17 +203,18 @@ def test_flatten_pool_trains_saves_and_reloads_the_same_encoder(tmp_path):
         from_dict(RunConfig, d).jepa.validate()
 
 
-def test_agents_saved_before_the_pool_option_load_as_attention_pool_runs(tmp_path):
+def test_agents_saved_before_the_pool_option_load_as_the_first_release_recipe(tmp_path):
     d = to_dict(tiny_config(steps=2, eval_every=2, ckpt_every=2))
     d["jepa"]["encoder"]["pool"] = "attention"
     d["jepa"]["predictor"]["z_head"] = "mlp"
+    d["jepa"]["z_target_norm"] = "none"
     cfg = from_dict(RunConfig, d)
     train(cfg, tmp_path / "run", progress=False)
     for name, key in (("meta.json", "run"), ("train_state.json", "config")):  # as the first release wrote them
         f = tmp_path / "run" / name
         saved = json.loads(f.read_text())
         run = saved[key]
-        del run["jepa"]["encoder"]["pool"], run["jepa"]["predictor"]["z_head"]
+        del run["jepa"]["encoder"]["pool"], run["jepa"]["predictor"]["z_head"], run["jepa"]["z_target_norm"]
         saved.get("encoder", {}).pop("pool", None)
         f.write_text(json.dumps(saved))
     enc, _meta = load_agent(tmp_path / "run")  # the attention pool, not today's default
@@ -258,6 +259,27 @@ def test_z_reconstruction_term_decodes_target_tokens_and_resumes(tmp_path):
     assert res.step == 4 and all(np.isfinite(r["loss_z_recon"]) for r in logged if "loss" in r)
     d["jepa"]["z_recon_weight"] = -0.5
     with pytest.raises(ValueError, match="z_recon_weight -0.5 must be >= 0"):
+        from_dict(RunConfig, d).jepa.validate()
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_z_target_norm_makes_the_z_loss_scale_free(norm):
+    d = to_dict(tiny_config())
+    cfg = from_dict(RunConfig, d)
+    e = cfg.jepa.encoder
+    clip = torch.rand(16, 3, 3, e.img_size, e.img_size) * 255
+    losses = {}
+    for mode in ("none", norm):
+        d["jepa"]["z_target_norm"] = mode
+        torch.manual_seed(0)
+        model = JEPA(from_dict(RunConfig, d).jepa)
+        with torch.no_grad():
+            model.target_encoder.pool.out.weight.mul_(1000.0)  # a target z 1000x larger
+        losses[mode] = float(model.loss(clip)[1]["loss_z"])
+    assert losses["none"] > 100 * losses[norm]  # raw: the loss follows z's scale; normalised: it does not
+    assert losses[norm] < 5.0
+    d["jepa"]["z_target_norm"] = "instance"
+    with pytest.raises(ValueError, match="z_target_norm 'instance' is not one of"):
         from_dict(RunConfig, d).jepa.validate()
 
 

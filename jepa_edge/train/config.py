@@ -86,6 +86,7 @@ def saved_run_config(d: dict) -> RunConfig:
     jepa = d.get("jepa", {})
     if isinstance(jepa, dict) and isinstance(jepa.get("encoder"), dict):
         jepa = {**jepa, "encoder": saved_encoder_dict(jepa["encoder"])}
+        jepa.setdefault("z_target_norm", "none")  # raw target z before lever 4
         if isinstance(jepa.get("predictor"), dict):
             jepa["predictor"] = {"z_head": "mlp", **jepa["predictor"]}
         d = {**d, "jepa": jepa}

@@ -9,7 +9,10 @@ frame ``t + h``. Two prediction terms, both in latent space:
   tokens carry where the objects are.
 * global: one matrix (``z_head: "linear"``, the default; or an MLP) maps the k
   context latents ``z`` to the target ``z``; this trains the pool (by default one
-  linear map of all tokens in place) that produces the exchanged latent.
+  linear map of all tokens in place) that produces the exchanged latent. Its
+  target ``z`` is standardised per dimension over the batch (``z_target_norm:
+  "batch"``), so faint directions count as much as strong ones and the loss
+  keeps its scale while ``z`` grows.
 
 Anti-collapse: VICReg variance + covariance on the online context tokens,
 computed per patch position across the batch. See docs/RECIPE.md for what was
@@ -29,6 +32,7 @@ from torch import nn
 from jepa_edge.train.model import Encoder, EncoderConfig, Predictor, PredictorConfig
 
 REGULARISERS = ("vicreg",)
+Z_TARGET_NORMS = ("none", "layer", "batch")
 
 
 @dataclass
@@ -38,7 +42,7 @@ class JEPAConfig:
     context_frames: int = 2  # k: two frames give position and velocity, enough to predict t+1
     horizon: int = 1  # h: predict frame t+1; objects move ~1.5 px/step at 32 px, already non-trivial
     token_weight: float = 1.0  # token prediction: the term that makes tokens encode object positions
-    z_weight: float = 1.0  # global z prediction: trains the pool (its loss grows with z's scale: ≈ 6 at step 2000)
+    z_weight: float = 1.0  # global z prediction: trains the pool (raw targets: its loss grew with z's scale, ≈ 6)
     regulariser: str = "vicreg"  # on tokens per patch position; only vicreg is implemented (sigreg on z collapsed)
     reg_weight: float = 1.0  # weight of (variance + cov_weight * covariance); the best of the runs in RECIPE.md
     cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
@@ -47,6 +51,9 @@ class JEPAConfig:
     # an experiment for views whose z keeps less than their tokens (docs/RECIPE.md, after lever 3); off by default
     z_recon_weight: float = 0.0  # > 0: a linear decoder maps the predicted z to the target frame's (LayerNorm'ed)
     # tokens, so z must carry what the tokens carry (the same experiment's other lever); training-only, off by default
+    z_target_norm: str = "batch"  # the z prediction's target: "batch" (each dimension standardised over the batch:
+    # every direction of z counts, faint objects' too; docs/RECIPE.md, lever 4), "none" (raw target z, the recipe
+    # before lever 4; its scale grows to ~10 and the z loss dominates) or "layer" (LayerNorm'ed per sample)
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
     ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (docs/RECIPE.md)
 
@@ -55,6 +62,8 @@ class JEPAConfig:
         self.predictor.validate()
         if self.z_decorr_weight < 0:
             raise ValueError(f"jepa.z_decorr_weight {self.z_decorr_weight} must be >= 0 (0 turns the term off)")
+        if self.z_target_norm not in Z_TARGET_NORMS:
+            raise ValueError(f"jepa.z_target_norm {self.z_target_norm!r} is not one of {Z_TARGET_NORMS}")
         if self.z_recon_weight < 0:
             raise ValueError(f"jepa.z_recon_weight {self.z_recon_weight} must be >= 0 (0 turns the term off)")
         if self.context_frames < 1 or self.horizon < 1:
@@ -122,6 +131,10 @@ class JEPA(nn.Module):
             target_tokens = self.target_encoder.forward_features(clip[:, -1])  # (B, N, D)
             target_z = self.target_encoder.pool(target_tokens)  # (B, Z)
             target_tokens = F.layer_norm(target_tokens, target_tokens.shape[-1:])
+            if cfg.z_target_norm == "layer":
+                target_z = F.layer_norm(target_z, target_z.shape[-1:])
+            elif cfg.z_target_norm == "batch":
+                target_z = (target_z - target_z.mean(0)) / torch.sqrt(target_z.var(0) + 1e-4)  # (B, Z) per dimension
         pred_tokens, pred_z = self.predictor(tokens.reshape(B, k, *tokens.shape[1:]), z.reshape(B, k, -1))
         loss_tok = F.mse_loss(pred_tokens, target_tokens)
         loss_z = F.mse_loss(pred_z, target_z)
