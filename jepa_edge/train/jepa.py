@@ -87,10 +87,14 @@ def vicreg_terms(x: torch.Tensor, target_std: float = 1.0) -> tuple[torch.Tensor
     return var, off.pow(2).sum((1, 2)).mean() / x.shape[-1]
 
 
+def standardise(z: torch.Tensor) -> torch.Tensor:
+    """z (M, Z) → each dimension centred and scaled to unit std over the M samples (same shape)."""
+    return (z - z.mean(0)) / torch.sqrt(z.var(0) + 1e-4)
+
+
 def z_correlation(z: torch.Tensor) -> torch.Tensor:
     """z (M, Z) → mean squared off-diagonal correlation between its dimensions, times Z (0 = decorrelated)."""
-    zs = (z - z.mean(0)) / torch.sqrt(z.var(0) + 1e-4)  # (M, Z) standardised per dimension
-    return vicreg_terms(zs[None])[1]  # (1, M, Z): VICReg's covariance term, on standardised z a correlation term
+    return vicreg_terms(standardise(z)[None])[1]  # (1, M, Z): VICReg's covariance term, on standardised z a correlation
 
 
 class JEPA(nn.Module):
@@ -105,7 +109,7 @@ class JEPA(nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         if cfg.z_recon_weight > 0:  # training-only: never exported, only in train_state for --resume
             e = cfg.encoder
-            self.z_decoder = nn.Linear(e.latent_dim, (e.img_size // e.patch_size) ** 2 * e.embed_dim)  # z → N*D
+            self.z_decoder = nn.Linear(e.latent_dim, e.num_patches * e.embed_dim)  # z → N*D
 
     @property
     def clip_len(self) -> int:
@@ -134,7 +138,7 @@ class JEPA(nn.Module):
             if cfg.z_target_norm == "layer":
                 target_z = F.layer_norm(target_z, target_z.shape[-1:])
             elif cfg.z_target_norm == "batch":
-                target_z = (target_z - target_z.mean(0)) / torch.sqrt(target_z.var(0) + 1e-4)  # (B, Z) per dimension
+                target_z = standardise(target_z)  # (B, Z), each dimension over the batch
         pred_tokens, pred_z = self.predictor(tokens.reshape(B, k, *tokens.shape[1:]), z.reshape(B, k, -1))
         loss_tok = F.mse_loss(pred_tokens, target_tokens)
         loss_z = F.mse_loss(pred_z, target_z)
@@ -145,12 +149,11 @@ class JEPA(nn.Module):
         if cfg.z_decorr_weight > 0:
             logs["z_corr"] = z_correlation(z)
             loss = loss + cfg.z_decorr_weight * logs["z_corr"]
-            logs["loss"] = loss
         if cfg.z_recon_weight > 0:
             recon = self.z_decoder(pred_z).reshape(target_tokens.shape)  # (B, N*D) → (B, N, D)
             logs["loss_z_recon"] = F.mse_loss(recon, target_tokens)
             loss = loss + cfg.z_recon_weight * logs["loss_z_recon"]
-            logs["loss"] = loss
+        logs["loss"] = loss  # the total, optional terms included (the key keeps its place: first)
         return loss, {k: v.detach() for k, v in logs.items()}
 
     @torch.no_grad()
