@@ -78,6 +78,7 @@ def test_verdicts_follow_the_numbers_and_thresholds():
 
 
 def test_recipe_targets_follow_the_numbers_and_a_missing_value_is_not_a_pass():
+    from jepa_edge.study.alignment import _title  # the report's name of each control
     from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
 
     res = run_study(_world(np.random.default_rng(0)), SMALL)
@@ -93,6 +94,30 @@ def test_recipe_targets_follow_the_numbers_and_a_missing_value_is_not_a_pass():
     md = render_report(res)
     assert "## Recipe targets (issue 12)" in md and "| agent B training wall (s) | — | ≤ 600 | not measured |" in md
     assert "Missed: agent B position R²" in md
+    for control, value in v["controls"].items():  # the margin over each control, not only the best one
+        assert f"{_title(control)} {v['trained'] - value:.3f}" in md
+
+
+def test_report_names_the_controls_a_missed_margin_is_missed_against():
+    from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
+
+    res = run_study(_world(np.random.default_rng(0)), SMALL)
+    res["agent_training"] = {}
+    v = res["verdicts"]["retrieval"]
+    v["controls"] = {"untrained": 0.4, "other_world": 0.86, "shuffled": 0.001, "shift_5": 0.01}
+    v.update(trained=0.92, best_control="other_world", margin=0.92 - 0.86)
+    res["recipe_targets"] = recipe_targets(res, {}, RecipeTargets())
+    md = render_report(res)
+    assert "Retrieval margin over each control: untrained encoders 0.520, different world 0.060" in md
+    assert "is missed only against different world: a second agent of B's view" in md
+    v["controls"]["untrained"] = 0.9  # missed against two controls: both named, no different-world explanation
+    res["recipe_targets"] = recipe_targets(res, {}, RecipeTargets())
+    md = render_report(res)
+    assert "is missed only against untrained encoders and different world." in md and "second agent" not in md
+    v["controls"] = {c: 0.0 for c in v["controls"]}  # every margin met: no "missed against" line
+    v.update(margin=0.92)
+    res["recipe_targets"] = recipe_targets(res, {}, RecipeTargets())
+    assert "missed only against" not in render_report(res)
 
 
 def test_study_without_controls_and_with_unfittable_estimators():

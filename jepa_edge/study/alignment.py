@@ -604,7 +604,26 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
                      ("≤ " if r["at_most"] else "≥ ") + _f(r["threshold"], r["digits"]), word[r["pass"]]] for r in rows])
     missed = [r["target"] for r in rows if r["pass"] is False]
     verdict = (f"Missed: {', '.join(missed)}." if missed else "Every measured target is met.")
-    return ["## Recipe targets (issue 12)", "", *table, "", verdict, ""]
+    return ["## Recipe targets (issue 12)", "", *table, "", verdict, *_margin_lines(results, rows), ""]
+
+
+def _margin_lines(results: dict[str, Any], rows: list[dict]) -> list[str]:
+    """The retrieval margin over each control, and which controls a missed margin target is missed against."""
+    r = results.get("verdicts", {}).get("retrieval") or {}
+    target = next((t for t in rows if t["target"].startswith("retrieval margin")), None)
+    if not r.get("controls") or target is None:
+        return []
+    margins = {c: r["trained"] - v for c, v in r["controls"].items() if v is not None}
+    lines = ["", "Retrieval margin over each control: "
+             + ", ".join(f"{_title(c)} {_f(m)}" for c, m in margins.items()) + "."]
+    short = [c for c, m in margins.items() if m < target["threshold"]]
+    if short and len(short) < len(margins):
+        lines.append(f"The margin target ({_f(target['threshold'], 2)}) is missed only against "
+                     + " and ".join(_title(c) for c in short)
+                     + (": a second agent of B's view, trained on another world and fed B's frames, so it shares the "
+                        "view, the objects and the moment (docs/RECIPE.md, \"Lever 5\")."
+                        if short == ["other_world"] else "."))
+    return lines
 
 
 def render_report(results: dict[str, Any]) -> str:
