@@ -4,7 +4,7 @@
 
 Two processes, peer mode, tcp/127.0.0.1: this script is robot A (a tiny
 fixture agent, ``tests/onnx_fixtures.py``, 16 px, D=8, head_inputs ONNX) and
-starts robot B (``jepa-edge fleet --follow agentA``, another view) as a
+starts robot B (``jepa-edge fleet run --follow agentA``, another view) as a
 subprocess. B calibrates W from A's anchor latents, then runs its frame loop
 unpaced (as fast as the tiny model goes), publishing one outputs message per
 frame. A then
@@ -75,7 +75,7 @@ def run_once(args: argparse.Namespace, paths: dict[str, Path], d: Path, block: b
     config.write_text(json.dumps({"fleet": "bench", "n_anchors": 48, "fps": args.b_fps, "block_on_congestion": block,
                                   "world": {"seed": 1000, "steps": 64, "pool": 64}}))
     events_b = d / f"agentB_{tag}.events.jsonl"
-    cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", str(paths["B"]), "--backend", "ort-cpu",
+    cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", "run", str(paths["B"]), "--backend", "ort-cpu",
            "--source", "sim:oblique?size=16&seed=5", "--config", str(config), "--follow", "agentA",
            "--events", str(events_b), "--listen", f"tcp/127.0.0.1:{pB}", "--connect", f"tcp/127.0.0.1:{pA}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -2,7 +2,12 @@
 
 Every artifact is written atomically: a temporary sibling, flushed and
 fsync'ed, then ``os.replace``d over the target, so a crash leaves the old file
-or the new one, never half of one. Every untrusted file (postcards, probes,
+or the new one, never half of one. The temporary sibling is
+``.{name}.{pid}.{random}.tmp``, created with the mode a plain ``open()`` gives
+(0666 less the umask; ``mkstemp``'s 0600 would survive the rename). A writer
+killed with SIGKILL cannot remove its temporary file, so every write to a path
+first removes the siblings ``.{name}.{pid}.*.tmp`` whose writer process is
+gone. Every untrusted file (postcards, probes,
 sidecars, metadata, anything a robot receives) is size-checked *before* it is
 parsed, so a hostile or corrupt file cannot make a reader allocate without
 bound.
@@ -12,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,11 +34,68 @@ class ArtifactError(ValueError):
     """A file that cannot be used as is: missing, oversized, not a regular file, not parseable."""
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace``: never half-written."""
+def temp_path(path: str | Path, keep_suffix: bool = False) -> Path:
+    """A fresh temporary sibling of ``path`` named after this process: ``.{name}.{pid}.{random}.tmp``.
+
+    ``keep_suffix`` appends ``path``'s suffix (``….tmp.avi``) for libraries that pick a format by it.
+    """
+    path = Path(path)
+    extra = path.suffix if keep_suffix else ""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{extra}")
+
+
+def _writer_gone(pid: int) -> bool:
+    """True only when no process ``pid`` exists (a process of another user still counts as alive)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: alive, owned by someone else; OverflowError: not a pid
+        return False
+    return False
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove ``path``'s temporary siblings left by writers that died (SIGKILL, power loss); return them.
+
+    Only names of the ``temp_path`` scheme whose pid no longer exists are touched: another process's
+    write in progress keeps its file.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp(\.\w+)?")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and _writer_gone(int(m.group(1))):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:  # another writer cleaned it first
+                continue
+            removed.append(Path(entry.path))
+    return removed
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int = 0o666) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace``: never half-written.
+
+    The file gets ``mode`` less the umask, as ``open()`` would give it (pass 0o600 for a secret).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    while True:
+        tmp = temp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # mode & ~umask, like open()
+            break
+        except FileExistsError:  # a 32-bit random collision with a live writer: draw again
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -40,19 +103,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
 
 def replace_synced(tmp: str | Path, path: str | Path) -> None:
-    """fsync a temp file another library wrote by name (e.g. OpenCV's VideoWriter), then ``os.replace`` it."""
+    """fsync a temp file another library wrote by name (e.g. OpenCV's VideoWriter), then ``os.replace`` it.
+
+    Name ``tmp`` with ``temp_path(path, keep_suffix=True)`` so a killed writer's file is found and removed
+    by the next write to ``path`` (this call removes such leftovers too).
+    """
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    remove_stale_temps(path)
     _fsync_dir(Path(path).parent)
 
 
@@ -115,6 +183,8 @@ def read_json_capped(path: str | Path, what: str, fix: str, cap: int = MAX_JSON_
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: {what} is not valid JSON ({exc}); {fix}") from exc
+    except RecursionError as exc:  # json.loads recurses once per nesting level: [[[[…]]]] ends here
+        raise ArtifactError(f"{path}: {what} is JSON nested too deeply to parse; {fix}") from exc
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}; {fix}")
     return obj

@@ -586,9 +586,13 @@ def _require_tensorrt() -> None:
 # ---------------------------------------------------------------- fleet (Zenoh; jepa-edge[fleet])
 
 
-@app.command()
+fleet_app = typer.Typer(no_args_is_help=True, help="Robots on a Zenoh fleet: run one, make its signing key.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("run")
 @user_errors
-def fleet(
+def fleet_run(
     model: Annotated[Path, typer.Argument(help="Exported .onnx / .engine (head_inputs mode hot-swaps in the graph).")],
     source: Annotated[str, typer.Option(help="Camera, video, stream, folder or sim:VIEW.")] = "sim:top",
     name: Annotated[str | None, typer.Option("--fleet", help="Fleet name (key expressions jepa/<fleet>/...).")] = None,
@@ -604,13 +608,18 @@ def fleet(
     jsonl: Annotated[Path | None, typer.Option(help="Append one JSON line per frame here.")] = None,
     events: Annotated[Path | None, typer.Option(help="Append fleet events (attached, calibrated, ...) here.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON FleetConfig (unknown keys are errors).")] = None,
+    key: Annotated[Path | None, typer.Option(help="This robot's private key (fleet keygen): sign what it sends.")] = None,
+    trusted_keys: Annotated[Path | None, typer.Option(
+        help="The fleet's trusted-keys file: accept only messages signed by a key in it.")] = None,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
     from jepa_edge.config import deep_merge, from_dict
     from jepa_edge.fleet.app import run_fleet
     from jepa_edge.fleet.node import FleetConfig
 
-    given = {"fleet": name, "agent": agent, "follow": follow, "n_anchors": anchors, "fps": fps}
+    given = {"fleet": name, "agent": agent, "follow": follow, "n_anchors": anchors, "fps": fps,
+             "key": None if key is None else str(key),
+             "trusted_keys": None if trusted_keys is None else str(trusted_keys)}
     over = {k: v for k, v in given.items() if v is not None}
     if listen or connect:
         over["transport"] = {**({"listen": listen} if listen else {}), **({"connect": connect} if connect else {})}
@@ -618,6 +627,40 @@ def fleet(
     summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=max_frames, jsonl=jsonl,
                         events=events)
     console.print_json(json.dumps(summary, default=str))
+
+
+@fleet_app.command("keygen")
+@user_errors
+def fleet_keygen(
+    agent: Annotated[str, typer.Argument(help="The robot's agent name on the fleet.")],
+    out: Annotated[Path | None, typer.Option(help="Private key file to write (mode 0600); default AGENT.key.")] = None,
+    trusted_keys: Annotated[Path | None, typer.Option(
+        help="Add (or replace) AGENT's public key in this trusted-keys file, creating it if needed.")] = None,
+    kinds: Annotated[list[str], typer.Option(
+        "--kind", help="Message kind AGENT may send (repeat; default: all).")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+) -> None:
+    """Make a robot's Ed25519 signing key; print (or add to a trusted-keys file) its public key."""
+    from jepa_edge.fleet.keys import Signer, add_trusted, public_entry, write_private_key
+    from jepa_edge.fleet.messages import KINDS, check_name
+
+    check_name("agent", agent)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"--kind {bad[0]!r} is not a fleet message kind; use one of {', '.join(KINDS)}")
+    out = out or Path(f"{agent}.key")
+    if trusted_keys is not None and trusted_keys.exists():
+        from jepa_edge.fleet.keys import load_trust
+
+        load_trust(trusted_keys)  # a broken file is refused before a key is written
+    signer = Signer.generate()
+    write_private_key(out, signer, overwrite=overwrite)
+    say(f"wrote {out} (private: keep it on {agent} only)")
+    if trusted_keys is not None:
+        add_trusted(trusted_keys, agent, signer, kinds or None)
+        say(f"added {agent} (key id {signer.kid}) to {trusted_keys}: copy this file to every robot of the fleet")
+    else:
+        say(json.dumps({agent: public_entry(signer, kinds or None)}))
 
 
 @app.command("calib-graph")

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced
+from jepa_edge.artifacts import atomic_write, atomic_write_bytes, atomic_write_json, replace_synced, temp_path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_json_sorts_on_request_and_refuses_nan(tmp_path):
@@ -55,3 +63,70 @@ def test_checkpoint_writes_safetensors_and_sorted_strict_json(tmp_path):
     for k, v in enc.state_dict().items():
         np.testing.assert_array_equal(arrays[k], v.numpy())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.safetensors", "meta.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_the_mode_open_would(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        with open(tmp_path / "ref.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "ref.bin").stat().st_mode) == mode
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, threading
+    from jepa_edge.artifacts import atomic_write
+
+    def write(f):
+        f.write(b"half of the new")
+        f.flush()
+        print("writing", flush=True)  # the temp file exists now
+        threading.Event().wait()  # until SIGKILL
+
+    atomic_write(sys.argv[1], write)
+""")
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "state.json"
+    atomic_write_bytes(target, b"old")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()  # blocks until the child is inside write()
+        assert line == "writing\n", child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()  # reaped: its pid is gone
+    leftovers = [p.name for p in tmp_path.glob(".state.json.*.tmp")]
+    assert len(leftovers) == 1 and f".{child.pid}." in leftovers[0]  # SIGKILL: no cleanup ran
+    assert target.read_bytes() == b"old"  # the killed write never touched the file
+    live = tmp_path / f".state.json.{os.getppid()}.0badc0de.tmp"  # a live writer's file
+    live.write_bytes(b"in progress")
+    atomic_write_bytes(target, b"the whole new state")
+    assert target.read_bytes() == b"the whole new state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "state.json"])  # only the dead one went
+
+
+def test_replace_synced_removes_a_killed_writers_temp_file(tmp_path):
+    target = tmp_path / "clip.avi"
+    dead = target.with_name(f".clip.avi.{_dead_pid()}.12ab34cd.tmp.avi")
+    dead.write_bytes(b"partial video")
+    tmp = temp_path(target, keep_suffix=True)
+    assert tmp.name.startswith(f".clip.avi.{os.getpid()}.") and tmp.name.endswith(".tmp.avi")
+    tmp.write_bytes(b"video")
+    replace_synced(tmp, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -222,6 +222,16 @@ def _json(dst: Path, obj: object) -> Path:
     return dst
 
 
+def _key(tmp: Path, mode: int) -> Path:
+    """A real Ed25519 robot key file with ``mode``."""
+    from jepa_edge.fleet.keys import Signer, write_private_key
+
+    dst = tmp / f"robot{mode:o}.key"
+    write_private_key(dst, Signer.generate(), overwrite=True)
+    dst.chmod(mode)
+    return dst
+
+
 def _nan_run(w: World, tmp: Path) -> Path:
     """A run whose encoder holds NaN, with a matching fingerprint (so the NaN check itself must catch it)."""
     run = _copy_run(w.run_b, tmp / "nan_run")
@@ -463,14 +473,30 @@ CASES: dict[str, Case] = {
         ["c.json", "train.lr must be float"], [t / "demo"])),
     # ---- fleet / calib-graph (no network is opened: each fails before the Zenoh session)
     "fleet missing model": Case(lambda w, t: (
-        ["fleet", t / "none.onnx", "--fleet", "x", "--jsonl", t / "f.jsonl", "--max-frames", 1],
+        ["fleet", "run", t / "none.onnx", "--fleet", "x", "--jsonl", t / "f.jsonl", "--max-frames", 1],
         ["none.onnx", "jepa-edge export"], [t / "f.jsonl"])),
     "fleet config unknown key": Case(lambda w, t: (
-        ["fleet", w.onnx, "--config", _json(t / "f.json", {"fleets": "x"}), "--jsonl", t / "f.jsonl"],
+        ["fleet", "run", w.onnx, "--config", _json(t / "f.json", {"fleets": "x"}), "--jsonl", t / "f.jsonl"],
         ["fleets"], [t / "f.jsonl"])),
     "fleet config is a JSON list": Case(lambda w, t: (
-        ["fleet", w.onnx, "--config", _json(t / "f.json", []), "--jsonl", t / "f.jsonl"],
+        ["fleet", "run", w.onnx, "--config", _json(t / "f.json", []), "--jsonl", t / "f.jsonl"],
         ["f.json", "JSON object"], [t / "f.jsonl"])),
+    "fleet run missing key file": Case(lambda w, t: (
+        ["fleet", "run", w.onnx, "--key", t / "none.key", "--jsonl", t / "f.jsonl"],
+        ["none.key", "fleet keygen"], [t / "f.jsonl"])),
+    "fleet run trusted keys without a key": Case(lambda w, t: (
+        ["fleet", "run", w.onnx, "--trusted-keys", _json(t / "trust.json", {}), "--jsonl", t / "f.jsonl"],
+        ["requires signed messages", "--key"], [t / "f.jsonl"])),
+    "fleet run key readable by others": Case(lambda w, t: (
+        ["fleet", "run", w.onnx, "--key", _key(t, 0o644), "--jsonl", t / "f.jsonl"],
+        ["readable by others", "chmod 600"], [t / "f.jsonl"])),
+    "fleet run trusted keys not JSON": Case(lambda w, t: (
+        ["fleet", "run", w.onnx, "--key", _key(t, 0o600), "--trusted-keys", _garbage(t / "trust.json"),
+         "--jsonl", t / "f.jsonl"], ["trust.json", "not JSON"], [t / "f.jsonl"])),
+    "fleet keygen bad agent name": Case(lambda w, t: (
+        ["fleet", "keygen", "agent A", "--out", t / "a.key"], ["agent A", "[A-Za-z0-9_-]"], [t / "a.key"])),
+    "fleet keygen unknown kind": Case(lambda w, t: (
+        ["fleet", "keygen", "agentA", "--out", t / "a.key", "--kind", "video"], ["video", "card"], [t / "a.key"])),
     "calib-graph missing model": Case(lambda w, t: (
         ["calib-graph", t / "none.onnx", w.onnx, "--out", t / "g"], ["none.onnx"], [t / "g"])),
 }

@@ -97,58 +97,76 @@ def cfg(port: int, peers: list[int], **kw) -> FleetConfig:
 # ---------------------------------------------------------------- two nodes in one process
 
 
+def wait_until(what: str, cond, timeout: float = 30.0) -> None:
+    """Poll ``cond`` until true; the timeout is a hang guard, never a correctness bound."""
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def applied(events: list[dict], agent: str) -> list[dict]:
+    return [e for e in list(events) if e["event"] == "head_applied" and e["agent"] == agent]
+
+
 def test_two_nodes_calibrate_live_swap_without_dropping_a_frame(agents):
+    """B runs N frames alone, then A joins: the swap to a calibrated head is at frame >= N by construction."""
+    N = 20
     pA, pB = free_loopback_ports(2)
     events: list[dict] = []
     modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
     nodeA = FleetNode(modelA, cfg(pA, [pB], fps=60), [agents["probe_path"]], events=events.append)
     nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA", fps=60), events=events.append)
-    stopA, stopB = threading.Event(), threading.Event()
+    stopA, stopB, ran_n = threading.Event(), threading.Event(), threading.Event()
     records: list[tuple[dict, dict]] = []
-    framesB = sim_frames("oblique", 600)
+    framesB = sim_frames("oblique", 64)
     sent: dict[str, float] = {}
-
-    def applied_b() -> list[dict]:
-        return [e for e in list(events) if e["event"] == "head_applied" and e["agent"] == "agentB"]
 
     def on_frame_b(record, outputs):
         records.append((record, {k: np.array(v) for k, v in outputs.items()}))
-        if len(records) >= 590 or ("t" in sent and any(e.get("sent_t") == sent["t"] for e in applied_b())):
+        if len(records) >= N:
+            ran_n.set()
+        if "t" in sent and any(e.get("sent_t") == sent["t"] for e in applied(events, "agentB")):
             stopB.set()  # the republished probe is in: done
 
-    ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
-                          kwargs={"stop": stopA}, daemon=True)
-    with nodeA, nodeB:
+    with nodeB:
+        tb = threading.Thread(target=nodeB.run, args=(ArraySource(framesB, loop=True),),
+                              kwargs={"stop": stopB, "on_frame": on_frame_b, "pipeline": PipelineConfig()},
+                              daemon=True)
+        ta = threading.Thread(target=nodeA.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                              kwargs={"stop": stopA}, daemon=True)
         try:
-            ta.start()
-            tb = threading.Thread(target=nodeB.run, args=(ArraySource(framesB),),
-                                  kwargs={"stop": stopB, "on_frame": on_frame_b, "pipeline": PipelineConfig()},
-                                  daemon=True)
             tb.start()
-            deadline = time.time() + 20
-            while time.time() < deadline and not any(e["head_version"] >= 1 for e in applied_b()):
-                time.sleep(0.05)
-            sent["t"] = nodeA.publish_probe(agents["probe_path"])  # the same probe again: B rebuilds, swaps again
-            tb.join(20)
+            assert ran_n.wait(30), "B did not run its first frames"
+            with nodeA:  # A joins only now: B's first N frames run on its initial (empty) head
+                ta.start()
+                wait_until("B to apply a calibrated head", lambda: any(
+                    e["head_version"] >= 1 for e in applied(events, "agentB")))
+                sent["t"] = nodeA.publish_probe(agents["probe_path"])  # the same probe again: B swaps again
+                wait_until("B to apply A's republished probe", stopB.is_set)
+                stopA.set()
+                ta.join(10)
+            tb.join(10)
         finally:  # the loops end even when an assertion above fails
             stopA.set()
             stopB.set()
-            if ta.is_alive():
-                ta.join(5)
 
     kinds = [e["event"] for e in events if e["agent"] == "agentB"]
     assert "calibrated" in kinds and "attached" in kinds, kinds
     frames = [r["frame"] for r, _ in records]
     assert frames == list(range(len(frames))) and records[-1][0]["dropped"] == 0  # every frame, in order
     versions = [r["head_version"] for r, _ in records]
-    swap = next(i for i, v in enumerate(versions) if v >= 1)  # first frame on a calibrated head
-    assert swap > 0 and "position" in records[swap][1] and "position" not in records[swap - 1][1]
+    assert versions == sorted(versions)  # never back to an older head
+    swap = versions.index(next(v for v in versions if v >= 1))  # first frame on a calibrated head
+    assert swap >= N  # A was not there before frame N
+    assert all(("position" in o) == (i >= swap) for i, (_, o) in enumerate(records))  # exactly from the swap on
     moved, mB = offline_transfer(agents, "agentB", range(48))
-    zB = np.concatenate([mB.infer(framesB[i : i + 1])["z"] for i in range(swap, len(records))])
+    zB = np.concatenate([mB.infer(framesB[i % 64 : i % 64 + 1])["z"] for i in range(swap, len(records))])
     live = np.concatenate([o["position"] for _, o in records[swap:]])
     assert_transfer_close(live, moved, zB)
-    late = [e for e in applied_b() if e.get("sent_t") == sent["t"]]
-    assert late and 0 < late[0]["t"] - sent["t"] < 2.0  # publish → applied, loose bound on a loaded machine
+    late = [e for e in applied(events, "agentB") if e.get("sent_t") == sent["t"]]
+    assert late and late[0]["t"] > sent["t"] and late[0]["head_version"] > versions[swap]
     assert sum(nodeB.inbox.stats.refused.values()) == 0, nodeB.inbox.stats.to_dict()
 
 
@@ -164,7 +182,7 @@ class Robot:
         config = d / "fleet.json"
         config.write_text(json.dumps({"fleet": "t3", "n_anchors": 48, "fps": 30.0,
                                       "world": {"seed": WORLD.seed, "steps": WORLD.steps, "pool": WORLD.pool}}))
-        self.cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", str(agents[name]["onnx"]), "--backend", "ort-cpu",
+        self.cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", "run", str(agents[name]["onnx"]), "--backend", "ort-cpu",
                     "--source", f"sim:{self.view}?size=16&seed=5", "--config", str(config), "--max-frames", "3000",
                     "--jsonl", str(self.frames), "--events", str(self.events),
                     "--listen", f"tcp/127.0.0.1:{ports[name]}"]
@@ -173,7 +191,8 @@ class Robot:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Robot:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": "1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env, cwd=self.d)
         return self
@@ -250,20 +269,19 @@ def test_three_processes_calibrate_from_anchors_and_reattach_after_a_restart(age
         # kill A mid-stream: B and C keep running on their current head, then re-attach to the restarted A
         a.kill()
         n_before = {r.name: len(r.records()) for r in (b, c)}
-        wait_for("B and C to report A lost", lambda: all(r.event_list("peer_lost") for r in (b, c)), 10, robots)
-        time.sleep(0.5)
-        for r in (b, c):
-            assert len(r.records()) > n_before[r.name] + 10, f"{r.name} stopped while A was down"
+        wait_for("B and C to report A lost", lambda: all(r.event_list("peer_lost") for r in (b, c)), 30, robots)
+        wait_for("B and C to keep running while A is down",
+                 lambda: all(len(r.records()) > n_before[r.name] + 10 for r in (b, c)), 30, robots)
         a.start()
         wait_for("A to restart", lambda: len(a.event_list("started")) == 2, 30, robots)
         epoch = a.event_list("started")[-1]["epoch"]
         wait_for("B and C to re-attach", lambda: all(
-            any(e["peer_epoch"] == epoch for e in r.event_list("attached")) for r in (b, c)), 10, robots)
+            any(e["peer_epoch"] == epoch for e in r.event_list("attached")) for r in (b, c)), 30, robots)
+        n_attached = {r.name: len(r.records()) for r in (b, c)}
         for r in (b, c):
-            again = next(e for e in r.event_list("attached") if e["peer_epoch"] == epoch)
-            assert again["t"] - epoch / 1e9 <= 2.0, f"{r.name} re-attached {again['t'] - epoch / 1e9:.2f} s after A"
             assert r.proc.poll() is None
-        time.sleep(0.5)
+        wait_for("frames after the re-attach", lambda: all(len(r.records()) > n_attached[r.name] + 10
+                                                           for r in (b, c)), 30, robots)
         for r in (b, c):  # every frame processed, none dropped, through the swap, the loss and the re-attach
             recs = r.records()
             assert [x["frame"] for x in recs] == list(range(len(recs))) and recs[-1]["dropped"] == 0
@@ -332,7 +350,7 @@ def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
         refused0 = sum(nodeB.inbox.stats.refused.values())
         rogue = open_session(TransportConfig(listen=[f"tcp/127.0.0.1:{pX}"], connect=[f"tcp/127.0.0.1:{pB}"]))
         try:
-            time.sleep(0.5)
+            wait_until("the rogue session to reach B", lambda: len(list(rogue.info.peers_zid())) > 0)
             kinds = ("card", "probe", "outputs")
             import zenoh
 
@@ -354,3 +372,185 @@ def test_garbage_over_the_wire_is_refused_and_nodes_keep_working(agents):
         card = nodeB.inbox.card("agentA")
         z = nodeB.fetch_anchors("agentA", card, [0, 1, 2])  # the real peer still answers
         assert z.shape == (3, 8) and np.all(np.isfinite(z))
+
+
+# ---------------------------------------------------------------- signed fleet: forgeries replayed live
+
+
+@pytest.fixture(scope="module")
+def fleet_keys(agents):
+    from jepa_edge.fleet.keys import Signer, add_trusted, write_private_key
+
+    d = agents["dir"] / "keys"
+    d.mkdir(exist_ok=True)
+    for name in ("agentA", "agentB"):
+        signer = Signer.generate()
+        write_private_key(d / f"{name}.key", signer, overwrite=True)
+        add_trusted(d / "trust.json", name, signer)
+    return d
+
+
+def test_signed_fleet_refuses_the_three_forgeries_live_and_keeps_applying_genuine_messages(agents, fleet_keys):
+    """A third Zenoh peer replays what broke the unauthenticated fleet: forged probe (weights 0, bias 1000,
+    seq 2^63-1) on A's copied envelope, a card with epoch 2^63-1, an anchor request under B's name, and a
+    replayed genuine probe. B's outputs stay those of the genuine head; A's later messages are applied."""
+    import zenoh
+
+    from jepa_edge.calib.probes import Probe
+    from jepa_edge.fleet.messages import Envelope, decode_envelope, probe_bytes
+    from jepa_edge.fleet.transport import open_session
+
+    pA, pB, pX = free_loopback_ports(3)
+    events: list[dict] = []
+    keys = {"trusted_keys": str(fleet_keys / "trust.json")}
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    nodeA = FleetNode(modelA, cfg(pA, [pB], key=str(fleet_keys / "agentA.key"), **keys), [agents["probe_path"]],
+                      events=events.append)
+    nodeB = FleetNode(modelB, cfg(pB, [pA], follow="agentA", key=str(fleet_keys / "agentB.key"), **keys),
+                      events=events.append)
+    framesB = sim_frames("oblique", 8)
+    with nodeA, nodeB:
+        wait_until("B to build the calibrated head", lambda: nodeB.postcard is not None and any(
+            e["event"] == "head_ready" and e["agent"] == "agentB" for e in list(events)))
+        rogue = open_session(TransportConfig(listen=[f"tcp/127.0.0.1:{pX}"],
+                                             connect=[f"tcp/127.0.0.1:{pA}", f"tcp/127.0.0.1:{pB}"]))
+        captured: list[tuple[str, bytes, bytes]] = []
+
+        def grab(sample) -> None:
+            att = sample.attachment
+            if att is not None:
+                captured.append((str(sample.key_expr), sample.payload.to_bytes(), att.to_bytes()))
+
+        sub = rogue.declare_subscriber("jepa/t/agentA/*", grab)
+        try:
+            wait_until("the rogue session to reach A and B", lambda: len(list(rogue.info.peers_zid())) >= 2)
+            wait_until("a card of A to copy", lambda: any(k.endswith("/card") for k, _, _ in captured))
+            sent_t = nodeA.publish_probe(agents["probe_path"])  # a genuine probe for the rogue to replay
+            wait_until("a card and a probe of A to copy", lambda: {k.rsplit("/", 1)[1] for k, _, _ in captured}
+                       >= {"card", "probe"})
+            wait_until("B to rebuild its head on it", lambda: any(
+                e["event"] == "head_ready" and e.get("sent_t") == sent_t for e in list(events)))
+            nodeB.slot.take()  # install it, as the frame loop would between frames
+            head_before, loaded_before = nodeB.slot.current[0], nodeB.slot.stats.loaded
+            out_before = head_before.apply(modelB.infer(framesB)["z"])
+            card_env = decode_envelope(next(a for k, _, a in captured if k.endswith("/card")), nodeB.cfg.limits)
+            _, probe_payload, probe_att = next(c for c in captured if c[0].endswith("/probe"))
+            genuine = agents["probe"]
+            evil = Probe(np.zeros_like(genuine.weight), np.full_like(genuine.bias, 1000.0), genuine.name,
+                         genuine.task, genuine.labels, genuine.agent)
+            refused0 = sum(nodeB.inbox.stats.refused.values())
+            block = zenoh.CongestionControl.BLOCK
+            forged_probe = Envelope(**{**card_env.__dict__, "kind": "probe", "seq": 2**63 - 1})  # A's kid + sig
+            forged_card = Envelope(**{**card_env.__dict__, "epoch": 2**63 - 1})
+            rogue.put("jepa/t/agentA/probe", probe_bytes(evil), attachment=forged_probe.encode(),
+                      congestion_control=block)
+            rogue.put("jepa/t/agentA/card", nodeA.card.encode(), attachment=forged_card.encode(),
+                      congestion_control=block)
+            rogue.put("jepa/t/agentA/probe", probe_payload, attachment=probe_att, congestion_control=block)  # replay
+            wait_until("B to refuse the three messages", lambda: sum(nodeB.inbox.stats.refused.values())
+                       >= refused0 + 3)
+            as_b = Envelope("t", "anchors_req", "agentB", nodeB.agent["fingerprint"], time.time_ns(), 2**63 - 1,
+                            time.time())
+            req = b'{"kind":"anchors_req","version":2,"ids":[1,2],"nonce":"' + b"0" * 32 + b'"}'
+            replies = list(rogue.get("jepa/t/agentA/anchors", payload=req, attachment=as_b.encode(), timeout=5))
+        finally:
+            sub.undeclare()
+            rogue.close()
+        assert replies and all(r.ok is None for r in replies)  # A refused the request under B's name
+        reasons = [r[2] for r in nodeB.inbox.stats.refusals]
+        assert any("bad signature" in r for r in reasons) and any("replayed" in r for r in reasons), reasons
+        assert any("unsigned" in r[2] and r[0] == "anchors_req" for r in nodeA.inbox.stats.refusals)
+        assert nodeB.slot.take() is None and nodeB.slot.stats.loaded == loaded_before  # no new head
+        assert nodeB.slot.current[0] is head_before and nodeB.inbox.cards["agentA"][0] == nodeA.epoch
+        np.testing.assert_array_equal(nodeB.slot.current[0].apply(modelB.infer(framesB)["z"]),
+                                      out_before)  # B's outputs are unchanged
+        # A's later genuine messages: a card (B still follows A's real session), a probe, B's anchor request
+        sent_t = nodeA.publish_probe(agents["probe_path"])
+        wait_until("B to rebuild its head on A's genuine probe", lambda: any(
+            e["event"] == "head_ready" and e.get("sent_t") == sent_t for e in list(events)))
+        z = nodeB.fetch_anchors("agentA", nodeB.inbox.card("agentA"), [0, 1, 2])
+        assert z.shape == (3, 8)
+        assert nodeB.inbox.stats.accepted["card"] >= 2 and nodeB.inbox.cards["agentA"][0] == nodeA.epoch
+
+
+def test_probes_published_while_the_link_is_down_are_applied_when_it_returns(agents, tmp_path):
+    """B reaches A only through a loopback TCP proxy. Cut it, A publishes a new probe, restore: B fetches it
+    on peer_back. Then a probe change B never received a message for is fetched from A's card digests."""
+    from dataclasses import replace
+
+    from tcp_proxy import TcpProxy
+
+    pA, pB = free_loopback_ports(2)
+    events: list[dict] = []
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    genuine = agents["probe"]
+    half, third = tmp_path / "half.probe.safetensors", tmp_path / "third.probe.safetensors"
+    save_probe(half, replace(genuine, weight=genuine.weight * 0.5))
+    save_probe(third, replace(genuine, weight=genuine.weight / 3))
+
+    def b_runs(weight) -> bool:
+        p = nodeB.peer_probes.get("position")
+        return p is not None and np.array_equal(p.weight, weight) and nodeB.slot.current[1].get("reason") in (
+            "peer_back", "probes changed")
+
+    with TcpProxy(pA) as proxy:
+        nodeA = FleetNode(modelA, cfg(pA, []), [agents["probe_path"]], events=events.append)
+        nodeB = FleetNode(modelB, cfg(pB, [proxy.port], follow="agentA"), events=events.append)
+        with nodeA, nodeB:
+            def take_heads() -> None:  # what the frame loop does between frames
+                nodeB.slot.take()
+
+            wait_until("B to calibrate through the proxy", lambda: nodeB.postcard is not None)
+            proxy.cut()
+            wait_until("B to report A lost", lambda: any(e["event"] == "peer_lost" for e in list(events)))
+            nodeA.publish_probe(half)  # B cannot receive this
+            assert not np.array_equal(nodeB.peer_probes["position"].weight, genuine.weight * 0.5)
+            proxy.restore()
+            wait_until("B to fetch the missed probe on peer_back", lambda: (take_heads(), b_runs(
+                genuine.weight * 0.5))[1])
+            assert any(e["event"] == "peer_back" for e in events)
+            # a probe change whose message never arrived: only A's card (its digests) says so
+            nodeA.add_probe_file(third)
+            nodeA._card_probes()
+            wait_until("B to fetch the probe its card announces", lambda: (take_heads(), b_runs(
+                genuine.weight / 3))[1])
+    fetched = [e for e in events if e["event"] == "probes_fetched"]
+    assert [e["reason"] for e in fetched][-2:] == ["peer_back", "probes changed"], fetched
+
+
+def test_a_failed_head_install_keeps_the_old_head_and_the_robot_running(agents, monkeypatch):
+    """An upload error while installing a new head (as ort-cuda can raise): counted, old head kept, loop goes on."""
+    (pA,) = free_loopback_ports(1)
+    events: list[dict] = []
+    modelA = load_model(str(agents["agentA"]["onnx"]), "ort-cpu")
+    node = FleetNode(modelA, cfg(pA, [], fps=200), [agents["probe_path"]], events=events.append)
+    records: list[dict] = []
+    stop = threading.Event()
+    real_set_head, failures = type(modelA)._set_head, []
+
+    def flaky_set_head(self, head):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("cudaMemcpy failed: an illegal memory access was encountered")
+        return real_set_head(self, head)
+
+    with node:
+        t = threading.Thread(target=node.run, args=(ArraySource(sim_frames("top", 64), loop=True),),
+                             kwargs={"stop": stop, "on_frame": lambda r, _: records.append(r)}, daemon=True)
+        t.start()
+        try:
+            wait_until("frames on the initial head", lambda: len(records) >= 5)
+            version0 = records[-1]["head_version"]
+            monkeypatch.setattr(type(modelA), "_set_head", flaky_set_head)
+            node.publish_probe(agents["probe_path"])
+            wait_until("the failed install to be counted", lambda: node.slot.stats.refused == 1)
+            n_failed = len(records)
+            wait_until("frames after the failure", lambda: len(records) >= n_failed + 5)
+            assert records[-1]["head_version"] == version0 and node.slot.current[1]["reason"] == "initial"
+            node.publish_probe(agents["probe_path"])  # the next head installs
+            wait_until("the next head to install", lambda: records[-1]["head_version"] > version0)
+        finally:
+            stop.set()
+            t.join(10)
+    assert [r["frame"] for r in records] == list(range(len(records)))  # the loop never stopped
+    assert "cudaMemcpy failed" in node.slot.stats.refusals[-1].reason and failures == [1]

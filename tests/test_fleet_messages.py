@@ -51,7 +51,8 @@ class Sender:
         self.out_seq = itertools.count(1)
         self.card = AgentCard(self.agent, "jepa-edge test", (8, 8), dict(WORLD), ["position"],
                               {"version": 1, "outputs": [{"name": "position", "start": 0, "stop": 6,
-                                                          "kind": "regression", "labels": list("abcdef")}]})
+                                                          "kind": "regression", "labels": list("abcdef")}]},
+                              {"position": "0" * 64})
 
     def env(self, kind: str, **over) -> bytes:
         fields = {"fleet": FLEET, "kind": kind, "agent": self.name, "fp": self.agent["fingerprint"],

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import threading
 import time
 
 import numpy as np
 import pytest
-from onnx_fixtures import make_encoder, make_model, make_postcard, other_agent, reference_head, write_head_files
+from onnx_fixtures import (
+    make_encoder,
+    make_model,
+    make_postcard,
+    make_probe,
+    other_agent,
+    reference_head,
+    write_head_files,
+)
 from safetensors.numpy import save_file
 
-from jepa_edge.calib.postcard import save_postcard
+from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.calib.postcard import PostcardError, load_postcard, save_postcard
+from jepa_edge.calib.probes import ProbeError, load_probe, save_probe
 from jepa_edge.runtime import HeadWatcher, HeadWatcherConfig, PipelineConfig, load_model, run
 from jepa_edge.runtime.sources import ArraySource
 
@@ -215,3 +227,141 @@ def test_symlinks_and_non_regular_files_are_ignored(setup, tmp_path):
     got = watcher.poll()
     assert got is not None and watcher.stats.refused == 0
     np.testing.assert_allclose(got.weight, head.weight)
+
+
+# ---- files and installs that fail in ways no check names: refused, never fatal -----------------------------
+DEEP = "[" * 20_000 + "]" * 20_000  # 40 KB of nesting: json.loads raises RecursionError on it
+
+
+def _wait_until(cond, timeout_s=60.0):
+    """Poll ``cond`` (the watcher thread's progress); the bound only stops a broken test from hanging."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for the watcher thread"
+        threading.Event().wait(0.01)
+
+
+def _deep_probe_bytes(enc, where):
+    """A probe file whose JSON nests 20 000 levels deep: in the jepa_edge metadata string, or in the header."""
+    from safetensors.numpy import save
+
+    probe = make_probe(enc.agent, "danger", 2, task="classification")
+    text = json.dumps(probe.metadata())
+    if where == "metadata":
+        text = text[:-1] + f', "junk": {DEEP}}}'
+    data = save({"weight": probe.weight, "bias": probe.bias}, metadata={"jepa_edge": text})
+    if where == "header":
+        (n,) = struct.unpack("<Q", data[:8])
+        header = data[8 : 8 + n].decode().rstrip()[:-1] + f', "junk": {DEEP}}}'
+        data = struct.pack("<Q", len(header)) + header.encode() + data[8 + n :]  # tensor offsets are relative
+    return data
+
+
+@pytest.mark.parametrize("where", ["metadata", "header"])
+def test_deeply_nested_json_is_a_probe_error(setup, tmp_path, where):
+    path = tmp_path / "deep.probe.safetensors"
+    path.write_bytes(_deep_probe_bytes(setup["enc"], where))
+    with pytest.raises(ProbeError, match="nested too deeply"):
+        load_probe(path)
+    with pytest.raises(PostcardError, match="nested too deeply"):
+        load_postcard(path.rename(tmp_path / "deep.postcard.safetensors"))
+
+
+def test_watcher_thread_refuses_a_deeply_nested_probe_then_loads_a_good_one(setup, tmp_path):
+    enc = setup["enc"]
+    cfg = HeadWatcherConfig(poll_interval_s=0.01, stable_polls=2, min_age_s=0.0)
+    with HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, cfg) as watcher:
+        atomic_write_bytes(tmp_path / "deep.probe.safetensors", _deep_probe_bytes(enc, "metadata"))
+        _wait_until(lambda: watcher.stats.refused >= 1)
+        assert "nested too deeply" in watcher.stats.refusals[-1].reason
+        assert watcher._thread.is_alive() and watcher.take() is None
+        (tmp_path / "deep.probe.safetensors").unlink()
+        good = make_probe(enc.agent, "danger", 2, seed=9, task="classification")
+        save_probe(tmp_path / "good.probe.safetensors", good)
+        got = []
+        _wait_until(lambda: got.append(watcher.take()) or got[-1] is not None)
+    np.testing.assert_allclose(got[-1].weight, good.weight)
+    assert watcher.stats.refused == 1 and watcher.stats.loaded == 1
+
+
+def test_any_exception_while_building_a_head_is_a_refusal(setup, tmp_path, monkeypatch):
+    """A failure no loader names (a bug, an exotic file) refuses the set with its type, like a bad file."""
+    from jepa_edge.calib import probes
+
+    enc = setup["enc"]
+    write_head_files(tmp_path, enc)
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, NOW)
+
+    def broken(path, *a, **k):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(probes, "load_probe", broken)
+    assert watcher.poll() is None and watcher.poll() is None
+    assert watcher.stats.refused == 1 and watcher.stats.refusals[-1].reason.startswith("RecursionError: ")
+
+
+def test_watcher_thread_survives_a_failed_scan(setup, tmp_path, monkeypatch):
+    enc = setup["enc"]
+    cfg = HeadWatcherConfig(poll_interval_s=0.01, stable_polls=2, min_age_s=0.0)
+    watcher = HeadWatcher(tmp_path, enc.fingerprint, enc.latent_dim, cfg)
+    real_poll, failed = watcher.poll, threading.Event()
+
+    def poll_once_broken():
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("scan blew up")
+        return real_poll()
+
+    monkeypatch.setattr(watcher, "poll", poll_once_broken)
+    with watcher:
+        _wait_until(failed.is_set)
+        good = make_probe(enc.agent, "danger", 2, seed=9, task="classification")
+        save_probe(tmp_path / "good.probe.safetensors", good)
+        got = []
+        _wait_until(lambda: got.append(watcher.take()) or got[-1] is not None)
+    np.testing.assert_allclose(got[-1].weight, good.weight)
+
+
+def test_failed_head_install_keeps_the_old_head_and_the_loop_goes_on(setup, tmp_path):
+    """A device upload that fails (here: the model's head upload raises) is a refusal, not the end of the run."""
+    enc, head0, frames = setup["enc"], setup["head0"], setup["frames"]
+    model = load_model(setup["head_inputs"], "ort-cpu")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watcher = HeadWatcher(inbox, enc.fingerprint, enc.latent_dim, NOW)
+    _, files1 = write_head_files(tmp_path / "v1", enc, seed=1)
+    head2, files2 = write_head_files(tmp_path / "v2", enc, seed=2)
+    real_prepare, armed = model._prepare_head, []
+
+    def upload(state):
+        if armed:
+            armed.clear()
+            raise RuntimeError("cudaMemcpy failed")
+        real_prepare(state)
+
+    model._prepare_head = upload
+    records, outputs = [], []
+
+    def on_frame(record, outs):
+        records.append(record)
+        outputs.append(outs)
+        if record["frame"] in (2, 5):  # a head for frame 3 (whose upload fails), another for frame 6
+            for p in inbox.iterdir():
+                p.unlink()
+            for p in files1 if record["frame"] == 2 else files2:
+                (inbox / f"f{record['frame']}_{p.name}").write_bytes(p.read_bytes())
+            if record["frame"] == 2:
+                armed.append(True)  # the next upload fails
+            watcher.poll()
+            assert watcher.poll() is not None  # loaded: handed to the loop at the next frame
+
+    summary = run(model, ArraySource(frames), PipelineConfig(), head=head0, watcher=watcher, out=None,
+                  on_frame=on_frame)
+    assert summary.frames == len(frames) and summary.reason == "end_of_stream"
+    assert [r["head_version"] for r in records] == [1] * 6 + [2] * 4  # frame 3's install failed: still head 1
+    assert watcher.stats.loaded == 2 and watcher.stats.refused == 1
+    assert watcher.stats.refusals[-1].reason == "RuntimeError: cudaMemcpy failed"
+    assert summary.heads["refused"] == 1 and summary.heads["last_refusal"] == "RuntimeError: cudaMemcpy failed"
+    for i, out in enumerate(outputs):  # frames 0-5 on the old head, 6+ on the good later one
+        for name, value in expected(head0 if i <= 5 else head2, enc, frames[i]).items():
+            np.testing.assert_allclose(out[name], value, atol=ATOL, rtol=0, err_msg=f"frame {i} {name}")

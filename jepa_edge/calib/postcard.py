@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,22 @@ def save_artifact(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[s
     atomic_write_bytes(path, save(arrays, metadata={METADATA_KEY: json.dumps(jsonable(meta), allow_nan=False)}))
 
 
+@contextmanager
+def refused_as(error: type[ValueError], path: str, kind: str) -> Iterator[None]:
+    """Turn any failure while reading an untrusted file into ``error`` naming it (``error`` passes through).
+
+    For cases the explicit checks do not name (e.g. ``RecursionError`` from nesting deep enough to pass
+    ``json.loads`` but not ``str()``): still a refused file, never a crashed reader thread.
+    """
+    try:
+        yield
+    except error:
+        raise
+    except Exception as exc:
+        raise error(f"{path}: cannot read the {kind} file ({type(exc).__name__}: {exc}); "
+                    f"re-download or re-export it") from exc
+
+
 def _read_header(path: Path, data: bytes, error: type[ValueError]) -> dict[str, Any]:
     fix = "re-download or re-export the file"
     if len(data) < 8:
@@ -66,6 +84,8 @@ def _read_header(path: Path, data: bytes, error: type[ValueError]) -> dict[str, 
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{path}: header is not valid JSON ({exc}): not a safetensors file; {fix}") from exc
+    except RecursionError as exc:  # json.loads recurses once per nesting level: [[[[…]]]] ends here
+        raise error(f"{path}: header JSON is nested too deeply to parse: not a jepa-edge file; {fix}") from exc
     if not isinstance(header, dict):
         raise error(f"{path}: header is not a JSON object: not a safetensors file; {fix}")
     return header
@@ -93,7 +113,18 @@ def load_artifact(
 def parse_artifact(
     data: bytes, path: str, kind: str, version: int, error: type[ValueError]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``load_artifact`` on bytes already in memory (e.g. received over the fleet); ``path`` names them."""
+    """``load_artifact`` on bytes already in memory (e.g. received over the fleet); ``path`` names them.
+
+    Every failure is an ``error``: the bytes may come from anywhere, and a reader thread (the head
+    watcher, the fleet inbox) must be able to refuse them without dying.
+    """
+    with refused_as(error, path, kind):
+        return _parse_artifact(data, path, kind, version, error)
+
+
+def _parse_artifact(
+    data: bytes, path: str, kind: str, version: int, error: type[ValueError]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -102,13 +133,17 @@ def parse_artifact(
         tensors = load(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise error(f"{path}: not a readable safetensors file ({exc}); re-download or re-export it") from exc
-    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if raw is None:
+    metadata = header.get("__metadata__") or {}
+    raw = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(raw, str):
         raise error(f"{path}: no '{METADATA_KEY}' metadata: not a jepa-edge {kind}; export it with jepa-edge")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: '{METADATA_KEY}' metadata is not JSON ({exc}); re-export the {kind}") from exc
+    except RecursionError as exc:  # json.loads recurses once per nesting level: [[[[…]]]] ends here
+        raise error(f"{path}: '{METADATA_KEY}' metadata JSON is nested too deeply to parse; "
+                    f"re-export the {kind}") from exc
     if not isinstance(meta, dict) or meta.get("kind") != kind:
         got = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
         raise error(f"{path}: this file is a {got!r}, not a {kind}; pass a *.{kind}.safetensors file")
@@ -250,6 +285,12 @@ def postcard_from_bytes(data: bytes, where: str, expect_source_fingerprint: str 
 def _postcard_from_artifact(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
                             expect_source_fingerprint: str | None, expect_target_fingerprint: str | None
                             ) -> Postcard:
+    with refused_as(PostcardError, path, "postcard"):
+        return _postcard_checked(tensors, meta, path, expect_source_fingerprint, expect_target_fingerprint)
+
+
+def _postcard_checked(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
+                      expect_source_fingerprint: str | None, expect_target_fingerprint: str | None) -> Postcard:
     missing = sorted(set(_TENSORS) - set(tensors))
     extra = sorted(set(tensors) - set(_TENSORS))
     if missing or extra:

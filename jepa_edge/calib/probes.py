@@ -23,6 +23,7 @@ from jepa_edge.calib.postcard import (
     check_fingerprint,
     load_artifact,
     parse_artifact,
+    refused_as,
     save_artifact,
 )
 
@@ -292,6 +293,12 @@ def probe_from_bytes(data: bytes, where: str, expect_agent_fingerprint: str | No
 
 def probe_from_artifact(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
                         expect_agent_fingerprint: str | None = None) -> Probe:
+    with refused_as(ProbeError, path, "probe"):
+        return _probe_checked(tensors, meta, path, expect_agent_fingerprint)
+
+
+def _probe_checked(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: str,
+                   expect_agent_fingerprint: str | None) -> Probe:
     if set(tensors) != {"weight", "bias"}:
         raise ProbeError(f"{path}: tensors are {sorted(tensors)}, a probe holds exactly ['bias', 'weight']; re-export it")
     for key in ("name", "task", "agent", "outputs"):

@@ -16,13 +16,15 @@ class _Lines:
     """JSON lines to a file, flushed per line (another process may follow it); thread-safe."""
 
     def __init__(self, path: str | Path | None) -> None:
-        self._f = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
+        self._path, self._f = path, None  # opened at the first record: a run that fails to start leaves no file
         self._lock = threading.Lock()
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if self._f is None:
+        if not self._path:
             return
         with self._lock:
+            if self._f is None:
+                self._f = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._f.write(json.dumps(record, default=str) + "\n")
             self._f.flush()
 

@@ -3,11 +3,18 @@
 ``accept(kind, agent, payload, attachment)`` decodes a message (size cap first,
 then schema; see ``messages``), then checks it against what is already known:
 
+* with a trust store (a trusted-keys file; ``jepa_edge.fleet.keys``), right after the size cap and before the
+  payload is parsed: the message is signed, by a key the file lists for *this* sender, allowed this kind, and
+  the signature covers the envelope and the payload's digest (outputs: their bytes, fleet and sender);
 * the envelope names this fleet, the key expression's sender and kind;
 * the sender has a card for this epoch, and the message's fingerprint is the card's
   (a card from a *newer* epoch replaces the old one: the peer restarted);
 * sequence numbers increase per (sender, kind) within an epoch: a replayed,
   duplicated or reordered message is refused, so is one from an older epoch;
+* no lock-out by one message: an epoch (session start) more than ``max_future_s`` ahead of our clock is
+  refused, and so is a seq higher than the sender could have sent since its epoch began
+  (``seq_slack + elapsed_s * max_seq_rate``), so a forged far-future epoch or seq 2^63-1 cannot make the
+  genuine messages that follow look old;
 * the send time is at most ``max_age_s`` old and not from the future;
 * probes read the sender's latents (fingerprint, dim); outputs match the layout
   version and width of the sender's card; anchor replies answer a request this
@@ -25,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa_edge.fleet.messages import (
     KINDS,
@@ -34,6 +41,7 @@ from jepa_edge.fleet.messages import (
     Envelope,
     FleetLimits,
     FleetMessageError,
+    capped,
     decode_anchor_reply,
     decode_anchor_request,
     decode_card,
@@ -42,7 +50,11 @@ from jepa_edge.fleet.messages import (
     decode_postcard,
     decode_probe,
     fp8_of,
+    outputs_signing_bytes,
 )
+
+if TYPE_CHECKING:
+    from jepa_edge.fleet.keys import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +65,14 @@ class InboxConfig:
     max_future_s: float = 5.0  # a message this far ahead of our clock is refused
     expect_fingerprints: dict[str, str] = field(default_factory=dict)  # agent → pinned encoder fingerprint
     keep_refusals: int = 100  # most recent refusals kept for inspection
+    max_seq_rate: float = 100_000.0  # messages/s per (sender, kind) a seq may have advanced at since its epoch
+    seq_slack: int = 1000  # … plus this many
 
     def validate(self) -> None:
         if self.max_age_s <= 0 or self.max_future_s < 0 or self.keep_refusals < 0:
             raise ValueError("InboxConfig: need max_age_s > 0, max_future_s >= 0, keep_refusals >= 0")
+        if self.max_seq_rate <= 0 or self.seq_slack < 0:
+            raise ValueError("InboxConfig: need max_seq_rate > 0 and seq_slack >= 0")
 
 
 @dataclass(frozen=True)
@@ -83,8 +99,10 @@ class Inbox:
     """Validation state for one node: peers' cards, sequence counters, open anchor requests (thread-safe)."""
 
     def __init__(self, fleet: str, limits: FleetLimits | None = None, config: InboxConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, trust: TrustStore | None = None) -> None:
+        """``trust``: the fleet's trusted keys; with it every message must be signed (None: unauthenticated)."""
         self.fleet, self.limits = fleet, limits or FleetLimits()
+        self.trust = trust
         self.config = config or InboxConfig()
         self.config.validate()
         self.clock = clock
@@ -102,7 +120,7 @@ class Inbox:
             with self._lock:
                 got = self._accept(kind, agent, payload, attachment)
         except FleetMessageError as exc:
-            self.refuse(kind, agent, str(exc))
+            self.refuse(kind, agent or _asker(attachment, self.limits), str(exc))
             return None
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the robot down; refuse and log it
             self.refuse(kind, agent, f"unexpected {type(exc).__name__}: {str(exc)[:200]}")
@@ -145,7 +163,13 @@ class Inbox:
         if env.fleet != self.fleet or env.agent != agent or env.kind != kind:
             raise FleetMessageError(f"envelope says {env.fleet}/{env.agent}/{env.kind}, the key expression "
                                     f"{self.fleet}/{agent}/{kind}")
+        if self.trust is not None:  # authenticated before the payload is parsed
+            payload = capped(kind, payload, self.limits)
+            if not env.kid:
+                raise FleetMessageError("unsigned (this fleet requires signed messages)")
+            self.trust.verify(env.kid, agent, kind, env.signing_bytes(payload), bytes.fromhex(env.sig))
         self._fresh_time(env.t)
+        self._plausible(env.epoch, env.seq)
         if kind == "card":
             return self._card(env, payload)
         if kind == "anchors_req":  # a request from any fleet member; no card needed to ask
@@ -169,6 +193,17 @@ class Inbox:
             raise FleetMessageError(f"stale: sent {now - t:.1f} s ago (max_age_s={self.config.max_age_s})")
         if t - now > self.config.max_future_s:
             raise FleetMessageError(f"sent {t - now:.1f} s in the future; check the robots' clocks")
+
+    def _plausible(self, epoch: int, seq: int) -> None:
+        """Refuse a session start from the future and a seq the sender cannot have reached (no lock-out)."""
+        now = self.clock()
+        started = epoch / 1e9  # epoch: the sender's session start, time_ns
+        if started - now > self.config.max_future_s:
+            raise FleetMessageError(f"session epoch {started - now:.1f} s in the future; check the robots' clocks")
+        most = self.config.seq_slack + max(0.0, now - started) * self.config.max_seq_rate
+        if seq > most:
+            raise FleetMessageError(f"seq {seq} is more than the sender can have sent in the "
+                                    f"{max(0.0, now - started):.1f} s since its session began")
 
     def _bump(self, agent: str, kind: str, epoch: int, seq: int) -> None:
         """Accept (epoch, seq) only if it is after the last one seen for (agent, kind)."""
@@ -225,6 +260,10 @@ class Inbox:
 
     def _outputs(self, agent: str, payload: Any) -> Accepted:
         out = decode_outputs(payload, self.limits)
+        if self.trust is not None:
+            if not out.kid:
+                raise FleetMessageError("unsigned outputs (this fleet requires signed messages)")
+            self.trust.verify(out.kid, agent, "outputs", outputs_signing_bytes(self.fleet, agent, out.body), out.sig)
         entry = self.cards.get(agent)
         if entry is None:
             raise FleetMessageError("no card from this sender yet")
@@ -237,5 +276,14 @@ class Inbox:
             raise FleetMessageError(f"outputs: layout v{out.layout_version} with {len(out.values)} values, the card "
                                     f"has v{card.layout['version']} with {card.layout_width()}")
         self._fresh_time(out.t)
+        self._plausible(out.epoch, out.seq)
         self._bump(agent, "outputs", out.epoch, out.seq)
         return Accepted("outputs", agent, None, out)
+
+
+def _asker(attachment: Any, limits: FleetLimits) -> str:
+    """The sender an anchor request's envelope names (its key expression names the answering node), for the log."""
+    try:
+        return decode_envelope(attachment, limits).agent
+    except Exception:  # noqa: BLE001 - no readable envelope: the log says "?"
+        return "?"

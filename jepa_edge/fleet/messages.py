@@ -20,11 +20,12 @@ sender's card, replayed or stale sequence numbers, nonces) live in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import numpy as np
 from jepa_edge.calib.postcard import METADATA_KEY, Postcard, check_agent, jsonable, parse_artifact
 from jepa_edge.calib.probes import Probe
 
-FLEET_VERSION = 1
+FLEET_VERSION = 2  # 2: envelopes and outputs may be signed; cards carry probe digests
 KINDS = ("card", "probe", "postcard", "anchors_req", "anchors", "outputs")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fleet and agent names: safe inside a Zenoh key expression
 FP_RE = re.compile(r"[0-9a-f]{64}")  # sha256 hex of an encoder (jepa_edge.calib.fingerprint)
@@ -84,7 +85,7 @@ def _float(what: str, v: Any) -> float:
     return float(v)
 
 
-def _capped(kind: str, data: Any, limits: FleetLimits) -> bytes:
+def capped(kind: str, data: Any, limits: FleetLimits) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FleetMessageError(f"{kind}: payload is {type(data).__name__}, expected bytes")
     n, cap = len(data), limits.cap(kind)
@@ -135,26 +136,59 @@ class Envelope:
     epoch: int  # sender's session start (time_ns); a restart starts a new, larger epoch
     seq: int  # per (sender, kind), increasing within an epoch
     t: float  # send time, unix seconds
+    kid: str = ""  # signing key's id (jepa_edge.fleet.keys); "" = unsigned
+    sig: str = ""  # hex Ed25519 signature of signing_bytes(payload); "" = unsigned
+
+    def canonical(self) -> bytes:
+        """Sorted-key compact JSON of every field but ``sig``: what is signed (the receiver rebuilds it)."""
+        fields = {"v": FLEET_VERSION, **asdict(self)}
+        fields.pop("sig")
+        if not self.kid:
+            fields.pop("kid")
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def signing_bytes(self, payload: bytes) -> bytes:
+        return ENVELOPE_DOMAIN + self.canonical() + b"\0" + hashlib.sha256(payload).digest()
+
+    def signed(self, payload: bytes, signer: Any) -> Envelope:
+        """This envelope with ``signer``'s key id and its signature over the envelope and ``payload``."""
+        env = replace(self, kid=signer.kid, sig="")
+        return replace(env, sig=signer.sign(env.signing_bytes(payload)).hex())
 
     def encode(self) -> bytes:
-        return _dumps({"v": FLEET_VERSION, **asdict(self)})
+        obj = {"v": FLEET_VERSION, **asdict(self)}
+        if not self.kid:
+            obj.pop("kid"), obj.pop("sig")
+        return _dumps(obj)
+
+
+ENVELOPE_DOMAIN = b"jepa-edge/fleet/v2/envelope\0"
+OUTPUTS_DOMAIN = b"jepa-edge/fleet/v2/outputs\0"
+_ENV_KEYS = {"v", "fleet", "kind", "agent", "fp", "epoch", "seq", "t"}
+KID_RE = re.compile(r"[0-9a-f]{16}")
+SIG_RE = re.compile(r"[0-9a-f]{128}")
 
 
 def decode_envelope(data: Any, limits: FleetLimits) -> Envelope:
     if data is None:
         raise FleetMessageError("no envelope (attachment) on the message")
-    data = _capped("envelope", data, limits)
+    data = capped("envelope", data, limits)
     obj = _json_object("envelope", data)
-    _exact_keys("envelope", obj, {"v", "fleet", "kind", "agent", "fp", "epoch", "seq", "t"})
+    if set(obj) != _ENV_KEYS and set(obj) != _ENV_KEYS | {"kid", "sig"}:
+        raise FleetMessageError(f"envelope: keys {sorted(obj)}, expected {sorted(_ENV_KEYS)} (+ kid, sig if signed)")
     if obj["v"] != FLEET_VERSION:
         raise FleetMessageError(f"envelope: version {obj['v']!r}, this jepa-edge reads {FLEET_VERSION}")
     if obj["kind"] not in KINDS or obj["kind"] == "outputs":
         raise FleetMessageError(f"envelope: kind {obj['kind']!r} is not an enveloped fleet message")
     if not isinstance(obj["fp"], str) or not FP_RE.fullmatch(obj["fp"]):
         raise FleetMessageError("envelope: fp must be a 64-character lowercase sha256 hex")
+    kid, sig = obj.get("kid", ""), obj.get("sig", "")
+    if "kid" in obj and not (isinstance(kid, str) and KID_RE.fullmatch(kid) and isinstance(sig, str)
+                             and SIG_RE.fullmatch(sig)):
+        raise FleetMessageError("envelope: kid must be 16 and sig 128 lowercase hex characters")
     return Envelope(check_name("envelope fleet", obj["fleet"]), obj["kind"], check_name("envelope agent", obj["agent"]),
                     obj["fp"], _int("envelope epoch", obj["epoch"]), _int("envelope seq", obj["seq"]),
-                    _float("envelope t", obj["t"]))
+                    _float("envelope t", obj["t"]), kid, sig)
 
 
 # ---------------------------------------------------------------- agent card
@@ -168,6 +202,7 @@ class AgentCard:
     anchor_world: dict[str, int]  # {seed, steps, pool}: the moments this robot can encode on request
     tasks: list[str] = field(default_factory=list)  # names of the probes it publishes
     layout: dict[str, Any] = field(default_factory=lambda: {"version": 0, "outputs": []})  # of its outputs stream
+    probes: dict[str, str] = field(default_factory=dict)  # task → sha256 of the probe file it publishes
 
     @property
     def fingerprint(self) -> str:
@@ -180,7 +215,7 @@ class AgentCard:
     def encode(self) -> bytes:
         return _dumps({"kind": "card", "version": FLEET_VERSION, "agent": self.agent, "software": self.software,
                        "input_size": list(self.input_size), "anchor_world": self.anchor_world,
-                       "tasks": self.tasks, "layout": self.layout})
+                       "tasks": self.tasks, "layout": self.layout, "probes": self.probes})
 
     def layout_width(self) -> int:
         return int(self.layout["outputs"][-1]["stop"]) if self.layout["outputs"] else 0
@@ -205,8 +240,9 @@ def _check_layout(layout: Any) -> dict[str, Any]:
 
 
 def decode_card(data: Any, limits: FleetLimits) -> AgentCard:
-    obj = _json_object("card", _capped("card", data, limits))
-    _exact_keys("card", obj, {"kind", "version", "agent", "software", "input_size", "anchor_world", "tasks", "layout"})
+    obj = _json_object("card", capped("card", data, limits))
+    _exact_keys("card", obj, {"kind", "version", "agent", "software", "input_size", "anchor_world", "tasks", "layout",
+                              "probes"})
     _version("card", obj)
     try:
         agent = check_agent("card", "agent", obj["agent"], FleetMessageError)
@@ -227,11 +263,15 @@ def decode_card(data: Any, limits: FleetLimits) -> AgentCard:
     tasks = obj["tasks"]
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks) or len(tasks) > 256:
         raise FleetMessageError("card: tasks must be a list of at most 256 names")
+    probes = obj["probes"]
+    if not isinstance(probes, dict) or set(probes) != set(tasks) or not all(
+            isinstance(d, str) and FP_RE.fullmatch(d) for d in probes.values()):
+        raise FleetMessageError("card: probes must map each task to the sha256 hex of its probe file")
     if not isinstance(obj["software"], str) or len(obj["software"]) > 128:
         raise FleetMessageError("card: software must be a short string")
     return AgentCard(agent, obj["software"], (_int("card input H", size[0], 1, 1 << 16),
                                               _int("card input W", size[1], 1, 1 << 16)),
-                     dict(world), list(tasks), _check_layout(obj["layout"]))
+                     dict(world), list(tasks), _check_layout(obj["layout"]), dict(probes))
 
 
 # ---------------------------------------------------------------- probes and postcards (file bytes)
@@ -261,7 +301,7 @@ def decode_probe(data: Any, where: str, agent_fp: str, latent_dim: int, limits: 
     """A probe that must read the sender's own latents (fingerprint and dim of its card)."""
     from jepa_edge.calib.probes import probe_from_bytes
 
-    data = _capped("probe", data, limits)
+    data = capped("probe", data, limits)
     try:
         probe = probe_from_bytes(data, where, expect_agent_fingerprint=agent_fp)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -276,7 +316,7 @@ def decode_postcard(data: Any, where: str, sender_fp: str, limits: FleetLimits) 
     """A postcard one of whose ends is the sender's encoder."""
     from jepa_edge.calib.postcard import postcard_from_bytes
 
-    data = _capped("postcard", data, limits)
+    data = capped("postcard", data, limits)
     try:
         pc = postcard_from_bytes(data, where)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -300,7 +340,7 @@ class AnchorRequest:
 
 
 def decode_anchor_request(data: Any, limits: FleetLimits) -> AnchorRequest:
-    obj = _json_object("anchors_req", _capped("anchors_req", data, limits))
+    obj = _json_object("anchors_req", capped("anchors_req", data, limits))
     _exact_keys("anchors_req", obj, {"kind", "version", "ids", "nonce"})
     _version("anchors_req", obj)
     ids = obj["ids"]
@@ -326,7 +366,7 @@ def encode_anchor_reply(z: np.ndarray, request: AnchorRequest, agent: dict[str, 
 def decode_anchor_reply(data: Any, where: str, request: AnchorRequest, card: AgentCard,
                         limits: FleetLimits) -> np.ndarray:
     """``z (N, D)`` for exactly the requested ids, from the agent of ``card``."""
-    data = _capped("anchors", data, limits)
+    data = capped("anchors", data, limits)
     try:
         tensors, meta = parse_artifact(data, where, "anchors", FLEET_VERSION, FleetMessageError)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -346,9 +386,11 @@ def decode_anchor_reply(data: Any, where: str, request: AnchorRequest, card: Age
 
 # ---------------------------------------------------------------- outputs (compact binary)
 
-OUT_MAGIC = b"JEO1"
+OUT_MAGIC = b"JEO1"  # unsigned
+OUT_MAGIC_SIGNED = b"JEO2"  # followed, after the values, by the key id (8 bytes) and an Ed25519 signature (64)
 # magic, first 8 bytes of the fingerprint, epoch, seq, frame index, time, layout version, value count
 OUT_HEADER = struct.Struct("<4s8sQQQdIH")  # 50 bytes, little-endian, no padding
+OUT_TRAILER = 8 + 64  # signed: key id + signature over OUTPUTS_DOMAIN, fleet, agent and the bytes before it
 
 
 @dataclass(frozen=True)
@@ -360,28 +402,44 @@ class Outputs:
     t: float  # capture time of the frame, unix seconds
     layout_version: int  # which card layout names the values
     values: np.ndarray  # (K,) float32, the head outputs (z excluded) in layout order
+    kid: str = ""  # signed: the key id (16 hex); "" = unsigned
+    sig: bytes = b""  # signed: 64 bytes
+    body: bytes = b""  # decoded: the bytes the signature covers (header + values)
 
-    def encode(self) -> bytes:
+    def encode(self, signer: Any = None, fleet: str = "", agent: str = "") -> bytes:
+        """The wire bytes; with ``signer``, signed for ``fleet``/``agent`` (both bound into the signature)."""
         v = np.ascontiguousarray(self.values, "<f4").reshape(-1)  # (K,)
-        return OUT_HEADER.pack(OUT_MAGIC, self.fp8, self.epoch, self.seq, self.frame, self.t,
+        magic = OUT_MAGIC if signer is None else OUT_MAGIC_SIGNED
+        body = OUT_HEADER.pack(magic, self.fp8, self.epoch, self.seq, self.frame, self.t,
                                self.layout_version, len(v)) + v.tobytes()
+        if signer is None:
+            return body
+        return body + signer.kid8 + signer.sign(outputs_signing_bytes(fleet, agent, body))
+
+
+def outputs_signing_bytes(fleet: str, agent: str, body: bytes) -> bytes:
+    return OUTPUTS_DOMAIN + fleet.encode() + b"\0" + agent.encode() + b"\0" + body
 
 
 def decode_outputs(data: Any, limits: FleetLimits) -> Outputs:
-    data = _capped("outputs", data, limits)
+    data = capped("outputs", data, limits)
     if len(data) < OUT_HEADER.size:
         raise FleetMessageError(f"outputs: {len(data)} bytes, shorter than the {OUT_HEADER.size}-byte header")
     magic, fp8, epoch, seq, frame, t, layout_version, n = OUT_HEADER.unpack_from(data)
-    if magic != OUT_MAGIC:
-        raise FleetMessageError(f"outputs: magic {magic!r}, expected {OUT_MAGIC!r}")
-    if len(data) != OUT_HEADER.size + 4 * n:
-        raise FleetMessageError(f"outputs: {len(data)} bytes for {n} values (expected {OUT_HEADER.size + 4 * n})")
+    if magic not in (OUT_MAGIC, OUT_MAGIC_SIGNED):
+        raise FleetMessageError(f"outputs: magic {magic!r}, expected {OUT_MAGIC!r} or {OUT_MAGIC_SIGNED!r}")
+    size = OUT_HEADER.size + 4 * n
+    signed = magic == OUT_MAGIC_SIGNED
+    if len(data) != size + (OUT_TRAILER if signed else 0):
+        raise FleetMessageError(f"outputs: {len(data)} bytes for {n} values "
+                                f"(expected {size + (OUT_TRAILER if signed else 0)})")
     values = np.frombuffer(data, "<f4", count=n, offset=OUT_HEADER.size).astype(np.float32)  # (n,)
     if not math.isfinite(t) or not np.all(np.isfinite(values)):
         raise FleetMessageError("outputs: time or values contain NaN or Inf")
     if max(epoch, seq, frame) > MAX_INT:
         raise FleetMessageError("outputs: epoch/seq/frame out of range")
-    return Outputs(fp8, epoch, seq, frame, t, layout_version, values)
+    kid, sig = (data[size : size + 8].hex(), data[size + 8 :]) if signed else ("", b"")
+    return Outputs(fp8, epoch, seq, frame, t, layout_version, values, kid, sig, data[:size])
 
 
 def fp8_of(fingerprint: str) -> bytes:

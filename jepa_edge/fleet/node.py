@@ -18,6 +18,7 @@ Everything received goes through an ``Inbox`` first.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -52,7 +53,7 @@ from jepa_edge.fleet.messages import (
 )
 from jepa_edge.fleet.moments import AnchorWorld, moment_frames
 from jepa_edge.fleet.transport import TransportConfig, import_zenoh, open_session
-from jepa_edge.runtime.headswap import WatcherStats
+from jepa_edge.runtime.headswap import RefusesHeads, WatcherStats
 from jepa_edge.runtime.model import Model
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class FleetConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
     limits: FleetLimits = field(default_factory=FleetLimits)
+    key: str = ""  # this robot's Ed25519 private key (PEM; jepa-edge fleet keygen): every message it sends is signed
+    trusted_keys: str = ""  # the fleet's trusted-keys file: every message received must be signed by a key in it
 
     def validate(self) -> None:
         check_name("fleet", self.fleet)
@@ -98,19 +101,23 @@ class FleetConfig:
             raise ValueError("FleetConfig: need card_period_s > 0, peer_timeout_s > card_period_s, query_timeout_s > 0")
         if self.fps < 0:
             raise ValueError("FleetConfig.fps must be >= 0")
+        if self.trusted_keys and not self.key:
+            raise ValueError("FleetConfig: a fleet with trusted_keys requires signed messages; give this robot its "
+                             "key (--key, made by jepa-edge fleet keygen)")
 
     def ids(self) -> list[int]:
         return list(self.anchor_ids) if self.anchor_ids else list(range(self.n_anchors))
 
 
-class HeadSlot:
-    """What the pipeline's ``watcher`` needs: ``take()`` the newest head once, and ``stats``."""
+class HeadSlot(RefusesHeads):
+    """What the pipeline's ``watcher`` needs: ``take()`` the newest head once, ``stats`` and ``refuse()``."""
 
     def __init__(self, initial: FusedHead | None) -> None:
         self.stats = WatcherStats()
         self._lock = threading.Lock()
         self._pending: tuple[FusedHead, dict[str, Any]] | None = None
         self.current: tuple[FusedHead | None, dict[str, Any]] = (initial, {"reason": "initial"})
+        self._before = self.current  # what ran before the last take(): restored if its install fails
 
     def put(self, head: FusedHead, tag: dict[str, Any]) -> None:
         with self._lock:
@@ -121,8 +128,14 @@ class HeadSlot:
         with self._lock:
             pending, self._pending = self._pending, None
             if pending is not None:
-                self.current = pending
+                self._before, self.current = self.current, pending
         return None if pending is None else pending[0]
+
+    def refuse(self, files: list[str], exc: BaseException, what: str) -> None:
+        """The pipeline could not install the head last taken: the one before it still runs."""
+        with self._lock:
+            self.current = self._before
+        super().refuse(files, exc, what)
 
 
 def _layout(outputs: dict[str, np.ndarray], head: FusedHead | None, version: int) -> dict[str, Any]:
@@ -152,10 +165,12 @@ class FleetNode:
         self.view = config.view or meta.agent_view
         self.agent = {"name": self.name, "fingerprint": meta.agent_fingerprint, "latent_dim": meta.latent_dim,
                       "view": self.view}
+        self.signer, trust = _keys(config, self.name)
         self.own_probes: dict[str, tuple[Probe, bytes]] = {}
         for path in probe_files:
             self.add_probe_file(path)
-        self.inbox = Inbox(config.fleet, config.limits, config.inbox)
+        self.inbox = Inbox(config.fleet, config.limits, config.inbox, trust=trust)
+        self._peer_digests: dict[str, str] = {}  # the followed peer's probes received: task → sha256 of the bytes
         self.slot = HeadSlot(self._own_head())
         self._events = events
         self._seq: dict[str, itertools.count] = {}
@@ -172,8 +187,8 @@ class FleetNode:
         self._head_version = -1
         self._next_frame_t = 0.0
         self.epoch = 0
-        self.card = AgentCard(self.agent, f"jepa-edge {_version()}", meta.input_size, config.world.to_dict(),
-                              sorted(self.own_probes))
+        self.card = AgentCard(self.agent, f"jepa-edge {_version()}", meta.input_size, config.world.to_dict())
+        self._card_probes()
 
     # ---- setup --------------------------------------------------------------------------------
     def add_probe_file(self, path: str | Path) -> str:
@@ -185,6 +200,10 @@ class FleetNode:
         probe = decode_probe(data, str(path), self.agent["fingerprint"], self.agent["latent_dim"], self.cfg.limits)
         self.own_probes[probe.name] = (probe, data)
         return probe.name
+
+    def _card_probes(self) -> None:
+        self.card.tasks = sorted(self.own_probes)
+        self.card.probes = {k: hashlib.sha256(self.own_probes[k][1]).hexdigest() for k in self.card.tasks}
 
     def _own_head(self) -> FusedHead | None:
         if not self.own_probes:
@@ -246,15 +265,17 @@ class FleetNode:
         self.close()
 
     # ---- publishing ---------------------------------------------------------------------------
-    def _envelope(self, kind: str) -> Envelope:
+    def _envelope(self, kind: str, payload: bytes) -> Envelope:
+        """The next envelope of ``kind`` for ``payload``, signed when this robot has a key (hold _pub_lock)."""
         counter = self._seq.setdefault(kind, itertools.count())
-        return Envelope(self.cfg.fleet, kind, self.name, self.agent["fingerprint"], self.epoch, next(counter),
-                        time.time())
+        env = Envelope(self.cfg.fleet, kind, self.name, self.agent["fingerprint"], self.epoch, next(counter),
+                       time.time())
+        return env if self.signer is None else env.signed(payload, self.signer)
 
     def _put(self, kind: str, payload: bytes) -> float:
         """Publish one enveloped message; returns its send time (the envelope's ``t``)."""
         with self._pub_lock:
-            env = self._envelope(kind)
+            env = self._envelope(kind, payload)
             self._session.put(key_expr(self.cfg.fleet, self.name, kind), payload, attachment=env.encode(),
                               express=True)
         return env.t
@@ -265,12 +286,14 @@ class FleetNode:
     def publish_probe(self, path: str | Path) -> float:
         """Add or replace one of this robot's probes, install it in the head and publish it; returns the send time."""
         name = self.add_probe_file(path)
-        self.card.tasks = sorted(self.own_probes)
+        self._card_probes()
         if self.postcard is not None:
             self._rebuild({"reason": "own probe"})
         else:
             self.slot.put(self._own_head(), {"reason": "own probe", "ready_t": time.time()})
-        return self._put("probe", self.own_probes[name][1])
+        t = self._put("probe", self.own_probes[name][1])
+        self.publish_card()  # its probe digests changed: a follower that missed the probe fetches it again
+        return t
 
     # ---- receiving ----------------------------------------------------------------------------
     def _on_sample(self, kind: str, sample: Any) -> None:
@@ -279,12 +302,14 @@ class FleetNode:
         if agent == self.name:
             return
         att = sample.attachment
-        got = self.inbox.accept(kind, agent, sample.payload.to_bytes(), None if att is None else att.to_bytes())
+        payload = sample.payload.to_bytes()
+        got = self.inbox.accept(kind, agent, payload, None if att is None else att.to_bytes())
         if got is None:
             return
         if kind == "card" and agent == self.cfg.follow:
             self._on_peer_card(got)
         elif kind == "probe":  # installed by the worker thread, which owns peer_probes
+            self._peer_digests[got.value.name] = hashlib.sha256(payload).hexdigest()
             self._job(("rebuild", {"reason": "probe", "probe": got.value, "sent_t": got.envelope.t}))
         elif kind == "postcard":
             self._event("postcard", peer=agent, name=got.value.name)
@@ -292,9 +317,15 @@ class FleetNode:
     def _on_peer_card(self, got: Accepted) -> None:
         if got.new_epoch:
             self._job(("attach", {"epoch": got.envelope.epoch, "fingerprint": got.value.fingerprint}))
-        elif not self.peer_alive:
+            self.peer_alive = self.postcard is not None  # a restarted peer: the attach fetches its probes
+            return
+        if not self.peer_alive and self.postcard is not None:
             self.peer_alive = True
             self._event("peer_back", peer=got.agent)
+            self._job(("refetch", {"reason": "peer_back"}))  # probes published while the link was down
+        elif got.value.probes != self._peer_digests and self.postcard is not None:
+            self._peer_digests = dict(got.value.probes)  # asked once per change, not on every heartbeat
+            self._job(("refetch", {"reason": "probes changed"}))
 
     def _on_anchor_query(self, query: Any) -> None:
         att = query.attachment
@@ -309,14 +340,15 @@ class FleetNode:
             query.reply_err(b"moment id outside the anchor pool")
             return
         reply = encode_anchor_reply(self._anchor_z[list(req.ids)], req, self.agent)
-        env = self._envelope("anchors")
+        with self._pub_lock:
+            env = self._envelope("anchors", reply)
         query.reply(key_expr(self.cfg.fleet, self.name, "anchors"), reply, attachment=env.encode())
         self._event("anchors_served", peer=got.agent, n=len(req.ids))
 
     def _on_probe_query(self, query: Any) -> None:
         for _, data in self.own_probes.values():
             with self._pub_lock:
-                env = self._envelope("probe")
+                env = self._envelope("probe", data)
             query.reply(key_expr(self.cfg.fleet, self.name, "probe"), data, attachment=env.encode())
 
     def watch_outputs(self, agent: str, callback: Callable[[Accepted], None]) -> None:
@@ -358,6 +390,8 @@ class FleetNode:
             try:
                 if kind == "attach":
                     self._attach(info)
+                elif kind == "refetch":
+                    self._refetch(info)
                 else:
                     self._rebuild(info)
             except Exception as exc:  # noqa: BLE001 - keep the current head and keep running
@@ -377,6 +411,7 @@ class FleetNode:
         if max(self.cfg.ids()) >= card.anchor_world["pool"]:
             raise ValueError(f"{peer} encodes only moments 0..{card.anchor_world['pool'] - 1}; ask for fewer anchors")
         self.peer_probes = self._fetch_probes(peer)
+        self._peer_digests = dict(card.probes)
         calibrated = False
         if self.postcard is None or self.postcard.target_fingerprint != card.fingerprint:
             self.postcard = self.calibrate(peer, card)
@@ -388,6 +423,17 @@ class FleetNode:
         if calibrated:
             self.publish_card()  # peers check a postcard against its sender's card
             self._put("postcard", postcard_bytes(self.postcard))
+
+    def _refetch(self, info: dict[str, Any]) -> None:
+        """Ask the followed peer for its probes again and rebuild the head if any differs from what runs."""
+        peer = self.cfg.follow
+        fetched = self._fetch_probes(peer)
+        changed = {k for k, p in fetched.items() if k not in self.peer_probes or not (
+            np.array_equal(p.weight, self.peer_probes[k].weight) and np.array_equal(p.bias, self.peer_probes[k].bias))}
+        self._event("probes_fetched", peer=peer, probes=sorted(fetched), changed=sorted(changed), **info)
+        if changed:
+            self.peer_probes.update({k: fetched[k] for k in changed})
+            self._rebuild({**info, "probes": sorted(changed)})
 
     def _fetch_probes(self, peer: str) -> dict[str, Probe]:
         probes: dict[str, Probe] = {}
@@ -406,7 +452,7 @@ class FleetNode:
         req = AnchorRequest(tuple(int(i) for i in ids), os.urandom(16).hex())
         self.inbox.expect_anchors(peer, req)
         with self._pub_lock:
-            env = self._envelope("anchors_req")
+            env = self._envelope("anchors_req", req.encode())
         try:
             for reply in self._session.get(key_expr(self.cfg.fleet, peer, "anchors"), payload=req.encode(),
                                            attachment=env.encode(), timeout=self.cfg.query_timeout_s):
@@ -467,7 +513,7 @@ class FleetNode:
             seq = next(self._seq.setdefault("outputs", itertools.count()))
         msg = Outputs(fp8_of(self.agent["fingerprint"]), self.epoch, seq, int(record["frame"]), float(record["t"]),
                       self.card.layout["version"], values)
-        self._outputs_pub.put(msg.encode())
+        self._outputs_pub.put(msg.encode(self.signer, self.cfg.fleet, self.name))
         if self.cfg.fps > 0:
             now = time.perf_counter()
             self._next_frame_t = max(self._next_frame_t + 1.0 / self.cfg.fps, now)
@@ -492,6 +538,24 @@ class FleetNode:
         log.info("fleet %s: %s", self.name, json.dumps(record, default=str))
         if self._events is not None:
             self._events(record)
+
+
+def _keys(config: FleetConfig, name: str) -> tuple[Any, Any]:
+    """(signer or None, trust store or None) from the config's key files; the robot's own key must be the one
+    the trusted-keys file lists for it, if it lists it."""
+    if not config.key:
+        return None, None
+    from jepa_edge.fleet.keys import FleetKeyError, load_signer, load_trust
+
+    signer = load_signer(config.key)
+    trust = load_trust(config.trusted_keys) if config.trusted_keys else None
+    if trust is None:
+        log.warning("fleet %s: messages sent are signed, messages received are NOT authenticated "
+                    "(pass --trusted-keys)", name)
+    elif name in trust.agents and trust.agents[name].kid != signer.kid:
+        raise FleetKeyError(f"{config.key} is not the key {config.trusted_keys} lists for {name}; "
+                            "use this robot's own key or update the trusted-keys file")
+    return signer, trust
 
 
 def _version() -> str:

@@ -544,6 +544,7 @@ class OrtModel(Model):
             stages["compute"] = (time.perf_counter() - t0) * 1e3
         return values
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        """Drop the sessions and bound device buffers (``close()`` calls this with no frame in flight)."""
         self._sess = self._io = None
         self._graphs, self._slots = {}, {}

@@ -530,7 +530,8 @@ class TrtModel(Model):
             cuda_call(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
         self._graphs = {}
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        """Free graphs, buffers, events and the stream (``close()`` calls this with no frame in flight)."""
         if getattr(self, "_stream", None) is None:
             return
         cudart = import_cudart()

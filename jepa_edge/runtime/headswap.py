@@ -6,8 +6,9 @@ in a row and its newest file is ``min_age_s`` old, so a half-copied file is
 never read. Only regular files count: symlinks (which could point anywhere on
 the robot), folders, FIFOs and devices are ignored, and every file is
 size-capped before it is parsed (the calib loaders). The head is built with the calib loaders and ``build_head``
-(fingerprint and shape checks); a bad set is refused (logged, counted, reason
-kept) and the previous head keeps running. ``take()`` hands a new head to the
+(fingerprint and shape checks); a bad set is refused, whatever it raises
+(logged, counted, reason kept), and the previous head keeps running; the
+background thread survives any failed scan. ``take()`` hands a new head to the
 pipeline exactly once; ``HeadStage.swap`` installs it between two frames
 (one reference assignment: no engine rebuild).
 """
@@ -72,7 +73,23 @@ class WatcherStats:
 Signature = tuple[tuple[str, int, int], ...]  # (file name, size, mtime_ns), sorted
 
 
-class HeadWatcher:
+class RefusesHeads:
+    """What a pipeline's head source shares: ``stats`` and ``refuse()`` (a head not loaded or not installed)."""
+
+    stats: WatcherStats
+    _lock: threading.Lock
+
+    def refuse(self, files: list[str], exc: BaseException, what: str) -> None:
+        """Count a head that could not be loaded or installed; keep its reason; log one line."""
+        reason = f"{type(exc).__name__}: {exc}"
+        with self._lock:  # the watcher thread and the pipeline (a failed install) both refuse
+            self.stats.refused += 1
+            self.stats.refusals.append(Refusal(list(files), reason, time.time()))
+            del self.stats.refusals[:-100]
+        log.warning("%s (keeping the current head): %s", what, reason)
+
+
+class HeadWatcher(RefusesHeads):
     def __init__(
         self,
         folder: str | Path,
@@ -147,11 +164,8 @@ class HeadWatcher:
         self._handled = sig
         try:
             head = self._build(sig)
-        except (ValueError, OSError) as exc:  # PostcardError / ProbeError / HeadError are ValueErrors
-            self.stats.refused += 1
-            self.stats.refusals.append(Refusal([n for n, _, _ in sig], str(exc), time.time()))
-            del self.stats.refusals[:-100]
-            log.warning("refused head files in %s (keeping the current head): %s", self.folder, exc)
+        except Exception as exc:  # noqa: BLE001 - any file set that cannot become a head is refused, never fatal
+            self.refuse([n for n, _, _ in sig], exc, f"refused head files in {self.folder}")
             return None
         self.stats.loaded += 1
         log.info("new head from %s: %s", self.folder, [o.name for o in head.outputs])
@@ -173,11 +187,15 @@ class HeadWatcher:
         return self
 
     def _loop(self) -> None:
+        """Poll until close(); nothing a scan raises ends the thread (the current head keeps running)."""
         while not self._stop.wait(self.config.poll_interval_s):
             try:
                 self.poll()
             except OSError as exc:  # folder unmounted / permissions: keep the current head, retry later
                 log.warning("head folder %s unreadable: %s", self.folder, exc)
+            except Exception as exc:  # noqa: BLE001 - a watcher thread that died would never load a head again
+                log.warning("head folder %s: scan failed (%s: %s); retrying at the next poll",
+                            self.folder, type(exc).__name__, exc)
 
     def close(self) -> None:
         self._stop.set()

@@ -1,13 +1,21 @@
 """What every backend exposes: ``meta``, ``infer(frames) -> dict``, ``set_head(FusedHead)``.
 
-Backends differ only in how they run the graph (``_run``); frame checks,
-head bookkeeping and output naming live here so ONNX Runtime and TensorRT
-behave identically.
+Backends differ only in how they run the graph (``_run``) and what they free
+(``_release``); frame checks, head bookkeeping, output naming and the closed
+state live here so ONNX Runtime and TensorRT behave identically.
+
+``close()`` may come from another thread than ``infer()`` (a pipeline thread
+still running): it marks the model closed, waits for the ``infer`` /
+``set_head`` calls in flight to return, then releases. A call that starts
+after ``close()`` raises ``ModelClosedError``, never a half-released session.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +29,10 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from jepa_edge.calib.head import FusedHead
+
+
+class ModelClosedError(RuntimeModelError):
+    """``infer`` or ``set_head`` on a model after its ``close()``."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,44 @@ class Model(ABC):
         self._head_state: HeadState | None = (
             placeholder_head_state(meta.latent_dim) if meta.mode == "head_inputs" else None
         )
+        self._calls = threading.Condition()  # guards _closed and _in_flight
+        self._in_flight = 0  # infer / set_head calls running now; close() waits for 0
+        self._closed = False
+
+    # ---- lifetime -----------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextmanager
+    def _open_call(self) -> Iterator[None]:
+        """One infer / set_head: refused once closed, counted so close() waits for it."""
+        with self._calls:
+            if self._closed:
+                raise ModelClosedError(
+                    f"model {self.path} is closed; load it again with "
+                    f"load_model({str(self.path)!r}, backend={self.backend!r})"
+                )
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._calls.notify_all()
+
+    def close(self) -> None:
+        """Release sessions / device memory, after the calls in flight return (idempotent, thread-safe)."""
+        with self._calls:
+            if self._closed:
+                return
+            self._closed = True  # from here on infer / set_head raise ModelClosedError
+            self._calls.wait_for(lambda: self._in_flight == 0)
+        self._release()
+
+    def _release(self) -> None:
+        """Backends free their sessions / device memory here: called once, with no call in flight."""
 
     # ---- head -------------------------------------------------------------------
     @property
@@ -77,6 +127,10 @@ class Model(ABC):
 
     def set_head(self, head: FusedHead) -> None:
         """Swap the head of a ``head_inputs`` model (takes effect at the next ``infer``)."""
+        with self._open_call():
+            self._set_head(head)
+
+    def _set_head(self, head: FusedHead) -> None:
         if self.meta.mode != "head_inputs":
             raise HeadModeError(
                 f"{self.path}: this model was exported in {self.meta.mode!r} mode, its head cannot be swapped; "
@@ -112,7 +166,8 @@ class Model(ABC):
         """uint8 (B, H, W, 3) BGR → {"z": (B, D), head output name: (B, width), ...}."""
         frames = check_frames(frames, self.meta, str(self.path))
         state = self._head_state  # one read: a concurrent set_head never mixes two heads in one call
-        out = self._run(frames, state)
+        with self._open_call():
+            out = self._run(frames, state)
         if self.meta.mode == "head_inputs":
             values = out.pop("head")
             if state is not None and state.head is not None:
@@ -122,9 +177,6 @@ class Model(ABC):
     @abstractmethod
     def _run(self, frames: np.ndarray, state: HeadState | None) -> dict[str, np.ndarray]:
         """Run the graph; a head_inputs model returns its raw "head" output (split by infer)."""
-
-    def close(self) -> None:
-        """Release sessions / device memory (idempotent)."""
 
     def __enter__(self) -> Self:
         return self

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from jepa_edge.runtime.capture import Capture, CaptureConfig
-from jepa_edge.runtime.errors import RuntimeModelError, SourceError
-from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher, Refusal
+from jepa_edge.runtime.errors import SourceError
+from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher
 from jepa_edge.runtime.model import Model
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
@@ -159,10 +159,8 @@ def _swap_if_new(stage: HeadStage, watcher: HeadWatcher | None) -> None:
         return
     try:
         stage.swap(head)
-    except RuntimeModelError as exc:  # e.g. a fused graph asked to swap: keep the current head
-        watcher.stats.refused += 1
-        watcher.stats.refusals.append(Refusal([o.name for o in head.outputs], str(exc), time.time()))
-        log.warning("could not install the new head (keeping the current one): %s", exc)
+    except Exception as exc:  # noqa: BLE001 - a fused graph asked to swap, a device upload that failed, …
+        watcher.refuse([o.name for o in head.outputs], exc, "could not install the new head")
 
 
 def run(
