@@ -611,6 +611,8 @@ def fleet_run(
     key: Annotated[Path | None, typer.Option(help="This robot's private key (fleet keygen): sign what it sends.")] = None,
     trusted_keys: Annotated[Path | None, typer.Option(
         help="The fleet's trusted-keys file: accept only messages signed by a key in it.")] = None,
+    zenoh_config: Annotated[Path | None, typer.Option(
+        help="Your own Zenoh JSON5 config (TLS, ACL, ...), merged under jepa-edge's settings.")] = None,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
     from jepa_edge.config import deep_merge, from_dict
@@ -621,8 +623,10 @@ def fleet_run(
              "key": None if key is None else str(key),
              "trusted_keys": None if trusted_keys is None else str(trusted_keys)}
     over = {k: v for k, v in given.items() if v is not None}
-    if listen or connect:
-        over["transport"] = {**({"listen": listen} if listen else {}), **({"connect": connect} if connect else {})}
+    transport = {"listen": listen or None, "connect": connect or None,
+                 "user_config": None if zenoh_config is None else str(zenoh_config)}
+    if any(v is not None for v in transport.values()):
+        over["transport"] = {k: v for k, v in transport.items() if v is not None}
     cfg = from_dict(FleetConfig, deep_merge(_load_json_arg(config), over))
     summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=max_frames, jsonl=jsonl,
                         events=events)

@@ -493,6 +493,9 @@ CASES: dict[str, Case] = {
     "fleet run trusted keys not JSON": Case(lambda w, t: (
         ["fleet", "run", w.onnx, "--key", _key(t, 0o600), "--trusted-keys", _garbage(t / "trust.json"),
          "--jsonl", t / "f.jsonl"], ["trust.json", "not JSON"], [t / "f.jsonl"])),
+    "fleet run zenoh config missing": Case(lambda w, t: (
+        ["fleet", "run", w.onnx, "--zenoh-config", t / "none.json5", "--jsonl", t / "f.jsonl"],
+        ["none.json5"], [t / "f.jsonl"])),
     "fleet keygen bad agent name": Case(lambda w, t: (
         ["fleet", "keygen", "agent A", "--out", t / "a.key"], ["agent A", "[A-Za-z0-9_-]"], [t / "a.key"])),
     "fleet keygen unknown kind": Case(lambda w, t: (

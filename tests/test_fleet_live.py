@@ -554,3 +554,30 @@ def test_a_failed_head_install_keeps_the_old_head_and_the_robot_running(agents, 
             t.join(10)
     assert [r["frame"] for r in records] == list(range(len(records)))  # the loop never stopped
     assert "cudaMemcpy failed" in node.slot.stats.refusals[-1].reason and failures == [1]
+
+
+def test_two_signed_nodes_calibrate_over_mtls(agents, fleet_keys, tmp_path):
+    """The whole stack: tls/127.0.0.1 with mTLS (a throwaway CA made here) and signed messages."""
+    from tls_certs import make_ca
+
+    from jepa_edge.fleet.transport import TlsConfig
+
+    ca = make_ca(tmp_path, "fleet")
+    pA, pB = free_loopback_ports(2)
+    events: list[dict] = []
+
+    def tls_cfg(name: str, port: int, peer: int, **kw) -> FleetConfig:
+        cert, key = ca.issue(name)
+        tls = TlsConfig(root_ca_certificate=str(ca.path), listen_certificate=str(cert), listen_private_key=str(key),
+                        connect_certificate=str(cert), connect_private_key=str(key), enable_mtls=True)
+        tr = TransportConfig(listen=[f"tls/127.0.0.1:{port}"], connect=[f"tls/127.0.0.1:{peer}"], tls=tls)
+        return FleetConfig(fleet="t", world=WORLD, n_anchors=48, transport=tr, key=str(fleet_keys / f"{name}.key"),
+                           trusted_keys=str(fleet_keys / "trust.json"), **kw)
+
+    modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+    with FleetNode(modelA, tls_cfg("agentA", pA, pB), [agents["probe_path"]], events=events.append), \
+            FleetNode(modelB, tls_cfg("agentB", pB, pA, follow="agentA"), events=events.append) as nodeB:
+        wait_until("B to calibrate over mTLS", lambda: any(e["event"] == "head_ready" and e["agent"] == "agentB"
+                                                           for e in list(events)))
+        assert nodeB.postcard is not None and sum(nodeB.inbox.stats.refused.values()) == 0
+        assert "position" in nodeB.peer_probes
