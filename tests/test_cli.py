@@ -603,7 +603,8 @@ def test_live_source_lost_mid_run_still_prints_the_summary(world, tmp_path, monk
 def test_a_missing_camera_prints_no_opencv_warnings(world, tmp_path):
     """OpenCV's own `[ WARN ]` lines must not leak: only our one line (a real process: OpenCV writes to fd 2)."""
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      os.environ.get("PYTHONPATH")]))  # prepended, not replaced
     proc = subprocess.run([sys.executable, "-m", "jepa_edge.cli", "run", str(world.onnx), "--source", "63"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr

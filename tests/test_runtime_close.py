@@ -112,3 +112,25 @@ def test_tensorrt_model_after_close_says_load_it_again(monkeypatch, tmp_path):
         model.infer(frames)
     with pytest.raises(ModelClosedError, match="is closed"):
         model.set_head(reference_head(enc, seed=1))
+
+
+def test_closing_the_model_under_a_running_pipeline_stops_its_loop(tiny):
+    """The deploy loop on a never-ending source ends with reason "model_closed" and its summary, no traceback."""
+    from jepa_edge.runtime import run
+    from jepa_edge.runtime.sources import ArraySource
+
+    model = load_model(tiny["head_inputs"], "ort-cpu")
+    frames = np.repeat(tiny["frames"][:1], 8, axis=0)  # (8, H, W, 3)
+    seen, result = threading.Event(), {}
+
+    def on_frame(record, _):
+        if record["frame"] >= 10:
+            seen.set()
+
+    t = threading.Thread(target=lambda: result.update(s=run(model, ArraySource(frames, loop=True), out=None,
+                                                              on_frame=on_frame)), daemon=True)
+    t.start()
+    assert seen.wait(30)
+    model.close()
+    t.join(30)
+    assert not t.is_alive() and result["s"].reason == "model_closed" and result["s"].frames >= 10

@@ -26,7 +26,7 @@ import numpy as np
 from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import SourceError
 from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher
-from jepa_edge.runtime.model import Model
+from jepa_edge.runtime.model import Model, ModelClosedError
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
 
@@ -228,6 +228,8 @@ def run(
             n += 1
     except KeyboardInterrupt:
         reason = "interrupted"
+    except ModelClosedError:  # the model was closed under a running loop: the loop stops, the frame is not half-run
+        reason = "model_closed"
     except SourceError as exc:
         lost = exc
         reason = "source_lost"

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced
+from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced, temp_path
 from jepa_edge.config import to_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
 from jepa_edge.world.views import get_view, render
@@ -94,7 +94,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: 
         raise RecordingError(f"codec {codec!r} is not a four-character FourCC such as {sorted(CODECS)}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # keep the suffix: it picks the container
+    tmp = temp_path(path, keep_suffix=True)  # keep the suffix: it picks the container
     try:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h), True)
         if not writer.isOpened():
