@@ -581,3 +581,41 @@ def test_two_signed_nodes_calibrate_over_mtls(agents, fleet_keys, tmp_path):
                                                            for e in list(events)))
         assert nodeB.postcard is not None and sum(nodeB.inbox.stats.refused.values()) == 0
         assert "position" in nodeB.peer_probes
+
+
+def test_two_client_nodes_calibrate_through_a_router(agents):
+    """Client mode: neither robot listens; both reach each other only through a Zenoh router."""
+    import json as json_
+
+    import zenoh
+
+    (pR,) = free_loopback_ports(1)
+    router = zenoh.open(zenoh.Config.from_json5(json_.dumps({
+        "mode": "router", "listen": {"endpoints": [f"tcp/127.0.0.1:{pR}"]},
+        "scouting": {"multicast": {"enabled": False}}})))
+    events: list[dict] = []
+    try:
+        def client(**kw) -> FleetConfig:
+            tr = TransportConfig(mode="client", connect=[f"tcp/127.0.0.1:{pR}"])
+            return FleetConfig(fleet="t", world=WORLD, n_anchors=48, transport=tr, **kw)
+
+        modelA, modelB = (load_model(str(agents[n]["onnx"]), "ort-cpu") for n in ("agentA", "agentB"))
+        with FleetNode(modelA, client(), [agents["probe_path"]], events=events.append), \
+                FleetNode(modelB, client(follow="agentA"), events=events.append) as nodeB:
+            wait_until("B to calibrate through the router", lambda: any(
+                e["event"] == "head_ready" and e["agent"] == "agentB" for e in list(events)))
+            assert [str(z) for z in nodeB._session.info.routers_zid()] == [str(router.info.zid())]
+            assert list(nodeB._session.info.peers_zid()) == []  # no direct link: everything went through the router
+            assert "position" in nodeB.peer_probes and sum(nodeB.inbox.stats.refused.values()) == 0
+    finally:
+        router.close()
+
+
+def test_a_client_with_no_router_fails_in_one_line_instead_of_hanging():
+    from jepa_edge.fleet.transport import FleetTransportError, open_session
+
+    (p,) = free_loopback_ports(1)
+    t0 = time.time()
+    with pytest.raises(FleetTransportError, match=r"no Zenoh router answered .* within 1 s.*start the router first"):
+        open_session(TransportConfig(mode="client", connect=[f"tcp/127.0.0.1:{p}"], router_timeout_s=1.0))
+    assert time.time() - t0 < 30  # a hang guard, not a timing claim

@@ -544,6 +544,8 @@ def _keys(config: FleetConfig, name: str) -> tuple[Any, Any]:
     """(signer or None, trust store or None) from the config's key files; the robot's own key must be the one
     the trusted-keys file lists for it, if it lists it."""
     if not config.key:
+        log.warning("fleet %s: messages are neither signed nor authenticated: anyone on the Zenoh network can speak "
+                    "for any robot (give each robot --key and --trusted-keys; docs/FLEET.md, Trust)", name)
         return None, None
     from jepa_edge.fleet.keys import FleetKeyError, load_signer, load_trust
 

@@ -93,6 +93,7 @@ class TransportConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)  # certificates for `tls/` endpoints (Zenoh transport.link.tls)
     access_control: dict[str, Any] = field(default_factory=dict)  # Zenoh's access_control section as is; {} = off
     user_config: str = ""  # a Zenoh JSON5 file loaded first; the settings above are written over it
+    router_timeout_s: float = 10.0  # client mode: wait this long for a router at start, then fail; 0 = forever
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -106,6 +107,8 @@ class TransportConfig:
             raise ValueError("TransportConfig.max_message_bytes must be >= 65536")
         if not 0 < self.retry_init_ms <= self.retry_max_ms:
             raise ValueError("TransportConfig: need 0 < retry_init_ms <= retry_max_ms")
+        if not self.router_timeout_s >= 0:
+            raise ValueError("TransportConfig.router_timeout_s must be >= 0 (0 = wait for a router forever)")
         self.tls.validate([e for e in self.listen if e.startswith("tls/")],
                           [e for e in self.connect if e.startswith("tls/")])
         acl = self.access_control
@@ -126,13 +129,20 @@ class TransportConfig:
         out: dict[str, Any] = {
             "mode": self.mode,
             "listen": {"endpoints": list(self.listen)},
-            "connect": {"endpoints": list(self.connect), "exit_on_failure": False, "timeout_ms": -1, "retry": retry},
+            "connect": {"endpoints": list(self.connect), "exit_on_failure": False, "timeout_ms": self._connect_timeout_ms(),
+                        "retry": retry},
             "scouting": {"multicast": {"enabled": self.multicast_scouting}},
             "transport": {"link": link},
         }
         if self.access_control:
             out["access_control"] = dict(self.access_control)
         return out
+
+    def _connect_timeout_ms(self) -> int:
+        """Peers never wait at start (-1: dial in the background); a client waits for its router, boundedly."""
+        if self.mode != "client" or self.router_timeout_s == 0:
+            return -1
+        return max(1, round(self.router_timeout_s * 1000))
 
     def to_json5(self) -> str:
         return json.dumps(self.to_dict())
@@ -203,6 +213,10 @@ def open_session(config: TransportConfig) -> Any:
     try:
         return zenoh.open(zcfg)
     except zenoh.ZError as exc:
+        if config.mode == "client":
+            raise FleetTransportError(f"no Zenoh router answered at {list(config.connect)} within "
+                                      f"{config.router_timeout_s:g} s ({_reason(exc)}); start the router first, "
+                                      "check the endpoint, or raise transport.router_timeout_s") from exc
         raise FleetTransportError(f"cannot open a Zenoh session ({config.summary()}): {_reason(exc)}; "
                                   "check the endpoints (a listen port already taken?) and the TLS files") from exc
 
