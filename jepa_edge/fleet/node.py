@@ -3,7 +3,7 @@
 Key expressions (``jepa/<fleet>/<agent>/<kind>``):
 
   card      published every ``card_period_s`` (heartbeat) and whenever the output layout changes
-  probe     each own probe published once at start and on change; also a queryable (late joiners ask)
+  probe     each own probe published when it changes; also a queryable (followers fetch on attach and peer_back)
   postcard  W fitted live against the followed peer, published once fitted
   anchors   queryable: an anchor request (moment ids) is answered with this robot's z for those moments
   outputs   one compact binary message per frame (docs/FORMATS.md)
@@ -240,9 +240,7 @@ class FleetNode:
         congestion = zenoh.CongestionControl.BLOCK if self.cfg.block_on_congestion else zenoh.CongestionControl.DROP
         self._outputs_pub = s.declare_publisher(key_expr(f, self.name, "outputs"), express=True,
                                                 congestion_control=congestion)
-        self.publish_card()
-        for _, data in self.own_probes.values():
-            self._put("probe", data)
+        self.publish_card()  # own probes are not put now: a follower fetches them when it sees this new epoch's card
         for target in (self._heartbeat, self._worker):
             t = threading.Thread(target=target, name=f"fleet-{self.name}-{target.__name__}", daemon=True)
             t.start()
