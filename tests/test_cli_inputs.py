@@ -117,6 +117,11 @@ def test_oversized_onnx_metadata_is_refused_before_parsing():
         parse_meta("{" + " " * (2 * 1024 * 1024) + "}", "big.onnx")
 
 
+def test_deeply_nested_onnx_metadata_is_one_clear_error():
+    with pytest.raises(RuntimeModelError, match="deep.onnx: metadata_props.*not valid JSON"):
+        parse_meta('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "deep.onnx")
+
+
 # ---- backend choice for engines ------------------------------------------------------------------------
 
 

@@ -80,9 +80,9 @@ def parse_meta(text: str | None, source: str) -> ModelMeta:
                                 f"{MAX_METADATA_BYTES} limit; re-export the model with `jepa-edge export`")
     try:
         d = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: [[[[…]]]] nested past the parser
         raise RuntimeModelError(
-            f"{source}: metadata_props[{METADATA_KEY!r}] is not valid JSON ({exc}); re-export"
+            f"{source}: metadata_props[{METADATA_KEY!r}] is not valid JSON ({type(exc).__name__}: {exc}); re-export"
         ) from exc
     if _need(d, "format", "", source) != FORMAT:
         raise RuntimeModelError(f"{source}: metadata format is {d['format']!r}, expected {FORMAT!r}")
