@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 #   make setup TORCH="torch==2.13.0+cu130" EXTRAS=gpu,train,dev (any torch spec pip can resolve)
 TORCH ?= torch==2.13.0
 # Exactly one ONNX Runtime build: `cpu` (onnxruntime) or `gpu` (onnxruntime-gpu); never both, they clash.
-EXTRAS ?= cpu,train,export,fleet,dev
+EXTRAS ?= cpu,train,export,fleet,robot,dev
 DEMO_OUT ?= demo
 
 .PHONY: setup demo test lint bench gpu-check clean
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# the live page's browser test drives Debian's chromium (skipped, with its reason, where it cannot be installed)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "chromium not installed: tests/test_live_page.py's browser test will be skipped"
 	touch $@
 
 demo: setup

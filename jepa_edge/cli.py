@@ -472,6 +472,11 @@ def run_cmd(
     video_out: Annotated[Path | None, typer.Option(help="Write an annotated video.")] = None,
     jsonl: Annotated[Path | None, typer.Option(help="Write JSON lines here instead of stdout.")] = None,
     emit_latent: Annotated[bool, typer.Option(help="Include z in every JSON line.")] = False,
+    record: Annotated[Path | None, typer.Option(
+        help="Also write an MCAP file (frames, outputs, latency; Foxglove schemas).")] = None,
+    serve: Annotated[str | None, typer.Option(
+        help="Serve a live page (stream, outputs, latency) at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --record file.")] = False,
 ) -> None:
     """Run the exported model on a camera feed / video / stream; one JSON line per frame."""
     import sys
@@ -480,6 +485,7 @@ def run_cmd(
     from jepa_edge.runtime import CaptureConfig, HeadWatcher, PipelineConfig, open_source
     from jepa_edge.runtime import run as run_pipeline
     from jepa_edge.runtime.errors import SourceError
+    from jepa_edge.runtime.sinks import frame_sinks
 
     renamed("--head", "--postcard", head)
     pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
@@ -490,20 +496,27 @@ def run_cmd(
     m = load_model_for_run(str(model), backend, _backend_config(model, backend, threads, cuda_graph), head_mode)
     watcher = src = None
     out_f = sys.stdout
+    sinks: list = []
     try:
         fused = _head_from_files(m.meta, postcard, probe)
         if watch is not None:
             watcher = HeadWatcher(str(watch), m.meta.agent_fingerprint, m.meta.latent_dim).start()
         src = open_source(source, decode_threads=decode_threads)
+        sinks = frame_sinks(record, serve, overwrite=overwrite, emit_latent=emit_latent,
+                            annotate_size=pcfg.annotate_size, on_url=_say_url,
+                            meta={"model": str(model), "agent": m.meta.agent_name, "view": m.meta.agent_view})
         if jsonl:  # opened last: a bad model, head or source leaves no file behind
             out_f = open(jsonl, "w")  # noqa: SIM115 (closed below)
         try:
-            summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event())
+            summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event(),
+                                   sinks=sinks)
         except SourceError as exc:  # a live source lost mid-run: the summary of what ran still matters
             if getattr(exc, "summary", None) is not None:
                 console.print_json(json.dumps(exc.summary.to_dict()))
             raise
     finally:
+        for sink in sinks:  # idempotent: the pipeline closed them already unless it never started
+            sink.close()
         if src is not None:
             src.close()
         if watcher is not None:
@@ -512,6 +525,10 @@ def run_cmd(
         if out_f is not sys.stdout:
             out_f.close()
     console.print_json(json.dumps(summary.to_dict()))
+
+
+def _say_url(url: str) -> None:
+    console.print(f"live page: {url}", soft_wrap=True, highlight=False, markup=False)  # stderr: stdout is JSON
 
 
 def _backend_config(model: Path, backend: str, threads: int, cuda_graph: bool | None = None):
@@ -613,6 +630,11 @@ def fleet_run(
         help="The fleet's trusted-keys file: accept only messages signed by a key in it.")] = None,
     zenoh_config: Annotated[Path | None, typer.Option(
         help="Your own Zenoh JSON5 config (TLS, ACL, ...), merged under jepa-edge's settings.")] = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Also write an MCAP file (frames, outputs, latency; Foxglove schemas).")] = None,
+    serve: Annotated[str | None, typer.Option(
+        help="Serve a live page (stream, outputs, latency, the fleet) at HOST:PORT.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --record file.")] = False,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
     from jepa_edge.config import deep_merge, from_dict
@@ -629,7 +651,7 @@ def fleet_run(
         over["transport"] = {k: v for k, v in transport.items() if v is not None}
     cfg = from_dict(FleetConfig, deep_merge(_load_json_arg(config), over))
     summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=max_frames, jsonl=jsonl,
-                        events=events)
+                        events=events, record=record, serve=serve, overwrite=overwrite, on_url=_say_url)
     console.print_json(json.dumps(summary, default=str))
 
 

@@ -137,6 +137,24 @@ def test_run_writes_one_json_line_per_frame_and_a_summary(world, tmp_path):
     assert '"reason": "max_frames"' in res.stderr
 
 
+def test_run_records_an_mcap_and_serves_a_live_page(world, tmp_path):
+    """`run --record out.mcap --serve 127.0.0.1:0`: one MCAP message per frame per channel, the page's URL said."""
+    pytest.importorskip("mcap")
+    from jepa_edge.bags.mcap_out import read_mcap_summary
+
+    out, rec = tmp_path / "frames.jsonl", tmp_path / "run.mcap"
+    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 4, "--jsonl", out,
+              "--backend", "ort-cpu", "--record", rec, "--serve", "127.0.0.1:0")
+    assert_ok(res)
+    assert "live page: http://127.0.0.1:" in res.stderr
+    summary = read_mcap_summary(rec)
+    counts = {topic: c["messages"] for topic, c in summary["channels"].items()}
+    assert counts["/camera/image"] == 4 and counts["/outputs/position"] == 4 and counts["/latency"] == 4
+    again = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 1, "--backend", "ort-cpu",
+                "--record", rec)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
 def test_run_applies_a_postcard_and_probes_in_numpy(world, tmp_path):
     bare = tmp_path / "bare.onnx"
     assert_ok(cli("export", world.run_b, "--mode", "bare", "--out", bare))
@@ -448,6 +466,18 @@ CASES: dict[str, Case] = {
     "run bad video suffix": Case(lambda w, t: (
         ["run", w.onnx, "--video-out", t / "v.gif", "--jsonl", t / "o.jsonl"], ["v.gif", ".avi"],
         [t / "o.jsonl", t / "v.gif"])),
+    "run --record not .mcap": Case(lambda w, t: (
+        ["run", w.onnx, "--record", t / "run.txt", "--jsonl", t / "o.jsonl"], ["run.txt", ".mcap"],
+        [t / "o.jsonl", t / "run.txt"])),
+    "run --record in a missing folder": Case(lambda w, t: (
+        ["run", w.onnx, "--record", t / "nope" / "run.mcap", "--jsonl", t / "o.jsonl"], ["nope"],
+        [t / "o.jsonl", t / "nope"])),
+    "run --serve on a public address": Case(lambda w, t: (
+        ["run", w.onnx, "--serve", "0.0.0.0:8080", "--jsonl", t / "o.jsonl"], ["0.0.0.0", "loopback"],
+        [t / "o.jsonl"])),
+    "run --serve not HOST:PORT": Case(lambda w, t: (
+        ["run", w.onnx, "--serve", "localhost:http", "--jsonl", t / "o.jsonl"], ["--serve", "HOST:PORT"],
+        [t / "o.jsonl"])),
     "run unknown backend": Case(lambda w, t: (
         ["run", w.onnx, "--backend", "onnx", "--jsonl", t / "o.jsonl"], ["onnx", "ort-cpu"], [t / "o.jsonl"])),
     # ---- bench

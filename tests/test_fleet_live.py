@@ -619,3 +619,43 @@ def test_a_client_with_no_router_fails_in_one_line_instead_of_hanging():
     with pytest.raises(FleetTransportError, match=r"no Zenoh router answered .* within 1 s.*start the router first"):
         open_session(TransportConfig(mode="client", connect=[f"tcp/127.0.0.1:{p}"], router_timeout_s=1.0))
     assert time.time() - t0 < 30  # a hang guard, not a timing claim
+
+
+@pytest.mark.slow
+def test_fleet_run_serves_a_live_page_with_the_fleet(agents, tmp_path):
+    """`fleet run --serve`: the page's state carries the frame's outputs and the fleet (peers, head, inbox)."""
+    import urllib.error
+    import urllib.request
+
+    from jepa_edge.fleet.app import run_fleet
+
+    pA, pB = free_loopback_ports(2)
+    modelA = load_model(str(agents["agentA"]["onnx"]), "ort-cpu")
+    urls: list[str] = []
+    result: dict = {}
+    nodeA = FleetNode(modelA, cfg(pA, [pB]), [agents["probe_path"]])
+    with nodeA:
+        t = threading.Thread(target=lambda: result.update(run_fleet(
+            agents["agentB"]["onnx"], "sim:oblique?size=16&seed=5", cfg(pB, [pA], follow="agentA", fps=60),
+            backend="ort-cpu", max_frames=600, serve="127.0.0.1:0", on_url=urls.append)), daemon=True)
+        t.start()
+        state: dict = {}
+
+        def page_shows_the_fleet() -> bool:
+            if not urls:
+                return False
+            try:
+                with urllib.request.urlopen(urls[0].rstrip("/") + "/state.json", timeout=5) as r:
+                    state.update(json.loads(r.read()))
+            except urllib.error.HTTPError as exc:  # 503 until the first frame
+                assert exc.code == 503, exc
+                return False
+            fleet = state.get("fleet") or {}
+            return "position" in state.get("outputs", {}) and any(p["name"] == "agentA" for p in fleet.get("peers", []))
+
+        try:
+            wait_until("the page to show A's probe running on B and A among the peers", page_shows_the_fleet)
+        finally:
+            t.join(60)
+    assert state["fleet"]["agent"] == "agentB" and state["fleet"]["follow"] == "agentA"
+    assert state["fleet"]["head_version"] >= 1 and result["frames"] == 600

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,15 @@ class _Lines:
 
 def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_files: Sequence[str | Path] = (),
               backend: str = "auto", max_frames: int = 0, jsonl: str | Path | None = None,
-              events: str | Path | None = None) -> dict[str, Any]:
-    """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary."""
+              events: str | Path | None = None, record: str | Path | None = None, serve: str | None = None,
+              overwrite: bool = False, on_url: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary.
+
+    ``record``: also write an MCAP file; ``serve``: HOST:PORT of a live page that shows the fleet too.
+    """
     from jepa_edge.runtime import PipelineConfig, open_source
     from jepa_edge.runtime.backends import load_model_for_run
+    from jepa_edge.runtime.sinks import frame_sinks
 
     config.validate()
     model = load_model_for_run(str(model_path), backend)  # first: a bad model leaves no output file behind
@@ -46,13 +52,27 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \
         threading.main_thread() else None
+    sinks: list[Any] = []
     try:
         with FleetNode(model, config, probe_files, events=events_out) as node:
             src = open_source(source)
-            summary = node.run(src, PipelineConfig(max_frames=max_frames), stop=stop,
-                               on_frame=lambda record, _: frames_out(record))
+            pcfg = PipelineConfig(max_frames=max_frames)
+            sinks = frame_sinks(record, serve, overwrite=overwrite, annotate_size=pcfg.annotate_size, on_url=on_url,
+                                meta={"model": str(model_path), "agent": node.name, "fleet": config.fleet})
+            page = next((s for s in sinks if hasattr(s, "set_fleet")), None)
+            shown = [0.0]
+
+            def on_frame(record_: dict[str, Any], _: Any) -> None:
+                frames_out(record_)
+                if page is not None and time.monotonic() - shown[0] > 0.5:  # the fleet table, twice a second
+                    shown[0] = time.monotonic()
+                    page.set_fleet(node.fleet_info())
+
+            summary = node.run(src, pcfg, stop=stop, on_frame=on_frame, sinks=sinks)
             result = {**summary.to_dict(), "inbox": node.inbox.stats.to_dict()}
     finally:
+        for sink in sinks:
+            sink.close()
         model.close()
         frames_out.close()
         events_out.close()

@@ -517,8 +517,25 @@ class FleetNode:
             self._next_frame_t = max(self._next_frame_t + 1.0 / self.cfg.fps, now)
             time.sleep(max(0.0, self._next_frame_t - now))
 
+    def fleet_info(self) -> dict[str, Any]:
+        """What a live page shows of the fleet: this robot, its peers (cards seen), its head and inbox counts."""
+        now = time.time()
+        with self.inbox._lock:
+            cards = dict(self.inbox.cards)
+            seen = dict(self.inbox.last_card_t)
+        peers = [{"name": name, "view": card.agent.get("view", ""), "tasks": ", ".join(card.tasks),
+                  "followed": name == self.cfg.follow, "last_card_s": round(now - seen.get(name, now), 2)}
+                 for name, (_, card) in sorted(cards.items())]
+        _, tag = self.slot.current
+        return {"agent": self.name, "follow": self.cfg.follow, "peer_alive": self.peer_alive,
+                "signed": self.signer is not None, "authenticated": self.inbox.trust is not None,
+                "head_version": self._head_version, "head_reason": tag.get("reason", ""),
+                "outputs": ", ".join(o["name"] for o in self.card.layout["outputs"]), "peers": peers,
+                "inbox": {k: sum(v.values()) for k, v in self.inbox.stats.to_dict().items() if k != "recent_refusals"}}
+
     def run(self, source: Any, pipeline: Any = None, stop: threading.Event | None = None,
-            on_frame: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None) -> Any:
+            on_frame: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None,
+            sinks: Sequence[Any] = ()) -> Any:
         """The runtime pipeline on ``source`` with this node's head slot; blocks until it ends."""
         from jepa_edge.runtime.pipeline import run as run_pipeline
 
@@ -529,7 +546,7 @@ class FleetNode:
 
         head, _ = self.slot.current
         return run_pipeline(self.model, source, pipeline, head=head, watcher=self.slot, out=None, stop=stop,
-                            on_frame=frame)
+                            on_frame=frame, sinks=sinks)
 
     def _event(self, event: str, **info: Any) -> None:
         record = {"event": event, "agent": self.name, "t": time.time(), **info}

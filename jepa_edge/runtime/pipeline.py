@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import cv2
 import numpy as np
@@ -84,6 +84,19 @@ class RunSummary:
 
 
 # ---- output -----------------------------------------------------------------------------
+class FrameSink(Protocol):
+    """Something that sees every processed frame (an MCAP recorder, a live page): ``frame()`` then ``close()``.
+
+    ``frame`` runs in the loop's thread, after the JSON line: keep it short (hand heavy work to a thread).
+    ``labels``: output name → (kind, column labels) of the head that produced ``outputs``.
+    """
+
+    def frame(self, image: np.ndarray, record: dict[str, Any], outputs: dict[str, np.ndarray],
+              labels: dict[str, tuple[str, list[str]]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _labels(stage: HeadStage) -> dict[str, tuple[str, list[str]]]:
     """Output name → (kind, column labels), from the swapped-in head or the model's metadata."""
     if stage.head is not None:
@@ -173,6 +186,7 @@ def run(
     out: TextIO | None = sys.stdout,
     stop: threading.Event | None = None,
     on_frame: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None,
+    sinks: Sequence[FrameSink] = (),
 ) -> RunSummary:
     """Run the deploy loop; returns a summary. ``on_frame(record, outputs)`` sees every frame.
 
@@ -225,6 +239,10 @@ def run(
                     writer.write(annotate(frame.image, outputs, _labels(stage), cfg.annotate_size, caption))
                 if on_frame is not None:
                     on_frame(record, outputs)
+                if sinks:
+                    labels = _labels(stage)
+                    for sink in sinks:
+                        sink.frame(frame.image, record, outputs, labels)
             n += 1
     except KeyboardInterrupt:
         reason = "interrupted"
@@ -237,6 +255,11 @@ def run(
         capture.close()
         if writer is not None:
             writer.release()
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - one sink failing to close must not hide the others
+                log.warning("closing %s failed: %s", type(sink).__name__, exc)
         if out is not None:
             out.flush()
     summary = _summary(n, reason, t_start, times, capture, stage, watcher, rss_start)

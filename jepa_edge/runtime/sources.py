@@ -1,4 +1,4 @@
-"""Frame sources: camera, video file, RTSP/HTTP, GStreamer, image folder, simulator.
+"""Frame sources: camera, video file, RTSP/HTTP, GStreamer, image folder, ROS bag / MCAP, simulator.
 
 ``open_source(spec)`` returns an opened ``Source`` whose ``read()`` gives one
 uint8 BGR frame (H, W, 3), ``None`` at the end of a finite stream, raises
@@ -12,6 +12,9 @@ spec                         kind
 "… ! … ! appsink"            GStreamer pipeline, e.g. Jetson CSI ``nvarguscamerasrc`` (live)
 "clip.mp4"                   video file
 "frames/"                    folder of *.png / *.jpg, sorted by name
+"bag:PATH?topic=/cam/image_raw"   one image topic of a rosbag2 folder or .mcap / .db3 file, in stamp
+                             order (``PATH`` alone, or ``PATH?topic=…``, works too; ``topic`` may be
+                             left out when the bag has one image topic; needs jepa-edge[robot])
 "sim:top?size=32&seed=0&fps=30&frames=300"   the built-in simulator (jepa_edge.world)
 """
 
@@ -315,6 +318,122 @@ class ImageFolderSource(Source):
         return as_bgr(cv2.imread(str(path), cv2.IMREAD_COLOR), str(path))
 
 
+# ---- ROS bag / MCAP -------------------------------------------------------------------------------
+BAG_PREFIX = "bag:"
+BAG_SUFFIXES = (".mcap", ".db3")
+
+
+def parse_bag_spec(spec: str) -> tuple[str, str | None]:
+    """``[bag:]PATH[?topic=/x]`` → (path, topic or None); unknown keys are errors."""
+    body = spec.removeprefix(BAG_PREFIX)
+    path, _, query = body.partition("?")
+    try:
+        raw = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError as exc:
+        raise SourceOpenError(f"bad bag spec {spec!r}: {exc}; e.g. 'bag:run1/?topic=/front/image_raw'") from exc
+    unknown = sorted(set(raw) - {"topic"})
+    if unknown or not path:
+        what = f"unknown key(s) {unknown}" if unknown else "no path"
+        raise SourceOpenError(f"bad bag spec {spec!r}: {what}; e.g. 'bag:run1/?topic=/front/image_raw'")
+    return path, raw.get("topic") or None
+
+
+def _is_bag_spec(spec: str) -> bool:
+    from jepa_edge.bags.reader import is_bag
+
+    if spec.startswith(BAG_PREFIX):
+        return True
+    path = spec.partition("?")[0]
+    return path.lower().endswith(BAG_SUFFIXES) or is_bag(path)
+
+
+class BagSource(Source):
+    """One image topic of a ROS 2 bag or MCAP file (``jepa_edge.bags``), in stamp order.
+
+    ``fps``: 1 / the median stamp interval (or the override). ``last_info``: ``t_ns`` (the frame's
+    time: header stamp, or log time when the topic's stamps are 0) and ``topic``. A frame that
+    does not decode is a ``CorruptFrame``; an unsupported encoding is refused at ``open``.
+    """
+
+    def __init__(self, path: str | Path, topic: str | None = None, fps: float | None = None,
+                 loop: bool = False) -> None:
+        super().__init__()
+        self.path, self.topic, self.loop, self.fps_override = Path(path), topic, loop, fps
+        self.name = f"{BAG_PREFIX}{path}" + (f"?topic={topic}" if topic else "")
+        self._bag: Any = None
+        self._index: Any = None
+        self._frames: Any = None
+        self._n = 0
+
+    def open(self) -> None:
+        from jepa_edge.bags.reader import BagError, BagReader, decode_image
+
+        self.close()
+        if not self.path.exists():
+            raise SourceOpenError(f"{self.path}: no such bag (a rosbag2 folder with metadata.yaml, a .mcap or "
+                                  "a .db3 file)")
+        try:
+            bag = BagReader(self.path).open()
+        except BagError as exc:
+            raise SourceOpenError(str(exc)) from exc
+        try:
+            topics = bag.image_topics
+            if self.topic is None:
+                if len(topics) != 1:
+                    raise SourceOpenError(
+                        f"{self.path} has {len(topics)} image topics {sorted(topics)}; pick one with "
+                        f"'{BAG_PREFIX}{self.path}?topic=TOPIC'")
+                self.topic = next(iter(topics))
+                self.name = f"{BAG_PREFIX}{self.path}?topic={self.topic}"
+            self._index = bag.index(self.topic)
+            first = bag.raw_frames(self.topic, self._index)
+            try:
+                _, msgtype, msg = next(first)
+            finally:
+                first.close()
+            decode_image(msg, msgtype, f"topic {self.topic}")  # an unsupported encoding fails here, not per frame
+        except BagError as exc:
+            bag.close()
+            raise SourceOpenError(str(exc)) from exc
+        except BaseException:
+            bag.close()
+            raise
+        self._bag = bag
+        self.fps = float(self.fps_override) if self.fps_override else self._index.fps
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self._frames, self._n = self._bag.raw_frames(self.topic, self._index), 0
+
+    def read(self) -> np.ndarray | None:
+        from jepa_edge.bags.reader import BagError, decode_image
+
+        if self._bag is None:
+            raise SourceDisconnected(f"bag source {self.name!r} is not open")
+        try:
+            item = next(self._frames, None)
+        except BagError as exc:  # the storage failed mid-file: this frame is lost and the stream ends
+            raise CorruptFrame(f"{self.name} frame {self._n}: {exc}") from exc
+        if item is None:
+            if not (self.loop and self._n > 0):
+                return None
+            self._rewind()
+            return self.read()
+        t, msgtype, msg = item
+        self._n += 1
+        self.last_info = {"t_ns": t, "topic": self.topic}
+        try:
+            return as_bgr(decode_image(msg, msgtype, f"{self.name} frame {self._n - 1}"), self.name)
+        except BagError as exc:
+            raise CorruptFrame(str(exc)) from exc
+
+    def close(self) -> None:
+        if self._bag is not None:
+            self._frames = None
+            self._bag.close()
+            self._bag = None
+
+
 # ---- in-memory frames -------------------------------------------------------------------------------
 class ArraySource(Source):
     """Frames already in memory, (N, H, W, 3) uint8: tests, and benchmarks that exclude decoding."""
@@ -407,12 +526,16 @@ def parse_sim_spec(spec: str) -> tuple[str, SimSourceConfig]:
 def source_kind(spec: str) -> str:
     if spec.startswith("sim:"):
         return "sim"
+    if spec.startswith(BAG_PREFIX):
+        return "bag"
     if "!" in spec:
         return "gstreamer"
     if spec.lower().startswith(NETWORK_SCHEMES):
         return "network"
     if spec.isdigit():
         return "camera"
+    if _is_bag_spec(spec):
+        return "bag"
     if Path(spec).is_dir():
         return "folder"
     return "file"
@@ -420,8 +543,8 @@ def source_kind(spec: str) -> str:
 
 def open_source(spec: str, *, loop: bool = False, fps: float | None = None, timeout_ms: int = 5000,
                 decode_threads: int = 0) -> Source:
-    """Open ``spec`` (see the module docstring). ``loop`` rewinds files/folders at their end;
-    ``fps`` overrides the nominal rate of a file or folder (for realtime pacing); ``decode_threads``
+    """Open ``spec`` (see the module docstring). ``loop`` rewinds files/folders/bags at their end;
+    ``fps`` overrides the nominal rate of a file, folder or bag (for realtime pacing); ``decode_threads``
     sets FFmpeg's decoder threads for files and network streams (0 = FFmpeg's default)."""
     spec = str(spec)
     if decode_threads < 0:
@@ -432,6 +555,9 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None, time
         source: Source = SimSource(view, cfg)
     elif kind == "folder":
         source = ImageFolderSource(spec, fps=fps or 30.0, loop=loop)
+    elif kind == "bag":
+        path, topic = parse_bag_spec(spec)
+        source = BagSource(path, topic, fps=fps, loop=loop)
     else:
         if kind == "file" and not Path(spec).is_file():
             raise SourceOpenError(

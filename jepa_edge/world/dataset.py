@@ -1,6 +1,6 @@
 """Read recordings back, and hand one view's frames to the trainer.
 
-``load_recording(path)`` accepts two kinds of folder:
+``load_recording(path)`` accepts two kinds of folder, and ROS bags:
 
 * a simulator recording written by ``record.write_recording``
   (``recording.json`` + one video per view + ``states.npz``): frames come
@@ -10,7 +10,13 @@
   (``.mp4 .avi .mkv .mov``), no ``recording.json``, no states. The view
   name is the file stem; the whole video is one episode, so frames are
   (1, T, H, W, 3); cameras of different lengths are cut to the shortest
-  (the *end* is dropped, so frame ``i`` stays frame ``i``) with a warning.
+  (the *end* is dropped, so frame ``i`` stays frame ``i``) with a warning;
+* a ROS 2 bag (``jepa_edge.bags``; needs ``pip install 'jepa-edge[robot]'``): a rosbag2
+  folder (``metadata.yaml``, sqlite3 or MCAP storage) or a bare ``.mcap`` / ``.db3`` file
+  with ``sensor_msgs/msg/Image`` or ``CompressedImage`` topics. One camera per image topic
+  (view names: ``jepa_edge.bags.reader.view_names``, or ``topics={view: topic}``); the
+  cameras' frames are paired by timestamp (``jepa_edge.bags.pairing``), so frame ``i`` of
+  every view is one moment; one episode (1, T, H, W, 3), no states.
 
 ``ViewData`` is what training consumes: one view's frames (E, T, S, S, 3)
 uint8 BGR plus ground truth when there is any, from the simulator or from
@@ -28,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jepa_edge.bags.reader import BagReader, bag_kind, is_bag, pair_by_time, resolve_views
 from jepa_edge.config import from_dict
 from jepa_edge.world.record import RECORDING_FORMAT, RECORDING_JSON, RECORDING_VERSION, RecordingError
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
@@ -86,8 +93,8 @@ def read_video(path: str | Path, resize: int | None = None) -> np.ndarray:
 class Recording:
     frames: dict[str, np.ndarray]  # view → (E, T, H, W, 3) uint8 BGR
     states: WorldStates | None  # ground truth (E, T, ...), None for real-robot recordings
-    meta: dict  # recording.json, or what the loader knows about a plain video folder
-    path: Path  # the folder it was loaded from
+    meta: dict  # recording.json, or what the loader knows about a plain video folder or a bag
+    path: Path  # the folder (or bag file) it was loaded from
 
     @property
     def views(self) -> list[str]:
@@ -124,22 +131,30 @@ def _pick_views(available: list[str], views: list[str] | None, where: Path) -> l
     return list(dict.fromkeys(views))
 
 
-def load_recording(path: str | Path, views: list[str] | None = None, resize: int | None = None) -> Recording:
-    """Load a recording folder (simulator or real robot, see module doc).
+def load_recording(path: str | Path, views: list[str] | None = None, resize: int | None = None,
+                   topics: dict[str, str] | None = None, tolerance_s: float | None = None) -> Recording:
+    """Load a recording folder or a ROS bag (see module doc).
 
-    ``views`` limits which videos are decoded (default: all). ``resize``
+    ``views`` limits which videos / topics are decoded (default: all). ``resize``
     resizes every frame to ``resize`` × ``resize`` on load (cv2.INTER_AREA;
-    non-square camera frames are squashed, not cropped).
+    non-square camera frames are squashed, not cropped). Bags only: ``topics``
+    names the views ({view: topic}); ``tolerance_s`` is the largest time offset
+    of paired frames (default: half the first camera's median frame interval).
     """
     path = Path(path)
     if path.is_file() and path.name == RECORDING_JSON:
         path = path.parent
     if not path.exists():
-        raise FileNotFoundError(f"recording folder {path} does not exist")
-    if not path.is_dir():
-        raise RecordingError(f"{path} is a file; pass the recording folder that holds it")
+        raise FileNotFoundError(f"recording {path} does not exist (a recording folder or a ROS bag)")
     if resize is not None and (not isinstance(resize, int) or resize < 1):
         raise RecordingError(f"resize must be a positive int (square side in pixels), got {resize!r}")
+    if is_bag(path):
+        return _load_bag(path, views, resize, topics, tolerance_s)
+    if topics or tolerance_s is not None:
+        raise RecordingError(f"{path} is not a ROS bag; topics and tolerance apply to bags only "
+                             "(a rosbag2 folder with metadata.yaml, a .mcap or a .db3 file)")
+    if not path.is_dir():
+        raise RecordingError(f"{path} is a file; pass the recording folder that holds it, or a .mcap / .db3 bag")
     if (path / RECORDING_JSON).is_file():
         return _load_simulated(path, views, resize)
     return _load_video_folder(path, views, resize)
@@ -286,6 +301,50 @@ def _load_video_folder(path: Path, views: list[str] | None, resize: int | None) 
     return Recording(frames, None, meta, path)
 
 
+def _load_bag(path: Path, views: list[str] | None, resize: int | None, topics: dict[str, str] | None,
+              tolerance_s: float | None) -> Recording:
+    """Every chosen image topic, decoded and resized, then paired by time → one episode (1, T, ...)."""
+    with BagReader(path) as bag:
+        chosen = resolve_views(bag.image_topics, views, topics, where=str(path))  # {view: topic}
+        times, frames, sizes, clocks, fps = {}, {}, {}, {}, {}
+        for view, topic in chosen.items():
+            index = bag.index(topic)
+            stack, native = [], None
+            for _, image in bag.frames(topic, index):
+                if native is None:
+                    native = image.shape[:2]
+                elif image.shape[:2] != native:
+                    raise RecordingError(f"topic {topic} of {path} changes frame size mid-stream "
+                                         f"({native} → {image.shape[:2]})")
+                stack.append(_resize(image, resize))
+            times[view], frames[view] = index.sorted_t_ns, np.stack(stack)  # (N,), (N, H, W, 3)
+            sizes[view], clocks[view], fps[view] = list(native), index.clock, index.fps
+    labels = {v: f"{v} ({t})" for v, t in chosen.items()}
+    rows, report = pair_by_time(times, tolerance_s, names=labels)
+    T = report["kept"]
+    meta = {
+        "format": RECORDING_FORMAT,
+        "version": RECORDING_VERSION,
+        "source": bag_kind(path),  # "rosbag2" (folder or .db3) or "mcap" (bare file)
+        "views": list(chosen),
+        "topics": chosen,  # view → topic
+        "clock": clocks,  # view → "header" (header.stamp) or "log" (stamps were 0: the bag's log time)
+        "pairing": report,
+        "t_ns": {v: times[v][rows[v]].tolist() for v in chosen},  # time of each kept frame
+        "frame_sizes": sizes,  # native (H, W) per camera, before resize
+        "frame_counts": report["frames"],  # before pairing
+        "size": resize,
+        "fps": fps,  # 1 / median stamp interval per camera
+        "n_episodes": 1,
+        "n_steps": T,
+        "codec": None,
+        "world": None,
+        "seed": None,
+        "states": None,
+    }
+    return Recording({v: frames[v][rows[v]][None] for v in chosen}, None, meta, path)  # (1, T, H, W, 3)
+
+
 @dataclass
 class ViewData:
     """One view's frames for training, from the simulator or from a recording."""
@@ -329,10 +388,16 @@ class ViewData:
         return cls(frames, states, view, f"simulator(view={view}, episodes={n_episodes}, steps={n_steps}, seed={seed})")
 
     @classmethod
-    def from_recording(cls, path: str | Path, view: str, size: int | None = None) -> ViewData:
-        """One view of a recording folder; ``size`` resizes on load (required for non-square cameras)."""
-        rec = load_recording(path, views=[view], resize=size)
-        return cls(rec.frames[view], rec.states, view, f"recording {Path(path) / rec.meta['files'][view]}")
+    def from_recording(cls, path: str | Path, view: str, size: int | None = None,
+                       topics: dict[str, str] | None = None) -> ViewData:
+        """One view of a recording folder or bag; ``size`` resizes on load (required for non-square cameras);
+        ``topics`` ({view: topic}) names a bag's cameras."""
+        rec = load_recording(path, views=[view], resize=size, topics=topics)
+        if "topics" in rec.meta:
+            where = f"{rec.source} {Path(path)} topic {rec.meta['topics'][view]}"
+        else:
+            where = f"recording {Path(path) / rec.meta['files'][view]}"
+        return cls(rec.frames[view], rec.states, view, where)
 
 
 def make_view_dataset(
@@ -344,12 +409,14 @@ def make_view_dataset(
     n_episodes: int | None = None,
     n_steps: int | None = None,
     seed: int | None = None,
+    topics: dict[str, str] | None = None,
 ) -> ViewData:
     """Frames of one view for training: from ``recording`` when given, else from the simulator.
 
     Simulator defaults: ``WorldConfig()``, 8 episodes x 64 steps, seed 0. With a
     recording those simulator arguments must stay unset (they would be
-    ignored otherwise); ``size=None`` keeps the recording's native size.
+    ignored otherwise); ``size=None`` keeps the recording's native size; ``topics``
+    ({view: topic}) names the cameras of a bag recording.
     """
     if recording is not None:
         given = [
@@ -359,7 +426,9 @@ def make_view_dataset(
         ]
         if given:
             raise ValueError(f"make_view_dataset: {given} describe a simulator run; a recording fixes them, drop them")
-        return ViewData.from_recording(recording, view, size)
+        return ViewData.from_recording(recording, view, size, topics)
+    if topics:
+        raise ValueError("make_view_dataset: topics name the cameras of a bag; pass recording=BAG with them")
     if size is None:
         raise ValueError("make_view_dataset: the simulator needs a frame size; pass size=32 (or another even int)")
     return ViewData.from_simulator(
