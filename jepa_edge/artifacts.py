@@ -124,6 +124,32 @@ def replace_synced(tmp: str | Path, path: str | Path) -> None:
     _fsync_dir(Path(path).parent)
 
 
+def replace_folder_synced(new: str | Path, path: str | Path, scratch: str | Path) -> None:
+    """fsync every file of the folder ``new`` and the folder, move it to ``path`` (an old folder there is moved
+    into ``scratch`` first), then delete ``scratch``: a reader sees the old folder or the new one, whole."""
+    import shutil
+
+    new, path, scratch = Path(new), Path(path), Path(scratch)
+    for f in new.iterdir():
+        _fsync_path(f)
+    _fsync_path(new)
+    if path.exists() or path.is_symlink():
+        os.replace(path, scratch / ".replaced")
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(scratch)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
     try:

@@ -102,6 +102,27 @@ def _checked_run_overrides(path: Path | None) -> dict:
 # ---------------------------------------------------------------- train
 
 
+def _topic_map(topics: list[str] | tuple[str, ...], recording: Path | None) -> dict[str, str]:
+    """``--topic front=/front/image_raw`` (repeat) → {view: topic}; only with a bag as --recording."""
+    out: dict[str, str] = {}
+    for spec in topics:
+        view, sep, topic = spec.partition("=")
+        if not sep or not view or not topic.startswith("/"):
+            raise ValueError(f"--topic {spec!r} must be VIEW=/topic, e.g. --topic front=/front/image_raw")
+        out[view] = topic
+    if out and recording is None:
+        raise ValueError("--topic names cameras inside a ROS 2 bag or .mcap: pass it with --recording BAG")
+    return out
+
+
+TopicOpt = Annotated[list[str], typer.Option(
+    "--topic", help="Bag recordings: camera VIEW=/image/topic (repeat; default: views named after the topics).")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance", help="Bag recordings: pair cameras within this many seconds (0 = half a frame interval).")]
+StatesTopicOpt = Annotated[str, typer.Option(
+    "--states-topic", help="Bag recordings: ground-truth states topic (default /jepa_edge/states if present).")]
+
+
 @app.command()
 @user_errors
 def train(
@@ -111,7 +132,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Model init and clip sampling seed.")] = 0,
     world_seed: Annotated[int, typer.Option(help="Seed of the simulated training world.")] = 0,
     name: Annotated[str | None, typer.Option(help="Agent name (default: run directory name).")] = None,
-    recording: Annotated[Path | None, typer.Option(help="Train on a recorded multi-camera folder instead.")] = None,
+    recording: Annotated[Path | None, typer.Option(
+        help="Train on a recording instead: a multi-camera folder, a ROS 2 bag folder or an .mcap file.")] = None,
+    topic: TopicOpt = [],  # noqa: B006
     batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -135,7 +158,8 @@ def train(
     overrides = _checked_run_overrides(config)
     cfg_dict = deep_merge(base, overrides)
     cfg_dict["name"] = name or overrides.get("name") or out.name
-    cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""))
+    cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""),
+                            topics=_topic_map(topic, recording))
     cfg_dict["train"].update(seed=seed, device=device, compile=compile, cuda_graphs=cuda_graphs)
     if steps is not None:
         cfg_dict["train"]["steps"] = steps
@@ -187,14 +211,22 @@ def world_record(
     size: Annotated[int, typer.Option(help="Frame side in pixels (even).")] = 32,
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     fps: Annotated[float, typer.Option(help="Video frame rate.")] = 30.0,
-    codec: Annotated[str, typer.Option(help="MJPG (.avi), mp4v (.mp4) or FFV1 (.mkv, lossless).")] = "MJPG",
+    codec: Annotated[str | None, typer.Option(
+        help="Folder format: MJPG (.avi, default), mp4v (.mp4) or FFV1 (.mkv, lossless).")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="folder (videos + states.npz) | mcap (one ROS 2 .mcap file) | rosbag2 (a bag folder).")
+    ] = "folder",
+    encoding: Annotated[str | None, typer.Option(
+        help="Bag formats: rgb8 (default), bgr8, mono8 or jpeg (CompressedImage).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing recording.")] = False,
 ) -> None:
-    """Write a multi-view recording of the simulator (the same layout real robots' recordings use)."""
+    """Write a multi-view recording of the simulator: a folder, or a ROS 2 bag with a states topic."""
     from jepa_edge.world.record import simulate_recording
 
+    if format == "folder" and out.suffix.lower() in (".mcap", ".db3"):
+        raise ValueError(f"{out} looks like a bag file but --format is folder; pass --format mcap for one .mcap file")
     path = simulate_recording(out, n_episodes=episodes, n_steps=steps, views=tuple(views), size=size, seed=seed,
-                              fps=fps, codec=codec, overwrite=overwrite)
+                              fps=fps, codec=codec, overwrite=overwrite, fmt=format, encoding=encoding)
     say(f"wrote {path}")
 
 
@@ -207,14 +239,20 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) 
     rec = load_recording(path)
     say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
         f"states {'yes' if rec.states is not None else 'no'}")
+    if rec.meta.get("topics"):  # a bag: which topic each view is, and how the cameras paired
+        say("topics: " + ", ".join(f"{v}={t}" for v, t in rec.meta["topics"].items()))
+        if rec.meta.get("pairing"):
+            say(f"pairing: {json.dumps(rec.meta['pairing'], default=str)}")
 
 # ---------------------------------------------------------------- calib / probe / reproduce
 
 
-def _moments_cfg(episodes: int, steps: int, seed: int, recording: Path | None):
+def _moments_cfg(episodes: int, steps: int, seed: int, recording: Path | None, topics: list[str] = (),
+                 tolerance: float = 0.0, states_topic: str = ""):
     from jepa_edge.train.calibrate import MomentsConfig
 
-    return MomentsConfig(episodes=episodes, steps=steps, seed=seed, recording=str(recording or ""))
+    return MomentsConfig(episodes=episodes, steps=steps, seed=seed, recording=str(recording or ""),
+                         topics=_topic_map(topics, recording), tolerance_s=tolerance, states_topic=states_topic)
 
 
 @app.command()
@@ -229,14 +267,17 @@ def calib(
     episodes: Annotated[int, typer.Option(help="Fresh simulated episodes for anchors + held-out scoring.")] = 64,
     steps: Annotated[int, typer.Option(help="Steps per episode.")] = 32,
     seed: Annotated[int, typer.Option(help="World seed of the anchor moments.")] = 777,
-    recording: Annotated[Path | None, typer.Option(help="Use a recorded multi-camera folder instead.")] = None,
+    recording: Annotated[Path | None, typer.Option(
+        help="Use a recording instead: a multi-camera folder, a ROS 2 bag folder or an .mcap file.")] = None,
+    topic: TopicOpt = [],  # noqa: B006
+    tolerance: ToleranceOpt = 0.0,
 ) -> None:
     """Fit W between two agents from anchor pairs and measure the isomorphism against controls."""
     from jepa_edge.train.calibrate import CalibConfig, calibrate
 
     _, report = calibrate(source, target, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
                                                             anchors=anchors),
-                          _moments_cfg(episodes, steps, seed, recording))
+                          _moments_cfg(episodes, steps, seed, recording, topic, tolerance))
     _print_calib(report)
     say(f"wrote {out}")
 
@@ -269,7 +310,11 @@ def probe(
     episodes: Annotated[int, typer.Option(help="Fresh simulated episodes.")] = 64,
     steps: Annotated[int, typer.Option(help="Steps per episode.")] = 32,
     seed: Annotated[int, typer.Option(help="World seed of the moments.")] = 778,
-    recording: Annotated[Path | None, typer.Option(help="Use a recorded folder with states instead.")] = None,
+    recording: Annotated[Path | None, typer.Option(
+        help="Use a recording with ground-truth states instead (folder with states.npz, bag or .mcap).")] = None,
+    topic: TopicOpt = [],  # noqa: B006
+    tolerance: ToleranceOpt = 0.0,
+    states_topic: StatesTopicOpt = "",
 ) -> None:
     """Train linear probes on an agent's latents, or transfer another agent's probes through W."""
     from rich.table import Table
@@ -279,7 +324,7 @@ def probe(
     unknown = [t for t in task if t not in PROBE_TASKS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}; use --task with one of {list(PROBE_TASKS)}")
-    mcfg = _moments_cfg(episodes, steps, seed, recording)
+    mcfg = _moments_cfg(episodes, steps, seed, recording, topic, tolerance, states_topic)
     if transfer is None:
         paths, report = train_probes(run, out, ProbeRunConfig(tasks=tuple(task)), mcfg)
         table = Table(title=f"held-out probes on {run}")

@@ -1,8 +1,10 @@
 """Real ROS 2 bags and MCAP files for the tests, written with the packages robots' tools interoperate with.
 
 ``write_bag(path, messages, storage)`` writes ``messages`` as
-* ``"sqlite3"`` / ``"mcap"``: a rosbag2 folder (metadata.yaml + storage file) by ``rosbags``' writer;
-* ``"bare-mcap"``: one ``.mcap`` file by ``mcap_ros2``'s writer (what Foxglove and ``mcap`` tools write).
+* ``"sqlite3"`` / ``"mcap"``: a rosbag2 folder (metadata.yaml + storage file) by ``rosbags``' writer, through
+  the library's ``jepa_edge.bags.writer.BagWriter`` (which ``write_bag`` of the library uses too);
+* ``"bare-mcap"``: one ``.mcap`` file by ``mcap_ros2``'s writer (what Foxglove and ``mcap`` tools write;
+  deliberately not the library's own bare-MCAP writer, so the reader is tested on a file it did not write).
 
 Frames are the built-in simulator's views (``jepa_edge.world``), so they have structure a decoder can
 get wrong (colour order, rows, padding). ``two_cameras`` builds a scene with a known pairing answer.
@@ -16,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jepa_edge.bags.writer import BagWriter, header_fields, typestore
 from jepa_edge.world import WorldConfig, render, simulate
 
 IMAGE, COMPRESSED, STRING = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "std_msgs/msg/String"
@@ -37,7 +40,7 @@ def sim_frames(n: int, size: int = 24, view: str = "top", seed: int = 0) -> np.n
 
 
 def header(stamp_ns: int) -> dict:
-    return {"stamp": {"sec": stamp_ns // 10**9, "nanosec": stamp_ns % 10**9}, "frame_id": "camera"}
+    return header_fields(stamp_ns, "camera")
 
 
 def raw_pixels(frame: np.ndarray, encoding: str, low_byte_seed: int = 0) -> np.ndarray:
@@ -135,31 +138,12 @@ def two_cameras(n: int = 10, size: int = 24, encodings: tuple[str, str] = ("rgb8
 
 
 # ---- writers -------------------------------------------------------------------------------------------
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_HUMBLE)
-
-
-def _to_ros(ts, msgtype: str, fields: dict):
-    """A nested dict → the typestore's message object."""
-    if msgtype == STRING:
-        return ts.types[STRING](fields["data"])
-    h = fields["header"]
-    hdr = ts.types["std_msgs/msg/Header"](ts.types["builtin_interfaces/msg/Time"](**h["stamp"]), h["frame_id"])
-    data = np.frombuffer(fields["data"], np.uint8)
-    if msgtype == COMPRESSED:
-        return ts.types[COMPRESSED](hdr, fields["format"], data)
-    f = fields
-    return ts.types[IMAGE](hdr, f["height"], f["width"], f["encoding"], f["is_bigendian"], f["step"], data)
-
-
 def write_bag(path: Path, messages: list[Msg], storage: str = "sqlite3") -> Path:
     """Write ``messages`` (in list order: that is the bag's order) → the bag's path (folder or .mcap file)."""
-    ts = _typestore()
     if storage == "bare-mcap":
         from mcap_ros2.writer import Writer
 
+        ts = typestore()
         path = path.with_suffix(".mcap")
         with open(path, "wb") as fh:
             writer, schemas = Writer(fh), {}
@@ -169,15 +153,9 @@ def write_bag(path: Path, messages: list[Msg], storage: str = "sqlite3") -> Path
                 writer.write_message(m.topic, schemas[m.msgtype], m.fields, log_time=m.log_ns)
             writer.finish()
         return path
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
-    with Writer(path, version=9, storage_plugin=plugin) as writer:
-        connections = {}
+    with BagWriter(path, "rosbag2", storage=storage) as writer:
         for m in messages:
-            if m.topic not in connections:
-                connections[m.topic] = writer.add_connection(m.topic, m.msgtype, typestore=ts)
-            writer.write(connections[m.topic], m.log_ns, ts.serialize_cdr(_to_ros(ts, m.msgtype, m.fields), m.msgtype))
+            writer.write(m.topic, m.msgtype, m.log_ns, m.fields)
     return path
 
 

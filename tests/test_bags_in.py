@@ -232,7 +232,7 @@ def test_out_of_order_stamps_and_zero_stamps(tmp_path):
 
 def test_train_and_calib_read_a_bag(tmp_path):
     """`jepa-edge train --recording BAG --view front` trains (4 steps, tiny agent); calib's loader reads the
-    bag's paired cameras and stops at the missing ground truth (bags carry no states)."""
+    bag's paired cameras without states, and the probes' loader stops at the missing ground truth."""
     import json
 
     from jepa_edge.config import from_dict
@@ -251,8 +251,10 @@ def test_train_and_calib_read_a_bag(tmp_path):
     assert frames.frames.shape == (1, 24, 16, 16, 3) and held_out is None and SIDE in frames.source
     result = train(cfg, tmp_path / "agent", progress=False)
     assert result.step == 4 and json.loads((tmp_path / "agent/meta.json").read_text())["view"] == "side"
-    with pytest.raises(ValueError, match="no states"):
-        load_moments(["front", "side"], 16, MomentsConfig(recording=str(bag)))
+    moments = load_moments(["front", "side"], 16, MomentsConfig(recording=str(bag)))
+    assert moments.states is None and moments.frames["front"].shape == (1, 22, 16, 16, 3)  # 2 front frames unpaired
+    with pytest.raises(ValueError, match="no ground-truth states"):
+        load_moments(["side"], 16, MomentsConfig(recording=str(bag)), need_states=True)
 
 
 # ---- runtime source -----------------------------------------------------------------------------------
@@ -366,8 +368,10 @@ def test_unsupported_encoding_and_no_overlap(tmp_path):
 def test_non_bag_inputs_and_missing_extra(tmp_path, monkeypatch, bag):
     folder = tmp_path / "videos"
     folder.mkdir()
-    with pytest.raises(ValueError, match="topics and tolerance apply to bags only"):
+    with pytest.raises(ValueError, match="topics, tolerance and states topic apply to bags only"):
         load_recording(folder, topics={"a": "/a"})
+    with pytest.raises(ValueError, match="apply to bags only"):
+        load_recording(folder, states_topic="/gt")
     assert not is_bag(folder) and not is_bag(tmp_path / "x.mcap")  # no metadata.yaml; no such file
     monkeypatch.setitem(sys.modules, "rosbags.highlevel", None)  # as if the robot extra were not installed
     with pytest.raises(BagError, match=r"needs the rosbags package .*pip install 'jepa-edge\[robot\]'"):

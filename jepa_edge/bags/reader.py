@@ -24,7 +24,39 @@ View names (``view_names``): by default a topic's first segment (``/front/image_
 ``front``) when no other image topic shares it, else the whole topic with '/' → '_'
 (``/front/left/image`` → ``front_left_image``). ``topics={view: topic}`` overrides.
 
-Ground-truth states are not read from bags: recordings from bags carry ``states=None``.
+Ground-truth states (optional; what ``probe`` and ``calib`` score against, what ``write_bag`` writes):
+
+* topic ``/jepa_edge/states`` (``STATES_TOPIC``; ``states_topic`` names another), type
+  ``std_msgs/msg/Float32MultiArray``, one message per moment;
+* time: Float32MultiArray has no header, so a state's time is its message's **log time** in the bag
+  (the recorder's receive time). A writer sets it to the moment's camera ``header.stamp``
+  (``write_bag`` does), or records the states on the clock the cameras stamp with;
+* ``layout.dim`` is read as named **consecutive slices** of ``data``, not as nested dimensions: slice
+  ``k`` holds ``dim[k].size`` values and starts at ``layout.data_offset`` plus the sizes of slices
+  ``0..k-1``; ``data`` holds exactly ``data_offset`` + the sum of the sizes; ``stride`` is ignored
+  (``write_bag`` sets it to the size). Every message has the same labels and sizes. Labels:
+
+  ============  ====  ================================================================================
+  ``positions``   2n  x0, y0, x1, y1, ...: the n objects' centres in the simulator's world units, [0, 1],
+                      which are the top view's normalised image coordinates (x = column / width,
+                      y = row / height, y down). Required.
+  ``velocities``  2n  vx0, vy0, ... in world units per step. Optional: zeros when absent.
+  ``danger``       1  0 or 1. Optional: 0 when absent.
+  ``radius``       n  each object's radius in world units, the same in every message. Optional: zeros.
+  ``episode``      1  the episode index, an integer >= 0 (exact in float32 below 2**24). Optional.
+  ============  ====  ================================================================================
+
+  Other labels are skipped. A layout without ``positions``, sizes that do not fit (``positions``
+  odd, ``velocities`` not 2n, ``radius`` not n, ``danger`` / ``episode`` not 1, a label twice, a
+  data length that does not match), a non-finite value, a danger other than 0 / 1, a negative or
+  fractional episode, or a radius that changes is one BagError naming the topic.
+
+Pairing with states: the states are one more stream of ``pair_by_time`` after the cameras (the first
+camera stays the reference; same tolerance), so a moment is kept only when every camera AND the
+states have a partner. With an ``episode`` slice whose kept moments form runs of increasing episode
+indices, all of one length T, frames and states are reshaped to (E, T, ...) in episode order;
+otherwise (or without the slice) they are one episode (1, K, ...), with a warning when the slice was
+there.
 
 ``rosbags`` is an optional dependency (``pip install 'jepa-edge[robot]'``), imported only
 when a bag is opened; this module itself imports only NumPy and OpenCV.
@@ -47,12 +79,16 @@ from jepa_edge.bags.pairing import BagError, pair_by_time
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BagError", "BagReader", "TopicIndex", "bag_kind", "decode_image", "image_topics", "is_bag",
-           "pair_by_time", "read_frames", "resolve_views", "view_names"]
+__all__ = ["STATES_TOPIC", "STATES_TYPE", "BagError", "BagReader", "BagStates", "TopicIndex", "bag_kind",
+           "decode_image", "episode_runs", "image_topics", "is_bag", "pair_by_time", "parse_states", "read_frames",
+           "resolve_views", "view_names"]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE, COMPRESSED)
+STATES_TOPIC = "/jepa_edge/states"
+STATES_TYPE = "std_msgs/msg/Float32MultiArray"
+STATE_SLICES = ("positions", "velocities", "danger", "radius", "episode")  # the labels read, in write order
 STORAGE_SUFFIXES = (".mcap", ".db3")
 # encoding → (channels, bytes per channel, OpenCV conversion to BGR or None)
 RAW_ENCODINGS = {
@@ -206,6 +242,96 @@ def resolve_views(available: Mapping[str, str], views: list[str] | None = None,
     return out
 
 
+# ---- ground-truth states -------------------------------------------------------------------------------------
+@dataclass
+class BagStates:
+    """The states topic's messages in time order (see the module doc), before pairing."""
+
+    topic: str
+    t_ns: np.ndarray  # (N,) int64 log time of each message, sorted
+    positions: np.ndarray  # (N, n, 2) float32
+    velocities: np.ndarray  # (N, n, 2) float32; zeros when the slice is absent
+    danger: np.ndarray  # (N,) int64 0/1; zeros when absent
+    radius: np.ndarray  # (n,) float32; zeros when absent
+    episode: np.ndarray | None  # (N,) int64, or None without an ``episode`` slice
+    slices: list[str]  # the labels of the layout, in order (skipped ones included)
+
+    def take(self, rows: np.ndarray) -> BagStates:
+        """The messages at ``rows`` (e.g. the paired ones)."""
+        ep = None if self.episode is None else self.episode[rows]
+        return BagStates(self.topic, self.t_ns[rows], self.positions[rows], self.velocities[rows],
+                         self.danger[rows], self.radius, ep, self.slices)
+
+
+def parse_states(topic: str, t_ns: np.ndarray, values: np.ndarray, dims: list[tuple[str, int]]) -> BagStates:
+    """Slice the states topic's data ``values`` (N, L) float32 (data_offset already cut) by ``dims``
+    [(label, size)] → BagStates (unsorted rows stay in the given order)."""
+    where = f"states topic {topic}"
+    labels = [label for label, _ in dims]
+    if len(set(labels)) != len(labels):
+        raise BagError(f"{where}: layout.dim labels {labels} name a slice twice; label each slice once")
+    if "positions" not in labels:
+        raise BagError(f"{where}: layout.dim labels {labels} have no 'positions' slice; label the 2n object "
+                       "coordinates x0, y0, x1, y1, ... 'positions'")
+    start = np.cumsum([0] + [size for _, size in dims])  # (len(dims) + 1,) slice offsets
+    cols = {label: (int(start[k]), int(start[k + 1])) for k, (label, _) in enumerate(dims)}
+    size = {label: b - a for label, (a, b) in cols.items()}
+    if size["positions"] == 0 or size["positions"] % 2:
+        raise BagError(f"{where}: slice 'positions' has size {size['positions']}; it needs 2n > 0 values "
+                       "(x0, y0, x1, y1, ...)")
+    n = size["positions"] // 2
+    want = {"velocities": 2 * n, "danger": 1, "radius": n, "episode": 1}
+    for label, expected in want.items():
+        if label in size and size[label] != expected:
+            raise BagError(f"{where}: slice {label!r} has size {size[label]}; expected {expected} for "
+                           f"n = {n} objects (positions has 2n = {2 * n})")
+    part = {label: values[:, a:b] for label, (a, b) in cols.items() if label in STATE_SLICES}  # (N, size)
+    for label, v in part.items():
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise BagError(f"{where}: slice {label!r} holds NaN or inf in {int(bad.sum())} message(s), first at "
+                           f"t={int(t_ns[i]) / 1e9:.6f} s; write finite values (drop the moment instead)")
+    N = len(values)
+    danger = np.zeros(N, np.int64)
+    if "danger" in part:
+        d = part["danger"][:, 0]
+        if not np.isin(d, (0.0, 1.0)).all():
+            raise BagError(f"{where}: slice 'danger' holds {sorted(set(d[~np.isin(d, (0.0, 1.0))].tolist()))[:3]}; "
+                           "it must be 0 or 1")
+        danger = d.astype(np.int64)
+    radius = np.zeros(n, np.float32)
+    if "radius" in part:
+        r = part["radius"]
+        if (r != r[:1]).any():
+            raise BagError(f"{where}: slice 'radius' changes between messages; it is one value per object, "
+                           "the same in every message")
+        radius = r[0].copy()
+    episode = None
+    if "episode" in part:
+        e = part["episode"][:, 0]
+        if (e < 0).any() or (e != np.round(e)).any():
+            raise BagError(f"{where}: slice 'episode' holds a negative or fractional value; write the episode "
+                           "index 0, 1, 2, ...")
+        episode = e.astype(np.int64)
+    velocities = part["velocities"] if "velocities" in part else np.zeros((N, 2 * n), np.float32)
+    return BagStates(topic, np.asarray(t_ns, np.int64), part["positions"].reshape(N, n, 2).copy(),
+                     velocities.reshape(N, n, 2).copy(), danger, radius, episode, labels)
+
+
+def episode_runs(episode: np.ndarray) -> tuple[int, int] | str:
+    """(E, T) when ``episode`` (K,) is E runs of increasing episode indices, all T long; else why not."""
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])  # (E,) first row of each run
+    firsts = episode[starts]
+    if (np.diff(firsts) <= 0).any():
+        return "the episode indices are not in increasing order (an episode comes back, or goes backwards)"
+    lengths = np.diff(np.r_[starts, len(episode)])  # (E,)
+    if (lengths != lengths[0]).any():
+        shown = dict(zip(firsts.tolist()[:6], lengths.tolist()[:6]))
+        return f"the episodes have different lengths after pairing (episode: moments {shown}...)"
+    return len(starts), int(lengths[0])
+
+
 # ---- reading ------------------------------------------------------------------------------------------------
 @dataclass
 class TopicIndex:
@@ -286,9 +412,18 @@ class BagReader:
             raise BagError(f"topic {topic!r} {what} {self.path}; image topics: {sorted(self.image_topics)}")
         return [c for c in self._reader.connections if c.topic == topic]
 
-    def _messages(self, topic: str) -> Iterator[tuple[int, str, Any]]:
+    def _state_connections(self, topic: str) -> list[Any]:
+        found = self.all_topics.get(topic)
+        if found != STATES_TYPE:
+            what = f"has type {found}, not {STATES_TYPE}" if found else "is not in"
+            listing = sorted(t for t, m in self.all_topics.items() if m == STATES_TYPE)
+            raise BagError(f"states topic {topic!r} {what} {self.path}; {STATES_TYPE} topics: {listing} "
+                           "(name one with --states-topic, or record the states there)")
+        return [c for c in self._reader.connections if c.topic == topic]
+
+    def _messages(self, topic: str, connections: list[Any] | None = None) -> Iterator[tuple[int, str, Any]]:
         """(log time ns, msgtype, deserialised message) in bag order; storage errors become BagError."""
-        connections = self._connections(topic)
+        connections = self._connections(topic) if connections is None else connections
         try:
             for con, log_ns, raw in self._reader.messages(connections=connections):
                 yield log_ns, con.msgtype, self._reader.deserialize(raw, con.msgtype)
@@ -329,6 +464,36 @@ class BagReader:
         while heap:
             _, t, mt, m = heapq.heappop(heap)
             yield t, mt, m
+
+    def has_states(self, topic: str = STATES_TOPIC) -> bool:
+        return topic in self.all_topics
+
+    def states(self, topic: str = STATES_TOPIC) -> BagStates:
+        """Every message of the states topic, parsed (module doc) and sorted by log time."""
+        times, rows, layout = [], [], None
+        for log_ns, _, msg in self._messages(topic, self._state_connections(topic)):
+            dims = [(str(d.label), int(d.size)) for d in msg.layout.dim]
+            offset = int(msg.layout.data_offset)
+            if layout is None:
+                layout = (dims, offset)
+            elif (dims, offset) != layout:
+                raise BagError(f"states topic {topic} of {self.path}: the message at t={log_ns / 1e9:.6f} s has "
+                               f"layout {dims} (offset {offset}), the first {layout[0]} (offset {layout[1]}); "
+                               "every message needs the same layout.dim")
+            data = np.asarray(msg.data, dtype=np.float32).reshape(-1)
+            need = offset + sum(size for _, size in dims)
+            if data.size != need:
+                raise BagError(f"states topic {topic} of {self.path}: a message holds {data.size} values but its "
+                               f"layout.dim {dims} with data_offset {offset} needs {need}; fix the sizes")
+            times.append(log_ns)
+            rows.append(data[offset:])
+        if layout is None:
+            raise BagError(f"states topic {topic} of {self.path} holds no messages; record the states or drop "
+                           "--states-topic")
+        t = np.asarray(times, dtype=np.int64)  # (N,)
+        order = np.argsort(t, kind="stable")
+        values = np.stack(rows)[order]  # (N, L) float32 in time order
+        return parse_states(topic, t[order], values, layout[0])
 
     def frames(self, topic: str, index: TopicIndex | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(t_ns, (H, W, 3) uint8 BGR) of ``topic`` in time order; a frame that does not decode is a BagError."""

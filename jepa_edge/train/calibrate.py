@@ -7,7 +7,7 @@ number is scored on held-out episodes, and always beside its controls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,10 @@ class MomentsConfig:
     steps: int = 32  # steps per episode
     seed: int = 777  # world seed of these moments
     heldout_fraction: float = 0.3  # last episodes: scoring only, never anchors or probe training
-    recording: str = ""  # use a recorded multi-camera folder (with states for probes) instead
+    recording: str = ""  # a recorded multi-camera folder, ROS 2 bag or .mcap instead (states needed for probes)
+    topics: dict[str, str] = field(default_factory=dict)  # bag: view → image topic ({} = views named from topics)
+    tolerance_s: float = 0.0  # bag: cameras paired within this (0 = half the first camera's frame interval)
+    states_topic: str = ""  # bag: ground-truth states topic ("" = /jepa_edge/states when present)
 
 
 @dataclass
@@ -49,18 +52,30 @@ class CalibConfig:
     anchor_seed: int = 0  # which pool moments become anchors
 
 
-def load_moments(views: list[str], size: int, cfg: MomentsConfig) -> Moments:
+def load_moments(views: list[str], size: int, cfg: MomentsConfig, need_states: bool = False) -> Moments:
+    """The moments both agents see: fresh simulated episodes, or a recording (folder, bag, .mcap)."""
     if not cfg.recording:
         return world_moments(views, cfg.episodes, cfg.steps, size, cfg.seed, WorldConfig())
-    rec = load_recording(cfg.recording, views=list(dict.fromkeys(views)), resize=size)
-    if rec.states is None:
-        raise ValueError(f"{cfg.recording}: the recording has no states.npz, so there is nothing to score against")
+    rec = load_recording(cfg.recording, views=list(dict.fromkeys(views)), resize=size, topics=cfg.topics or None,
+                         tolerance_s=cfg.tolerance_s or None, states_topic=cfg.states_topic or None)
+    if need_states and rec.states is None:
+        raise ValueError(f"{cfg.recording}: the recording has no ground-truth states (states.npz, or a bag's "
+                         "/jepa_edge/states topic), and probes need labels; use a recording that has them")
     return Moments(rec.frames, rec.states)
 
 
 def split_episodes(moments: Moments, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the anchor/probe pool and of the held-out moments."""
-    E = moments.states.n_episodes
+    """Row indices of the anchor/probe pool and of the held-out moments.
+
+    Whole episodes are held out; a single continuous recording (one episode, e.g. a bag) holds out its last
+    ``heldout_fraction`` of the time instead, so anchors never sit beside the moments they are scored on.
+    """
+    E, T = moments.shape
+    if E == 1:
+        n_held = max(1, round(T * heldout_fraction))
+        if n_held >= T:
+            raise ValueError(f"{T} moment(s) cannot be split into a pool and a held-out stretch; record longer")
+        return np.arange(T - n_held), np.arange(T - n_held, T)
     n_held = max(1, round(E * heldout_fraction))
     if n_held >= E:
         raise ValueError(f"{E} episode(s) cannot be split into a pool and a held-out set; use more episodes")
@@ -122,7 +137,7 @@ def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg
                  ) -> tuple[list[Path], dict[str, Any]]:
     """Fit each task's probe on the agent's pool latents; score held-out, beside an untrained encoder's."""
     enc, meta = load_agent(run)
-    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg)
+    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]
     pool, held = split_episodes(moments, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_003), frames)
@@ -147,7 +162,7 @@ def transfer_probes(probe_paths: list[Path], postcard_path: Path, run: str | Pat
     """probe_A ∘ W_BA on agent B (no gradient step) vs B's native probe and controls, held-out."""
     enc, meta = load_agent(run)
     postcard = load_postcard(postcard_path, expect_source_fingerprint=meta["fingerprint"])
-    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg)
+    moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]
     pool, held = split_episodes(moments, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_004), frames)

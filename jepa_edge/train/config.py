@@ -12,7 +12,8 @@ from jepa_edge.world.sim import WorldConfig
 @dataclass
 class DataConfig:
     view: str = "top"  # simulator view, or the camera name inside a recording folder
-    recording: str = ""  # "" = built-in simulator; else a folder of multi-camera video
+    recording: str = ""  # "" = built-in simulator; else a folder of multi-camera video, a ROS 2 bag or an .mcap
+    topics: dict[str, str] = field(default_factory=dict)  # bag: view → image topic ({} = views named from topics)
     img_size: int = 32  # frames are rendered / resized to img_size x img_size
     n_episodes: int = 2048  # simulated training episodes (pre-rendered once, ~200 MB at 32 px; 4x the first
     # release's 512: docs/RECIPE.md, lever 1)

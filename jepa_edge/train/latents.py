@@ -23,11 +23,17 @@ from jepa_edge.world.views import render
 @dataclass
 class Moments:
     frames: dict[str, np.ndarray]  # view → (E, T, S, S, 3) uint8
-    states: WorldStates
+    states: WorldStates | None  # None: a robot's recording without ground truth (calib still runs; probes cannot)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(episodes, steps)."""
+        E, T = next(iter(self.frames.values())).shape[:2]
+        return int(E), int(T)
 
     @property
     def episode(self) -> np.ndarray:
-        E, T = self.states.n_episodes, self.states.n_steps
+        E, T = self.shape
         return np.repeat(np.arange(E), T)  # (E*T,)
 
     @property

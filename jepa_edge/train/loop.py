@@ -116,7 +116,7 @@ def load_view_data(cfg: RunConfig) -> tuple[ViewData, ViewData | None]:
     """Training frames and held-out eval frames (a different world seed) of one view."""
     d = cfg.data
     if d.recording:
-        return make_view_dataset(d.view, d.img_size, recording=d.recording), None
+        return make_view_dataset(d.view, d.img_size, recording=d.recording, topics=d.topics or None), None
     train = make_view_dataset(d.view, d.img_size, world=d.world, n_episodes=d.n_episodes,
                               n_steps=d.episode_len, seed=d.world_seed)
     held_out = make_view_dataset(d.view, d.img_size, world=d.world, n_episodes=d.eval_episodes,

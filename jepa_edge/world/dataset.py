@@ -16,7 +16,10 @@
   with ``sensor_msgs/msg/Image`` or ``CompressedImage`` topics. One camera per image topic
   (view names: ``jepa_edge.bags.reader.view_names``, or ``topics={view: topic}``); the
   cameras' frames are paired by timestamp (``jepa_edge.bags.pairing``), so frame ``i`` of
-  every view is one moment; one episode (1, T, H, W, 3), no states.
+  every view is one moment; one episode (1, T, H, W, 3) and no states, unless the bag holds
+  the states topic (``/jepa_edge/states``, ``std_msgs/msg/Float32MultiArray``; the convention
+  is in ``jepa_edge.bags.reader``): then the states are paired with the cameras too, and an
+  ``episode`` slice splits frames and states into (E, T, ...).
 
 ``ViewData`` is what training consumes: one view's frames (E, T, S, S, 3)
 uint8 BGR plus ground truth when there is any, from the simulator or from
@@ -34,7 +37,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jepa_edge.bags.reader import BagReader, bag_kind, is_bag, pair_by_time, resolve_views
+from jepa_edge.bags.reader import (
+    STATES_TOPIC,
+    BagReader,
+    BagStates,
+    bag_kind,
+    episode_runs,
+    is_bag,
+    pair_by_time,
+    resolve_views,
+)
 from jepa_edge.config import from_dict
 from jepa_edge.world.record import RECORDING_FORMAT, RECORDING_JSON, RECORDING_VERSION, RecordingError
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
@@ -132,14 +144,17 @@ def _pick_views(available: list[str], views: list[str] | None, where: Path) -> l
 
 
 def load_recording(path: str | Path, views: list[str] | None = None, resize: int | None = None,
-                   topics: dict[str, str] | None = None, tolerance_s: float | None = None) -> Recording:
+                   topics: dict[str, str] | None = None, tolerance_s: float | None = None,
+                   states_topic: str | None = None) -> Recording:
     """Load a recording folder or a ROS bag (see module doc).
 
     ``views`` limits which videos / topics are decoded (default: all). ``resize``
     resizes every frame to ``resize`` × ``resize`` on load (cv2.INTER_AREA;
     non-square camera frames are squashed, not cropped). Bags only: ``topics``
     names the views ({view: topic}); ``tolerance_s`` is the largest time offset
-    of paired frames (default: half the first camera's median frame interval).
+    of paired frames (default: half the first camera's median frame interval);
+    ``states_topic`` names the ground-truth topic, which must then be there
+    (None or "": ``/jepa_edge/states`` when the bag has it, else no states).
     """
     path = Path(path)
     if path.is_file() and path.name == RECORDING_JSON:
@@ -149,9 +164,9 @@ def load_recording(path: str | Path, views: list[str] | None = None, resize: int
     if resize is not None and (not isinstance(resize, int) or resize < 1):
         raise RecordingError(f"resize must be a positive int (square side in pixels), got {resize!r}")
     if is_bag(path):
-        return _load_bag(path, views, resize, topics, tolerance_s)
-    if topics or tolerance_s is not None:
-        raise RecordingError(f"{path} is not a ROS bag; topics and tolerance apply to bags only "
+        return _load_bag(path, views, resize, topics, tolerance_s, states_topic or None)
+    if topics or tolerance_s is not None or states_topic:
+        raise RecordingError(f"{path} is not a ROS bag; topics, tolerance and states topic apply to bags only "
                              "(a rosbag2 folder with metadata.yaml, a .mcap or a .db3 file)")
     if not path.is_dir():
         raise RecordingError(f"{path} is a file; pass the recording folder that holds it, or a .mcap / .db3 bag")
@@ -302,9 +317,11 @@ def _load_video_folder(path: Path, views: list[str] | None, resize: int | None) 
 
 
 def _load_bag(path: Path, views: list[str] | None, resize: int | None, topics: dict[str, str] | None,
-              tolerance_s: float | None) -> Recording:
-    """Every chosen image topic, decoded and resized, then paired by time → one episode (1, T, ...)."""
+              tolerance_s: float | None, states_topic: str | None) -> Recording:
+    """Every chosen image topic, decoded and resized, and the states topic, paired by time → (E, T, ...)."""
     with BagReader(path) as bag:
+        wanted = states_topic or (STATES_TOPIC if bag.has_states() else None)
+        gt = None if wanted is None else bag.states(wanted)  # before the frames: a bad layout fails fast
         chosen = resolve_views(bag.image_topics, views, topics, where=str(path))  # {view: topic}
         times, frames, sizes, clocks, fps = {}, {}, {}, {}, {}
         for view, topic in chosen.items():
@@ -320,8 +337,11 @@ def _load_bag(path: Path, views: list[str] | None, resize: int | None, topics: d
             times[view], frames[view] = index.sorted_t_ns, np.stack(stack)  # (N,), (N, H, W, 3)
             sizes[view], clocks[view], fps[view] = list(native), index.clock, index.fps
     labels = {v: f"{v} ({t})" for v, t in chosen.items()}
+    if gt is not None:  # one more stream after the cameras, keyed by its topic (never a view name)
+        times[gt.topic], labels[gt.topic] = gt.t_ns, f"states ({gt.topic})"
     rows, report = pair_by_time(times, tolerance_s, names=labels)
-    T = report["kept"]
+    states = None if gt is None else gt.take(rows.pop(gt.topic))
+    E, T = _episodes(states, report["kept"], path)
     meta = {
         "format": RECORDING_FORMAT,
         "version": RECORDING_VERSION,
@@ -330,19 +350,44 @@ def _load_bag(path: Path, views: list[str] | None, resize: int | None, topics: d
         "topics": chosen,  # view → topic
         "clock": clocks,  # view → "header" (header.stamp) or "log" (stamps were 0: the bag's log time)
         "pairing": report,
-        "t_ns": {v: times[v][rows[v]].tolist() for v in chosen},  # time of each kept frame
+        "t_ns": {v: times[v][rows[v]].tolist() for v in chosen},  # time of each kept frame (flat, episode-major)
         "frame_sizes": sizes,  # native (H, W) per camera, before resize
-        "frame_counts": report["frames"],  # before pairing
+        "frame_counts": report["frames"],  # before pairing (the states topic too)
         "size": resize,
         "fps": fps,  # 1 / median stamp interval per camera
-        "n_episodes": 1,
+        "n_episodes": E,
         "n_steps": T,
         "codec": None,
         "world": None,
         "seed": None,
-        "states": None,
+        "states": None if states is None else states.topic,
+        "state_slices": None if states is None else states.slices,
     }
-    return Recording({v: frames[v][rows[v]][None] for v in chosen}, None, meta, path)  # (1, T, H, W, 3)
+    frames = {v: frames[v][rows[v]].reshape(E, T, *frames[v].shape[1:]) for v in chosen}  # (E, T, H, W, 3)
+    return Recording(frames, None if states is None else _world_states(states, E, T), meta, path)
+
+
+def _episodes(states: BagStates | None, K: int, path: Path) -> tuple[int, int]:
+    """(E, T) of the K paired moments: from the states' ``episode`` slice when it splits them evenly, else (1, K)."""
+    if states is None or states.episode is None:
+        return 1, K
+    runs = episode_runs(states.episode)
+    if isinstance(runs, str):
+        warnings.warn(f"{path}: {runs}, so the {K} paired moments are loaded as one episode; "
+                      "a moment is dropped when a camera or the state has no partner (see meta['pairing'])",
+                      stacklevel=4)
+        return 1, K
+    return runs
+
+
+def _world_states(states: BagStates, E: int, T: int) -> WorldStates:
+    n = states.positions.shape[1]
+    return WorldStates.from_arrays({
+        "positions": states.positions.reshape(E, T, n, 2),
+        "velocities": states.velocities.reshape(E, T, n, 2),
+        "danger": states.danger.reshape(E, T),
+        "radius": states.radius,
+    })
 
 
 @dataclass

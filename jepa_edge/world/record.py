@@ -20,6 +20,10 @@ are frame-synchronous. ``states.npz`` uses the same flat time axis:
 A real robot produces the same thing minus ``recording.json`` and
 ``states.npz``: a folder of one video per camera (see ``dataset.load_recording``).
 
+``simulate_recording(..., fmt="mcap" | "rosbag2")`` writes the same frames and states as a ROS 2
+bag instead (``jepa_edge.bags.writer.write_bag``: one image topic per view, the states topic with
+an ``episode`` slice), which ``load_recording`` reads back as (E, T, ...).
+
 Frames are rendered with ``render(states, view, size, seed=seed)``, so
 ``ViewData.from_simulator`` with the same seed yields exactly the frames that
 were encoded (before MJPG/mp4v compression; FFV1 is lossless).
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -231,6 +236,9 @@ def write_recording(
     return out
 
 
+FORMATS = ("folder", "mcap", "rosbag2")
+
+
 def simulate_recording(
     out_dir: str | Path,
     world_config: WorldConfig | None = None,
@@ -240,20 +248,45 @@ def simulate_recording(
     size: int = 32,
     seed: int = 0,
     fps: float = 30.0,
-    codec: str = "MJPG",
+    codec: str | None = None,
     overwrite: bool = False,
+    fmt: str = "folder",
+    encoding: str | None = None,
 ) -> Path:
-    """Simulate ``n_episodes`` × ``n_steps`` with ``seed`` and record them (same seed for render noise)."""
+    """Simulate ``n_episodes`` × ``n_steps`` with ``seed`` and record them (same seed for render noise).
+
+    ``fmt``: ``"folder"`` a recording folder (``codec``, default MJPG); ``"mcap"`` a bare ``.mcap``
+    bag (``out_dir`` must end in .mcap) or ``"rosbag2"`` a rosbag2 folder, with images as
+    ``encoding`` (rgb8 default, bgr8, mono8, jpeg). ``codec`` applies to folders only, ``encoding``
+    to bags only: giving the other one is an error, not ignored.
+    """
+    if fmt not in FORMATS:
+        raise RecordingError(f"recording format {fmt!r} is not known; use one of {list(FORMATS)}")
+    if fmt == "folder" and encoding is not None:
+        raise RecordingError("--encoding applies to bags (--format mcap or rosbag2); a folder recording "
+                             "picks its video codec with --codec")
+    if fmt != "folder" and codec is not None:
+        raise RecordingError("--codec applies to folder recordings; a bag stores images as --encoding "
+                             "rgb8, bgr8, mono8 or jpeg")
+    if fmt == "mcap" and Path(out_dir).suffix.lower() != ".mcap":
+        raise RecordingError(f"{out_dir}: a bare MCAP recording must end in .mcap; rename it or use --format rosbag2")
     cfg = world_config or WorldConfig()
+    views = list(views)
+    if fmt != "folder":
+        if (Path(out_dir).exists() or Path(out_dir).is_symlink()) and not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+        if not views or len(set(views)) != len(views):
+            raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
+        for v in views:
+            get_view(v)  # unknown view → ValueError listing the valid ones
+        if not isinstance(size, int) or size < 2:
+            raise RecordingError(f"size must be an int >= 2, got {size!r}")
     states = simulate(cfg, n_episodes, n_steps, seed)
-    return write_recording(
-        out_dir,
-        states,
-        list(views),
-        size=size,
-        fps=fps,
-        seed=seed,
-        codec=codec,
-        world_config=cfg,
-        overwrite=overwrite,
-    )
+    if fmt == "folder":
+        return write_recording(out_dir, states, views, size=size, fps=fps, seed=seed, codec=codec or "MJPG",
+                               world_config=cfg, overwrite=overwrite)
+    from jepa_edge.bags.writer import write_bag  # the bag packages are imported only when a bag is written
+
+    frames = {v: render(states, v, size=size, seed=seed) for v in views}  # (E, T, S, S, 3) each
+    return write_bag(out_dir, SimpleNamespace(frames=frames, states=states), fmt=fmt, encoding=encoding or "rgb8",
+                     fps=fps, overwrite=overwrite)
