@@ -179,11 +179,15 @@ def _print_train_summary(result, recording: Path | None) -> None:
     from rich.table import Table
 
     if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
-        why = ("it has no states.npz (no ground truth)" if recording and not (recording / "states.npz").is_file()
-               else "training used every episode of it, so none is held out")
+        from jepa_edge.bags.reader import is_bag
+
+        bag = recording is not None and is_bag(recording)
+        has_states = recording is not None and (recording / "states.npz").is_file()
+        why = ("training used every moment of it, so none is held out" if bag or has_states
+               else "it has no states.npz (no ground truth)")
         say(f"no held-out state probe for {result.out_dir}: trained on recording {recording}, and {why}; "
             f"score it with `jepa-edge probe {result.out_dir} --recording OTHER_RECORDING` "
-            "(a recording with states.npz the agent did not train on)")
+            "(a recording with ground-truth states the agent did not train on)")
         say(f"steps {result.step}  wall {result.wall_time_s:.0f}s  fingerprint {result.fingerprint[:16]}…")
         return
 

@@ -69,3 +69,22 @@ def test_bag_errors_are_one_line_and_write_nothing(tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "r.mcap").exists()
     res = cli("train", "--out", tmp_path / "run", "--topic", "top=/top/image_raw", "--no-progress")
     assert res.exit_code == 2 and "--recording" in res.output
+
+
+def test_unsupported_encoding_and_cameras_without_overlap_exit_2_and_write_nothing(tmp_path):
+    from bag_fixtures import camera_msgs, jittered, sim_frames, two_cameras, write_bag
+
+    bayer = write_bag(tmp_path / "bayer", camera_msgs("/front/image_raw", sim_frames(3, 16), jittered(3, 10**18, 0),
+                                                      "bayer_rggb8"), "mcap")
+    apart = write_bag(tmp_path / "apart", two_cameras(side_shift_ns=10**10).messages, "sqlite3")  # side 10 s late
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    res = cli("train", "--out", out, "--recording", bayer, "--view", "front", "--config", config, "--no-progress")
+    assert res.exit_code == 2 and "bayer_rggb8" in res.output and "supported: rgb8" in res.output, res.output
+    assert len([x for x in res.output.splitlines() if x.strip()]) == 1 and not out.exists()
+    res = cli("world", "info", apart)  # both cameras: they must be paired, and cannot be
+    assert res.exit_code == 2 and "share no time within" in res.output, res.output
+    assert len([x for x in res.output.splitlines() if x.strip()]) == 1
+    res = cli("run", tmp_path / "none.onnx", "--source", f"bag:{bayer}")
+    assert res.exit_code == 2
