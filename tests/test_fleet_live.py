@@ -659,3 +659,5 @@ def test_fleet_run_serves_a_live_page_with_the_fleet(agents, tmp_path):
             t.join(60)
     assert state["fleet"]["agent"] == "agentB" and state["fleet"]["follow"] == "agentA"
     assert state["fleet"]["head_version"] >= 1 and result["frames"] == 600
+    (peer,) = [p for p in state["fleet"]["peers"] if p["name"] == "agentA"]
+    assert peer["tasks"] == "position" and peer["followed"] and peer["layout_version"] == 0  # A runs no frames here

@@ -524,6 +524,8 @@ class FleetNode:
             cards = dict(self.inbox.cards)
             seen = dict(self.inbox.last_card_t)
         peers = [{"name": name, "view": card.agent.get("view", ""), "tasks": ", ".join(card.tasks),
+                  "outputs": ", ".join(o["name"] for o in card.layout["outputs"]),
+                  "layout_version": card.layout["version"],  # bumps each time the peer applies a head of new outputs
                   "followed": name == self.cfg.follow, "last_card_s": round(now - seen.get(name, now), 2)}
                  for name, (_, card) in sorted(cards.items())]
         _, tag = self.slot.current
