@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= cpu,train,export,fleet,robot,dev
 DEMO_OUT ?= demo
 
-.PHONY: setup demo test lint bench gpu-check clean
+.PHONY: setup browser demo test lint bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -18,12 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
-	@# the live page's browser test drives Debian's chromium (skipped, with its reason, where it cannot be installed)
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	touch $@
+
+# The live page's browser test drives Debian's chromium (skipped, with its reason, where it cannot be installed).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 		echo "chromium not installed: tests/test_live_page.py's browser test will be skipped"
-	touch $@
 
 demo: setup
 	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
@@ -42,7 +44,7 @@ demo: setup
 # lever 5 (560 tests) 79.7 s and 86.3 s from clean clones (2 min 39 s, 3 min 15 s); with fleet trust (608 tests)
 # 20 runs in a row passed with two busy loops beside them, 67-84 s each (4 Dec). `pytest -m "not slow"` skips the
 # multi-process and end-to-end tests.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 lint: setup
