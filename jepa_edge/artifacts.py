@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,17 +35,18 @@ class ArtifactError(ValueError):
     """A file that cannot be used as is: missing, oversized, not a regular file, not parseable."""
 
 
-def temp_path(path: str | Path, keep_suffix: bool = False) -> Path:
+def temp_path(path: str | Path, keep_suffix: bool = False, folder: bool = False) -> Path:
     """A fresh temporary sibling of ``path`` named after this process: ``.{name}.{pid}.{random}.tmp``.
 
-    ``keep_suffix`` appends ``path``'s suffix (``….tmp.avi``) for libraries that pick a format by it.
+    ``keep_suffix`` appends ``path``'s suffix (``….tmp.avi``) for libraries that pick a format by it;
+    ``folder`` names a temporary folder (``….tmpdir``) for an artifact that is a folder.
     """
     path = Path(path)
-    extra = path.suffix if keep_suffix else ""
+    extra = "dir" if folder else path.suffix if keep_suffix else ""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{extra}")
 
 
-def _writer_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
     """True only when no process ``pid`` exists (a process of another user still counts as alive)."""
     if pid <= 0 or pid == os.getpid():
         return False
@@ -58,13 +60,13 @@ def _writer_gone(pid: int) -> bool:
 
 
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Remove ``path``'s temporary siblings left by writers that died (SIGKILL, power loss); return them.
+    """Remove ``path``'s temporary siblings (files or folders) left by writers that died; return them.
 
     Only names of the ``temp_path`` scheme whose pid no longer exists are touched: another process's
     write in progress keeps its file.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp(\.\w+)?")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp(dir|\.\w+)?")
     removed = []
     try:
         entries = list(os.scandir(path.parent))
@@ -72,9 +74,12 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         m = pattern.fullmatch(entry.name)
-        if m and _writer_gone(int(m.group(1))):
+        if m and process_gone(int(m.group(1))):
             try:
-                os.unlink(entry.path)
+                if m.group(2) == "dir" and entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
             except FileNotFoundError:  # another writer cleaned it first
                 continue
             removed.append(Path(entry.path))
@@ -127,8 +132,6 @@ def replace_synced(tmp: str | Path, path: str | Path) -> None:
 def replace_folder_synced(new: str | Path, path: str | Path, scratch: str | Path) -> None:
     """fsync every file of the folder ``new`` and the folder, move it to ``path`` (an old folder there is moved
     into ``scratch`` first), then delete ``scratch``: a reader sees the old folder or the new one, whole."""
-    import shutil
-
     new, path, scratch = Path(new), Path(path), Path(scratch)
     for f in new.iterdir():
         _fsync_path(f)

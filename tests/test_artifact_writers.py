@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jepa_edge.artifacts import atomic_write, atomic_write_bytes, atomic_write_json, replace_synced, temp_path
+from jepa_edge.artifacts import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temps,
+    replace_synced,
+    temp_path,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,6 +130,19 @@ def test_replace_synced_removes_a_killed_writers_temp_file(tmp_path):
     tmp.write_bytes(b"video")
     replace_synced(tmp, target)
     assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+def test_a_dead_writers_temp_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    """Folder artifacts (a rosbag2 bag) use the same temp scheme: ``.{name}.{pid}.{hex}.tmpdir``."""
+    target = tmp_path / "bag"
+    live = temp_path(target, folder=True)
+    assert live.name.startswith(f".bag.{os.getpid()}.") and live.name.endswith(".tmpdir")
+    dead = tmp_path / f".bag.{_dead_pid()}.0badc0de.tmpdir"
+    for folder in (live, dead):
+        folder.mkdir()
+        (folder / "metadata.yaml").write_text("x")
+    assert remove_stale_temps(target) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
 def _dead_pid() -> int:

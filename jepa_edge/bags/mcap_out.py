@@ -33,13 +33,13 @@ import struct
 import sys
 import threading
 import zlib
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from jepa_edge import package_version
 from jepa_edge.artifacts import ArtifactError, remove_stale_temps, replace_synced, temp_path
 
 if TYPE_CHECKING:
@@ -121,13 +121,6 @@ def import_mcap() -> Any:
     except ImportError as exc:
         raise McapUnavailableError(f"MCAP recording needs the mcap package: {MCAP_EXTRA}") from exc
     return mcap
-
-
-def _jepa_edge_version() -> str:
-    try:
-        return importlib_metadata.version("jepa-edge")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _floats(values: Any) -> list[float | None]:
@@ -241,8 +234,8 @@ class McapRecorder:
         self._tmp = temp_path(self.path, keep_suffix=True)
         self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or _abandon()
         w = mcap.writer.Writer(self._file, compression=mcap.writer.CompressionType.ZSTD, enable_data_crcs=True)
-        w.start(profile="", library=f"jepa-edge {_jepa_edge_version()}")
-        info = {"jepa_edge_version": _jepa_edge_version(), "jpeg_quality": str(self.jpeg_quality),
+        w.start(profile="", library=f"jepa-edge {package_version()}")
+        info = {"jepa_edge_version": package_version(), "jpeg_quality": str(self.jpeg_quality),
                 "annotate": str(self.annotate).lower(), "emit_latent": str(self.emit_latent).lower()}
         info.update({k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in self.meta.items()})
         w.add_metadata("jepa_edge", info)

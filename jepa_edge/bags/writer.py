@@ -28,9 +28,7 @@ bag is never overwritten. Needs ``pip install 'jepa-edge[robot]'`` (imported whe
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
-from jepa_edge.artifacts import _writer_gone, remove_stale_temps, replace_folder_synced, replace_synced, temp_path
+from jepa_edge.artifacts import remove_stale_temps, replace_folder_synced, replace_synced, temp_path
 from jepa_edge.bags.pairing import BagError
 from jepa_edge.bags.reader import COMPRESSED, IMAGE, STATES_TOPIC, STATES_TYPE, is_bag
 
@@ -192,14 +190,15 @@ class BagWriter:
         return self
 
     def _open_mcap(self) -> None:
-        from jepa_edge.bags.mcap_out import _jepa_edge_version, import_mcap
+        from jepa_edge import package_version
+        from jepa_edge.bags.mcap_out import import_mcap
 
         mcap = import_mcap()
         remove_stale_temps(self.path)
         self._tmp = temp_path(self.path, keep_suffix=True)
         self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or abandon()
         w = mcap.writer.Writer(self._file, compression=mcap.writer.CompressionType.ZSTD, enable_data_crcs=True)
-        w.start(profile="ros2", library=f"jepa-edge {_jepa_edge_version()}")
+        w.start(profile="ros2", library=f"jepa-edge {package_version()}")
         self._writer = w
 
     def _open_rosbag2(self) -> None:
@@ -208,8 +207,8 @@ class BagWriter:
         except ImportError as exc:
             raise BagError(f"writing ROS bags needs the rosbags package ({exc}); install it with "
                            f"`{ROBOT_EXTRA}`") from exc
-        _remove_stale_folders(self.path)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmpdir")
+        remove_stale_temps(self.path)
+        self._tmp = temp_path(self.path, folder=True)
         self._tmp.mkdir()
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.storage]
         self._writer = Writer(self._tmp / self.path.name, version=9, storage_plugin=plugin)
@@ -277,15 +276,6 @@ class BagWriter:
             self.close()
         else:
             self.abandon()
-
-
-def _remove_stale_folders(path: Path) -> None:
-    """Temporary folders of ``path`` left by writers that died (their pid is gone)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmpdir")
-    for entry in path.parent.iterdir():
-        m = pattern.fullmatch(entry.name)
-        if m and entry.is_dir() and _writer_gone(int(m.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_bag(path: str | Path, recording: Recorded, fmt: str = "mcap", encoding: str = "rgb8", fps: float = 30.0,

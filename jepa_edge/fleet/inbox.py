@@ -133,6 +133,11 @@ class Inbox:
             entry = self.cards.get(agent)
         return None if entry is None else entry[1]
 
+    def known_cards(self) -> dict[str, tuple[AgentCard, float]]:
+        """agent → (its current card, our clock when it last arrived): a consistent copy."""
+        with self._lock:
+            return {agent: (card, self.last_card_t[agent]) for agent, (_, card) in self.cards.items()}
+
     def expect_anchors(self, agent: str, request: AnchorRequest) -> None:
         """Register a request this node sends: only a reply echoing its nonce and ids is accepted, once."""
         with self._lock:

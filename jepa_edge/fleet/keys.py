@@ -131,7 +131,11 @@ def public_entry(signer: Signer, kinds: list[str] | None = None) -> dict[str, An
 
 def load_trust(path: str | Path) -> TrustStore:
     """Parse a trusted-keys file; every problem is one ``FleetKeyError`` naming the file and the fix."""
-    path = Path(path)
+    return _trust_store(_read_trust(Path(path)), f"trusted-keys file {path}")
+
+
+def _read_trust(path: Path) -> Any:
+    """The trusted-keys file's JSON object (its shape is checked by ``_trust_store``)."""
     where = f"trusted-keys file {path}"
     try:
         data = _read_small(path, MAX_TRUST_BYTES)
@@ -141,6 +145,10 @@ def load_trust(path: str | Path) -> TrustStore:
                             "--trusted-keys FILE`") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FleetKeyError(f"{where} is not JSON ({str(exc)[:80]}); rewrite it with jepa-edge fleet keygen") from None
+    return obj
+
+
+def _trust_store(obj: Any, where: str) -> TrustStore:
     if not isinstance(obj, dict) or obj.get("version") != KEYS_VERSION or not isinstance(obj.get("agents"), dict):
         raise FleetKeyError(f'{where}: expected {{"version": {KEYS_VERSION}, "agents": {{NAME: {{public_key, '
                             'kinds}}}}}')
@@ -208,8 +216,8 @@ def add_trusted(path: str | Path, agent: str, signer: Signer, kinds: list[str] |
     check_name("agent", agent)
     obj: dict[str, Any] = {"version": KEYS_VERSION, "agents": {}}
     if path.exists():
-        load_trust(path)  # refuse to extend a file that is already broken
-        obj = json.loads(path.read_text())
+        obj = _read_trust(path)
+        _trust_store(obj, f"trusted-keys file {path}")  # refuse to extend a file that is already broken
     obj["agents"][agent] = public_entry(signer, kinds)
     atomic_write_json(path, obj, sort_keys=True)
 

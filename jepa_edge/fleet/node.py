@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jepa_edge import package_version
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.head import FusedHead, build_head
 from jepa_edge.calib.postcard import Postcard
@@ -187,7 +188,7 @@ class FleetNode:
         self._head_version = -1
         self._next_frame_t = 0.0
         self.epoch = 0
-        self.card = AgentCard(self.agent, f"jepa-edge {_version()}", meta.input_size, config.world.to_dict())
+        self.card = AgentCard(self.agent, f"jepa-edge {package_version()}", meta.input_size, config.world.to_dict())
         self._card_probes()
 
     # ---- setup --------------------------------------------------------------------------------
@@ -520,14 +521,11 @@ class FleetNode:
     def fleet_info(self) -> dict[str, Any]:
         """What a live page shows of the fleet: this robot, its peers (cards seen), its head and inbox counts."""
         now = time.time()
-        with self.inbox._lock:
-            cards = dict(self.inbox.cards)
-            seen = dict(self.inbox.last_card_t)
         peers = [{"name": name, "view": card.agent.get("view", ""), "tasks": ", ".join(card.tasks),
                   "outputs": ", ".join(o["name"] for o in card.layout["outputs"]),
                   "layout_version": card.layout["version"],  # bumps each time the peer applies a head of new outputs
-                  "followed": name == self.cfg.follow, "last_card_s": round(now - seen.get(name, now), 2)}
-                 for name, (_, card) in sorted(cards.items())]
+                  "followed": name == self.cfg.follow, "last_card_s": round(now - seen, 2)}
+                 for name, (card, seen) in sorted(self.inbox.known_cards().items())]
         _, tag = self.slot.current
         return {"agent": self.name, "follow": self.cfg.follow, "peer_alive": self.peer_alive,
                 "signed": self.signer is not None, "authenticated": self.inbox.trust is not None,
@@ -575,12 +573,3 @@ def _keys(config: FleetConfig, name: str) -> tuple[Any, Any]:
         raise FleetKeyError(f"{config.key} is not the key {config.trusted_keys} lists for {name}; "
                             "use this robot's own key or update the trusted-keys file")
     return signer, trust
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("jepa-edge")
-    except Exception:  # noqa: BLE001 - not installed (source checkout)
-        return "dev"

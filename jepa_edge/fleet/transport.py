@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from jepa_edge.artifacts import process_gone
+
 MODES = ("peer", "client")
 
 
@@ -229,16 +231,6 @@ RESERVATION_MAX_AGE_S = 600.0  # a reservation older than this is reclaimed even
 _mine: set[Path] = set()  # this process's reservations, removed at exit
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _stale(path: Path) -> bool:
     """A reservation whose process is gone, that is too old, or that holds no pid."""
     try:
@@ -248,7 +240,7 @@ def _stale(path: Path) -> bool:
         return False  # released meanwhile: the next link() will tell
     except (OSError, ValueError):
         return True
-    return age > RESERVATION_MAX_AGE_S or pid <= 0 or not _pid_alive(pid)
+    return age > RESERVATION_MAX_AGE_S or pid <= 0 or process_gone(pid)
 
 
 def _reserve_port(port: int, folder: Path) -> bool:

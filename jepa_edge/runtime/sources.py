@@ -338,11 +338,10 @@ def parse_bag_spec(spec: str) -> tuple[str, str | None]:
     return path, raw.get("topic") or None
 
 
-def _is_bag_spec(spec: str) -> bool:
+def _is_bag_path(spec: str) -> bool:
+    """A bag named by its path alone (``run.mcap``, ``run.db3``, a rosbag2 folder), ``?topic=`` allowed."""
     from jepa_edge.bags.reader import is_bag
 
-    if spec.startswith(BAG_PREFIX):
-        return True
     path = spec.partition("?")[0]
     return path.lower().endswith(BAG_SUFFIXES) or is_bag(path)
 
@@ -534,7 +533,7 @@ def source_kind(spec: str) -> str:
         return "network"
     if spec.isdigit():
         return "camera"
-    if _is_bag_spec(spec):
+    if _is_bag_path(spec):
         return "bag"
     if Path(spec).is_dir():
         return "folder"

@@ -32,13 +32,13 @@ were encoded (before MJPG/mp4v compression; FFV1 is lossless).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
+from jepa_edge import package_version
 from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced, temp_path
 from jepa_edge.config import to_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
@@ -164,11 +164,7 @@ def _check_states(states: WorldStates) -> None:
 
 
 def _versions() -> dict[str, str]:
-    try:
-        jepa_version = metadata.version("jepa-edge")
-    except metadata.PackageNotFoundError:  # running from a source tree that is not pip-installed
-        jepa_version = "unknown"
-    return {"jepa_edge": jepa_version, "opencv": cv2.__version__, "numpy": np.__version__}
+    return {"jepa_edge": package_version(), "opencv": cv2.__version__, "numpy": np.__version__}
 
 
 def write_recording(
