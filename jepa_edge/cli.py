@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -15,12 +16,90 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _TidyParams:
+    """Help that names values in CLI words: ``RUN``, ``PATH``, ``N`` (not ``{run}``, ``<list[Path]>``, ``<bool>``)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "_tidy", False):
+                continue
+            p._tidy = True
+            if p.param_type_name == "argument":
+                word = _metavar(p)
+                p.metavar = p.metavar or p.name.upper()
+                p.display_type_rich = lambda ctx, word=word: word  # the type column: PATH, not <path>
+            elif p.metavar is None:
+                p.metavar = _metavar(p)
+        return params
+
+
+class Group(_TidyParams, TyperGroup):
+    pass
+
+
+class Command(_TidyParams, TyperCommand):
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = p.metavar + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+def _metavar(p) -> str:
+    desc = getattr(p, "type_descriptor", None)
+    if desc is None:  # the help option
+        return ""
+    inner = typing.get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+    if desc.is_path or inner is Path:
+        return "PATH"
+    return "N" if inner is int else "X" if inner is float else "" if inner is bool else "TEXT"
+
+
+def command(typer_app: typer.Typer, name: str | None = None):
+    """``@command(app)``: a typer command with CLI-word help (``Command``)."""
+    return typer_app.command(name, cls=Command)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings=CONTEXT, cls=Group,
                   help="Train JEPA agents per viewpoint, align them with W, export and run them at the edge.")
-world_app = typer.Typer(no_args_is_help=True, help="Built-in multi-view world simulator and recordings.")
+world_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, cls=Group,
+                        help="Built-in multi-view world simulator and recordings.")
 app.add_typer(world_app, name="world")
 console = Console(stderr=True)
+
+
+class _State:
+    quiet = False  # --quiet: no progress bars and no "wrote …" lines; errors and asked-for output still print
+
+
+STATE = _State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from jepa_edge import package_version
+
+        say(f"jepa-edge {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no 'wrote …' lines.")] = False,
+) -> None:
+    """Train JEPA agents per viewpoint, align them with W, export and run them at the edge."""
+    STATE.quiet = quiet
+
 
 # Exceptions that mean "this input cannot be used" (files, options, configs, devices), whatever module raised
 # them; any exception class defined inside jepa_edge counts too, so a new library error type is covered as soon
@@ -71,10 +150,22 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def renamed(old: str, new: str, value: object) -> None:
-    """A hidden old option name that was given: one line saying what to use instead."""
-    if value is not None and value != []:
-        raise ValueError(f"{old} was renamed to {new}; use {new} instead")
+def note(text: str) -> None:
+    """An informational line on stdout ("wrote …"): left out under --quiet."""
+    if not STATE.quiet:
+        say(text)
+
+
+def emit_json(obj: object) -> None:
+    """``--json``: one JSON object on stdout instead of the table."""
+    typer.echo(json.dumps(obj, indent=1, default=str))
+
+
+def refuse_existing(*paths: Path | None, overwrite: bool) -> None:
+    """One rule for every command: an existing output is refused unless --overwrite (checked before any work)."""
+    for path in paths:
+        if path is not None and path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
 
 
 def _load_json_arg(path: Path | None, what: str = "JSON config") -> dict:
@@ -123,41 +214,50 @@ StatesTopicOpt = Annotated[str, typer.Option(
     "--states-topic", help="Bag recordings: ground-truth states topic (default /jepa_edge/states if present).")]
 
 
-@app.command()
+RUN_FILES = ("train_state.json", "train_state.safetensors", "encoder.safetensors", "meta.json", "log.jsonl")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+@command(app)
 @user_errors
 def train(
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, meta.json, log.jsonl).")],
+    run: Annotated[Path, typer.Argument(help="Run folder to write (checkpoints, meta.json, log.jsonl).")],
     view: Annotated[str, typer.Option(help="Simulator view (top, oblique, rotated, partial) or camera name.")] = "top",
-    steps: Annotated[int | None, typer.Option(help="Optimiser steps (default from config).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")] = None,
     seed: Annotated[int, typer.Option(help="Model init and clip sampling seed.")] = 0,
     world_seed: Annotated[int, typer.Option(help="Seed of the simulated training world.")] = 0,
-    name: Annotated[str | None, typer.Option(help="Agent name (default: run directory name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name (default: the run folder's name).")] = None,
     recording: Annotated[Path | None, typer.Option(
         help="Train on a recording instead: a multi-camera folder, a ROS 2 bag folder or an .mcap file.")] = None,
     topic: TopicOpt = [],  # noqa: B006
-    batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clips per step (default: the preset's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the training step's loss module.")] = False,
     cuda_graphs: Annotated[bool, typer.Option(help="Compile with CUDA graphs (reduce-overhead); CUDA only.")] = False,
-    config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides (unknown keys are errors).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
-    teacher: Annotated[Path | None, typer.Option(help="Teacher agent run dir: align this student to it via W.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of RunConfig overrides (unknown keys are errors).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in RUN.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start afresh in RUN, replacing the run it holds.")] = False,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher agent's run folder: align this student to it via W.")] = None,
     anchors: Annotated[int, typer.Option(help="Anchor moments whose teacher latents the student receives.")] = 256,
     teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
     teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny).")] = "demo",
+    as_json: JsonOpt = False,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
     from jepa_edge.config import deep_merge, from_dict, to_dict
     from jepa_edge.train.config import RunConfig, preset_config
     from jepa_edge.train.loop import train as run_train
 
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in RUN and --overwrite replaces it: pass one of them")
     base = to_dict(preset_config(preset))
     overrides = _checked_run_overrides(config)
     cfg_dict = deep_merge(base, overrides)
-    cfg_dict["name"] = name or overrides.get("name") or out.name
+    cfg_dict["name"] = name or overrides.get("name") or run.name
     cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""),
                             topics=_topic_map(topic, recording))
     cfg_dict["train"].update(seed=seed, device=device, compile=compile, cuda_graphs=cuda_graphs)
@@ -171,13 +271,20 @@ def train(
         cfg_dict["teacher"].update(run=str(teacher), anchors=anchors, weight=teacher_weight,
                                    control=teacher_control)
     cfg = from_dict(RunConfig, cfg_dict)
-    result = run_train(cfg, out, resume=resume, progress=progress)
-    _print_train_summary(result, recording)
+    if overwrite:  # only the files a run writes: anything else in the folder is the user's and stays
+        for f in RUN_FILES:
+            (run / f).unlink(missing_ok=True)
+    result = run_train(cfg, run, resume=resume, progress=progress and not STATE.quiet)
+    _print_train_summary(result, recording, as_json)
 
 
-def _print_train_summary(result, recording: Path | None) -> None:
+def _print_train_summary(result, recording: Path | None, as_json: bool = False) -> None:
     from rich.table import Table
 
+    if as_json:
+        emit_json({"run": str(result.out_dir), "steps": result.step, "wall_s": result.wall_time_s,
+                   "fingerprint": result.fingerprint, "heldout": result.metrics, "untrained": result.untrained})
+        return
     if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
         from jepa_edge.bags.reader import is_bag
 
@@ -205,13 +312,13 @@ def _print_train_summary(result, recording: Path | None) -> None:
 # ---------------------------------------------------------------- world
 
 
-@world_app.command("record")
+@command(world_app, "record")
 @user_errors
 def world_record(
     out: Annotated[Path, typer.Argument(help="Output folder (one video per view + states.npz + recording.json).")],
     views: Annotated[list[str], typer.Option("--view", help="Views to record (repeat).")] = ["top", "oblique"],  # noqa: B006
     episodes: Annotated[int, typer.Option(help="Episodes.")] = 8,
-    steps: Annotated[int, typer.Option(help="Steps per episode.")] = 64,
+    episode_len: Annotated[int, typer.Option(help="Steps per episode.")] = 64,
     size: Annotated[int, typer.Option(help="Frame side in pixels (even).")] = 32,
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     fps: Annotated[float, typer.Option(help="Video frame rate.")] = 30.0,
@@ -229,61 +336,78 @@ def world_record(
 
     if format == "folder" and out.suffix.lower() in (".mcap", ".db3"):
         raise ValueError(f"{out} looks like a bag file but --format is folder; pass --format mcap for one .mcap file")
-    path = simulate_recording(out, n_episodes=episodes, n_steps=steps, views=tuple(views), size=size, seed=seed,
+    path = simulate_recording(out, n_episodes=episodes, n_steps=episode_len, views=tuple(views), size=size, seed=seed,
                               fps=fps, codec=codec, overwrite=overwrite, fmt=format, encoding=encoding)
-    say(f"wrote {path}")
+    note(f"wrote {path}")
 
 
-@world_app.command("info")
+@command(world_app, "info")
 @user_errors
-def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) -> None:
-    """Describe a recording folder."""
+def world_info(path: Annotated[Path, typer.Argument(help="Recording folder, ROS 2 bag folder or .mcap file.")],
+               as_json: JsonOpt = False) -> None:
+    """Describe a recording."""
     from jepa_edge.world.dataset import load_recording
 
     rec = load_recording(path)
+    info = {"path": str(path), "views": list(rec.views), "episodes": rec.n_episodes, "episode_len": rec.n_steps,
+            "states": rec.states is not None, "topics": rec.meta.get("topics") or {},
+            "pairing": rec.meta.get("pairing") or {}}
+    if as_json:
+        emit_json(info)
+        return
     say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
         f"states {'yes' if rec.states is not None else 'no'}")
-    if rec.meta.get("topics"):  # a bag: which topic each view is, and how the cameras paired
-        say("topics: " + ", ".join(f"{v}={t}" for v, t in rec.meta["topics"].items()))
-        if rec.meta.get("pairing"):
-            say(f"pairing: {json.dumps(rec.meta['pairing'], default=str)}")
+    if info["topics"]:  # a bag: which topic each view is, and how the cameras paired
+        say("topics: " + ", ".join(f"{v}={t}" for v, t in info["topics"].items()))
+        if info["pairing"]:
+            say(f"pairing: {json.dumps(info['pairing'], default=str)}")
 
 # ---------------------------------------------------------------- calib / probe / reproduce
 
 
-def _moments_cfg(episodes: int, steps: int, seed: int, recording: Path | None, topics: list[str] = (),
+def _moments_cfg(episodes: int, episode_len: int, seed: int, recording: Path | None, topics: list[str] = (),
                  tolerance: float = 0.0, states_topic: str = ""):
     from jepa_edge.train.calibrate import MomentsConfig
 
-    return MomentsConfig(episodes=episodes, steps=steps, seed=seed, recording=str(recording or ""),
+    return MomentsConfig(episodes=episodes, steps=episode_len, seed=seed, recording=str(recording or ""),
                          topics=_topic_map(topics, recording), tolerance_s=tolerance, states_topic=states_topic)
 
 
-@app.command()
+EpisodesOpt = Annotated[int, typer.Option(help="Fresh simulated episodes (anchors + held-out scoring).")]
+EpisodeLenOpt = Annotated[int, typer.Option(help="Steps per simulated episode.")]
+
+
+@command(app)
 @user_errors
 def calib(
-    source: Annotated[Path, typer.Option(help="Agent whose latents W maps FROM (e.g. runs/agentB).")],
-    target: Annotated[Path, typer.Option(help="Agent whose latent space W maps INTO (e.g. runs/agentA).")],
-    out: Annotated[Path, typer.Option(help="Postcard file to write (*.postcard.safetensors).")],
+    from_run: Annotated[Path, typer.Option("--from", help="Agent whose latents W maps FROM (e.g. runs/agentB).")],
+    to_run: Annotated[Path, typer.Option("--to", help="Agent whose latent space W maps INTO (e.g. runs/agentA).")],
+    out: Annotated[Path, typer.Option(help="Postcard file to write (NAME.postcard.safetensors).")],
     anchors: Annotated[int, typer.Option(help="Paired anchor moments used to fit W.")] = 300,
     estimator: Annotated[str, typer.Option(help="lstsq | ridge | procrustes | orth_lstsq")] = "ridge",
     ridge_alpha: Annotated[float, typer.Option(help="Ridge penalty (relative, on standardised latents).")] = 1e-2,
-    episodes: Annotated[int, typer.Option(help="Fresh simulated episodes for anchors + held-out scoring.")] = 64,
-    steps: Annotated[int, typer.Option(help="Steps per episode.")] = 32,
+    episodes: EpisodesOpt = 64,
+    episode_len: EpisodeLenOpt = 32,
     seed: Annotated[int, typer.Option(help="World seed of the anchor moments.")] = 777,
     recording: Annotated[Path | None, typer.Option(
         help="Use a recording instead: a multi-camera folder, a ROS 2 bag folder or an .mcap file.")] = None,
     topic: TopicOpt = [],  # noqa: B006
     tolerance: ToleranceOpt = 0.0,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Fit W between two agents from anchor pairs and measure the isomorphism against controls."""
     from jepa_edge.train.calibrate import CalibConfig, calibrate
 
-    _, report = calibrate(source, target, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
-                                                            anchors=anchors),
-                          _moments_cfg(episodes, steps, seed, recording, topic, tolerance))
+    refuse_existing(out, overwrite=overwrite)
+    _, report = calibrate(from_run, to_run, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
+                                                             anchors=anchors),
+                          _moments_cfg(episodes, episode_len, seed, recording, topic, tolerance))
+    if as_json:
+        emit_json(report)
+        return
     _print_calib(report)
-    say(f"wrote {out}")
+    note(f"wrote {out}")
 
 
 def _print_calib(report: dict) -> None:
@@ -303,22 +427,35 @@ def _print_calib(report: dict) -> None:
 PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.train.calibrate._task_targets)
 
 
-@app.command()
+def _probe_outputs(run: Path, out: Path, tasks: list[str]) -> list[Path]:
+    """The probe files ``probe RUN`` writes (agent name from RUN's meta.json; the folder name if unreadable)."""
+    from jepa_edge.artifacts import read_json_capped
+
+    try:
+        name = str(read_json_capped(run / "meta.json", "agent meta.json", "")["name"])
+    except Exception:  # noqa: BLE001 - a broken run is refused with its own message by the driver
+        name = run.name
+    return [out / f"{name}.{t}.probe.safetensors" for t in tasks]
+
+
+@command(app)
 @user_errors
 def probe(
-    run: Annotated[Path, typer.Argument(help="Agent run dir the probes read (or, with --transfer, agent B).")],
-    out: Annotated[Path, typer.Option(help="Folder for *.probe.safetensors.")] = Path("probes"),
+    run: Annotated[Path, typer.Argument(help="Agent run folder the probes read (with --transfer: agent B).")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME.TASK.probe.safetensors.")] = Path("probes"),
     transfer: Annotated[Path | None, typer.Option(help="Postcard W_BA: run agent A's probes on RUN zero-shot.")] = None,
     probes: Annotated[list[Path], typer.Option("--probe", help="Agent A probe files to transfer (repeat).")] = [],  # noqa: B006
     task: Annotated[list[str], typer.Option(help="Tasks to fit: position, danger (repeat).")] = ["position", "danger"],  # noqa: B006
-    episodes: Annotated[int, typer.Option(help="Fresh simulated episodes.")] = 64,
-    steps: Annotated[int, typer.Option(help="Steps per episode.")] = 32,
+    episodes: EpisodesOpt = 64,
+    episode_len: EpisodeLenOpt = 32,
     seed: Annotated[int, typer.Option(help="World seed of the moments.")] = 778,
     recording: Annotated[Path | None, typer.Option(
         help="Use a recording with ground-truth states instead (folder with states.npz, bag or .mcap).")] = None,
     topic: TopicOpt = [],  # noqa: B006
     tolerance: ToleranceOpt = 0.0,
     states_topic: StatesTopicOpt = "",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train linear probes on an agent's latents, or transfer another agent's probes through W."""
     from rich.table import Table
@@ -328,9 +465,13 @@ def probe(
     unknown = [t for t in task if t not in PROBE_TASKS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}; use --task with one of {list(PROBE_TASKS)}")
-    mcfg = _moments_cfg(episodes, steps, seed, recording, topic, tolerance, states_topic)
+    mcfg = _moments_cfg(episodes, episode_len, seed, recording, topic, tolerance, states_topic)
     if transfer is None:
+        refuse_existing(*_probe_outputs(run, out, task), overwrite=overwrite)
         paths, report = train_probes(run, out, ProbeRunConfig(tasks=tuple(task)), mcfg)
+        if as_json:
+            emit_json({"probes": [str(p) for p in paths], "heldout": report})
+            return
         table = Table(title=f"held-out probes on {run}")
         for col in ("task", "trained", "untrained (control)"):
             table.add_column(col, justify="right")
@@ -338,11 +479,14 @@ def probe(
             table.add_row(t, f"{r['trained']:.3f}", f"{r['untrained']:.3f}")
         Console().print(table)
         for p in paths:
-            say(f"wrote {p}")
+            note(f"wrote {p}")
         return
     if not probes:
         raise ValueError("--transfer needs the probes to move: pass --probe FILE (agent A's *.probe.safetensors)")
     report = transfer_probes(probes, transfer, run, mcfg)
+    if as_json:
+        emit_json(report)
+        return
     table = Table(title=f"zero-shot transfer through {transfer.name} onto {run} (held-out)")
     for col in ("probe", "transferred", "native", "kept", "scrambled W", "untrained native"):
         table.add_column(col, justify="right")
@@ -353,30 +497,37 @@ def probe(
     Console().print(table)
 
 
-@app.command()
+@command(app)
 @user_errors
 def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder: runs/, report.md, results.json, plots, postcard, probes.")] = Path("demo"),
+    preset: Annotated[str, typer.Option(help="demo (the recipe, ~8 min on 2 CPU cores) | quick (tiny, ~2 min: "
+                                        "undertrained agents, a smoke test, not the result).")] = "demo",
     view_a: Annotated[str, typer.Option(help="Agent A's view (W's target).")] = "top",
     view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
-    steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per agent (default: the preset's).")] = None,
     other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
     objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
                                                 "number of objects (one more agent to train).")] = False,
-    config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of RunConfig overrides for every agent.")] = None,
     student: Annotated[bool, typer.Option(help="Instead: teacher-accelerated students vs scratch (>= 3 seeds, "
                                           "controls), written to OUT/student_report.md.")] = False,
     scaling: Annotated[bool, typer.Option(help="Instead: the scaling study (agents at several compute budgets, "
                                           "seeds and view pairs), written to OUT/scaling.md + .json + .png.")] = False,
-    scaling_config: Annotated[Path | None, typer.Option(help="JSON ScalingConfig overrides (budgets, seeds, views; "
-                                                       "jepa_edge/study/scaling.py).")] = None,
+    scaling_config: Annotated[Path | None, typer.Option(help="JSON file of ScalingConfig overrides (budgets, seeds, "
+                                                       "views; jepa_edge/study/scaling.py).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Rewrite a finished report in OUT (its trained agents are "
+                                            "reused; an unfinished OUT is always resumed).")] = False,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
     from jepa_edge.study.reproduce import ReproduceConfig
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
+    report = out / ("scaling.md" if scaling else "student_report.md" if student else "report.md")
+    refuse_existing(report, overwrite=overwrite)
     overrides = _checked_run_overrides(config)  # a bad key fails now, not after the first agent trained
+    progress = progress and not STATE.quiet
     if scaling:
         from jepa_edge.config import ConfigError, from_dict
         from jepa_edge.study.scaling import ScalingConfig, run_scaling
@@ -387,7 +538,7 @@ def reproduce(
             raise ConfigError(f"{scaling_config}: {exc}; fix or remove that key (see jepa_edge/study/scaling.py)") from exc
         sc.validate()
         run_scaling(sc, out, progress=progress)
-        say(f"report: {out / 'scaling.md'}")
+        say(f"report: {report}")
         return
     if student:
         from jepa_edge.config import deep_merge
@@ -397,55 +548,57 @@ def reproduce(
                                   run=deep_merge(SMALL_RUN, overrides),
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
-        say(f"report: {out / 'student_report.md'}")
+        say(f"report: {report}")
         return
 
-    cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
-                          objects_world=objects_world,
-                          run=overrides)
+    cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps or 0, other_world=other_world,
+                          objects_world=objects_world, preset=preset, run=overrides)
     run_reproduce(cfg, out, progress=progress)
-    say(f"report: {out / 'report.md'}")
+    say(f"report: {report}")
 
 
 # ---------------------------------------------------------------- export / run / bench
 
 
-@app.command()
+EXPORT_MODES = {"fused": "fused", "head-inputs": "head_inputs", "encoder-only": "encoder_only"}  # CLI → metadata
+
+
+@command(app)
 @user_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="Agent run directory (encoder.safetensors + meta.json).")],
-    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    run: Annotated[Path, typer.Argument(help="Agent run folder (encoder.safetensors + meta.json).")],
+    out: Annotated[Path | None, typer.Option(help="ONNX file to write (default: RUN.onnx beside the run folder).")] = None,
+    format: Annotated[str, typer.Option("--format", help="onnx | engine (ONNX, then a TensorRT engine beside it; "
+                                        "needs the trt extra: pip install 'jepa-edge\\[trt]').")] = "onnx",
+    trt: Annotated[bool, typer.Option("--trt", help="Same as --format engine.")] = False,
     postcard: Annotated[Path | None, typer.Option(help="Postcard W (this agent → another) to fuse in.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files to fuse in (repeat).")] = [],  # noqa: B006
-    head: Annotated[Path | None, typer.Option("--head", hidden=True, help="Renamed --postcard.")] = None,
-    mode: Annotated[str, typer.Option(help="fused | head_inputs (swap heads at run time) | encoder_only")] = "fused",
+    mode: Annotated[str | None, typer.Option(help="fused (W and probes baked in) | head-inputs (heads swapped at run "
+                                             "time) | encoder-only (frames → z). Default: fused when --postcard or "
+                                             "--probe is given, else encoder-only.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript | dynamo")] = "torchscript",
     manual_attn: Annotated[bool, typer.Option(help="Export the manual attention path instead of SDPA.")] = False,
-    batch: Annotated[int, typer.Option(help="Static batch N (every shape fixed: CUDA graphs); 0 = dynamic.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Static batch size (every shape fixed: CUDA graphs); 0 = dynamic.")] = 0,
     optimize: Annotated[bool | None, typer.Option("--optimize/--no-optimize", help="onnxslim constant folding "
                         "(default: on when onnxslim is installed, the export extra).")] = None,
     fuse_transformer: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions (com.microsoft ops: "
-                                "ORT only, not for --trt).")] = False,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine "
-                                      "(needs the trt extra: pip install 'jepa-edge\\[trt]').")] = False,
+                                "ONNX Runtime only, not for --format engine).")] = False,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
     int8_method: Annotated[str, typer.Option(help="auto | calibrator | qdq")] = "auto",
     fp16_method: Annotated[str, typer.Option(help="auto | flag (BuilderFlag.FP16, TensorRT <= 10) | onnx "
                                              "(fp16 ONNX, strongly typed; TensorRT 11)")] = "auto",
-    opt_batch: Annotated[int, typer.Option(help="TensorRT profile: optimal batch.")] = 1,
-    max_batch: Annotated[int, typer.Option(help="TensorRT profile: max batch.")] = 8,
+    opt_batch: Annotated[int, typer.Option(help="TensorRT profile: optimal batch size.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch size.")] = 8,
     opt_head: Annotated[int, typer.Option(help="TensorRT profile: head width kernels are tuned for "
-                                          "(head_inputs mode; 0 = min(72, --max-head)).")] = 0,
-    max_head: Annotated[int, typer.Option(help="TensorRT profile: max head width (head_inputs mode).")] = 256,
+                                          "(head-inputs mode; 0 = min(72, --max-head)).")] = 0,
+    max_head: Annotated[int, typer.Option(help="TensorRT profile: max head width (head-inputs mode).")] = 256,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace limit (MiB).")] = 1024,
     timing_cache: Annotated[Path | None, typer.Option(help="Persisted TensorRT timing cache.")] = None,
     int8_source: Annotated[str, typer.Option(help="INT8 range-calibration frames: sim (the agent's own view), "
                                              "sim:VIEW, a video file or a recording folder.")] = "sim",
     int8_frames: Annotated[int, typer.Option(help="INT8 range-calibration frames (downscaled, memory-capped).")] = 512,
-    calib_source: Annotated[str | None, typer.Option(hidden=True)] = None,  # renamed: --int8-source
-    calib_view: Annotated[str | None, typer.Option(hidden=True)] = None,  # renamed: --int8-source sim:VIEW
-    calib_frames: Annotated[int | None, typer.Option(hidden=True)] = None,  # renamed: --int8-frames
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Export encoder + fused linear head (W, probes) to ONNX, optionally to a TensorRT engine."""
     from jepa_edge.export import (
@@ -457,122 +610,88 @@ def export(
         require_tensorrt,
     )
     from jepa_edge.export.optimize import count_summary
-    from jepa_edge.runtime.meta import MODE_ALIASES
 
-    renamed("--head", "--postcard", head)
-    if mode in MODE_ALIASES:  # a deprecated name: one line naming the new one, then go on
-        console.print(f"[yellow]hint:[/] --mode {mode} is now --mode {MODE_ALIASES[mode]}")
-        mode = MODE_ALIASES[mode]
-    for old, value, new in (("--calib-source", calib_source, "--int8-source"),
-                            ("--calib-view", calib_view, "--int8-source sim:VIEW"),
-                            ("--calib-frames", calib_frames, "--int8-frames")):
-        renamed(old, new, value)
-    if trt and fuse_transformer:
+    if format not in ("onnx", "engine"):
+        raise ValueError(f"--format {format!r}; use onnx or engine (a TensorRT engine, built from the ONNX)")
+    engine = trt or format == "engine"
+    if mode is not None and mode not in EXPORT_MODES:
+        raise ValueError(f"--mode {mode!r}; use one of {', '.join(EXPORT_MODES)}")
+    has_head = postcard is not None or bool(probe)
+    if mode is None:
+        mode = "fused" if has_head else "encoder-only"
+    out = out if out is not None else run.parent / f"{run.name or run.resolve().name}.onnx"
+    refuse_existing(out, *((out.with_suffix(".engine"), out.with_suffix(".engine.json")) if engine else ()),
+                    overwrite=overwrite)
+    if engine and fuse_transformer:
         raise ValueError("--fuse-transformer writes com.microsoft contrib ops TensorRT cannot parse; "
-                         "export the --trt model without --fuse-transformer")
+                         "export the engine's ONNX without --fuse-transformer")
     build_cfg = TrtBuildConfig(
         precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
         max_batch=max_batch, opt_head=opt_head, max_head=max_head, workspace_mib=workspace_mib,
         timing_cache=str(timing_cache or ""), int8=Int8Config(source=int8_source, n_frames=int8_frames))
-    if trt:
+    if engine:
         build_cfg.validate()  # a bad profile fails before the export, not after it
         require_tensorrt()  # fail at once, before the export, when the extra is missing
-    res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=mode,
+    res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=EXPORT_MODES[mode],
                        fused_attn=not manual_attn,
-                       config=OnnxExportConfig(opset=opset, exporter=exporter, batch=batch, optimize=optimize,
+                       config=OnnxExportConfig(opset=opset, exporter=exporter, batch=batch_size, optimize=optimize,
                                                fuse_transformer=fuse_transformer))
-    say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
-        + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
-    say(f"graph (batch {batch or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
-    if trt:
+    what = ("encoder only: frames → z; add --probe/--postcard for a head, or run it with --emit-latent"
+            if res.mode == "encoder_only" else res.mode.replace("_", "-"))
+    note(f"wrote {res.path} ({what}); ONNX Runtime vs PyTorch max abs error: "
+         + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+    note(f"model nodes (batch size {batch_size or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
+    if engine:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
         side = built.sidecar
-        say(f"wrote {built.engine_path} ({side['precision']}, tf32 {side['tf32']}) + {built.sidecar_path}")
+        note(f"wrote {built.engine_path} ({side['precision']}, tf32 {side['tf32']}) + {built.sidecar_path}")
 
 
-def _head_from_files(meta, postcard: Path | None, probes: list[Path]):
-    if postcard is None and not probes:
-        return None
-    from jepa_edge.calib import build_head, load_postcard, load_probe
-
-    pc = load_postcard(postcard, expect_source_fingerprint=meta.agent_fingerprint) if postcard else None
-    return build_head(meta.agent_fingerprint, meta.latent_dim, pc, [load_probe(p) for p in probes])
-
-
-@app.command("run")
+@command(app, "run")
 @user_errors
 def run_cmd(
     model: Annotated[Path, typer.Argument(help="Exported .onnx or TensorRT .engine.")],
     source: Annotated[str, typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
-                                        "folder, or sim:VIEW.")] = "sim:top",
+                                        "folder, bag:PATH?topic=/camera, or sim:VIEW.")] = "sim:top",
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
-    postcard: Annotated[Path | None, typer.Option(help="Postcard W to apply (head_inputs or numpy mode).")] = None,
+    postcard: Annotated[Path | None, typer.Option(help="Postcard W to apply (head-inputs model or numpy head).")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files (repeat).")] = [],  # noqa: B006
-    head: Annotated[Path | None, typer.Option("--head", hidden=True, help="Renamed --postcard.")] = None,
     watch: Annotated[Path | None, typer.Option(help="Folder watched for new postcards/probes (hot swap).")] = None,
-    head_mode: Annotated[str, typer.Option(help="auto | graph | numpy")] = "auto",
-    max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
+    head_mode: Annotated[str, typer.Option(help="Where the head runs: auto | model (inside the exported model) | "
+                                           "numpy (on z, after the encoder).")] = "auto",
+    frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
     realtime: Annotated[bool, typer.Option(help="Pace a file at its fps (drops frames if inference is slow).")] = False,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
     cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="ort-cuda: replay a "
-                          "captured CUDA graph per batch size (default: on for fused / encoder_only models).")] = None,
+                          "captured CUDA graph per batch size (default: on for fused / encoder-only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a file/stream "
                                                 "(0 = FFmpeg's default; 1 = lowest latency on small frames).")] = 0,
-    video_out: Annotated[Path | None, typer.Option(help="Write an annotated video.")] = None,
-    jsonl: Annotated[Path | None, typer.Option(help="Write JSON lines here instead of stdout.")] = None,
+    video_out: Annotated[Path | None, typer.Option(help="Write an annotated video (.avi / .mp4).")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Write the JSON lines here instead of stdout.")] = None,
     emit_latent: Annotated[bool, typer.Option(help="Include z in every JSON line.")] = False,
     record: Annotated[Path | None, typer.Option(
         help="Also write an MCAP file (frames, outputs, latency; Foxglove schemas).")] = None,
     serve: Annotated[str | None, typer.Option(
         help="Serve a live page (stream, outputs, latency) at HOST:PORT, e.g. 127.0.0.1:8080.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --record file.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --jsonl / --video-out / --record files.")] = False,
 ) -> None:
-    """Run the exported model on a camera feed / video / stream; one JSON line per frame."""
-    import sys
-    import threading
-
-    from jepa_edge.runtime import CaptureConfig, HeadWatcher, PipelineConfig, open_source
-    from jepa_edge.runtime import run as run_pipeline
+    """Run the exported model on a camera feed / video / stream; one JSON line per frame (named outputs)."""
+    from jepa_edge.runtime import CaptureConfig, PipelineConfig
+    from jepa_edge.runtime.app import RunFiles, run_model
     from jepa_edge.runtime.errors import SourceError
-    from jepa_edge.runtime.sinks import frame_sinks
 
-    renamed("--head", "--postcard", head)
-    pcfg = PipelineConfig(max_frames=max_frames, head_mode=head_mode, emit_latent=emit_latent,
+    refuse_existing(jsonl, video_out, record, overwrite=overwrite)
+    pcfg = PipelineConfig(max_frames=frames, head_mode=head_mode, emit_latent=emit_latent,
                           video_out=str(video_out or ""), capture=CaptureConfig(realtime=realtime))
-    pcfg.validate()
-    from jepa_edge.runtime.backends import load_model_for_run
-
-    m = load_model_for_run(str(model), backend, _backend_config(model, backend, threads, cuda_graph), head_mode)
-    watcher = src = None
-    out_f = sys.stdout
-    sinks: list = []
+    files = RunFiles(postcard=str(postcard or ""), probes=[str(p) for p in probe], watch=str(watch or ""),
+                     jsonl=str(jsonl or ""), record=str(record or ""), serve=serve or "", overwrite=overwrite)
     try:
-        fused = _head_from_files(m.meta, postcard, probe)
-        if watch is not None:
-            watcher = HeadWatcher(str(watch), m.meta.agent_fingerprint, m.meta.latent_dim).start()
-        src = open_source(source, decode_threads=decode_threads)
-        sinks = frame_sinks(record, serve, overwrite=overwrite, emit_latent=emit_latent,
-                            annotate_size=pcfg.annotate_size, on_url=_say_url,
-                            meta={"model": str(model), "agent": m.meta.agent_name, "view": m.meta.agent_view})
-        if jsonl:  # opened last: a bad model, head or source leaves no file behind
-            out_f = open(jsonl, "w")  # noqa: SIM115 (closed below)
-        try:
-            summary = run_pipeline(m, src, pcfg, head=fused, watcher=watcher, out=out_f, stop=threading.Event(),
-                                   sinks=sinks)
-        except SourceError as exc:  # a live source lost mid-run: the summary of what ran still matters
-            if getattr(exc, "summary", None) is not None:
-                console.print_json(json.dumps(exc.summary.to_dict()))
-            raise
-    finally:
-        for sink in sinks:  # idempotent: the pipeline closed them already unless it never started
-            sink.close()
-        if src is not None:
-            src.close()
-        if watcher is not None:
-            watcher.close()
-        m.close()
-        if out_f is not sys.stdout:
-            out_f.close()
+        summary = run_model(model, source, pcfg, files, backend=backend, threads=threads, cuda_graph=cuda_graph,
+                            decode_threads=decode_threads, on_url=_say_url, on_hint=_hint)
+    except SourceError as exc:  # a live source lost mid-run: the summary of what ran still matters
+        if getattr(exc, "summary", None) is not None:
+            console.print_json(json.dumps(exc.summary.to_dict()))
+        raise
     console.print_json(json.dumps(summary.to_dict()))
 
 
@@ -580,16 +699,8 @@ def _say_url(url: str) -> None:
     console.print(f"live page: {url}", soft_wrap=True, highlight=False, markup=False)  # stderr: stdout is JSON
 
 
-def _backend_config(model: Path, backend: str, threads: int, cuda_graph: bool | None = None):
-    """OrtConfig for the ONNX Runtime backends, None (defaults) for TensorRT: chosen after resolving ``auto``."""
-    from jepa_edge.runtime import OrtConfig
-    from jepa_edge.runtime.backend_ort import ORT_BACKENDS
-    from jepa_edge.runtime.backends import resolve_backend
-
-    resolved = resolve_backend(model, backend)
-    if resolved not in ORT_BACKENDS:
-        return None
-    return OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if resolved == "ort-cuda" else None)
+def _hint(text: str) -> None:
+    console.print(f"[yellow]hint:[/] {escape(text)}", soft_wrap=True, highlight=False)  # stderr: stdout is JSON
 
 
 @app.command()
@@ -652,28 +763,28 @@ def _require_tensorrt() -> None:
 # ---------------------------------------------------------------- fleet (Zenoh; jepa-edge[fleet])
 
 
-fleet_app = typer.Typer(no_args_is_help=True, help="Robots on a Zenoh fleet: run one, make its signing key.")
+fleet_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, cls=Group, help="Robots on a Zenoh fleet: run one, make its signing key.")
 app.add_typer(fleet_app, name="fleet")
 
 
-@fleet_app.command("run")
+@command(fleet_app, "run")
 @user_errors
 def fleet_run(
-    model: Annotated[Path, typer.Argument(help="Exported .onnx / .engine (head_inputs mode hot-swaps in the graph).")],
-    source: Annotated[str, typer.Option(help="Camera, video, stream, folder or sim:VIEW.")] = "sim:top",
+    model: Annotated[Path, typer.Argument(help="Exported .onnx / .engine (a head-inputs model hot-swaps heads).")],
+    source: Annotated[str, typer.Option(help="Camera, video, stream, folder, bag:PATH or sim:VIEW.")] = "sim:top",
     name: Annotated[str | None, typer.Option("--fleet", help="Fleet name (key expressions jepa/<fleet>/...).")] = None,
     agent: Annotated[str | None, typer.Option(help="This robot's name (default: the model's agent).")] = None,
     follow: Annotated[str | None, typer.Option(help="Peer whose probes to run through a live-fitted W.")] = None,
     probe: Annotated[list[Path], typer.Option(help="Own probe files to publish (repeat).")] = [],  # noqa: B006
-    listen: Annotated[list[str], typer.Option(help="Endpoint to listen on, e.g. tcp/127.0.0.1:7447.")] = [],  # noqa: B006
+    listen: Annotated[list[str], typer.Option(help="Endpoint to listen on, e.g. tcp/127.0.0.1:7447 (repeat).")] = [],  # noqa: B006
     connect: Annotated[list[str], typer.Option(help="Peer (or router) endpoint (repeat).")] = [],  # noqa: B006
     anchors: Annotated[int | None, typer.Option(help="Anchor moments requested for calibration.")] = None,
     fps: Annotated[float | None, typer.Option(help="Pace the loop at this rate (0 = as fast as the source).")] = None,
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
-    max_frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
-    jsonl: Annotated[Path | None, typer.Option(help="Append one JSON line per frame here.")] = None,
-    events: Annotated[Path | None, typer.Option(help="Append fleet events (attached, calibrated, ...) here.")] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON FleetConfig (unknown keys are errors).")] = None,
+    frames: Annotated[int, typer.Option(help="Stop after N frames (0 = until the source ends).")] = 0,
+    jsonl: Annotated[Path | None, typer.Option(help="Write one JSON line per frame here.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Write fleet events (attached, calibrated, ...) here.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of FleetConfig settings (unknown keys are errors).")] = None,
     key: Annotated[Path | None, typer.Option(help="This robot's private key (fleet keygen): sign what it sends.")] = None,
     trusted_keys: Annotated[Path | None, typer.Option(
         help="The fleet's trusted-keys file: accept only messages signed by a key in it.")] = None,
@@ -683,13 +794,14 @@ def fleet_run(
         help="Also write an MCAP file (frames, outputs, latency; Foxglove schemas).")] = None,
     serve: Annotated[str | None, typer.Option(
         help="Serve a live page (stream, outputs, latency, the fleet) at HOST:PORT.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --record file.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --jsonl / --events / --record files.")] = False,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
     from jepa_edge.config import deep_merge, from_dict
     from jepa_edge.fleet.app import run_fleet
     from jepa_edge.fleet.node import FleetConfig
 
+    refuse_existing(jsonl, events, record, overwrite=overwrite)
     given = {"fleet": name, "agent": agent, "follow": follow, "n_anchors": anchors, "fps": fps,
              "key": None if key is None else str(key),
              "trusted_keys": None if trusted_keys is None else str(trusted_keys)}
@@ -699,12 +811,12 @@ def fleet_run(
     if any(v is not None for v in transport.values()):
         over["transport"] = {k: v for k, v in transport.items() if v is not None}
     cfg = from_dict(FleetConfig, deep_merge(_load_json_arg(config), over))
-    summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=max_frames, jsonl=jsonl,
+    summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=frames, jsonl=jsonl,
                         events=events, record=record, serve=serve, overwrite=overwrite, on_url=_say_url)
     console.print_json(json.dumps(summary, default=str))
 
 
-@fleet_app.command("keygen")
+@command(fleet_app, "keygen")
 @user_errors
 def fleet_keygen(
     agent: Annotated[str, typer.Argument(help="The robot's agent name on the fleet.")],
@@ -738,7 +850,7 @@ def fleet_keygen(
         say(json.dumps({agent: public_entry(signer, kinds or None)}))
 
 
-@app.command("calib-graph")
+@command(app, "calib-graph")
 @user_errors
 def calib_graph(
     models: Annotated[list[Path], typer.Argument(help="Exported models of >= 2 agents (one per view).")],
@@ -749,6 +861,7 @@ def calib_graph(
     estimator: Annotated[str, typer.Option(help="lstsq | ridge | procrustes | orth_lstsq")] = "ridge",
     max_hops: Annotated[int, typer.Option(help="Longest composed path scored.")] = 2,
     backend: Annotated[str, typer.Option(help="Runtime backend that encodes the moments.")] = "ort-cpu",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
     from jepa_edge.calib.fit import FitConfig
@@ -756,11 +869,29 @@ def calib_graph(
     from jepa_edge.fleet.graph import graph_from_models
     from jepa_edge.fleet.moments import AnchorWorld
 
+    refuse_existing(*(out / f for f in ("graph.json", "graph.md", "graph.png")), overwrite=overwrite)
     world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)
     res = graph_from_models(models, out, world, fit_moments, eval_moments,
                             GraphConfig(fit=FitConfig(estimator=estimator), max_hops=max_hops), backend)
     console.print_json(json.dumps(res["summary"]))
-    Console().print(f"wrote {out / 'graph.md'}, graph.json, graph.png")
+    note(f"wrote {out / 'graph.md'}, graph.json, graph.png")
+
+
+@command(app)
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A postcard, probe, run folder, recording, .onnx model or .engine.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe a file jepa-edge wrote: what it is, which agent, shapes, outputs, metrics, how it was made."""
+    from jepa_edge.describe import describe, describe_lines
+
+    info = describe(path)
+    if as_json:
+        emit_json(info)
+        return
+    for line in describe_lines(info):
+        say(line)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ TINY = {
     "jepa": {"encoder": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2,
                          "latent_dim": 16}},
 }
-MOMENTS = ["--episodes", "8", "--steps", "12"]  # calib / probe: 8 fresh episodes x 12 steps at 16 px
+MOMENTS = ["--episodes", "8", "--episode-len", "12"]  # calib / probe: 8 fresh episodes x 12 steps at 16 px
 
 
 def cli(*args: object):
@@ -74,15 +74,15 @@ def world(tmp_path_factory) -> World:
     w = World(root, config, root / "runs/agentA", root / "runs/agentB", root / "W_BA.postcard.safetensors",
               {t: root / f"probes/agentA.{t}.probe.safetensors" for t in ("position", "danger")},
               root / "agentB.onnx", root / "rec")
-    w.results["train"] = cli("train", "--out", w.run_a, "--config", config, "--no-progress")
-    w.results["train_b"] = cli("train", "--out", w.run_b, "--view", "oblique", "--seed", 1, "--config", config,
+    w.results["train"] = cli("train", w.run_a, "--config", config, "--no-progress")
+    w.results["train_b"] = cli("train", w.run_b, "--view", "oblique", "--seed", 1, "--config", config,
                                "--no-progress")
-    w.results["calib"] = cli("calib", "--source", w.run_b, "--target", w.run_a, "--out", w.postcard,
+    w.results["calib"] = cli("calib", "--from", w.run_b, "--to", w.run_a, "--out", w.postcard,
                              "--anchors", 40, *MOMENTS)
     w.results["probe"] = cli("probe", w.run_a, "--out", root / "probes", *MOMENTS)
     w.results["export"] = cli("export", w.run_b, "--postcard", w.postcard, "--probe", w.probes["position"],
                               "--out", w.onnx)
-    w.results["record"] = cli("world", "record", w.recording, "--episodes", 3, "--steps", 12, "--size", 16)
+    w.results["record"] = cli("world", "record", w.recording, "--episodes", 3, "--episode-len", 12, "--size", 16)
     return w
 
 
@@ -128,12 +128,13 @@ def test_export_fuses_postcard_and_probe(world):
 
 def test_run_writes_one_json_line_per_frame_and_a_summary(world, tmp_path):
     out = tmp_path / "frames.jsonl"
-    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 3, "--jsonl", out,
+    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--frames", 3, "--jsonl", out,
               "--backend", "ort-cpu")
     assert_ok(res)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["frame"] for r in records] == [0, 1, 2]
-    assert len(records[0]["outputs"]["position"]) == 6
+    named = [k for k in records[0]["outputs"] if k.startswith("position.")]
+    assert named == [f"position.obj{i}.{a}" for i in range(3) for a in "xy"]  # every value named, in column order
     assert '"reason": "max_frames"' in res.stderr
 
 
@@ -143,27 +144,28 @@ def test_run_records_an_mcap_and_serves_a_live_page(world, tmp_path):
     from jepa_edge.bags.mcap_out import read_mcap_summary
 
     out, rec = tmp_path / "frames.jsonl", tmp_path / "run.mcap"
-    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 4, "--jsonl", out,
+    res = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--frames", 4, "--jsonl", out,
               "--backend", "ort-cpu", "--record", rec, "--serve", "127.0.0.1:0")
     assert_ok(res)
     assert "live page: http://127.0.0.1:" in res.stderr
     summary = read_mcap_summary(rec)
     counts = {topic: c["messages"] for topic, c in summary["channels"].items()}
     assert counts["/camera/image"] == 4 and counts["/outputs/position"] == 4 and counts["/latency"] == 4
-    again = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--max-frames", 1, "--backend", "ort-cpu",
+    again = cli("run", world.onnx, "--source", "sim:oblique?size=16", "--frames", 1, "--backend", "ort-cpu",
                 "--record", rec)
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_run_applies_a_postcard_and_probes_in_numpy(world, tmp_path):
     bare = tmp_path / "bare.onnx"
-    assert_ok(cli("export", world.run_b, "--mode", "bare", "--out", bare))
+    assert_ok(cli("export", world.run_b, "--mode", "encoder-only", "--out", bare))
     out = tmp_path / "frames.jsonl"
-    res = cli("run", bare, "--source", "sim:oblique?size=16", "--max-frames", 2, "--jsonl", out,
+    res = cli("run", bare, "--source", "sim:oblique?size=16", "--frames", 2, "--jsonl", out,
               "--postcard", world.postcard, "--probe", world.probes["danger"])
     assert_ok(res)
     first = json.loads(out.read_text().splitlines()[0])
-    assert set(first["outputs"]) == {"z_mapped", "danger"}
+    assert set(first["outputs"]) == {"z_mapped", "danger.safe", "danger.danger"}
+    assert first["outputs"]["danger.safe"] + first["outputs"]["danger.danger"] == pytest.approx(1, abs=1e-5)
 
 
 def test_bench_writes_the_json_report(world, tmp_path):
@@ -205,7 +207,7 @@ def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
 
 
 def test_train_on_a_recording_says_why_no_held_out_probe(world, tmp_path):
-    res = cli("train", "--out", tmp_path / "rec_run", "--recording", world.recording, "--config", world.config,
+    res = cli("train", tmp_path / "rec_run", "--recording", world.recording, "--config", world.config,
               "--no-progress")
     assert_ok(res)
     note = [line for line in res.stdout.splitlines() if line.startswith("no held-out state probe")]
@@ -308,50 +310,53 @@ class Case:
 CASES: dict[str, Case] = {
     # ---- train / config files
     "train config steps='abc'": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"steps": "abc"}})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"train": {"steps": "abc"}})],
         ["c.json", "train.steps must be int", "str 'abc'"], [t / "o"])),
     "train config is a JSON list": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", [1, 2])],
+        ["train", t / "o", "--config", _json(t / "c.json", [1, 2])],
         ["c.json", "must be a JSON object", "got list"], [t / "o"])),
     "train config unknown key": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"stepz": 3}})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"train": {"stepz": 3}})],
         ["c.json", "unknown key", "train.stepz"], [t / "o"])),
     "train config bool for int": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"data": {"img_size": True}})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"data": {"img_size": True}})],
         ["c.json", "data.img_size must be int"], [t / "o"])),
     "train config section not an object": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"data": [16]})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"data": [16]})],
         ["c.json", "data must be an object"], [t / "o"])),
     "train config truncated JSON": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _truncate(w.config, t / "c.json")],
+        ["train", t / "o", "--config", _truncate(w.config, t / "c.json")],
         ["c.json", "not valid JSON"], [t / "o"])),
     "train config missing": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", t / "nope.json"], ["nope.json", "no such"], [t / "o"])),
+        ["train", t / "o", "--config", t / "nope.json"], ["nope.json", "no such"], [t / "o"])),
     "train diverging loss": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--lr", "1e30", "--no-progress"],
+        ["train", t / "o", "--config", w.config, "--lr", "1e30", "--no-progress"],
         ["nan", "lr"], [t / "o" / "encoder.safetensors"])),
     "train into an existing run": Case(lambda w, t: (
-        ["train", "--out", w.run_a, "--config", w.config, "--no-progress"], [str(w.run_a), "--resume"], []),
+        ["train", w.run_a, "--config", w.config, "--no-progress"], [str(w.run_a), "--resume"], []),
         keep=lambda w: [w.run_a / "encoder.safetensors", w.run_a / "meta.json", w.run_a / "train_state.json"]),
     "train --resume with nothing to resume": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--resume", "--no-progress"], ["nothing to resume"],
+        ["train", t / "o", "--config", w.config, "--resume", "--no-progress"], ["nothing to resume"],
         [t / "o"])),
+    "train --resume and --overwrite together": Case(lambda w, t: (
+        ["train", w.run_a, "--config", w.config, "--resume", "--overwrite"], ["--resume", "--overwrite"], []),
+        keep=lambda w: [w.run_a / "encoder.safetensors", w.run_a / "meta.json"]),
     "train unknown view": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--view", "bogus"], ["bogus", "choose one of"],
+        ["train", t / "o", "--config", w.config, "--view", "bogus"], ["bogus", "choose one of"],
         [t / "o"])),
     "train missing recording": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--recording", t / "norec"], ["norec"], [t / "o"])),
+        ["train", t / "o", "--config", w.config, "--recording", t / "norec"], ["norec"], [t / "o"])),
     "train missing teacher": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--teacher", t / "noteacher", "--no-progress"],
+        ["train", t / "o", "--config", w.config, "--teacher", t / "noteacher", "--no-progress"],
         ["noteacher"], [t / "o" / "encoder.safetensors"])),
     # ---- world record / info
     "record over an existing recording": Case(lambda w, t: (
-        ["world", "record", w.recording, "--episodes", 2, "--steps", 8, "--size", 16], [str(w.recording), "overwrite"],
+        ["world", "record", w.recording, "--episodes", 2, "--episode-len", 8, "--size", 16], [str(w.recording), "overwrite"],
         []), keep=lambda w: [w.recording / "recording.json", w.recording / "states.npz"]),
     "record odd size": Case(lambda w, t: (
-        ["world", "record", t / "r", "--size", 15, "--episodes", 2, "--steps", 8], ["size", "15"], [t / "r"])),
+        ["world", "record", t / "r", "--size", 15, "--episodes", 2, "--episode-len", 8], ["size", "15"], [t / "r"])),
     "record unknown view": Case(lambda w, t: (
-        ["world", "record", t / "r", "--view", "bogus", "--episodes", 2, "--steps", 8], ["bogus"], [t / "r"])),
+        ["world", "record", t / "r", "--view", "bogus", "--episodes", 2, "--episode-len", 8], ["bogus"], [t / "r"])),
     "info missing folder": Case(lambda w, t: (["world", "info", t / "nofolder"], ["nofolder", "does not exist"], [])),
     "info corrupt recording.json": Case(lambda w, t: (
         ["world", "info", _corrupt_recording(w, t, "recording.json")], ["recording.json", "not valid JSON"], [])),
@@ -361,26 +366,32 @@ CASES: dict[str, Case] = {
         ["world", "info", _corrupt_recording(w, t, "states.npz")], ["states.npz"], [])),
     # ---- calib
     "calib missing run dir": Case(lambda w, t: (
-        ["calib", "--source", t / "norun", "--target", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
+        ["calib", "--from", t / "norun", "--to", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
         ["norun", "jepa-edge train"], [t / "W.postcard.safetensors"])),
     "calib corrupt meta.json": Case(lambda w, t: (
-        ["calib", "--source", _broken_run(w, t, "meta.json"), "--target", w.run_a,
+        ["calib", "--from", _broken_run(w, t, "meta.json"), "--to", w.run_a,
          "--out", t / "W.postcard.safetensors", *MOMENTS], ["meta.json", "not valid JSON"],
         [t / "W.postcard.safetensors"])),
     "calib truncated checkpoint": Case(lambda w, t: (
-        ["calib", "--source", _broken_run(w, t, "encoder.safetensors"), "--target", w.run_a,
+        ["calib", "--from", _broken_run(w, t, "encoder.safetensors"), "--to", w.run_a,
          "--out", t / "W.postcard.safetensors", *MOMENTS], ["encoder.safetensors"],
         [t / "W.postcard.safetensors"])),
     "calib NaN weights": Case(lambda w, t: (
-        ["calib", "--source", _nan_run(w, t), "--target", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
+        ["calib", "--from", _nan_run(w, t), "--to", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
         ["encoder.safetensors", "NaN"], [t / "W.postcard.safetensors"])),
     "calib too many anchors": Case(lambda w, t: (
-        ["calib", "--source", w.run_b, "--target", w.run_a, "--out", t / "W.postcard.safetensors", "--anchors",
+        ["calib", "--from", w.run_b, "--to", w.run_a, "--out", t / "W.postcard.safetensors", "--anchors",
          100000, *MOMENTS], ["100000 anchors", "--anchors"], [t / "W.postcard.safetensors"])),
+    "calib over an existing postcard": Case(lambda w, t: (
+        ["calib", "--from", w.run_b, "--to", w.run_a, "--out", w.postcard, *MOMENTS], [str(w.postcard), "--overwrite"],
+        []), keep=lambda w: [w.postcard]),
     "calib unknown estimator": Case(lambda w, t: (
-        ["calib", "--source", w.run_b, "--target", w.run_a, "--out", t / "W.postcard.safetensors", "--estimator",
+        ["calib", "--from", w.run_b, "--to", w.run_a, "--out", t / "W.postcard.safetensors", "--estimator",
          "bogus", "--anchors", 40, *MOMENTS], ["bogus", "lstsq"], [t / "W.postcard.safetensors"])),
     # ---- probe
+    "probe over existing probes": Case(lambda w, t: (
+        ["probe", w.run_a, "--out", w.probes["position"].parent, *MOMENTS], ["agentA.position.probe", "--overwrite"],
+        []), keep=lambda w: list(w.probes.values())),
     "probe unknown task": Case(lambda w, t: (
         ["probe", w.run_a, "--out", t / "p", "--task", "bogus", *MOMENTS], ["bogus", "position"], [t / "p"])),
     "probe --transfer without --probe": Case(lambda w, t: (
@@ -404,8 +415,11 @@ CASES: dict[str, Case] = {
         ["probe", w.run_b, "--transfer", w.postcard, "--probe", _symlink(w.probes["position"], t / "l.probe.safetensors"),
          *MOMENTS], ["l.probe.safetensors", "symbolic link"], [])),
     # ---- export
-    "export old --head option": Case(lambda w, t: (
-        ["export", w.run_b, "--head", w.postcard, "--out", t / "m.onnx"], ["--head", "--postcard"], [t / "m.onnx"])),
+    "export over an existing model": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", w.postcard, "--out", w.onnx], [str(w.onnx), "--overwrite"], []),
+        keep=lambda w: [w.onnx]),
+    "export --format not onnx|engine": Case(lambda w, t: (
+        ["export", w.run_b, "--format", "tflite", "--out", t / "m.onnx"], ["tflite", "onnx or engine"], [t / "m.onnx"])),
     "export missing run dir": Case(lambda w, t: (
         ["export", t / "norun", "--postcard", w.postcard, "--out", t / "m.onnx"], ["norun"], [t / "m.onnx"])),
     "export truncated checkpoint": Case(lambda w, t: (
@@ -428,14 +442,15 @@ CASES: dict[str, Case] = {
         ["export", w.run_b, "--postcard", w.postcard, "--mode", "bogus", "--out", t / "m.onnx"], ["bogus"],
         [t / "m.onnx"])),
     "export over an existing model, bad probe": Case(lambda w, t: (
-        ["export", w.run_b, "--postcard", w.postcard, "--probe", _garbage(t / "g.probe.safetensors"), "--out", w.onnx],
+        ["export", w.run_b, "--postcard", w.postcard, "--probe", _garbage(t / "g.probe.safetensors"), "--out", w.onnx,
+         "--overwrite"],
         ["g.probe.safetensors"], []), keep=lambda w: [w.onnx]),
     "export --trt without TensorRT": Case(lambda w, t: (
         ["export", w.run_b, "--postcard", w.postcard, "--out", t / "m.onnx", "--trt"], ["TensorRT", "jepa-edge[trt]"],
         [t / "m.onnx"])),
     # ---- run
     "run model.engine default backend": Case(lambda w, t: (
-        ["run", _engine(w, t), "--max-frames", 1, "--jsonl", t / "o.jsonl"], ["TensorRT", "jepa-edge[trt]"],
+        ["run", _engine(w, t), "--frames", 1, "--jsonl", t / "o.jsonl"], ["TensorRT", "jepa-edge[trt]"],
         [t / "o.jsonl"])),
     "run missing model": Case(lambda w, t: (
         ["run", t / "none.onnx", "--jsonl", t / "o.jsonl"], ["none.onnx", "jepa-edge export"], [t / "o.jsonl"])),
@@ -444,7 +459,7 @@ CASES: dict[str, Case] = {
     "run truncated ONNX": Case(lambda w, t: (
         ["run", _truncate(w.onnx, t / "t.onnx"), "--jsonl", t / "o.jsonl"], ["t.onnx"], [t / "o.jsonl"])),
     "run ONNX H×W disagrees with metadata": Case(lambda w, t: (
-        ["run", _wrong_hw_onnx(w, t), "--source", "sim:oblique?size=16", "--max-frames", 1, "--jsonl", t / "o.jsonl"],
+        ["run", _wrong_hw_onnx(w, t), "--source", "sim:oblique?size=16", "--frames", 1, "--jsonl", t / "o.jsonl"],
         ["wrong_hw.onnx", "re-export"], [t / "o.jsonl"])),
     "run missing source file": Case(lambda w, t: (
         ["run", w.onnx, "--source", t / "none.mp4", "--jsonl", t / "o.jsonl"], ["none.mp4", "no such"],
@@ -456,8 +471,10 @@ CASES: dict[str, Case] = {
         ["run", w.onnx, "--source", "sim:nope", "--jsonl", t / "o.jsonl"], ["nope"], [t / "o.jsonl"])),
     "run bad sim setting": Case(lambda w, t: (
         ["run", w.onnx, "--source", "sim:top?size=abc", "--jsonl", t / "o.jsonl"], ["size=abc"], [t / "o.jsonl"])),
-    "run old --head option": Case(lambda w, t: (
-        ["run", w.onnx, "--head", w.postcard, "--jsonl", t / "o.jsonl"], ["--postcard"], [t / "o.jsonl"])),
+    "run --jsonl over an existing file": Case(lambda w, t: (
+        ["run", w.onnx, "--jsonl", _json(t / "o.jsonl", {"kept": 1})], ["o.jsonl", "--overwrite"], [])),
+    "run unknown head mode": Case(lambda w, t: (
+        ["run", w.onnx, "--head-mode", "graph", "--jsonl", t / "o.jsonl"], ["graph", "model"], [t / "o.jsonl"])),
     "run truncated postcard": Case(lambda w, t: (
         ["run", w.onnx, "--postcard", _truncate(w.postcard, t / "t.postcard.safetensors"), "--jsonl", t / "o.jsonl"],
         ["t.postcard.safetensors"], [t / "o.jsonl"])),
@@ -503,7 +520,7 @@ CASES: dict[str, Case] = {
         ["c.json", "train.lr must be float"], [t / "demo"])),
     # ---- fleet / calib-graph (no network is opened: each fails before the Zenoh session)
     "fleet missing model": Case(lambda w, t: (
-        ["fleet", "run", t / "none.onnx", "--fleet", "x", "--jsonl", t / "f.jsonl", "--max-frames", 1],
+        ["fleet", "run", t / "none.onnx", "--fleet", "x", "--jsonl", t / "f.jsonl", "--frames", 1],
         ["none.onnx", "jepa-edge export"], [t / "f.jsonl"])),
     "fleet config unknown key": Case(lambda w, t: (
         ["fleet", "run", w.onnx, "--config", _json(t / "f.json", {"fleets": "x"}), "--jsonl", t / "f.jsonl"],
@@ -640,3 +657,74 @@ def test_a_missing_camera_prints_no_opencv_warnings(world, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot open camera source '63'"), proc.stderr
+
+
+# ---------------------------------------------------------------- inspect, encoder-only export, --json
+
+
+@pytest.mark.parametrize("what", ["postcard", "probe", "run", "onnx", "recording"])
+def test_inspect_describes_each_kind_of_file(world, what):
+    path = {"postcard": world.postcard, "probe": world.probes["danger"], "run": world.run_a, "onnx": world.onnx,
+            "recording": world.recording}[what]
+    res = cli("inspect", path, "--json")
+    assert_ok(res)
+    info = json.loads(res.stdout)
+    assert info["kind"] == what and info["path"] == str(path)
+    if what == "postcard":
+        assert info["from"]["name"] == "agentB" and info["to"]["name"] == "agentA" and info["W_shape"] == [16, 16]
+    elif what == "probe":
+        assert info["task"] == "classification" and info["outputs"] == ["safe", "danger"]
+    elif what == "run":
+        assert info["name"] == "agentA" and info["step"] == 4 and "position_r2" in info["heldout"]
+    elif what == "onnx":
+        assert info["mode"] == "fused" and info["agent"]["name"] == "agentB"
+        assert [o["name"] for o in info["outputs"]] == ["z_mapped", "position"]
+        assert info["outputs"][1]["columns"] == [f"obj{i}.{a}" for i in range(3) for a in "xy"]
+    else:
+        assert info["episodes"] == 3 and info["episode_len"] == 12 and info["states"]
+    text = cli("inspect", path)
+    assert_ok(text)
+    assert text.stdout.startswith(f"{path}: ")
+
+
+def test_inspect_refuses_what_it_does_not_know(world, tmp_path):
+    line = error_line(cli("inspect", _json(tmp_path / "x.json", {})))
+    assert "x.json" in line and "run folder" in line
+    assert "no such" in error_line(cli("inspect", tmp_path / "none.onnx"))
+
+
+def test_export_without_a_head_writes_the_encoder_only_model_and_run_says_how_to_see_z(world, tmp_path):
+    out = tmp_path / "enc.onnx"
+    res = cli("export", world.run_b, "--out", out)
+    assert_ok(res)
+    assert "encoder only" in res.stdout and "--emit-latent" in res.stdout
+    assert json.loads(cli("inspect", out, "--json").stdout)["mode"] == "encoder-only"
+    run = cli("run", out, "--source", "sim:oblique?size=16", "--frames", 1, "--jsonl", tmp_path / "f.jsonl")
+    assert_ok(run)
+    assert "hint:" in run.stderr and "--emit-latent" in run.stderr
+    run = cli("run", out, "--source", "sim:oblique?size=16", "--frames", 1, "--jsonl", tmp_path / "g.jsonl",
+              "--emit-latent")
+    assert_ok(run)
+    assert "hint:" not in run.stderr
+    assert len(json.loads((tmp_path / "g.jsonl").read_text())["outputs"]["z"]) == 16
+
+
+def test_export_refuses_then_overwrites_with_the_flag(world, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert_ok(cli("export", world.run_b, "--probe", world.probes["danger"], "--out", out))
+    before = out.read_bytes()
+    assert "--overwrite" in error_line(cli("export", world.run_b, "--out", out))
+    assert out.read_bytes() == before
+    assert_ok(cli("export", world.run_b, "--out", out, "--overwrite"))
+    assert json.loads(cli("inspect", out, "--json").stdout)["mode"] == "encoder-only"
+
+
+def test_world_info_json_and_quiet(world, tmp_path):
+    info = cli("world", "info", world.recording, "--json")
+    assert_ok(info)
+    assert json.loads(info.stdout)["views"] == ["top", "oblique"]
+    quiet = cli("-q", "world", "record", tmp_path / "r", "--episodes", 1, "--episode-len", 4, "--size", 16)
+    assert_ok(quiet)
+    assert quiet.stdout == "" and (tmp_path / "r" / "states.npz").is_file()
+    loud = cli("world", "record", tmp_path / "r2", "--episodes", 1, "--episode-len", 4, "--size", 16)
+    assert loud.stdout.startswith("wrote ")

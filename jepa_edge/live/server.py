@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from jepa_edge.runtime.outputs import softmax
 from jepa_edge.runtime.pipeline import annotate
 
 if TYPE_CHECKING:
@@ -120,9 +121,20 @@ class _Frame:
     def event(self) -> bytes:
         if self._event is None:  # two readers racing here compute the same bytes
             labels = {k: {"kind": kind, "labels": list(cols)} for k, (kind, cols) in self.labels.items()}
-            extra = {"labels": labels, **({"fleet": self.fleet} if self.fleet is not None else {})}
+            extra = {"labels": labels, "outputs": self._grouped(),
+                     **({"fleet": self.fleet} if self.fleet is not None else {})}
             self._event = to_json({**self.record, **extra})
         return self._event
+
+    def _grouped(self) -> dict[str, list[float]]:
+        """Output name → row 0 as a list (the page groups columns per output); classes as probabilities."""
+        grouped = {}
+        for name, value in self.outputs.items():
+            row = np.asarray(value)[0]  # (K,)
+            if name != "z" or "z" in self.record.get("outputs", {}):
+                kind = self.labels.get(name, ("", []))[0]
+                grouped[name] = (softmax(row) if kind == "classification" else row).tolist()
+        return grouped
 
 
 class LiveServer:

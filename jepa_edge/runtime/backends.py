@@ -81,12 +81,19 @@ def numpy_head_on_cuda_graph(backend: str, graph_mode: str, head_mode: str, conf
     return backend == "ort-cuda" and graph_mode == "head_inputs" and head_mode in ("auto", "numpy") and graph is not False
 
 
-def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto") -> Model:
+def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto", *,
+                       threads: int = 0, cuda_graph: bool | None = None) -> Model:
     """``load_model`` for the run pipeline: a head_inputs model on ``ort-cuda`` is loaded as its encoder-only cut
     where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy). Only on ``ort-cuda`` is
-    the file's mode read first (from its metadata, without a session)."""
+    the file's mode read first (from its metadata, without a session).
+
+    ``threads`` / ``cuda_graph`` (the CLI's ``--threads`` / ``--cuda-graph``) become the ONNX Runtime config once
+    ``auto`` is resolved, here and nowhere else; TensorRT takes neither (``config`` None = its defaults).
+    """
     path = Path(path)
     backend = resolve_backend(path, backend)
+    if config is None and backend in ORT_BACKENDS and (threads or cuda_graph is not None):
+        config = OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if backend == "ort-cuda" else None)
     cut = (backend == "ort-cuda" and path.suffix != ".engine"
            and numpy_head_on_cuda_graph(backend, graph_mode(path), head_mode, config))
     if cut:

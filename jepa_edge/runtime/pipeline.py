@@ -27,6 +27,7 @@ from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import SourceError
 from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher
 from jepa_edge.runtime.model import Model, ModelClosedError
+from jepa_edge.runtime.outputs import named_values, softmax
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
 
@@ -106,7 +107,7 @@ def _labels(stage: HeadStage) -> dict[str, tuple[str, list[str]]]:
 
 def annotate(image: np.ndarray, outputs: dict[str, np.ndarray], labels: dict[str, tuple[str, list[str]]],
              size: int, caption: str = "") -> np.ndarray:
-    """Upscaled copy of ``image`` with probe values as text; ``objK_x/objK_y`` outputs drawn as circles.
+    """Upscaled copy of ``image`` with probe values as text; ``objK.x/objK.y`` outputs drawn as circles.
 
     Positions are drawn as normalised image coordinates (exact for the top view).
     """
@@ -118,13 +119,14 @@ def annotate(image: np.ndarray, outputs: dict[str, np.ndarray], labels: dict[str
         row = np.asarray(values).reshape(-1)
         kind, cols = labels.get(name, ("", []))
         if kind == "classification" and row.size:
-            k = int(row.argmax())
-            lines.append(f"{name}: {cols[k] if k < len(cols) else k}")
+            k, p = int(row.argmax()), float(softmax(row)[row.argmax()])
+            lines.append(f"{name}: {cols[k] if k < len(cols) else k} {p:.2f}")
         else:
             lines.append(f"{name}: " + " ".join(f"{v:.2f}" for v in row[:6]) + (" ..." if row.size > 6 else ""))  # Hershey fonts are ASCII
         named = dict(zip(cols, row.tolist()))
         for j in range(len(cols)):
-            x, y = named.get(f"obj{j}_x"), named.get(f"obj{j}_y")
+            x = named.get(f"obj{j}.x", named.get(f"obj{j}_x"))  # objK.x; objK_x in older probe files
+            y = named.get(f"obj{j}.y", named.get(f"obj{j}_y"))
             if x is not None and y is not None:
                 centre = (round(x * size), round(y * size))
                 cv2.circle(canvas, centre, max(3, size // 40), (255, 255, 255), 2, cv2.LINE_AA)
@@ -151,7 +153,7 @@ def open_writer(path: str | Path, fps: float, size: int) -> Any:
 def frame_record(frame: Any, outputs: dict[str, np.ndarray], times: StageTimes, stage: HeadStage,
                  capture: Capture, emit_latent: bool) -> dict[str, Any]:
     """The JSON object written for one frame."""
-    values = {k: np.asarray(v)[0].tolist() for k, v in outputs.items() if emit_latent or k != "z"}
+    values = named_values(outputs, _labels(stage), emit_latent)  # position.obj0.x, danger.<class> probabilities
     return {
         "frame": frame.index,
         "t": round(frame.t_wall, 6),

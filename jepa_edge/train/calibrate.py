@@ -127,7 +127,7 @@ class ProbeRunConfig:
 def _task_targets(moments: Moments, task: str) -> tuple[str, np.ndarray, list[str]]:
     if task == "position":
         n = moments.positions.shape[1] // 2
-        return "regression", moments.positions, [f"obj{i}_{a}" for i in range(n) for a in "xy"]
+        return "regression", moments.positions, [f"obj{i}.{a}" for i in range(n) for a in "xy"]
     if task == "danger":
         return "classification", moments.danger, ["safe", "danger"]
     raise ValueError(f"unknown probe task {task!r}; use position or danger")
