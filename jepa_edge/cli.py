@@ -253,7 +253,7 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder.")]) 
 
 def _moments_cfg(episodes: int, steps: int, seed: int, recording: Path | None, topics: list[str] = (),
                  tolerance: float = 0.0, states_topic: str = ""):
-    from jepa_edge.train.calibrate import MomentsConfig
+    from jepa_edge.agents.calibrate import MomentsConfig
 
     return MomentsConfig(episodes=episodes, steps=steps, seed=seed, recording=str(recording or ""),
                          topics=_topic_map(topics, recording), tolerance_s=tolerance, states_topic=states_topic)
@@ -277,7 +277,7 @@ def calib(
     tolerance: ToleranceOpt = 0.0,
 ) -> None:
     """Fit W between two agents from anchor pairs and measure the isomorphism against controls."""
-    from jepa_edge.train.calibrate import CalibConfig, calibrate
+    from jepa_edge.agents.calibrate import CalibConfig, calibrate
 
     _, report = calibrate(source, target, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
                                                             anchors=anchors),
@@ -300,7 +300,7 @@ def _print_calib(report: dict) -> None:
     say(f"retrieval chance = {report['retrieval_chance']:.4f}")
 
 
-PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.train.calibrate._task_targets)
+PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.agents.calibrate._task_targets)
 
 
 @app.command()
@@ -323,7 +323,7 @@ def probe(
     """Train linear probes on an agent's latents, or transfer another agent's probes through W."""
     from rich.table import Table
 
-    from jepa_edge.train.calibrate import ProbeRunConfig, train_probes, transfer_probes
+    from jepa_edge.agents.calibrate import ProbeRunConfig, train_probes, transfer_probes
 
     unknown = [t for t in task if t not in PROBE_TASKS]
     if unknown:
@@ -624,7 +624,7 @@ def bench(
                 _require_tensorrt()
     extra = None
     if torch_run is not None:
-        from jepa_edge.train.eager import eager_backend
+        from jepa_edge.agents.eager import eager_backend
 
         extra = {"torch-eager": eager_backend(torch_run)}
     report = benchmark([str(p) for p in model], source, BenchConfig(
@@ -753,7 +753,7 @@ def calib_graph(
     """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
     from jepa_edge.calib.fit import FitConfig
     from jepa_edge.calib.graph import GraphConfig
-    from jepa_edge.fleet.graph import graph_from_models
+    from jepa_edge.study.graph_models import graph_from_models
     from jepa_edge.fleet.moments import AnchorWorld
 
     world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)

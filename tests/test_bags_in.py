@@ -236,7 +236,7 @@ def test_train_and_calib_read_a_bag(tmp_path):
     import json
 
     from jepa_edge.config import from_dict
-    from jepa_edge.train.calibrate import MomentsConfig, load_moments
+    from jepa_edge.agents.calibrate import MomentsConfig, load_moments
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import load_view_data, train
 

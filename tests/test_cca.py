@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jepa_edge.calib.cca import fit_cca, heldout_correlations, shared_dimensions, shared_projector, split_r2
+from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, shared_projector, split_r2
 from jepa_edge.calib.fit import FitConfig, fit_map
 
 

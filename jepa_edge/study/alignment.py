@@ -12,7 +12,7 @@ fitted on a few anchors aligns the two spaces, always beside its controls:
   shift_Δ      the trained pair, B at step t paired with A at step t+Δ of the same episode
                (anchors and held-out pairs), for each Δ in ``time_shifts``
 
-Besides the map metrics it says how much the two spaces share (``calib.cca``:
+Besides the map metrics it says how much the two spaces share (``study.cca``:
 held-out canonical correlations, W's R² inside / outside the shared subspace) and
 why the danger probe transfers worse than the position probe (``danger_analysis``).
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
-from jepa_edge.calib.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
+from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
 from jepa_edge.calib.fit import ESTIMATORS, FitConfig, FitError, LinearMap, fit_map
 from jepa_edge.calib.metrics import (
     linear_cka,

@@ -24,7 +24,7 @@ from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, read_json
 from jepa_edge.train.config import RunConfig
-from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.train.loop import ensure_trained
 from jepa_edge.world.sim import WorldConfig, with_object_count
 

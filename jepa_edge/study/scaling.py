@@ -151,7 +151,7 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
     import torch  # noqa: F401  (the training side)
 
     from jepa_edge.study.student import worker_pool
-    from jepa_edge.train.latents import world_moments
+    from jepa_edge.agents.latents import world_moments
 
     cfg.validate()
     out_dir = Path(out_dir)
@@ -182,7 +182,7 @@ def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: Stud
     """Train every (budget, seed) point's agents, then study each pair: one row per (budget, seed, pair)."""
     from jepa_edge.study.student import train_all
     from jepa_edge.train.checkpoint import load_agent
-    from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like
+    from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like
 
     points: list[dict[str, Any]] = []
     total, done = len(cfg.budgets()) * len(cfg.seeds), 0

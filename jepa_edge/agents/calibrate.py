@@ -26,7 +26,7 @@ from jepa_edge.calib.probes import (
     transfer_probe,
 )
 from jepa_edge.train.checkpoint import load_agent
-from jepa_edge.train.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.agents.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.world.dataset import load_recording
 from jepa_edge.world.sim import WorldConfig
 
