@@ -150,27 +150,19 @@ def train(
     preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny).")] = "demo",
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
-    from jepa_edge.config import deep_merge, from_dict, to_dict
-    from jepa_edge.train.config import RunConfig, preset_config
+    from jepa_edge.train.config import agent_config
     from jepa_edge.train.loop import train as run_train
 
-    base = to_dict(preset_config(preset))
     overrides = _checked_run_overrides(config)
-    cfg_dict = deep_merge(base, overrides)
-    cfg_dict["name"] = name or overrides.get("name") or out.name
-    cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""),
-                            topics=_topic_map(topic, recording))
-    cfg_dict["train"].update(seed=seed, device=device, compile=compile, cuda_graphs=cuda_graphs)
-    if steps is not None:
-        cfg_dict["train"]["steps"] = steps
-    if batch_size is not None:
-        cfg_dict["train"]["batch_size"] = batch_size
-    if lr is not None:
-        cfg_dict["train"]["lr"] = lr
-    if teacher is not None:
-        cfg_dict["teacher"].update(run=str(teacher), anchors=anchors, weight=teacher_weight,
-                                   control=teacher_control)
-    cfg = from_dict(RunConfig, cfg_dict)
+    opt = {"batch_size": batch_size, "lr": lr}
+    cfg = agent_config(
+        name or overrides.get("name") or out.name, view, preset=preset, overrides=overrides, seed=seed,
+        world_seed=world_seed, steps=steps,
+        data={"recording": str(recording or ""), "topics": _topic_map(topic, recording)},
+        train={"device": device, "compile": compile, "cuda_graphs": cuda_graphs,
+               **{k: v for k, v in opt.items() if v is not None}},
+        teacher={} if teacher is None else {"run": str(teacher), "anchors": anchors, "weight": teacher_weight,
+                                            "control": teacher_control})
     result = run_train(cfg, out, resume=resume, progress=progress)
     _print_train_summary(result, recording)
 
@@ -753,8 +745,8 @@ def calib_graph(
     """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
     from jepa_edge.calib.fit import FitConfig
     from jepa_edge.calib.graph import GraphConfig
-    from jepa_edge.study.graph_models import graph_from_models
     from jepa_edge.fleet.moments import AnchorWorld
+    from jepa_edge.study.graph_models import graph_from_models
 
     world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)
     res = graph_from_models(models, out, world, fit_moments, eval_moments,
