@@ -39,10 +39,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from jepa_edge.agents.untrained import save_untrained_run
 from jepa_edge.artifacts import atomic_write_json
 from jepa_edge.export import OnnxExportConfig, export_agent
 from jepa_edge.export.optimize import node_counts, onnxslim_version, ort_optimized_counts
-from jepa_edge.train.untrained import save_untrained_run
 
 PRESETS = ("demo", "vit-tiny")
 COLUMNS = ("original", "ort_all", "onnxslim", "fused", "fused_ort_all")

@@ -106,7 +106,7 @@ def main() -> None:
         if args.model:
             models = [Path(m) for m in args.model]
             if args.torch_run:
-                from jepa_edge.train.eager import eager_backend
+                from jepa_edge.agents.eager import eager_backend
 
                 extra["torch-eager"] = eager_backend(args.torch_run)
         else:

@@ -248,29 +248,21 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
-    from jepa_edge.config import deep_merge, from_dict, to_dict
-    from jepa_edge.train.config import RunConfig, preset_config
+    from jepa_edge.train.config import agent_config
     from jepa_edge.train.loop import train as run_train
 
     if resume and overwrite:
         raise ValueError("--resume continues the run in RUN and --overwrite replaces it: pass one of them")
-    base = to_dict(preset_config(preset))
     overrides = _checked_run_overrides(config)
-    cfg_dict = deep_merge(base, overrides)
-    cfg_dict["name"] = name or overrides.get("name") or run.name
-    cfg_dict["data"].update(view=view, world_seed=world_seed, recording=str(recording or ""),
-                            topics=_topic_map(topic, recording))
-    cfg_dict["train"].update(seed=seed, device=device, compile=compile, cuda_graphs=cuda_graphs)
-    if steps is not None:
-        cfg_dict["train"]["steps"] = steps
-    if batch_size is not None:
-        cfg_dict["train"]["batch_size"] = batch_size
-    if lr is not None:
-        cfg_dict["train"]["lr"] = lr
-    if teacher is not None:
-        cfg_dict["teacher"].update(run=str(teacher), anchors=anchors, weight=teacher_weight,
-                                   control=teacher_control)
-    cfg = from_dict(RunConfig, cfg_dict)
+    opt = {"batch_size": batch_size, "lr": lr}
+    cfg = agent_config(
+        name or overrides.get("name") or run.name, view, preset=preset, overrides=overrides, seed=seed,
+        world_seed=world_seed, steps=steps,
+        data={"recording": str(recording or ""), "topics": _topic_map(topic, recording)},
+        train={"device": device, "compile": compile, "cuda_graphs": cuda_graphs,
+               **{k: v for k, v in opt.items() if v is not None}},
+        teacher={} if teacher is None else {"run": str(teacher), "anchors": anchors, "weight": teacher_weight,
+                                            "control": teacher_control})
     if overwrite:  # only the files a run writes: anything else in the folder is the user's and stays
         for f in RUN_FILES:
             (run / f).unlink(missing_ok=True)
@@ -367,7 +359,7 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder, ROS 
 
 def _moments_cfg(episodes: int, episode_len: int, seed: int, recording: Path | None, topics: list[str] = (),
                  tolerance: float = 0.0, states_topic: str = ""):
-    from jepa_edge.train.calibrate import MomentsConfig
+    from jepa_edge.agents.calibrate import MomentsConfig
 
     return MomentsConfig(episodes=episodes, steps=episode_len, seed=seed, recording=str(recording or ""),
                          topics=_topic_map(topics, recording), tolerance_s=tolerance, states_topic=states_topic)
@@ -397,7 +389,7 @@ def calib(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit W between two agents from anchor pairs and measure the isomorphism against controls."""
-    from jepa_edge.train.calibrate import CalibConfig, calibrate
+    from jepa_edge.agents.calibrate import CalibConfig, calibrate
 
     refuse_existing(out, overwrite=overwrite)
     _, report = calibrate(from_run, to_run, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
@@ -424,7 +416,7 @@ def _print_calib(report: dict) -> None:
     say(f"retrieval chance = {report['retrieval_chance']:.4f}")
 
 
-PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.train.calibrate._task_targets)
+PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.agents.calibrate._task_targets)
 
 
 def _probe_outputs(run: Path, out: Path, tasks: list[str]) -> list[Path]:
@@ -460,7 +452,7 @@ def probe(
     """Train linear probes on an agent's latents, or transfer another agent's probes through W."""
     from rich.table import Table
 
-    from jepa_edge.train.calibrate import ProbeRunConfig, train_probes, transfer_probes
+    from jepa_edge.agents.calibrate import ProbeRunConfig, train_probes, transfer_probes
 
     unknown = [t for t in task if t not in PROBE_TASKS]
     if unknown:
@@ -735,7 +727,7 @@ def bench(
                 _require_tensorrt()
     extra = None
     if torch_run is not None:
-        from jepa_edge.train.eager import eager_backend
+        from jepa_edge.agents.eager import eager_backend
 
         extra = {"torch-eager": eager_backend(torch_run)}
     report = benchmark([str(p) for p in model], source, BenchConfig(
@@ -866,8 +858,8 @@ def calib_graph(
     """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
     from jepa_edge.calib.fit import FitConfig
     from jepa_edge.calib.graph import GraphConfig
-    from jepa_edge.fleet.graph import graph_from_models
     from jepa_edge.fleet.moments import AnchorWorld
+    from jepa_edge.study.graph_models import graph_from_models
 
     refuse_existing(*(out / f for f in ("graph.json", "graph.md", "graph.png")), overwrite=overwrite)
     world = AnchorWorld(seed=seed, steps=64, pool=fit_moments + eval_moments)

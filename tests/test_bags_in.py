@@ -235,8 +235,8 @@ def test_train_and_calib_read_a_bag(tmp_path):
     bag's paired cameras without states, and the probes' loader stops at the missing ground truth."""
     import json
 
+    from jepa_edge.agents.calibrate import MomentsConfig, load_moments
     from jepa_edge.config import from_dict
-    from jepa_edge.train.calibrate import MomentsConfig, load_moments
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import load_view_data, train
 

@@ -298,8 +298,8 @@ def test_probes_fit_on_a_bag_as_on_the_same_folder_recording(tmp_path):
     """A tiny agent (4 steps); `probe` on the bag and on the same world written as a lossless folder give the
     same probes: the bag's frames, states and (E, T) split are the folder's."""
     pytest.importorskip("torch")
+    from jepa_edge.agents.calibrate import MomentsConfig, ProbeRunConfig, train_probes
     from jepa_edge.config import from_dict
-    from jepa_edge.train.calibrate import MomentsConfig, ProbeRunConfig, train_probes
     from jepa_edge.train.config import RunConfig
     from jepa_edge.train.loop import train
 

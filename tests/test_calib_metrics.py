@@ -133,3 +133,14 @@ def test_permutation_null_is_near_chance_while_the_true_pairing_is_not():
     assert null["retrieval_top1"].mean() < 4 * chance
     assert null["r2"].mean() < 0.05
     assert abs(null["cosine"].mean()) < 0.1
+
+
+def test_kept_fraction_is_measured_above_the_stated_chance():
+    from jepa_edge.calib.metrics import kept_fraction, probe_chance
+
+    assert probe_chance("regression", np.zeros((5, 2))) == 0.0
+    assert probe_chance("classification", np.array([0, 1, 2, 2])) == pytest.approx(1 / 3)  # 1/k classes present
+    assert kept_fraction(0.45, 0.9, 0.0) == pytest.approx(0.5)  # R²: half of the native score
+    assert kept_fraction(0.6, 0.8, 1 / 3) == pytest.approx((0.6 - 1 / 3) / (0.8 - 1 / 3))
+    assert kept_fraction(0.5, 0.5, 0.5) is None  # the native probe is at chance: nothing to keep
+    assert kept_fraction(0.5, 0.54, 0.5) is None and kept_fraction(0.5, 0.54, 0.5, min_above_chance=0.01) == 0.0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from jepa_edge.calib.cca import fit_cca, heldout_correlations, shared_dimensions, shared_projector, split_r2
 from jepa_edge.calib.fit import FitConfig, fit_map
+from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, shared_projector, split_r2
 
 
 def _latents(rng, n, shared=3, weak=2, private=5, dx=16, dy=12, noise=0.05, scale=1.0):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from jepa_edge.agents.untrained import save_untrained_run
 from jepa_edge.calib.head import build_head
 from jepa_edge.config import ConfigError
 from jepa_edge.export import OnnxExportConfig, export_agent, export_onnx, read_metadata
@@ -29,7 +30,6 @@ from jepa_edge.export.onnx_export import encoder_fingerprint
 from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.config import PRESETS, RunConfig, preset_config
 from jepa_edge.train.model import Encoder, EncoderConfig
-from jepa_edge.train.untrained import save_untrained_run
 from tests.onnx_fixtures import make_postcard, make_probe, other_agent
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "latent_dim": 8}

@@ -56,8 +56,8 @@ def test_noise_makes_composition_cost_something_and_report_says_it():
 
 def test_graph_from_four_exported_models_writes_report_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    from jepa_edge.fleet.graph import graph_from_models
     from jepa_edge.fleet.moments import AnchorWorld
+    from jepa_edge.study.graph_models import graph_from_models
 
     paths = [make_model(tmp_path / f"{v}.onnx", make_encoder(16, 16, 8, seed=20 + i, name=f"agent_{v}", view=v),
                         "head_inputs") for i, v in enumerate(("top", "oblique", "rotated", "partial"))]

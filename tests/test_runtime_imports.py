@@ -62,6 +62,12 @@ def test_torch_free_modules_import_neither_torch_nor_study_even_lazily():
     assert not bad, f"torch-free modules import torch or jepa_edge.study: {bad}"
 
 
+def test_fleet_never_imports_the_study():
+    bad = {str(p.relative_to(PACKAGE.parent)): hits for p in sorted((PACKAGE / "fleet").glob("*.py"))
+           if (hits := sorted(m for m in _imported_modules(p) if m.startswith("jepa_edge.study")))}
+    assert not bad, f"fleet modules import jepa_edge.study (experiments): {bad}"
+
+
 RENAMERS = ("replace", "rename", "mkstemp", "NamedTemporaryFile")
 
 

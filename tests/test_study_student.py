@@ -12,12 +12,12 @@ from jepa_edge.study.student import (
     StudentStudyConfig,
     StudentStudyError,
     analyse,
-    read_log,
     run_student_study,
     steps_to_target,
     write_outputs,
 )
 from jepa_edge.train.flops import count_step_flops, forward_backward_flops
+from jepa_edge.train.log import RunLogError, last_logged_step, read_evals
 
 # ---------------------------------------------------------------- synthetic logs
 
@@ -96,16 +96,24 @@ def test_scratch_that_never_learns_is_an_error(tmp_path):
         analyse(runs, {"scratch": 1.0, "teacher": 1.0}, CFG)
 
 
-def test_read_log_handles_a_resumed_run(tmp_path):
+def test_read_evals_handles_a_resumed_run(tmp_path):
     recs = [{"step": 0, "eval": {"position_r2": 0.1}}, {"step": 1, "time_s": 1.0}, {"step": 5, "time_s": 5.0},
             {"step": 10, "time_s": 10.0}, {"step": 10, "eval": {"position_r2": 0.3}}, {"step": 15, "time_s": 15.0},
             # interrupted after step 15, checkpoint at 10: resume re-runs 11..20 with a fresh clock
             {"step": 15, "time_s": 6.0}, {"step": 20, "time_s": 11.0}, {"step": 20, "eval": {"position_r2": 0.5}}]
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    s = read_log(tmp_path / "log.jsonl", "position_r2")
+    s = read_evals(tmp_path / "log.jsonl", "position_r2")
     assert s.steps.tolist() == [0, 10, 20] and s.scores.tolist() == [0.1, 0.3, 0.5]
     assert s.wall_s.tolist() == [0.0, 10.0, 21.0]  # 10 s before the checkpoint + 11 s after the resume
     assert steps_to_target(s, 0.3) == (10, 10.0) and steps_to_target(s, 0.6) == (None, None)
+
+
+def test_unusable_logs_are_refused_by_name(tmp_path, logged):
+    (tmp_path / "bad.jsonl").write_text('{"step": 0, "eval": {"position_r2": 0.1}}\n{"step": 5,\n')
+    with pytest.raises(RunLogError, match=r"bad.jsonl:2: not JSON"):
+        read_evals(tmp_path / "bad.jsonl", "position_r2")
+    with pytest.raises(StudentStudyError, match="no eval records with 'danger_bal_acc'"):  # the study's own error
+        analyse(logged, FLOPS, StudentStudyConfig(steps=40, eval_every=10, seeds=(0, 1), metric="danger_bal_acc"))
 
 
 def test_report_json_and_png_from_logs(logged, tmp_path):
@@ -187,7 +195,7 @@ def test_tiny_study_end_to_end(tmp_path):
     run["train"].pop("steps")
     cfg = StudentStudyConfig(teacher_steps=4, teacher_eval_every=2, steps=4, eval_every=2, seeds=(0,), run=run,
                              teacher=dict(STUDENT), target_mode="final", workers=1,  # in-process
-                             # (the process pool of train_all runs in test_study_scaling.py::test_cli_scaling_study_trains_in_a_pool_and_writes_table_plot_and_json)
+                             # (the process pool of train.pool.train_all runs in test_study_scaling.py::test_cli_scaling_study_trains_in_a_pool_and_writes_table_plot_and_json)
                              metric="effective_rank")  # positive from step 0: the plumbing, not the science
     res = run_student_study(cfg, tmp_path, progress=False)
     assert set(res["analysis"]["per_seed"]) == {"scratch", "teacher", "shuffled", "random"}
@@ -201,10 +209,8 @@ def test_tiny_study_end_to_end(tmp_path):
 
 
 def test_pool_progress_reads_the_last_logged_step(tmp_path):
-    from jepa_edge.study.student import _logged_step
-
-    assert _logged_step(tmp_path) == 0  # no log yet
+    assert last_logged_step(tmp_path) == 0  # no log yet
     (tmp_path / "log.jsonl").write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "loss": 0.9}\n{"step": 7')
-    assert _logged_step(tmp_path) == 0  # a record being written is not read as a step
+    assert last_logged_step(tmp_path) == 0  # a record being written is not read as a step
     (tmp_path / "log.jsonl").write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "eval": {}}\n')
-    assert _logged_step(tmp_path) == 50
+    assert last_logged_step(tmp_path) == 50

@@ -296,3 +296,23 @@ def test_linear_z_head_is_one_matrix_and_trains(tmp_path):
     d["jepa"]["predictor"]["z_head"] = "quadratic"
     with pytest.raises(ValueError, match="z_head 'quadratic' is not one of"):
         from_dict(RunConfig, d).jepa.validate()
+
+
+def test_agent_config_layers_preset_overrides_agent_fields_and_sections():
+    from jepa_edge.config import ConfigError
+    from jepa_edge.train.config import agent_config
+
+    over = {"name": "ignored", "data": {"view": "top", "n_episodes": 7, "world": {"speed": 0.5}},
+            "train": {"steps": 9, "seed": 5, "lr": 0.1}}
+    cfg = agent_config("a", "oblique", overrides=over, seed=3, world_seed=4)
+    assert (cfg.name, cfg.data.view, cfg.data.world_seed, cfg.train.seed) == ("a", "oblique", 4, 3)
+    assert (cfg.train.steps, cfg.train.lr, cfg.data.n_episodes, cfg.data.world.speed) == (9, 0.1, 7, 0.5)
+    cfg = agent_config("a", "top", overrides=over, steps=11, data={"world": {"max_speed": 0.7}},
+                       train={"lr": 0.2}, teacher={"run": "t", "control": "shuffled"})
+    assert (cfg.train.steps, cfg.train.lr, cfg.data.world.speed, cfg.data.world.max_speed) == (11, 0.2, 0.5, 0.7)
+    assert (cfg.teacher.run, cfg.teacher.control) == ("t", "shuffled")
+    assert agent_config("v", "top", preset="vit-tiny").data.img_size == 224
+    with pytest.raises(ConfigError, match="lrr"):
+        agent_config("a", "top", train={"lrr": 1.0})
+    with pytest.raises(ValueError, match="train.steps must be >= 1"):
+        agent_config("a", "top", steps=0)

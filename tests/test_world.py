@@ -176,3 +176,18 @@ def test_unknown_view_is_a_clear_error(states):
 def test_world_package_does_not_import_torch():
     code = "import sys, jepa_edge.world; assert 'torch' not in sys.modules, 'jepa_edge.world imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_heldout_split_holds_out_the_last_whole_episodes_or_the_end_of_one_recording():
+    from jepa_edge.world.dataset import heldout_split
+
+    episode = np.repeat(np.arange(10), 4)  # (40,) episode-major
+    pool, held = heldout_split(episode, 0.3)
+    assert set(episode[held]) == {7, 8, 9} and set(episode[pool]) == set(range(7))
+    assert sorted([*pool, *held]) == list(range(40))
+    pool, held = heldout_split(np.repeat([5, 2], 3), 0.9)  # never all episodes; the highest id is held out
+    assert held.tolist() == [0, 1, 2] and pool.tolist() == [3, 4, 5]
+    pool, held = heldout_split(np.zeros(10), 0.3)  # one continuous recording: its last 30% of the time
+    assert pool.tolist() == list(range(7)) and held.tolist() == [7, 8, 9]
+    with pytest.raises(ValueError, match="record longer"):
+        heldout_split(np.zeros(1), 0.3)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.study.reproduce import ReproduceConfig
 from jepa_edge.train.checkpoint import load_agent
-from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.world.sim import WorldConfig
 
 a_run, b_run, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

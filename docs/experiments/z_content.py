@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 torch.set_num_threads(1)
+from jepa_edge.agents.latents import latents_of, world_moments
 from jepa_edge.study.reproduce import ReproduceConfig
 from jepa_edge.train.checkpoint import load_agent
-from jepa_edge.train.latents import latents_of, world_moments
 from jepa_edge.world.sim import WorldConfig
 
 a_run, b_run = Path(sys.argv[1]), Path(sys.argv[2])

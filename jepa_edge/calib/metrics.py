@@ -190,3 +190,22 @@ def permutation_null(
         for key, v in paired_metrics(lm.apply(heldout_source), heldout_target, lm.target_mean).items():
             runs.setdefault(key, []).append(v)
     return {key: np.asarray(v) for key, v in runs.items()}
+
+
+def probe_chance(task: str, targets: np.ndarray) -> float:
+    """The chance level of a probe's primary score on ``targets``: 0 for R² (``task`` "regression": predicting
+    the mean), 1/k for balanced accuracy over the k classes present in ``targets`` (any constant guess)."""
+    return 0.0 if task == "regression" else 1.0 / len(np.unique(np.asarray(targets)))
+
+
+def kept_fraction(transferred: float, native: float, chance: float, min_above_chance: float = 0.05) -> float | None:
+    """The share of a native probe's score above chance that a transferred probe keeps.
+
+    ``(transferred - chance) / (native - chance)``, with ``chance`` stated by the caller: 0 for R², 1/k for
+    balanced accuracy over k classes (``probe_chance``). 1 = the transfer loses nothing, 0 = it is at chance.
+    None when the native probe is less than ``min_above_chance`` above chance: there is nothing to keep.
+    """
+    room = native - chance
+    if room < min_above_chance:
+        return None
+    return float((transferred - chance) / room)

@@ -12,11 +12,11 @@ fitted on a few anchors aligns the two spaces, always beside its controls:
   shift_Δ      the trained pair, B at step t paired with A at step t+Δ of the same episode
                (anchors and held-out pairs), for each Δ in ``time_shifts``
 
-Besides the map metrics it says how much the two spaces share (``calib.cca``:
+Besides the map metrics it says how much the two spaces share (``study.cca``:
 held-out canonical correlations, W's R² inside / outside the shared subspace) and
 why the danger probe transfers worse than the position probe (``danger_analysis``).
 
-Moments are split into an anchor pool and a held-out set *by episode*;
+Moments are split into an anchor pool and a held-out set *by episode* (``world.dataset.heldout_split``);
 everything is scored on held-out moments. ``write_report`` turns the result
 dict into results.json, report.md (verdicts derived from config thresholds)
 and PNG plots.
@@ -32,19 +32,22 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
-from jepa_edge.calib.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
 from jepa_edge.calib.fit import ESTIMATORS, FitConfig, FitError, LinearMap, fit_map
 from jepa_edge.calib.metrics import (
+    kept_fraction,
     linear_cka,
     map_spectrum,
     paired_metrics,
     permutation_null,
+    probe_chance,
     similarity_metrics,
 )
 from jepa_edge.calib.postcard import Postcard, jsonable
 from jepa_edge.calib.probes import Probe, ProbeConfig, evaluate_probe, fit_probe, primary_score, transfer_probe
 from jepa_edge.config import to_dict
+from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
 from jepa_edge.study.plots import TITLES, write_plots
+from jepa_edge.world.dataset import heldout_split
 
 CONTROLS = ("untrained", "other_world", "objects_world", "shuffled")
 
@@ -188,14 +191,6 @@ def shifted_pairs(episode: np.ndarray, step: np.ndarray, rows: np.ndarray, delta
     return src, tgt
 
 
-def _split(episode: np.ndarray, config: StudyConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor-pool and held-out row indices, split by episode."""
-    eps = rng.permutation(np.unique(episode))
-    n_held = min(len(eps) - 1, max(1, round(len(eps) * config.heldout_fraction)))
-    held = np.isin(episode, eps[:n_held])
-    return np.flatnonzero(~held), np.flatnonzero(held)
-
-
 def _fit(src: np.ndarray, tgt: np.ndarray, estimator: str, config: StudyConfig) -> LinearMap:
     return fit_map(src, tgt, FitConfig(estimator=estimator, ridge_alpha=config.ridge_alpha))
 
@@ -241,12 +236,10 @@ def _probe_table(probes: _Probes, lm: LinearMap, pair: dict[str, Any], held: np.
     for name, (task, y, _) in labels.items():
         native = primary_score(evaluate_probe(probes.native[name], pair["source"][held], y[held]), task)
         home = primary_score(evaluate_probe(probes.home[name], pair["target"][held], y[held]), task)
-        chance = 0.0 if task == "regression" else 1.0 / len(np.unique(y[held]))  # R² 0 / balanced acc 1/k
-        room = native - chance
+        chance = probe_chance(task, y[held])
         table[name] = {"metric": "r2" if task == "regression" else "balanced_accuracy", "chance": chance,
                        "home_on_target": home, "native_on_source": native, "transferred": transferred[name],
-                       "kept": (transferred[name] - chance) / room if room >= config.min_native_above_chance
-                       else None,
+                       "kept": kept_fraction(transferred[name], native, chance, config.min_native_above_chance),
                        "kept_raw": transferred[name] / native if native > 0 else None}
     return table
 
@@ -505,7 +498,7 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
     config.validate()
     inputs.validate()
     rng = np.random.default_rng(config.seed)
-    pool, held = _split(np.asarray(inputs.episode), config, rng)
+    pool, held = heldout_split(np.asarray(inputs.episode), config.heldout_fraction)
     if len(pool) < 3 or len(held) < 20:
         raise StudyError(f"anchor pool {len(pool)} / held-out {len(held)} moments is too small; record more episodes")
     ev = np.sort(rng.choice(held, min(config.max_eval, len(held)), replace=False))

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.artifacts import atomic_write
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.postcard import Postcard, save_postcard
 from jepa_edge.calib.probes import fit_probe, save_probe
-from jepa_edge.config import deep_merge, from_dict, to_dict
+from jepa_edge.config import from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
-from jepa_edge.train.checkpoint import CheckpointError, load_agent, read_json
-from jepa_edge.train.config import RunConfig
-from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.train.checkpoint import load_agent
+from jepa_edge.train.config import RunConfig, agent_config
+from jepa_edge.train.log import train_wall_time
 from jepa_edge.train.loop import ensure_trained
 from jepa_edge.world.sim import WorldConfig, with_object_count
 
@@ -67,15 +68,6 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
     return rows
 
 
-def _train_wall(run_dir: Path) -> float | None:
-    """The agent's training wall time (train_state.json, summed over resumes); None when not recorded."""
-    try:
-        wall = read_json(run_dir / "train_state.json", "train state").get("wall_time_s")
-    except CheckpointError:
-        return None
-    return float(wall) if isinstance(wall, (int, float)) else None
-
-
 @dataclass
 class ReproduceConfig:
     view_a: str = "top"  # agent A (W's target; its probes get transferred)
@@ -106,16 +98,8 @@ OTHER_WORLD = {"radius": [0.06, 0.13, 0.09], "speed": 0.03, "max_speed": 0.05, "
 
 def _agent_config(cfg: ReproduceConfig, name: str, view: str, seed: int, world_seed: int,
                   world: dict | None = None) -> RunConfig:
-    d = to_dict(RunConfig())
-    d = deep_merge(d, cfg.run)
-    d["name"] = name
-    d["data"].update(view=view, world_seed=world_seed)
-    if world:
-        d["data"]["world"] = deep_merge(d["data"]["world"], world)
-    d["train"]["seed"] = seed
-    if cfg.steps:
-        d["train"]["steps"] = cfg.steps
-    return from_dict(RunConfig, d)
+    return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed, steps=cfg.steps or None,
+                        data={"world": world or {}})
 
 
 def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console) -> None:
@@ -166,7 +150,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
         for key, name, meta in (("A", "agentA", meta_a), ("B", "agentB", meta_b))
     }
     results["reproduce_config"] = to_dict(cfg)
-    walls = {key: _train_wall(runs / name) for key, name in (("A", "agentA"), ("B", "agentB"))}
+    walls = {key: train_wall_time(runs / name) for key, name in (("A", "agentA"), ("B", "agentB"))}
     results["recipe_targets"] = recipe_targets(results, walls, cfg.targets)
     write_report(results, out_dir)
 

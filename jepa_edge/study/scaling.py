@@ -26,7 +26,7 @@ from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json
 from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study
-from jepa_edge.train.config import RunConfig
+from jepa_edge.train.config import RunConfig, agent_config
 
 # The study per point: the anchor sweep and most permutations are dropped (they are in `reproduce`).
 LIGHT_STUDY = {"estimators": ["ridge"], "sweep_estimators": ["ridge"], "anchor_counts": [1000], "sweep_repeats": 1,
@@ -81,19 +81,13 @@ class ScalingConfig:
 OTHER_WORLD_VIEW = 0  # the different-world control agent is trained on views_b[0] (fed each pair's B frames)
 
 
-def agent_config(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
+def budget_agent(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
                  world: dict | None = None) -> RunConfig:
-    d = deep_merge(to_dict(RunConfig()), cfg.run)
-    d["name"] = name
-    d["data"].update(view=view, world_seed=world_seed, n_episodes=budget["n_episodes"])
-    if world:
-        d["data"]["world"] = deep_merge(d["data"]["world"], world)
-    d["train"].update(seed=seed, steps=budget["steps"], batch_size=budget["batch_size"])
-    if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}):
-        d["train"]["threads"] = 1  # the workers share the cores
-    run = from_dict(RunConfig, d)
-    run.validate()
-    return run
+    """One agent of one budget; the workers share the cores, one torch thread each unless ``run`` sets it."""
+    threads = {"threads": 1} if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}) else {}
+    return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed, steps=budget["steps"],
+                        data={"n_episodes": budget["n_episodes"], "world": world or {}},
+                        train={"batch_size": budget["batch_size"], **threads})
 
 
 def _point_agents(cfg: ScalingConfig, budget: dict[str, int], seed: int) -> dict[str, tuple[RunConfig, str]]:
@@ -101,12 +95,12 @@ def _point_agents(cfg: ScalingConfig, budget: dict[str, int], seed: int) -> dict
     from jepa_edge.study.reproduce import OTHER_WORLD
 
     base = 1000 * (seed + 1)
-    agents = {"A": (agent_config(cfg, budget, "agentA", cfg.view_a, base + 1, base), cfg.view_a)}
+    agents = {"A": (budget_agent(cfg, budget, "agentA", cfg.view_a, base + 1, base), cfg.view_a)}
     for i, v in enumerate(cfg.views_b):
-        agents[f"B_{v}"] = (agent_config(cfg, budget, f"agentB_{v}", v, base + 2 + i, base + 1 + i), v)
+        agents[f"B_{v}"] = (budget_agent(cfg, budget, f"agentB_{v}", v, base + 2 + i, base + 1 + i), v)
     if cfg.other_world:
         v = cfg.views_b[OTHER_WORLD_VIEW]
-        agents["C"] = (agent_config(cfg, budget, "agentC_otherworld", v, base + 100, base + 100, OTHER_WORLD), v)
+        agents["C"] = (budget_agent(cfg, budget, "agentC_otherworld", v, base + 100, base + 100, OTHER_WORLD), v)
     return agents
 
 
@@ -150,15 +144,15 @@ def _row(res: dict[str, Any], meta_a: dict, meta_b: dict) -> dict[str, Any]:
 def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     import torch  # noqa: F401  (the training side)
 
-    from jepa_edge.study.student import worker_pool
-    from jepa_edge.train.latents import world_moments
+    from jepa_edge.agents.latents import world_moments
+    from jepa_edge.train.pool import worker_pool
 
     cfg.validate()
     out_dir = Path(out_dir)
     console = Console(stderr=True)
     study = cfg.study_config()
     views = [cfg.view_a, *cfg.views_b]
-    first = agent_config(cfg, cfg.budgets()[0], "probe", cfg.view_a, 0, 0)
+    first = budget_agent(cfg, cfg.budgets()[0], "probe", cfg.view_a, 0, 0)
     moments = world_moments(views, cfg.anchor_episodes, cfg.anchor_steps, first.data.img_size, cfg.anchor_seed,
                             first.data.world)
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
@@ -180,9 +174,9 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
 def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: StudyConfig, moments: Any,
                 step: np.ndarray, labels: list[str], pool: Any, progress: bool) -> list[dict[str, Any]]:
     """Train every (budget, seed) point's agents, then study each pair: one row per (budget, seed, pair)."""
-    from jepa_edge.study.student import train_all
+    from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like
     from jepa_edge.train.checkpoint import load_agent
-    from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like
+    from jepa_edge.train.pool import train_all
 
     points: list[dict[str, Any]] = []
     total, done = len(cfg.budgets()) * len(cfg.seeds), 0

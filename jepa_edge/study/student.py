@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,12 @@ import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.postcard import jsonable
-from jepa_edge.config import deep_merge, from_dict, to_dict
+from jepa_edge.config import to_dict
 from jepa_edge.train.checkpoint import load_agent_meta
-from jepa_edge.train.config import RunConfig
-from jepa_edge.train.loop import ensure_trained, progress_task, training_progress
+from jepa_edge.train.config import RunConfig, agent_config
+from jepa_edge.train.log import EvalSeries, RunLogError, read_evals
+from jepa_edge.train.loop import ensure_trained
+from jepa_edge.train.pool import train_all
 
 CONDITIONS = ("scratch", "teacher", "shuffled", "random")
 CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # condition → TeacherConfig.control
@@ -105,125 +106,29 @@ class StudentStudyConfig:
 
 
 def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
-    d = deep_merge(to_dict(RunConfig()), cfg.run)
-    d["name"] = "teacher"
-    d["data"].update(view=cfg.view_teacher, world_seed=cfg.teacher_world_seed)
-    d["train"].update(seed=cfg.teacher_seed, steps=cfg.teacher_steps, eval_every=cfg.teacher_eval_every,
-                      threads=cfg.teacher_threads)
-    return from_dict(RunConfig, d)
+    return agent_config("teacher", cfg.view_teacher, overrides=cfg.run, seed=cfg.teacher_seed,
+                        world_seed=cfg.teacher_world_seed, steps=cfg.teacher_steps,
+                        train={"eval_every": cfg.teacher_eval_every, "threads": cfg.teacher_threads})
 
 
 def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_run: str | Path) -> RunConfig:
     """One run on view B; the conditions of one seed differ only in the teacher section."""
-    d = deep_merge(to_dict(RunConfig()), cfg.run)
-    d["name"] = f"{condition}_s{seed}"
-    d["data"].update(view=cfg.view_student, world_seed=cfg.student_world_seed + seed)
-    d["train"].update(seed=seed, steps=cfg.steps, eval_every=cfg.eval_every)
-    if condition != "scratch":
-        d["teacher"].update(cfg.teacher)
-        d["teacher"].update(run=str(teacher_run), control=CONTROL_OF[condition])
-    return from_dict(RunConfig, d)
+    teacher = {} if condition == "scratch" else {**cfg.teacher, "run": str(teacher_run),
+                                                 "control": CONTROL_OF[condition]}
+    return agent_config(f"{condition}_s{seed}", cfg.view_student, overrides=cfg.run, seed=seed,
+                        world_seed=cfg.student_world_seed + seed, steps=cfg.steps,
+                        train={"eval_every": cfg.eval_every}, teacher=teacher)
 
 
-def train_all(jobs: list[tuple[RunConfig, Path]], workers: int, progress: bool, pool: Any = None,
-              on_done: Callable[[Path, bool], None] | None = None) -> None:
-    """``ensure_trained`` every job, ``workers`` processes at a time (spawned: no torch state is forked).
-
-    ``pool``: an open executor to reuse (the scaling study keeps one for all its points); ``on_done(out,
-    reused)`` is called as each job finishes, in the order they finish."""
-    if workers <= 1 and pool is None:
-        for run_cfg, out in jobs:
-            reused = ensure_trained(run_cfg, out, progress)
-            if on_done:
-                on_done(out, reused)
-        return
-    if pool is None:
-        with worker_pool(workers) as own:
-            return train_all(jobs, workers, progress, own, on_done)
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    futures = {pool.submit(ensure_trained, run_cfg, out, False): (run_cfg, out) for run_cfg, out in jobs}
-    pending = set(futures)
-    with training_progress(progress) as bar:  # the workers print nothing: their bars are read from log.jsonl
-        tasks = {f: progress_task(bar, c) for f, (c, _) in futures.items()}
-        shown = dict.fromkeys(futures, 0)
-        while pending:
-            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-            for f in pending:  # never backwards: a record being written reads as 0
-                shown[f] = max(shown[f], _logged_step(futures[f][1]))
-                bar.update(tasks[f], completed=shown[f])
-            for f in done:
-                reused = f.result()  # a failed run raises here, with its own message
-                bar.update(tasks[f], completed=futures[f][0].train.steps)
-                if on_done:
-                    on_done(futures[f][1], reused)
-
-
-def _logged_step(out: Path) -> int:
-    """The last step a (running) run wrote to its log.jsonl; 0 before its first record."""
+def read_series(run: Path, metric: str) -> EvalSeries:
+    """The eval points of one run (its directory or its log.jsonl), as a study error when unusable."""
     try:
-        with open(out / "log.jsonl", "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            last = f.read().splitlines()[-1]
-        return int(json.loads(last)["step"])
-    except (OSError, IndexError, ValueError, KeyError, TypeError):
-        return 0
+        return read_evals(run, metric)
+    except RunLogError as exc:
+        raise StudentStudyError(str(exc)) from exc
 
 
-def worker_pool(workers: int):
-    """``workers`` spawned training processes (no torch state is forked)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
-
-
-# ---------------------------------------------------------------- reading logs
-
-
-@dataclass
-class EvalSeries:
-    steps: np.ndarray  # (K,) eval steps, increasing, starting at 0
-    scores: np.ndarray  # (K,) the metric at those steps
-    wall_s: np.ndarray  # (K,) training wall time when that eval ran (periodic evals included)
-
-
-def read_log(path: str | Path, metric: str) -> EvalSeries:
-    """Eval points of one run's ``log.jsonl``; a resumed run's repeated steps keep their last record.
-
-    Train records carry ``time_s`` since the (re)start; after a resume it restarts from 0, so it is
-    offset by the time already reached at the resume step. An eval at step s ran right after the
-    train record of step s; its wall time is interpolated between the nearest train records.
-    """
-    evals: dict[int, float] = {}
-    times: dict[int, float] = {0: 0.0}
-    offset, last_step, last_time = 0.0, 0, 0.0
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StudentStudyError(f"{path}:{n}: not JSON ({exc})") from exc
-        step = int(rec["step"])
-        if "eval" in rec:
-            if metric in rec["eval"]:
-                evals[step] = float(rec["eval"][metric])
-            continue
-        if "time_s" not in rec:
-            continue
-        if step <= last_step or rec["time_s"] + offset < last_time:  # a restart: continue the clock from `step - 1`
-            before = [s for s in times if s < step]
-            offset = times[max(before)] if before else 0.0
-        times[step] = offset + float(rec["time_s"])
-        last_step, last_time = step, times[step]
-    if not evals:
-        raise StudentStudyError(f"{path}: no eval records with {metric!r}; was eval_every larger than the run?")
-    steps = np.array(sorted(evals))
-    t_steps = np.array(sorted(times))
-    wall = np.interp(steps, t_steps, [times[s] for s in t_steps])
-    return EvalSeries(steps, np.array([evals[s] for s in steps]), wall)
+# ---------------------------------------------------------------- analysis (from logs only)
 
 
 def steps_to_target(series: EvalSeries, target: float) -> tuple[int | None, float | None]:
@@ -232,9 +137,6 @@ def steps_to_target(series: EvalSeries, target: float) -> tuple[int | None, floa
     if not hit.size:
         return None, None
     return int(series.steps[hit[0]]), float(series.wall_s[hit[0]])
-
-
-# ---------------------------------------------------------------- analysis (from logs only)
 
 
 def seed_target(scratch: EvalSeries, cfg: StudentStudyConfig, seed: int) -> float:
@@ -272,7 +174,7 @@ def analyse(runs: dict[str, dict[int, Path]], flops_per_step: dict[str, float], 
     """
     if "scratch" not in runs:
         raise StudentStudyError("the analysis needs the scratch runs: they define every target")
-    series = {c: {s: read_log(p / "log.jsonl" if Path(p).is_dir() else p, cfg.metric) for s, p in r.items()}
+    series = {c: {s: read_series(p, cfg.metric) for s, p in r.items()}
               for c, r in runs.items()}
     per_seed: dict[str, dict[int, dict[str, Any]]] = {c: {} for c in runs}
     for seed, scratch in series["scratch"].items():

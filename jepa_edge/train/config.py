@@ -121,3 +121,25 @@ def preset_config(name: str) -> RunConfig:
     cfg.validate()
     cfg.jepa.validate()
     return cfg
+
+
+def agent_config(name: str, view: str, *, preset: str = "demo", overrides: dict | None = None, seed: int = 0,
+                 world_seed: int = 0, steps: int | None = None, data: dict | None = None, train: dict | None = None,
+                 teacher: dict | None = None) -> RunConfig:
+    """The RunConfig of one agent: ``jepa-edge train`` and every study build their runs here, nowhere else.
+
+    Layers, later ones winning: the preset, then ``overrides`` (a user's JSON RunConfig overrides), then
+    the agent's own fields (``name``, ``view``, model ``seed``, ``world_seed`` of its training episodes,
+    ``steps``; None = the preset's or the overrides'), then the caller's section updates ``data``, ``train``
+    and ``teacher`` (nested dicts, e.g. ``data={"world": {...}}``, merged key by key). Unknown keys are errors.
+    """
+    from jepa_edge.config import deep_merge
+
+    d = deep_merge(preset_config(preset).to_dict(), overrides or {})
+    own: dict = {"name": name, "data": {"view": view, "world_seed": world_seed}, "train": {"seed": seed}}
+    if steps is not None:
+        own["train"]["steps"] = steps
+    d = deep_merge(deep_merge(d, own), {"data": data or {}, "train": train or {}, "teacher": teacher or {}})
+    cfg = RunConfig.from_dict(d)
+    cfg.validate()
+    return cfg

@@ -1,6 +1,6 @@
 """Held-out state probe: does the latent z linearly encode the world state?
 
-Probes are fitted on the first episodes and scored on the last ones, so
+Probes are fitted on the first episodes and scored on the last ones (``world.dataset.heldout_split``), so
 consecutive (nearly identical) frames never sit on both sides of the split.
 """
 
@@ -11,6 +11,7 @@ import torch
 
 from jepa_edge.calib.probes import evaluate_probe, fit_probe
 from jepa_edge.train.model import Encoder
+from jepa_edge.world.dataset import heldout_split
 from jepa_edge.world.sim import WorldStates
 
 
@@ -35,18 +36,18 @@ def effective_rank(z: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p + 1e-12)).sum()))
 
 
-def state_probe(z: np.ndarray, states: WorldStates, train_frac: float = 0.75) -> dict[str, float]:
+def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25) -> dict[str, float]:
     """Position R² and danger-label balanced accuracy on held-out episodes."""
     E, T = states.n_episodes, states.n_steps
-    n_train = max(1, round(E * train_frac)) * T
+    fit, held = heldout_split(np.repeat(np.arange(E), T), heldout_fraction)
     pos = states.state_vector().reshape(E * T, -1)  # (M, 2n)
     danger = states.danger.reshape(E * T)  # (M,)
     agent = {"name": "probe", "fingerprint": "eval", "latent_dim": z.shape[1], "view": ""}
-    reg = fit_probe(z[:n_train], pos[:n_train], "regression", "position", agent)
-    out = {"position_r2": evaluate_probe(reg, z[n_train:], pos[n_train:])["r2"]}
-    if len(np.unique(danger[:n_train])) > 1:
-        cls = fit_probe(z[:n_train], danger[:n_train], "classification", "danger", agent, labels=["safe", "danger"])
-        out["danger_bal_acc"] = evaluate_probe(cls, z[n_train:], danger[n_train:])["balanced_accuracy"]
+    reg = fit_probe(z[fit], pos[fit], "regression", "position", agent)
+    out = {"position_r2": evaluate_probe(reg, z[held], pos[held])["r2"]}
+    if len(np.unique(danger[fit])) > 1:
+        cls = fit_probe(z[fit], danger[fit], "classification", "danger", agent, labels=["safe", "danger"])
+        out["danger_bal_acc"] = evaluate_probe(cls, z[held], danger[held])["balanced_accuracy"]
     out["z_std"] = float(z.std(0).mean())
     out["effective_rank"] = effective_rank(z)
     return out

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from jepa_edge.agents.latents import world_moments
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.jepa import JEPA
-from jepa_edge.train.latents import world_moments
 
 EMA_FLOPS_PER_PARAM = 3  # lerp: sub, mul, add
 ADAMW_FLOPS_PER_PARAM = 12  # moments, bias corrections, sqrt, div, decay, update: an order-of-magnitude estimate

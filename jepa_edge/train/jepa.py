@@ -180,8 +180,3 @@ def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
     """Cosine ramp of the EMA momentum from ``start`` (step 0) to ``end`` (step ``total``)."""
     return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
-
-def embedding_std(z: torch.Tensor) -> float:
-    """Mean over dimensions of the per-dimension std across the batch; ~0 means collapse."""
-    return float(z.float().std(0).mean())
-

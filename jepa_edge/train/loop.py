@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ from jepa_edge.train.checkpoint import (
     CheckpointError,
     load_agent_meta,
     load_train_state,
-    read_json,
     save_agent,
     save_train_state,
     state_to_numpy,
@@ -48,6 +47,7 @@ from jepa_edge.train.clips import DeviceClips
 from jepa_edge.train.config import RunConfig, TrainConfig, saved_run_config
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
+from jepa_edge.train.log import STATE_FILE, open_log, read_train_state
 from jepa_edge.world.dataset import ViewData, make_view_dataset
 
 
@@ -262,17 +262,13 @@ def config_diff(saved: RunConfig, wanted: RunConfig, limit: int = 4) -> str:
 def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
             device: torch.device, resume: bool) -> _Start:
     """Where this run starts: step 0 of a new run dir, or the saved state of an interrupted run."""
-    state_json = out_dir / "train_state.json"
     if not resume:
-        if state_json.exists():
+        if (out_dir / STATE_FILE).exists():
             raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
         return _Start()
-    if not state_json.is_file():
-        raise CheckpointError(f"{out_dir}: nothing to resume (no train_state.json); drop --resume to start fresh")
-    saved = read_json(state_json, "train state")
-    if not isinstance(saved.get("config"), dict):
-        raise CheckpointError(f"{state_json}: no saved config in it (not a train state this tool wrote); "
-                              f"train into a new --out (or delete {out_dir})")
+    if not (out_dir / STATE_FILE).is_file():
+        raise CheckpointError(f"{out_dir}: nothing to resume (no {STATE_FILE}); drop --resume to start fresh")
+    saved = read_train_state(out_dir)
     saved_cfg = saved_run_config(saved["config"])
     if saved_cfg != cfg:
         raise CheckpointError(f"{out_dir}: the saved run used a different config ({config_diff(saved_cfg, cfg)}); "
@@ -360,23 +356,6 @@ def save_checkpoint(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.M
     return save_agent(out_dir, modules["model"].target_encoder, meta)
 
 
-@contextmanager
-def _run_log(out_dir: Path, is_main: bool):
-    """log.jsonl (rank 0), appended across resumes; None on other ranks."""
-    if not is_main:
-        yield None
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "log.jsonl", "a") as f:
-        yield f
-
-
-def _write(log_f, record: dict[str, Any]) -> None:
-    if log_f is not None:
-        log_f.write(json.dumps(record) + "\n")
-        log_f.flush()
-
-
 def training_progress(show: bool) -> Progress:
     """The bar of training runs (one task per run, ``info`` field for the latest metrics)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -438,7 +417,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     metrics: dict[str, Any] = {}
     bar, task = _progress_bar(cfg, step, progress and is_main)
     t0 = time.time()
-    with bar, _run_log(out_dir, is_main) as log_f:
+    with bar, open_log(out_dir, is_main) as log:
         while True:
             # ---- eval / checkpoint (divergence checked first: a NaN run never overwrites a good checkpoint)
             last = step >= tc.steps or (stop_at is not None and step >= stop_at)
@@ -448,7 +427,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if due_eval and is_main:
                 metrics = evaluate(model, held_out, device)
                 untrained = untrained or (dict(metrics) if step == 0 else {})
-                _write(log_f, {"step": step, "eval": metrics})
+                log.eval(step, metrics)
             if due_ckpt and is_main:
                 info = {"step": step, "config": cfg.to_dict(), "untrained": untrained, "metrics": metrics,
                         "attention": attention, "wall_time_s": start.wall_time_s + time.time() - t0}
@@ -480,8 +459,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if step % tc.log_every == 0 or step == 1:
                 values, window = meter.read(), meter.n
                 meter.reset()
-                _write(log_f, {"step": step, "lr": lr, **values, "steps_averaged": window,
-                               "time_s": round(time.time() - t0, 2)})
+                log.train(step, lr, values, window, time.time() - t0)
                 check_finite(values, step, window, last_good, out_dir, tc.lr)
                 r2 = metrics.get("position_r2")
                 bar.update(task, info=f"loss {values['loss']:.4f}" + (f"  R² {r2:.3f}" if r2 is not None else ""))
@@ -502,5 +480,5 @@ def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -
             return True
     except CheckpointError:
         pass
-    train(cfg, out_dir, resume=(out_dir / "train_state.json").is_file(), progress=progress)
+    train(cfg, out_dir, resume=(out_dir / STATE_FILE).is_file(), progress=progress)
     return False

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.config import from_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
 from jepa_edge.train.config import RunConfig
-from jepa_edge.train.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.train.model import Encoder
 from jepa_edge.world.sim import WorldConfig
 from jepa_edge.world.views import VIEWS

@@ -484,3 +484,29 @@ def make_view_dataset(
         size,
         0 if seed is None else seed,
     )
+
+
+# ---------------------------------------------------------------- the held-out split
+
+
+def heldout_split(episode: np.ndarray, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(pool, held_out)`` of M moments: the one held-out policy of every score in this package.
+
+    ``episode`` (M,) is each row's episode id, the rows of one episode in time order (episode-major layout).
+    The episodes with the highest ids, ``round(E * heldout_fraction)`` of them (at least one, never all),
+    are held out whole, so nearly identical consecutive frames never sit on both sides of the split. One
+    continuous episode (a robot's recording, a bag) holds out its last ``heldout_fraction`` of the rows (the
+    end of the recording) instead. No randomness: training's state probe, `calib`, `probe` and the study
+    hold out the same moments of the same data.
+    """
+    episode = np.asarray(episode)
+    ids = np.unique(episode)  # sorted
+    if len(ids) == 1:
+        M = len(episode)
+        if M < 2:
+            raise ValueError(f"{M} moment(s) cannot be split into a pool and a held-out stretch; record longer")
+        n_held = min(M - 1, max(1, round(M * heldout_fraction)))
+        return np.arange(M - n_held), np.arange(M - n_held, M)
+    n_held = min(len(ids) - 1, max(1, round(len(ids) * heldout_fraction)))
+    held = np.isin(episode, ids[len(ids) - n_held:])
+    return np.flatnonzero(~held), np.flatnonzero(held)

@@ -7,13 +7,11 @@ into latents of the *same world moments* seen from each agent's own view.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from jepa_edge.config import from_dict
-from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
@@ -65,7 +63,3 @@ def untrained_like(meta: dict, seed: int) -> Encoder:
 
 def latents_of(encoder: Encoder, frames: np.ndarray) -> np.ndarray:
     return encode_frames(encoder, frames)  # (M, D)
-
-
-def load_agents(*run_dirs: str | Path) -> list[tuple[Encoder, dict]]:
-    return [load_agent(r) for r in run_dirs]

@@ -1,7 +1,7 @@
 """The alignment graph of a fleet's exported models (torch-free): latents of shared anchor moments → report.
 
 Each model (one per robot / view) encodes the same anchor-world moments
-through its own camera view (``moments.moment_frames``); the first
+through its own camera view (``fleet.moments.moment_frames``); the first
 ``n_fit`` moments fit every W and probe, the next ``n_eval`` score them
 (held-out: different episodes when ``n_fit`` is a multiple of ``world.steps``).
 Targets are the simulator's object positions, so "transfer" is what a robot

@@ -1,8 +1,8 @@
 """`jepa-edge calib` and `jepa-edge probe`: the torch side that feeds latents to calib.
 
 Both agents see the same fresh simulated moments, each from its own view.
-Moments are split by episode: anchors come from the first episodes, every
-number is scored on held-out episodes, and always beside its controls.
+Moments are split by episode (``world.dataset.heldout_split``): anchors and probes come from the pool,
+every number is scored on the held-out episodes, and always beside its controls.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.agents.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.calib.fit import FitConfig, fit_map
-from jepa_edge.calib.metrics import isomorphism_metrics, permutation_null
+from jepa_edge.calib.metrics import isomorphism_metrics, kept_fraction, permutation_null, probe_chance
 from jepa_edge.calib.postcard import Postcard, load_postcard, save_postcard
 from jepa_edge.calib.probes import (
     Probe,
@@ -26,8 +27,7 @@ from jepa_edge.calib.probes import (
     transfer_probe,
 )
 from jepa_edge.train.checkpoint import load_agent
-from jepa_edge.train.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
-from jepa_edge.world.dataset import load_recording
+from jepa_edge.world.dataset import heldout_split, load_recording
 from jepa_edge.world.sim import WorldConfig
 
 
@@ -36,7 +36,7 @@ class MomentsConfig:
     episodes: int = 64  # fresh simulated episodes (neither agent trained on them)
     steps: int = 32  # steps per episode
     seed: int = 777  # world seed of these moments
-    heldout_fraction: float = 0.3  # last episodes: scoring only, never anchors or probe training
+    heldout_fraction: float = 0.3  # held-out episodes (world.dataset.heldout_split): scoring only
     recording: str = ""  # a recorded multi-camera folder, ROS 2 bag or .mcap instead (states needed for probes)
     topics: dict[str, str] = field(default_factory=dict)  # bag: view → image topic ({} = views named from topics)
     tolerance_s: float = 0.0  # bag: cameras paired within this (0 = half the first camera's frame interval)
@@ -64,25 +64,6 @@ def load_moments(views: list[str], size: int, cfg: MomentsConfig, need_states: b
     return Moments(rec.frames, rec.states)
 
 
-def split_episodes(moments: Moments, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the anchor/probe pool and of the held-out moments.
-
-    Whole episodes are held out; a single continuous recording (one episode, e.g. a bag) holds out its last
-    ``heldout_fraction`` of the time instead, so anchors never sit beside the moments they are scored on.
-    """
-    E, T = moments.shape
-    if E == 1:
-        n_held = max(1, round(T * heldout_fraction))
-        if n_held >= T:
-            raise ValueError(f"{T} moment(s) cannot be split into a pool and a held-out stretch; record longer")
-        return np.arange(T - n_held), np.arange(T - n_held, T)
-    n_held = max(1, round(E * heldout_fraction))
-    if n_held >= E:
-        raise ValueError(f"{E} episode(s) cannot be split into a pool and a held-out set; use more episodes")
-    ep = moments.episode
-    return np.flatnonzero(ep < E - n_held), np.flatnonzero(ep >= E - n_held)
-
-
 def calibrate(source_run: str | Path, target_run: str | Path, out: str | Path, cfg: CalibConfig,
               mcfg: MomentsConfig) -> tuple[Postcard, dict[str, Any]]:
     """Fit W (source → target) on anchors, score it on held-out moments against controls, save a postcard."""
@@ -92,7 +73,7 @@ def calibrate(source_run: str | Path, target_run: str | Path, out: str | Path, c
         raise ValueError("the two agents take different input sizes; calibrate agents with the same img_size")
     moments = load_moments([meta_s["view"], meta_t["view"]], size, mcfg)
     fs, ft = moments.frames[meta_s["view"]], moments.frames[meta_t["view"]]
-    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    pool, held = heldout_split(moments.episode, mcfg.heldout_fraction)
     rng = np.random.default_rng(cfg.anchor_seed)
     if cfg.anchors > len(pool):
         raise ValueError(f"{cfg.anchors} anchors requested but the pool holds {len(pool)} moments; "
@@ -139,7 +120,7 @@ def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg
     enc, meta = load_agent(run)
     moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]
-    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    pool, held = heldout_split(moments.episode, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_003), frames)
     agent = agent_descriptor(meta)
     paths, report = [], {}
@@ -164,7 +145,7 @@ def transfer_probes(probe_paths: list[Path], postcard_path: Path, run: str | Pat
     postcard = load_postcard(postcard_path, expect_source_fingerprint=meta["fingerprint"])
     moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]
-    pool, held = split_episodes(moments, mcfg.heldout_fraction)
+    pool, held = heldout_split(moments.episode, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_004), frames)
     rng = np.random.default_rng(0)
     report = {}
@@ -184,14 +165,7 @@ def transfer_probes(probe_paths: list[Path], postcard_path: Path, run: str | Pat
             "task": kind, "transferred": score, "native": nat,
             "untrained_native": primary_score(evaluate_probe(native0, z0[held], y[held]), kind),
             "scrambled_W": float(np.mean(scrambled)),
-            "kept_fraction": _kept(score, nat, kind),
+            "kept_fraction": kept_fraction(score, nat, probe_chance(kind, y[held])),
         }
     return report
 
-
-def _kept(transferred: float, native: float, kind: str) -> float | None:
-    """Fraction of the native score kept, measured above chance (0 for R², 0.5 balanced accuracy)."""
-    chance = 0.0 if kind == "regression" else 0.5
-    if native - chance <= 1e-6:
-        return None
-    return float((transferred - chance) / (native - chance))
