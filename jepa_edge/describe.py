@@ -35,7 +35,7 @@ def kind_of(path: Path) -> str:
         return "probe"
     elif name.endswith(".onnx"):
         return "onnx"
-    elif name.endswith(".engine") or name.endswith(".engine.json"):
+    elif name.endswith((".engine", ".engine.json")):
         return "engine"
     elif name.endswith(".mcap"):
         return "recording"
@@ -93,14 +93,14 @@ def _onnx(path: Path) -> dict[str, Any]:
     ort = _import_ort()
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own error types; one line for the CLI
+    except Exception as exc:
         raise ValueError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]}); "
                          "re-export it with jepa-edge export") from exc
     meta = parse_meta(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
     return {"mode": meta.mode.replace("_", "-"), "agent": {"name": meta.agent_name, "view": meta.agent_view,
                                                            "fingerprint": meta.agent_fingerprint,
                                                            "latent_dim": meta.latent_dim},
-            "input": {"frames": [i.shape for i in sess.get_inputs() if i.name == "frames"][0],
+            "input": {"frames": next(i.shape for i in sess.get_inputs() if i.name == "frames"),
                       "height": meta.height, "width": meta.width},
             "outputs": [{"name": o.name, "kind": o.kind, "columns": list(o.labels)} for o in meta.head_outputs],
             "graph_outputs": [o.name for o in sess.get_outputs()]}
@@ -124,8 +124,8 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     kind, path = info["kind"], info["path"]
     if kind == "postcard":
         m = info["metrics"]
-        return [f"{path}: postcard {info['name']!r}, W {info['W_shape'][0]}x{info['W_shape'][1]} "
-                f"({info['estimator']}, {info['anchors']} anchors)",
+        return [(f"{path}: postcard {info['name']!r}, W {info['W_shape'][0]}x{info['W_shape'][1]} "
+                f"({info['estimator']}, {info['anchors']} anchors)"),
                 f"  from {_agent(info['from'])}", f"  to   {_agent(info['to'])}",
                 *([f"  held-out: {_fmt(m)}"] if m else [])]
     if kind == "probe":
@@ -135,24 +135,24 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
                 f"  outputs: {shown}", *([f"  metrics: {_fmt(info['metrics'])}"] if info["metrics"] else [])]
     if kind == "run":
         e = info["encoder"]
-        return [f"{path}: agent {info['name']!r}, view {info['view']}, step {info['step']}, "
-                f"fingerprint {str(info['fingerprint'])[:12]}…",
-                f"  encoder: {e['img_size']} px, patch {e['patch_size']}, width {e['embed_dim']}, depth {e['depth']}, "
-                f"D={e['latent_dim']}; data: {info['data']}",
+        return [(f"{path}: agent {info['name']!r}, view {info['view']}, step {info['step']}, "
+                f"fingerprint {str(info['fingerprint'])[:12]}…"),
+                (f"  encoder: {e['img_size']} px, patch {e['patch_size']}, width {e['embed_dim']}, depth {e['depth']}, "
+                f"D={e['latent_dim']}; data: {info['data']}"),
                 f"  held-out: {_fmt(info['heldout'])}", f"  untrained control: {_fmt(info['untrained'])}"]
     if kind == "recording":
-        return [f"{path}: recording, views {info['views']}, {info['episodes']} episode(s) x {info['episode_len']} "
-                f"steps, states {'yes' if info['states'] else 'no'}"]
+        return [(f"{path}: recording, views {info['views']}, {info['episodes']} episode(s) x {info['episode_len']} "
+                f"steps, states {'yes' if info['states'] else 'no'}")]
     if kind == "onnx":
         a = info["agent"]
         outs = [f"{o['name']} ({o['kind']}" + (f": {', '.join(o['columns'][:6])}{', …' if len(o['columns']) > 6 else ''}"
                                                if o["columns"] else "") + ")" for o in info["outputs"]]
-        return [f"{path}: {info['mode']} model of agent {a['name']!r} (view {a['view']}, D={a['latent_dim']}), "
-                f"input frames {info['input']['frames']}",
+        return [(f"{path}: {info['mode']} model of agent {a['name']!r} (view {a['view']}, D={a['latent_dim']}), "
+                f"input frames {info['input']['frames']}"),
                 "  outputs: " + ("; ".join(outs) if outs else "z only (encoder-only: run with --emit-latent, "
                                  "or give --probe/--postcard)")]
-    return [f"{path}: TensorRT engine sidecar, precision {info['precision']}, tf32 {info['tf32']}, "
-            f"engine file {'present' if info['engine_exists'] else 'MISSING'}",
+    return [(f"{path}: TensorRT engine sidecar, precision {info['precision']}, tf32 {info['tf32']}, "
+            f"engine file {'present' if info['engine_exists'] else 'MISSING'}"),
             f"  built from {info['onnx'].get('path') if isinstance(info['onnx'], dict) else info['onnx']}"]
 
 

@@ -54,7 +54,7 @@ def test_old_names_are_gone(gone):
 
 
 def test_one_name_for_batch_size_frames_episode_len_and_overwrite():
-    with_flag = lambda f: {" ".join(k) for k, c in COMMANDS.items() if f in _flags(c)}  # noqa: E731
+    with_flag = lambda f: {" ".join(k) for k, c in COMMANDS.items() if f in _flags(c)}
     assert with_flag("--batch-size") >= {"train", "export", "bench"}
     assert with_flag("--frames") >= {"run", "bench", "fleet run"}
     assert with_flag("--episode-len") == {"calib", "probe", "world record"}
