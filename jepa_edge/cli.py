@@ -456,7 +456,7 @@ def export(
         export_agent,
         require_tensorrt,
     )
-    from jepa_edge.export.optimize import count_summary
+    from jepa_edge.export.optimize import node_count_summary
     from jepa_edge.runtime.meta import MODE_ALIASES
 
     renamed("--head", "--postcard", head)
@@ -483,7 +483,7 @@ def export(
                                                fuse_transformer=fuse_transformer))
     say(f"wrote {res.path} ({res.mode}); ONNX Runtime vs PyTorch max abs error: "
         + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
-    say(f"graph (batch {batch or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
+    say(f"model nodes (batch {batch or 'dynamic'}): {node_count_summary(res.metadata['graph']['node_counts'])}")
     if trt:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
         side = built.sidecar

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jepa_edge.artifacts import MAX_METADATA_BYTES
+from jepa_edge.artifacts import MAX_METADATA_BYTES, AgentRef
+from jepa_edge.calib.head import HeadOutput
 from jepa_edge.runtime.errors import RuntimeModelError
 
 FORMAT = "jepa-edge/onnx"
@@ -35,15 +36,6 @@ def unknown_mode(mode: str) -> str:
     return f"unknown export mode {mode!r}; choose one of {list(MODES)}{hint}"
 
 
-@dataclass(frozen=True)
-class OutputSlice:
-    name: str
-    start: int
-    stop: int
-    kind: str
-    labels: tuple[str, ...] = ()  # per-column names (probe outputs / classes), when the exporter wrote them
-
-
 @dataclass
 class ModelMeta:
     mode: str  # "fused" | "head_inputs" | "encoder_only"
@@ -53,12 +45,17 @@ class ModelMeta:
     agent_name: str
     agent_fingerprint: str
     agent_view: str
-    head_outputs: list[OutputSlice]  # baked-in slices of a fused model (empty otherwise)
+    head_outputs: list[HeadOutput]  # baked-in slices of a fused model (empty otherwise)
     raw: dict[str, Any] = field(default_factory=dict)  # the full JSON, extra keys included
 
     @property
     def input_size(self) -> tuple[int, int]:
         return self.height, self.width
+
+    @property
+    def agent(self) -> AgentRef:
+        """The agent whose encoder this model runs."""
+        return AgentRef(self.agent_name, self.agent_fingerprint, self.latent_dim, self.agent_view)
 
 
 def _need(d: dict[str, Any], key: str, where: str, source: str) -> Any:
@@ -102,8 +99,7 @@ def parse_meta(text: str | None, source: str) -> ModelMeta:
     agent = _need(d, "agent", "", source)
     head = d.get("head") or {}
     slices = [
-        OutputSlice(str(o["name"]), int(o["start"]), int(o["stop"]), str(o.get("kind", "")),
-                    tuple(str(x) for x in o.get("labels", ())))
+        HeadOutput(str(o["name"]), int(o["start"]), int(o["stop"]), str(o.get("kind", "")), o.get("labels", ()))
         for o in head.get("outputs", [])
     ]
     return ModelMeta(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.probes import evaluate_probe, fit_probe
 from jepa_edge.train.model import Encoder
 from jepa_edge.world.sim import WorldStates
@@ -41,7 +42,7 @@ def state_probe(z: np.ndarray, states: WorldStates, train_frac: float = 0.75) ->
     n_train = max(1, round(E * train_frac)) * T
     pos = states.state_vector().reshape(E * T, -1)  # (M, 2n)
     danger = states.danger.reshape(E * T)  # (M,)
-    agent = {"name": "probe", "fingerprint": "eval", "latent_dim": z.shape[1], "view": ""}
+    agent = AgentRef("probe", "eval", z.shape[1])
     reg = fit_probe(z[:n_train], pos[:n_train], "regression", "position", agent)
     out = {"position_r2": evaluate_probe(reg, z[n_train:], pos[n_train:])["r2"]}
     if len(np.unique(danger[:n_train])) > 1:
