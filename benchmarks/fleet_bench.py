@@ -206,15 +206,15 @@ def sign_cost(d: Path, n: int = 5000, k: int = OUTPUT_VALUES) -> dict:
     values = np.linspace(-1, 1, k, dtype=np.float32)  # (k,)
 
     def outputs(seq: int) -> Outputs:
-        return Outputs(fp8_of(agent["fingerprint"]), epoch, seq, seq, now - 0.01, 1, values)
+        return Outputs(fp8_of(agent.fingerprint), epoch, seq, seq, now - 0.01, 1, values)
 
     body = outputs(1).encode()  # header + 6 float32: what the signature covers
     msg_out = outputs_signing_bytes(fleet, "agentB", body)
     sig_out = signer.sign(msg_out)
     card_payload = card.encode()
     probe_payload = np.random.default_rng(0).bytes(16 * 1024)
-    env = Envelope(fleet, "card", "agentB", agent["fingerprint"], epoch, 1, now - 0.01)
-    env_probe = Envelope(fleet, "probe", "agentB", agent["fingerprint"], epoch, 1, now - 0.01)
+    env = Envelope(fleet, "card", "agentB", agent.fingerprint, epoch, 1, now - 0.01)
+    env_probe = Envelope(fleet, "probe", "agentB", agent.fingerprint, epoch, 1, now - 0.01)
     card_env = env.signed(card_payload, signer)
     probe_env = env_probe.signed(probe_payload, signer)
     card_sig, probe_sig = bytes.fromhex(card_env.sig), bytes.fromhex(probe_env.sig)

@@ -601,7 +601,7 @@ def export(
         export_agent,
         require_tensorrt,
     )
-    from jepa_edge.export.optimize import count_summary
+    from jepa_edge.export.optimize import node_count_summary
 
     if format not in ("onnx", "engine"):
         raise ValueError(f"--format {format!r}; use onnx or engine (a TensorRT engine, built from the ONNX)")
@@ -632,7 +632,7 @@ def export(
             if res.mode == "encoder_only" else res.mode.replace("_", "-"))
     note(f"wrote {res.path} ({what}); ONNX Runtime vs PyTorch max abs error: "
          + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
-    note(f"model nodes (batch size {batch_size or 'dynamic'}): {count_summary(res.metadata['graph']['node_counts'])}")
+    note(f"model nodes (batch size {batch_size or 'dynamic'}): {node_count_summary(res.metadata['graph']['node_counts'])}")
     if engine:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
         side = built.sidecar

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.fingerprint import fingerprint_arrays
 from jepa_edge.calib.head import FusedHead, build_head
 from jepa_edge.calib.postcard import Postcard, save_postcard
@@ -44,8 +45,8 @@ class TinyEncoder:
         return fingerprint_arrays({"proj.weight": self.weight, "proj.bias": self.bias})
 
     @property
-    def agent(self) -> dict:
-        return {"name": self.name, "fingerprint": self.fingerprint, "latent_dim": self.latent_dim, "view": self.view}
+    def agent(self) -> AgentRef:
+        return AgentRef(self.name, self.fingerprint, self.latent_dim, self.view)
 
     def z(self, frames: np.ndarray) -> np.ndarray:
         """Numpy reference of the graph: (B, H, W, 3) uint8 → (B, D) float32."""
@@ -134,28 +135,28 @@ def make_model(path: str | Path, enc: TinyEncoder, mode: str = "fused", head: Fu
 
 
 # ---- postcards and probes ------------------------------------------------------------------
-def make_postcard(source: dict, target: dict, seed: int = 1, name: str = "B_to_A") -> Postcard:
+def make_postcard(source: AgentRef, target: AgentRef, seed: int = 1, name: str = "B_to_A") -> Postcard:
     rng = np.random.default_rng(seed)
-    s, t = source["latent_dim"], target["latent_dim"]
+    s, t = source.latent_dim, target.latent_dim
     return Postcard(
         weight=(rng.standard_normal((t, s)) / np.sqrt(s)).astype(np.float32),
         bias=(0.1 * rng.standard_normal(t)).astype(np.float32),
         source_mean=np.zeros(s, np.float32), source_scale=np.ones(s, np.float32),
         target_mean=np.zeros(t, np.float32), target_scale=np.ones(t, np.float32),
-        name=name, source=dict(source), target=dict(target), estimator="procrustes", n_anchors=100,
+        name=name, source=source, target=target, estimator="procrustes", n_anchors=100,
     )
 
 
-def make_probe(agent: dict, name: str = "position", k: int = 6, seed: int = 2, task: str = "regression") -> Probe:
+def make_probe(agent: AgentRef, name: str = "position", k: int = 6, seed: int = 2, task: str = "regression") -> Probe:
     rng = np.random.default_rng(seed)
-    d = agent["latent_dim"]
+    d = agent.latent_dim
     labels = [f"obj{i // 2}_{'xy'[i % 2]}" for i in range(k)] if task == "regression" else [f"c{i}" for i in range(k)]
     return Probe((rng.standard_normal((k, d)) / np.sqrt(d)).astype(np.float32),
-                 (0.5 + 0.1 * rng.standard_normal(k)).astype(np.float32), name, task, labels, dict(agent))
+                 (0.5 + 0.1 * rng.standard_normal(k)).astype(np.float32), name, task, labels, agent)
 
 
-def other_agent(latent_dim: int, name: str = "agentA", view: str = "top") -> dict:
-    return {"name": name, "fingerprint": "a" * 64, "latent_dim": latent_dim, "view": view}
+def other_agent(latent_dim: int, name: str = "agentA", view: str = "top") -> AgentRef:
+    return AgentRef(name, "a" * 64, latent_dim, view)
 
 
 def write_head_files(folder: str | Path, enc: TinyEncoder, seed: int = 1) -> tuple[FusedHead, list[Path]]:

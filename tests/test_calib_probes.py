@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jepa_edge.artifacts import ArtifactError
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.head import build_head
 from jepa_edge.calib.postcard import Postcard, PostcardError, save_postcard
@@ -157,5 +158,6 @@ def test_bad_probe_files_refused(tmp_path):
     save_postcard(pc_path, pc)
     with pytest.raises(ProbeError, match="'postcard', not a probe"):
         load_probe(pc_path)
-    with pytest.raises(PostcardError):  # ProbeError is a PostcardError: one except clause for exchanged files
+    assert not issubclass(ProbeError, PostcardError) and not issubclass(PostcardError, ProbeError)
+    with pytest.raises(ArtifactError):  # both are ArtifactErrors: one except clause for exchanged files
         load_probe(pc_path)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pytest
 from onnx_fixtures import make_encoder, make_model, make_postcard, make_probe, other_agent
 
-from jepa_edge.calib import postcard as postcard_mod
+from jepa_edge import artifacts
 from jepa_edge.calib.postcard import PostcardError, load_postcard, save_postcard
 from jepa_edge.calib.probes import ProbeError, load_probe, save_probe
 from jepa_edge.config import ConfigError, from_dict
@@ -94,7 +94,7 @@ def files(tmp_path):
 
 
 def test_oversized_postcard_and_probe_are_refused_before_parsing(files, monkeypatch):
-    monkeypatch.setattr(postcard_mod, "MAX_POSTCARD_BYTES", 64)
+    monkeypatch.setattr(artifacts, "MAX_POSTCARD_BYTES", 64)
     with pytest.raises(PostcardError, match="over the 64-byte limit"):
         load_postcard(files["postcard"])
     with pytest.raises(ProbeError, match="over the 64-byte limit"):

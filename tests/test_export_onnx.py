@@ -6,7 +6,7 @@ Tiny encoders (16 px, patch 4, width 32, depth 1) keep every export well under a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.head import HeadError, build_head
 from jepa_edge.calib.postcard import Postcard, PostcardError, save_postcard
 from jepa_edge.calib.probes import Probe, save_probe
@@ -27,7 +28,7 @@ from jepa_edge.export import (
     ort_session,
     read_metadata,
 )
-from jepa_edge.export.graph import EdgeGraph, EdgeGraphError
+from jepa_edge.export.edge_model import EdgeModel, EdgeModelError
 from jepa_edge.export.onnx_export import encoder_fingerprint, head_nodes
 from jepa_edge.runtime import backends
 from jepa_edge.runtime.errors import BackendUnavailableError
@@ -54,23 +55,22 @@ def meta_of(enc: Encoder, name: str, view: str) -> dict:
     return {"name": name, "view": view, "fingerprint": encoder_fingerprint(enc), "encoder": asdict(enc.cfg)}
 
 
-def agent(meta: dict) -> dict:
-    return {"name": meta["name"], "fingerprint": meta["fingerprint"], "latent_dim": meta["encoder"]["latent_dim"],
-            "view": meta["view"]}
+def agent(meta: dict) -> AgentRef:
+    return AgentRef(meta["name"], meta["fingerprint"], meta["encoder"]["latent_dim"], meta["view"])
 
 
-def make_postcard(source: dict, target: dict, seed: int = 1) -> Postcard:
+def make_postcard(source: AgentRef, target: AgentRef, seed: int = 1) -> Postcard:
     rng = np.random.default_rng(seed)
-    s, t = source["latent_dim"], target["latent_dim"]
+    s, t = source.latent_dim, target.latent_dim
     return Postcard(rng.standard_normal((t, s)), rng.standard_normal(t), np.zeros(s), np.ones(s), np.zeros(t),
                     np.ones(t), name="B_to_A", source=source, target=target, estimator="procrustes", n_anchors=100)
 
 
-def make_probe(owner: dict, name: str, k: int, task: str = "regression", seed: int = 2) -> Probe:
+def make_probe(owner: AgentRef, name: str, k: int, task: str = "regression", seed: int = 2) -> Probe:
     rng = np.random.default_rng(seed)
-    d = owner["latent_dim"]
+    d = owner.latent_dim
     return Probe(rng.standard_normal((k, d)), rng.standard_normal(k), name, task, [f"{name}{i}" for i in range(k)],
-                 dict(owner))
+                 owner)
 
 
 @pytest.fixture(scope="module")
@@ -293,11 +293,11 @@ def test_postcard_of_another_agent_is_refused(agents, run, tmp_path):
 
 
 def test_head_dim_mismatch_is_a_clear_error(agents, run, tmp_path):
-    src = {**agent(agents["meta"]), "latent_dim": 6}  # right fingerprint, wrong latent size
+    src = replace(agent(agents["meta"]), latent_dim=6)  # right fingerprint, wrong latent size
     save_postcard(tmp_path / "bad.postcard.safetensors", make_postcard(src, agent(agents["meta_a"])))
     with pytest.raises(HeadError, match="input dim 6 but the encoder's latent dim is 8"):
         export_agent(run, tmp_path / "x.onnx", tmp_path / "bad.postcard.safetensors")
-    wide = make_probe({**agent(agents["meta_a"]), "latent_dim": 5}, "wide", 2)
+    wide = make_probe(replace(agent(agents["meta_a"]), latent_dim=5), "wide", 2)
     save_probe(tmp_path / "wide.probe.safetensors", wide)
     with pytest.raises(HeadError, match="expects latent dim 5, W maps to 8"):
         export_agent(run, tmp_path / "x.onnx", tmp_path / "b2a.postcard.safetensors",
@@ -311,10 +311,10 @@ def test_mode_and_head_combinations_are_checked(agents, run, tmp_path):
         export_agent(run, tmp_path / "x.onnx", tmp_path / "b2a.postcard.safetensors", mode="encoder_only")
     with pytest.raises(ExportError, match="unknown export mode"):
         export_onnx(agents["enc"], agents["meta"], tmp_path / "x.onnx", mode="both")
-    with pytest.raises(ExportError, match="'bare' is now called 'encoder_only'"):
+    with pytest.raises(ExportError, match="unknown export mode 'bare'.*encoder-only"):
         export_agent(run, tmp_path / "x.onnx", mode="bare")
-    with pytest.raises(EdgeGraphError, match="needs a head"):
-        EdgeGraph(agents["enc"], None, "fused")
+    with pytest.raises(EdgeModelError, match="needs a head"):
+        EdgeModel(agents["enc"], None, "fused")
     with pytest.raises(ExportError, match="exporter"):
         OnnxExportConfig(exporter="tf").validate()
 

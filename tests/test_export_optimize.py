@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from jepa_edge.agents.untrained import save_untrained_run
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.head import build_head
 from jepa_edge.config import ConfigError
 from jepa_edge.export import OnnxExportConfig, export_agent, export_onnx, read_metadata
@@ -50,7 +51,7 @@ def make_encoder(seed: int = 0) -> Encoder:
 def agent():
     enc = make_encoder()
     meta = {"name": "agentB", "view": "oblique", "fingerprint": encoder_fingerprint(enc), "encoder": asdict(enc.cfg)}
-    me = {"name": "agentB", "fingerprint": meta["fingerprint"], "latent_dim": 8, "view": "oblique"}
+    me = AgentRef("agentB", meta["fingerprint"], 8, "oblique")
     target = other_agent(8)
     head = build_head(meta["fingerprint"], 8, make_postcard(me, target), [make_probe(target, "position", 6)])
     return enc, meta, head
@@ -235,18 +236,18 @@ def test_attention_scale_is_a_constant_even_unoptimised(agent, tmp_path):
 
 
 def test_split_qkv_export_form_is_the_same_maths_and_leaves_the_encoder_alone(agent):
-    from jepa_edge.export.graph import EdgeGraph, EdgeGraphError, SplitQKVAttention
+    from jepa_edge.export.edge_model import EdgeModel, EdgeModelError, SplitQKVAttention
 
     enc = agent[0]
     before = enc.blocks[0].attn
-    graph = EdgeGraph(enc, None, "encoder_only", attention="split_qkv")
+    graph = EdgeModel(enc, None, "encoder_only", attention="split_qkv")
     assert isinstance(graph.encoder.blocks[0].attn, SplitQKVAttention) and enc.blocks[0].attn is before
     x = frames(3)
     with torch.no_grad():
         got = graph(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(got, torch_z(enc, x), rtol=0, atol=1e-6)
-    with pytest.raises(EdgeGraphError, match="unknown attention form"):
-        EdgeGraph(enc, None, "encoder_only", attention="flash")
+    with pytest.raises(EdgeModelError, match="unknown attention form"):
+        EdgeModel(enc, None, "encoder_only", attention="flash")
 
 
 @pytest.mark.parametrize("head_dim", [8, 16, 24, 32, 48, 64])
@@ -271,7 +272,7 @@ def test_node_counts_before_and_after_each_pass(exported):
     assert opt.node_counts(final) == counts["onnxslim"] and totals[2] == len(final.graph.node)
     assert counts["onnxslim"]["com.microsoft.Attention"] == 2  # both blocks fused; the flatten pool has no softmax
     assert "Softmax" not in counts["onnxslim"] and "Softmax" in counts["original"]
-    assert opt.count_summary(counts) == f"original {totals[0]} → transformer_fusion {totals[1]} → onnxslim " \
+    assert opt.node_count_summary(counts) == f"original {totals[0]} → transformer_fusion {totals[1]} → onnxslim " \
                                         f"{totals[2]} nodes"
     ort_all = opt.ort_optimized_counts(onnx.load(str(exported("fused", 4, "original").path)))
     assert 0 < sum(ort_all.values()) < totals[0]
@@ -316,7 +317,7 @@ def test_cli_export_static_batch_fused_prints_node_counts(run_dir, tmp_path):
     r = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--mode", "encoder_only", "--batch", "2",
                                  "--optimize", "--fuse-transformer"])
     assert r.exit_code == 0, r.output
-    line = [ln for ln in r.output.splitlines() if ln.startswith("graph (batch 2):")]
+    line = [ln for ln in r.output.splitlines() if ln.startswith("model nodes (batch 2):")]
     assert len(line) == 1 and "original" in line[0] and "transformer_fusion" in line[0], r.output
     meta = read_metadata(out)
     assert meta["graph"]["batch"] == 2 and meta["graph"]["contrib_ops"]

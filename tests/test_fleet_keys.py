@@ -44,14 +44,14 @@ class Robot:
                                                           "kind": "regression", "labels": list("abcdef")}]})
 
     def msg(self, kind: str, payload: bytes, signer: Signer | None = None, **over) -> tuple[bytes, bytes]:
-        fields = {"fleet": FLEET, "kind": kind, "agent": self.name, "fp": self.agent["fingerprint"],
+        fields = {"fleet": FLEET, "kind": kind, "agent": self.name, "fp": self.agent.fingerprint,
                   "epoch": self.epoch, "seq": next(self.seq[kind]), "t": NOW - 1.0, **over}
         env = Envelope(**fields)
         signer = signer or self.signer
         return payload, (env if signer is None else env.signed(payload, signer)).encode()
 
     def outputs(self, value: float = 1.0, signer: Signer | None = None, **over) -> bytes:
-        fields = {"fp8": fp8_of(self.agent["fingerprint"]), "epoch": self.epoch, "seq": next(self.seq["outputs"]),
+        fields = {"fp8": fp8_of(self.agent.fingerprint), "epoch": self.epoch, "seq": next(self.seq["outputs"]),
                   "frame": 3, "t": NOW - 0.5, "layout_version": 1, "values": np.full(6, value, np.float32), **over}
         return Outputs(**fields).encode(signer or self.signer, FLEET, self.name)
 

@@ -449,7 +449,7 @@ def test_signed_fleet_refuses_the_three_forgeries_live_and_keeps_applying_genuin
             rogue.put("jepa/t/agentA/probe", probe_payload, attachment=probe_att, congestion_control=block)  # replay
             wait_until("B to refuse the three messages", lambda: sum(nodeB.inbox.stats.refused.values())
                        >= refused0 + 3)
-            as_b = Envelope("t", "anchors_req", "agentB", nodeB.agent["fingerprint"], time.time_ns(), 2**63 - 1,
+            as_b = Envelope("t", "anchors_req", "agentB", nodeB.agent.fingerprint, time.time_ns(), 2**63 - 1,
                             time.time())
             req = b'{"kind":"anchors_req","version":2,"ids":[1,2],"nonce":"' + b"0" * 32 + b'"}'
             replies = list(rogue.get("jepa/t/agentA/anchors", payload=req, attachment=as_b.encode(), timeout=5))

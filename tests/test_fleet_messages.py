@@ -6,11 +6,13 @@ import itertools
 import json
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from onnx_fixtures import make_encoder, make_postcard, make_probe
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.fleet import (
     AgentCard,
     AnchorRequest,
@@ -55,12 +57,12 @@ class Sender:
                               {"position": "0" * 64})
 
     def env(self, kind: str, **over) -> bytes:
-        fields = {"fleet": FLEET, "kind": kind, "agent": self.name, "fp": self.agent["fingerprint"],
+        fields = {"fleet": FLEET, "kind": kind, "agent": self.name, "fp": self.agent.fingerprint,
                   "epoch": self.epoch, "seq": next(self.seq[kind]), "t": NOW - 1.0, **over}
         return Envelope(**fields).encode()
 
     def outputs(self, values=None, **over) -> bytes:
-        fields = {"fp8": fp8_of(self.agent["fingerprint"]), "epoch": self.epoch, "seq": next(self.out_seq),
+        fields = {"fp8": fp8_of(self.agent.fingerprint), "epoch": self.epoch, "seq": next(self.out_seq),
                   "frame": 7, "t": NOW - 0.5, "layout_version": 1,
                   "values": np.arange(6, dtype=np.float32) if values is None else values, **over}
         return Outputs(**fields).encode()
@@ -97,7 +99,7 @@ def test_inbox_accepts_probe_postcard_outputs_anchors(a, inbox):
     assert got is not None and np.array_equal(got.value.weight, probe.weight)
     b = make_encoder(8, 8, 8, seed=9, name="agentB").agent
     got = inbox.accept("postcard", a.name, postcard_bytes(make_postcard(b, a.agent)), a.env("postcard"))
-    assert got is not None and got.value.target_fingerprint == a.agent["fingerprint"]
+    assert got is not None and got.value.target_fingerprint == a.agent.fingerprint
     assert inbox.accept("outputs", a.name, a.outputs()).value.values.shape == (6,)
     req = AnchorRequest((4, 5, 6), os.urandom(16).hex())
     z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
@@ -117,7 +119,7 @@ def test_each_kind_of_bad_message_is_refused_with_one_log_line(a, inbox, caplog)
         "truncated": ("probe", probe_bytes(probe)[:-9], a.env("probe")),
         "oversize": ("probe", probe_bytes(probe) + b"\0" * LIMITS.probe_bytes, a.env("probe")),
         "probe of another encoder": ("probe", probe_bytes(make_probe(other, "position", 6)), a.env("probe")),
-        "envelope fingerprint": ("probe", probe_bytes(probe), a.env("probe", fp=other["fingerprint"])),
+        "envelope fingerprint": ("probe", probe_bytes(probe), a.env("probe", fp=other.fingerprint)),
         "wrong fleet": ("probe", probe_bytes(probe), a.env("probe", fleet="other")),
         "sender mismatch": ("probe", probe_bytes(probe), a.env("probe", agent="agentX")),
         "stale": ("probe", probe_bytes(probe), a.env("probe", t=NOW - 100)),
@@ -127,7 +129,7 @@ def test_each_kind_of_bad_message_is_refused_with_one_log_line(a, inbox, caplog)
         "garbage envelope": ("probe", probe_bytes(probe), b"\xff\x00garbage"),
         "NaN outputs": ("outputs", a.outputs(values=np.array([0, 1, np.nan, 3, 4, 5], np.float32)), None),
         "wrong dims outputs": ("outputs", a.outputs(values=np.zeros(5, np.float32)), None),
-        "outputs fingerprint": ("outputs", a.outputs(fp8=fp8_of(other["fingerprint"])), None),
+        "outputs fingerprint": ("outputs", a.outputs(fp8=fp8_of(other.fingerprint)), None),
         "outputs layout": ("outputs", a.outputs(layout_version=2), None),
         "NaN card": ("card", a.card.encode().replace(b'"jepa-edge test"', b"NaN"), a.env("card")),
         "garbage": ("postcard", os.urandom(300), a.env("postcard")),
@@ -137,7 +139,7 @@ def test_each_kind_of_bad_message_is_refused_with_one_log_line(a, inbox, caplog)
     probe_nan.weight[0, 0] = np.nan
     nan_bytes = artifact_bytes({"weight": probe_nan.weight, "bias": probe_nan.bias}, probe_nan.metadata())
     bad["NaN probe"] = ("probe", nan_bytes, a.env("probe"))
-    wrong_dim = make_probe({**a.agent, "latent_dim": 9}, "position", 6)
+    wrong_dim = make_probe(replace(a.agent, latent_dim=9), "position", 6)
     bad["wrong dims probe"] = ("probe", probe_bytes(wrong_dim), a.env("probe"))
     caplog.set_level(logging.WARNING, logger="jepa_edge.fleet.inbox")
     for what, (kind, payload, env) in bad.items():
@@ -177,7 +179,7 @@ def test_pinned_fingerprint_and_card_checks(a):
 def _wrong_dims(a: Sender, kind: str, postcard) -> tuple[bytes, bytes]:
     """A message of ``kind`` whose latent dims disagree with the sender's card or with themselves."""
     if kind == "probe":
-        return probe_bytes(make_probe({**a.agent, "latent_dim": 7}, "position", 6)), a.env(kind)
+        return probe_bytes(make_probe(replace(a.agent, latent_dim=7), "position", 6)), a.env(kind)
     if kind == "postcard":
         meta = postcard.metadata()
         meta["target"] = {**meta["target"], "latent_dim": 9}
@@ -185,12 +187,12 @@ def _wrong_dims(a: Sender, kind: str, postcard) -> tuple[bytes, bytes]:
                    "source_scale": postcard.source_scale, "target_mean": postcard.target_mean,
                    "target_scale": postcard.target_scale}
         return artifact_bytes(tensors, meta), a.env(kind)
-    card = AgentCard({**a.agent, "latent_dim": 9}, a.card.software, a.card.input_size, a.card.anchor_world,
+    card = AgentCard(replace(a.agent, latent_dim=9), a.card.software, a.card.input_size, a.card.anchor_world,
                      a.card.tasks, a.card.layout)
     return card.encode(), a.env(kind)
 
 
-def _corrupt(rng: np.random.Generator, a: Sender, other: dict, kind: str, payload: bytes, env: bytes | None,
+def _corrupt(rng: np.random.Generator, a: Sender, other: AgentRef, kind: str, payload: bytes, env: bytes | None,
              postcard) -> tuple[bytes, bytes | None]:
     """One malformed variant of a message (a good envelope seq is consumed, as a real sender would)."""
     how = rng.integers(8)
@@ -203,8 +205,8 @@ def _corrupt(rng: np.random.Generator, a: Sender, other: dict, kind: str, payloa
         return rng.bytes(int(rng.integers(1, 400))), env
     if how == 3:  # wrong fingerprint
         if outputs:
-            return a.outputs(fp8=fp8_of(other["fingerprint"])), None
-        return payload, a.env(kind, fp=other["fingerprint"])
+            return a.outputs(fp8=fp8_of(other.fingerprint)), None
+        return payload, a.env(kind, fp=other.fingerprint)
     if how == 4:  # NaN
         if outputs:
             return a.outputs(values=np.full(6, np.nan, np.float32)), None

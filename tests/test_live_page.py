@@ -346,7 +346,7 @@ def test_page_in_headless_chromium(tmp_path):
         if o.name not in rows:
             continue
         want, row = record["outputs"][o.name], rows[o.name]
-        assert row["kind"] == o.kind and [v[0] for v in row["values"]] == o.labels
+        assert row["kind"] == o.kind and [v[0] for v in row["values"]] == list(o.labels)
         for (label, text, full), value in zip(row["values"], want):
             assert full == f"{label} {text}" and abs(float(text) - value) <= 5e-4 + 1e-9, (o.name, label)
         if o.kind == "classification":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -13,7 +12,7 @@ from onnx_fixtures import make_encoder, make_model, reference_head
 from rich.console import Console
 
 from jepa_edge.runtime import BenchConfig, bench_table, benchmark
-from jepa_edge.world import WorldConfig, render, simulate
+from jepa_edge.world import WorldConfig, render, simulate, write_video
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +22,7 @@ def setup(tmp_path_factory):
     head = reference_head(enc)
     video = d / "sim.avi"
     frames = render(simulate(WorldConfig(), 1, 10, 0), "top", 32, 0)[0]
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (32, 32))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    write_video(video, frames, fps=30.0)
     return {"enc": enc, "head": head, "video": str(video),
             "fused": make_model(d / "fused.onnx", enc, "fused", head),
             "head_inputs": make_model(d / "hi.onnx", enc, "head_inputs")}

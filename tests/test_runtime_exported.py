@@ -11,6 +11,7 @@ from onnx_fixtures import make_postcard, make_probe, other_agent, write_head_fil
 
 torch = pytest.importorskip("torch")
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.head import build_head
 from jepa_edge.runtime import HeadStage, HeadWatcher, HeadWatcherConfig, load_model, run
 from jepa_edge.runtime.sources import ArraySource, open_source
@@ -19,15 +20,15 @@ ATOL = 1e-4  # ONNX Runtime vs PyTorch on a ViT: reassociated float32 sums
 
 
 class _Enc:
-    """What write_head_files needs of an encoder: agent dict, fingerprint, latent dim."""
+    """What write_head_files needs of an encoder: agent, fingerprint, latent dim."""
 
-    def __init__(self, agent: dict) -> None:
-        self.agent, self.fingerprint, self.latent_dim = agent, agent["fingerprint"], agent["latent_dim"]
+    def __init__(self, agent: AgentRef) -> None:
+        self.agent, self.fingerprint, self.latent_dim = agent, agent.fingerprint, agent.latent_dim
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from jepa_edge.export.graph import EdgeGraph
+    from jepa_edge.export.edge_model import EdgeModel
     from jepa_edge.export.onnx_export import encoder_fingerprint, export_onnx
     from jepa_edge.train.model import Encoder, EncoderConfig
 
@@ -36,7 +37,7 @@ def exported(tmp_path_factory):
     encoder = Encoder(EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, latent_dim=16))
     encoder.eval()
     fp = encoder_fingerprint(encoder)
-    agent = {"name": "agentB", "fingerprint": fp, "latent_dim": 16, "view": "oblique"}
+    agent = AgentRef("agentB", fp, 16, "oblique")
     target = other_agent(16)
     head = build_head(fp, 16, make_postcard(agent, target), [make_probe(target, "position", 6)])
     meta = {"name": "agentB", "fingerprint": fp, "view": "oblique"}
@@ -45,7 +46,7 @@ def exported(tmp_path_factory):
     src = open_source("sim:oblique?size=16&frames=6&seed=2")
     frames = np.stack([src.read() for _ in range(6)])  # (6, 16, 16, 3) BGR uint8
     with torch.no_grad():
-        (z,) = EdgeGraph(encoder, None, "encoder_only").eval()(torch.from_numpy(frames))
+        (z,) = EdgeModel(encoder, None, "encoder_only").eval()(torch.from_numpy(frames))
     return {"paths": paths, "head": head, "frames": frames, "z": z.numpy(), "agent": agent}
 
 
@@ -57,7 +58,7 @@ def test_every_export_mode_matches_pytorch(exported):
     graph.set_head(head)
     enc_only = load_model(exported["paths"]["encoder_only"], "ort-cpu")
     cut = load_model(exported["paths"]["fused"], "ort-cpu", encoder_only=True)
-    assert enc_only.meta.mode == "encoder_only" and fused.meta.agent_fingerprint == exported["agent"]["fingerprint"]
+    assert enc_only.meta.mode == "encoder_only" and fused.meta.agent_fingerprint == exported["agent"].fingerprint
     outs = {"fused": fused.infer(frames), "head_inputs": graph.infer(frames),
             "encoder_only+numpy": HeadStage(enc_only, "numpy", head)(enc_only.infer(frames)),
             "cut+numpy": HeadStage(cut, "numpy", head)(cut.infer(frames))}

@@ -7,6 +7,7 @@ import os
 import struct
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def _nan_postcard(folder, enc):
 
 
 def _foreign_postcard(folder, enc):
-    foreign = {**enc.agent, "fingerprint": "b" * 64}  # W fitted for another robot's encoder
+    foreign = replace(enc.agent, fingerprint="b" * 64)  # W fitted for another robot's encoder
     save_postcard(folder / "foreign.postcard.safetensors", make_postcard(foreign, other_agent(enc.latent_dim)))
 
 

@@ -21,10 +21,10 @@ RUNTIME_MODULES = [
     "jepa_edge.calib.head", "jepa_edge.calib.postcard", "jepa_edge.calib.probes", "jepa_edge.world", "onnx",
     # artifact I/O shared by everything, and the whole numpy calibration package
     "jepa_edge.artifacts", "jepa_edge.calib", "jepa_edge.calib.fit", "jepa_edge.calib.metrics",
-    "jepa_edge.calib.fingerprint",
+    "jepa_edge.calib.fingerprint", "jepa_edge.video",
 ]
 PACKAGE = Path(__file__).resolve().parents[1] / "jepa_edge"
-TORCH_FREE = [PACKAGE / "artifacts.py", *sorted((PACKAGE / "runtime").glob("*.py")),
+TORCH_FREE = [PACKAGE / "artifacts.py", PACKAGE / "video.py", *sorted((PACKAGE / "runtime").glob("*.py")),
               *sorted((PACKAGE / "calib").glob("*.py"))]
 
 

@@ -23,7 +23,7 @@ from jepa_edge.runtime.sources import (
     open_source,
     source_kind,
 )
-from jepa_edge.world import WorldConfig, render, simulate
+from jepa_edge.world import WorldConfig, record, render, simulate
 
 
 def sim_frames(n: int = 12, size: int = 32, view: str = "top", seed: int = 0) -> np.ndarray:
@@ -31,13 +31,7 @@ def sim_frames(n: int = 12, size: int = 32, view: str = "top", seed: int = 0) ->
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 10.0) -> Path:
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
+    return record.write_video(path, frames, fps=fps)
 
 
 def read_all(source) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ every number is scored on the held-out episodes, and always beside its controls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg
     for task in cfg.tasks:
         kind, y, labels = _task_targets(moments, task)
         probe = fit_probe(z[pool], y[pool], kind, task, agent, labels=labels)
-        control = fit_probe(z0[pool], y[pool], kind, task, {**agent, "fingerprint": "untrained"}, labels=labels)
+        control = fit_probe(z0[pool], y[pool], kind, task, replace(agent, fingerprint="untrained"), labels=labels)
         probe.metrics["heldout"] = evaluate_probe(probe, z[held], y[held])
         probe.metrics["heldout_untrained_control"] = evaluate_probe(control, z0[held], y[held])
         path = Path(out_dir) / f"{meta['name']}.{task}.probe.safetensors"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.config import from_dict
 from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
@@ -50,9 +51,9 @@ def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, se
     return Moments({v: render(states, v, size, seed) for v in dict.fromkeys(views)}, states)
 
 
-def agent_descriptor(meta: dict) -> dict:
-    return {"name": meta["name"], "view": meta["view"], "fingerprint": meta["fingerprint"],
-            "latent_dim": int(meta["encoder"]["latent_dim"])}
+def agent_descriptor(meta: dict) -> AgentRef:
+    """The agent of a run folder's ``meta.json``, as postcards and probes name it."""
+    return AgentRef(meta["name"], meta["fingerprint"], int(meta["encoder"]["latent_dim"]), meta["view"])
 
 
 def untrained_like(meta: dict, seed: int) -> Encoder:

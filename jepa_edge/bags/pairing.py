@@ -21,8 +21,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from jepa_edge.artifacts import ArtifactError
 
-class BagError(ValueError):
+
+class BagError(ArtifactError):
     """A bag, MCAP file, topic or timestamp set that cannot be read as camera frames."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
@@ -20,17 +19,3 @@ def fingerprint_arrays(arrays: dict[str, np.ndarray]) -> str:
         h.update(a.tobytes())
     return h.hexdigest()
 
-
-def fingerprint_file(path: str | Path) -> str:
-    """Fingerprint of the tensors stored in a ``.safetensors`` file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .safetensors file ({exc}); re-export or re-train it") from exc
-    return fingerprint_arrays(arrays)

@@ -1,16 +1,17 @@
 """Fuse W and any number of linear probes into one matrix (numpy only).
 
 ``probe ∘ W`` is linear, so the whole head collapses into one
-``weight (K, D)`` / ``bias (K,)``: the exported graph runs a single
+``weight (K, D)`` / ``bias (K,)``: the exported model runs a single
 MatMul+Add, and the runtime can swap the two arrays between frames.
+``HeadOutput`` names one slice of those K values, here and in an exported
+model's metadata (``runtime.meta``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,20 +20,18 @@ class HeadError(ValueError):
     """Head parts that do not fit together (dimension or fingerprint mismatch)."""
 
 
-class LinearPart(Protocol):
-    """What build_head needs of a postcard or a probe."""
-
-    weight: np.ndarray  # (k, d_in)
-    bias: np.ndarray  # (k,)
-
-
-@dataclass
+@dataclass(frozen=True)
 class HeadOutput:
+    """Columns ``[start, stop)`` of the head's values, named ``name``."""
+
     name: str
     start: int
     stop: int
-    kind: str  # "latent" | "regression" | "classification"
-    labels: list[str] = field(default_factory=list)  # per-column names (probe outputs / classes)
+    kind: str  # "latent" | "regression" | "classification" ("" in a model whose metadata did not say)
+    labels: tuple[str, ...] = ()  # per-column names (probe outputs / classes)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
 
     @property
     def width(self) -> int:
@@ -64,11 +63,8 @@ class FusedHead:
             "encoder_fingerprint": self.encoder_fingerprint,
             "latent_dim": self.latent_dim,
             "width": self.width,
-            "outputs": [asdict(o) for o in self.outputs],
+            "outputs": [{**asdict(o), "labels": list(o.labels)} for o in self.outputs],
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.describe())
 
 
 def _check_finite(name: str, *arrays: np.ndarray) -> None:

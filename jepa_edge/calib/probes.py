@@ -15,23 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.fit import ridge_solve
-from jepa_edge.calib.postcard import (
-    Postcard,
-    PostcardError,
-    check_agent,
+from jepa_edge.artifacts import (
+    AgentRef,
+    ArtifactError,
     check_fingerprint,
     load_artifact,
     parse_artifact,
     refused_as,
     save_artifact,
 )
+from jepa_edge.calib.fit import ridge_solve
+from jepa_edge.calib.postcard import Postcard
 
 PROBE_VERSION = 1
 TASKS = ("regression", "classification")
 
 
-class ProbeError(PostcardError):
+class ProbeError(ArtifactError):
     """A probe (file, fit inputs or composition) that cannot be used as is."""
 
 
@@ -62,17 +62,18 @@ class Probe:
     name: str  # head output name, e.g. "position", "danger"
     task: str  # "regression" | "classification"
     labels: list[str]  # output names (regression) or class names (classification), one per row
-    agent: dict[str, Any]  # {name, fingerprint, latent_dim, view} of the agent whose latents it reads
+    agent: AgentRef  # the agent whose latents it reads (a JSON dict is accepted and checked)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32)
         self.labels = [str(x) for x in self.labels]
+        self.agent = AgentRef.checked(self.agent, f"probe {self.name!r}", "agent", ProbeError)
 
     @property
     def agent_fingerprint(self) -> str:
-        return str(self.agent["fingerprint"])
+        return self.agent.fingerprint
 
     def apply(self, z: np.ndarray) -> np.ndarray:
         """(B, d) → (B, k) values or logits."""
@@ -85,10 +86,10 @@ class Probe:
 
     def validate(self, where: str | None = None) -> None:
         owner = where or f"probe {self.name!r}"
-        self.agent = check_agent(owner, "agent", self.agent, ProbeError)
+        self.agent = AgentRef.checked(self.agent, owner, "agent", ProbeError)
         if self.task not in TASKS:
             raise ProbeError(f"{owner}: task={self.task!r} must be one of {list(TASKS)}")
-        k, d = len(self.labels), self.agent["latent_dim"]
+        k, d = len(self.labels), self.agent.latent_dim
         if self.weight.shape != (k, d) or self.bias.shape != (k,):
             raise ProbeError(
                 f"{owner}: weight {self.weight.shape} / bias {self.bias.shape} do not match {k} outputs "
@@ -101,10 +102,14 @@ class Probe:
 
     def metadata(self) -> dict[str, Any]:
         meta = {"kind": "probe", "version": PROBE_VERSION, "name": self.name, "task": self.task,
-                "agent": self.agent, "outputs": self.labels, "metrics": self.metrics}
+                "agent": self.agent.to_dict(), "outputs": self.labels, "metrics": self.metrics}
         if self.task == "classification":
             meta["classes"] = self.labels
         return meta
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The arrays of a probe file: ``weight`` and ``bias``."""
+        return {"weight": self.weight, "bias": self.bias}
 
 
 # ---------------------------------------------------------------- fitting
@@ -172,13 +177,13 @@ def _softmax_fit(x: np.ndarray, y: np.ndarray, k: int, config: ProbeConfig) -> t
     return weight, theta[-1] - weight @ mean
 
 
-def _check_fit_inputs(latents: np.ndarray, targets: np.ndarray, task: str, agent: dict) -> None:
+def _check_fit_inputs(latents: np.ndarray, targets: np.ndarray, task: str, agent: AgentRef) -> None:
     if task not in TASKS:
         raise ProbeError(f"task={task!r} must be one of {list(TASKS)}")
     if latents.ndim != 2 or len(latents) != len(targets) or len(latents) < 4:
         raise ProbeError(f"need latents (N, d) and targets with the same N >= 4, got {latents.shape} / {targets.shape}")
-    if latents.shape[1] != agent["latent_dim"]:
-        raise ProbeError(f"latents have dim {latents.shape[1]} but agent.latent_dim is {agent['latent_dim']}")
+    if latents.shape[1] != agent.latent_dim:
+        raise ProbeError(f"latents have dim {latents.shape[1]} but agent.latent_dim is {agent.latent_dim}")
     if not (np.all(np.isfinite(latents)) and np.all(np.isfinite(targets))):
         raise ProbeError("latents or targets contain NaN or Inf; drop those moments")
 
@@ -188,14 +193,14 @@ def fit_probe(
     targets: np.ndarray,
     task: str,
     name: str,
-    agent: dict[str, Any],
+    agent: AgentRef | dict[str, Any],
     config: ProbeConfig | None = None,
     labels: list[str] | None = None,
 ) -> Probe:
     """Fit a linear probe. Regression: targets (N, k) floats. Classification: (N,) ints in [0, k)."""
     config = config or ProbeConfig()
     config.validate()
-    agent = check_agent(f"probe {name!r}", "agent", agent, ProbeError)
+    agent = AgentRef.checked(agent, f"probe {name!r}", "agent", ProbeError)
     x = np.asarray(latents, np.float64)
     y = np.asarray(targets)
     _check_fit_inputs(x, y, task, agent)
@@ -267,8 +272,8 @@ def transfer_probe(probe: Probe, postcard: Postcard) -> Probe:
     W, b = postcard.weight.astype(np.float64), postcard.bias.astype(np.float64)
     if P.shape[1] != W.shape[0]:
         raise ProbeError(f"probe {probe.name!r} expects latent dim {P.shape[1]}, W maps to {W.shape[0]}")
-    metrics = {"transferred_from": probe.agent.get("name"), "postcard": postcard.name}
-    out = Probe(P @ W, P @ b + c, probe.name, probe.task, list(probe.labels), dict(postcard.source), metrics)
+    metrics = {"transferred_from": probe.agent.name, "postcard": postcard.name}
+    out = Probe(P @ W, P @ b + c, probe.name, probe.task, list(probe.labels), postcard.source, metrics)
     out.validate()
     return out
 
@@ -276,7 +281,7 @@ def transfer_probe(probe: Probe, postcard: Postcard) -> Probe:
 def save_probe(path: str | Path, probe: Probe) -> None:
     """Write ``*.probe.safetensors`` atomically (validated first)."""
     probe.validate()
-    save_artifact(path, {"weight": probe.weight, "bias": probe.bias}, probe.metadata())
+    save_artifact(path, probe.tensors(), probe.metadata())
 
 
 def load_probe(path: str | Path, expect_agent_fingerprint: str | None = None) -> Probe:
@@ -307,8 +312,9 @@ def _probe_checked(tensors: dict[str, np.ndarray], meta: dict[str, Any], path: s
     labels = meta.get("classes", meta["outputs"]) if meta["task"] == "classification" else meta["outputs"]
     if not isinstance(labels, list):
         raise ProbeError(f"{path}: outputs/classes must be a list of names; re-export the probe")
+    agent = AgentRef.from_dict(meta["agent"], path, "agent", ProbeError)
     probe = Probe(tensors["weight"], tensors["bias"], str(meta["name"]), str(meta["task"]), labels,
-                  meta["agent"], meta.get("metrics", {}))
+                  agent, meta.get("metrics", {}))
     probe.validate(where=str(path))
     check_fingerprint(str(path), "agent", probe.agent_fingerprint, expect_agent_fingerprint, ProbeError)
     return probe

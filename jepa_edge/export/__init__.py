@@ -2,14 +2,14 @@
 
 One module per backend:
 
-* ``graph``: ``EdgeGraph``, the torch module that is exported (uint8 NHWC BGR frames → z [+ head]);
+* ``edge_model``: ``EdgeModel``, the torch module that is exported (uint8 NHWC BGR frames → z [+ head]);
 * ``onnx_export``: ``export_onnx`` / ``export_agent`` (metadata, checker, ORT-vs-PyTorch parity);
 * ``trt_build``: ``build_engine`` (TensorRT builder, profile, precision, timing cache, sidecar);
 * ``int8``: INT8 range-calibration frames (simulator / video / recording), calibrator, Q/DQ ONNX;
 * ``fp16``: the fp16 ONNX a strongly typed TensorRT network (TensorRT 11) is built from;
 * ``ort_providers``: ``ort_session`` on CPU / CUDA EP / TensorRT EP, never a silent fallback.
 
-Importing this package needs neither torch nor TensorRT: ``EdgeGraph`` is
+Importing this package needs neither torch nor TensorRT: ``EdgeModel`` is
 loaded on first use, and TensorRT is imported only when an engine is built.
 """
 
@@ -31,15 +31,15 @@ from jepa_edge.export.ort_providers import ort_session
 from jepa_edge.export.trt_build import TrtBuildConfig, TrtBuildError, TrtBuildResult, build_engine, require_tensorrt
 
 __all__ = [
-    "EdgeGraph", "ExportError", "ExportResult", "Int8Config", "Int8DataError", "OnnxExportConfig",
+    "EdgeModel", "ExportError", "ExportResult", "Int8Config", "Int8DataError", "OnnxExportConfig",
     "ParityError", "TrtBuildConfig", "TrtBuildError", "TrtBuildResult", "build_engine", "export_agent",
     "export_onnx", "load_int8_frames", "ort_session", "read_metadata", "require_tensorrt",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "EdgeGraph":  # torch: only when asked for
-        from jepa_edge.export.graph import EdgeGraph
+    if name == "EdgeModel":  # torch: only when asked for
+        from jepa_edge.export.edge_model import EdgeModel
 
-        return EdgeGraph
+        return EdgeModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

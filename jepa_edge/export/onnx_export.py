@@ -1,6 +1,6 @@
 """Export an agent (encoder + optional fused head) to ONNX, checked against PyTorch.
 
-``export_onnx`` traces ``EdgeGraph`` with ``torch.onnx.export`` (the
+``export_onnx`` traces ``EdgeModel`` with ``torch.onnx.export`` (the
 TorchScript exporter by default: fast and fully offline on CPU; the dynamo
 exporter on request), writes the ``metadata_props["jepa_edge"]`` contract
 of docs/FORMATS.md, runs ``onnx.checker`` and then an ONNX Runtime vs
@@ -20,14 +20,14 @@ Parity, per output, on seeded random uint8 frames at batch 1 and 3:
 
 Then, optionally, graph passes (``jepa_edge.export.optimize``): onnxslim
 (on by default when installed) and ONNX Runtime's transformer fusions (off by
-default: contrib ops), each kept only if the optimised graph matches the
+default: contrib ops), each kept only if the optimised model matches the
 exported one on ONNX Runtime CPU within ``optimize_atol * max(1, |ref|)``.
 ``batch=N`` exports every frames/z/head shape static at N (CUDA graphs and
 fixed-shape engines need that); ``batch=0`` keeps the batch axis dynamic.
 ``metadata["graph"]`` records the batch, the passes applied (and why one was
 dropped), their parity errors and the node counts by op type per stage.
 
-Torch is imported inside functions: reading metadata or inspecting a graph
+Torch is imported inside functions: reading metadata or inspecting a model
 from this module works without it.
 """
 
@@ -48,7 +48,7 @@ import numpy as np
 from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.calib.head import FusedHead
 from jepa_edge.export.int8 import downstream_nodes
-from jepa_edge.export.optimize import OptimizeConfig, node_counts, optimize_graph, require_onnxslim
+from jepa_edge.export.optimize import OptimizeConfig, node_counts, optimize_model, require_onnxslim
 from jepa_edge.runtime.meta import FORMAT, METADATA_KEY, MODES, VERSION, unknown_mode
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -59,7 +59,7 @@ class ExportError(ValueError):
 
 
 class ParityError(RuntimeError):
-    """The exported graph is invalid ONNX or disagrees with PyTorch beyond the stated tolerance; nothing written."""
+    """The exported model is invalid ONNX or disagrees with PyTorch beyond the stated tolerance; nothing written."""
 
 
 @dataclass
@@ -75,7 +75,7 @@ class OnnxExportConfig:
     batch: int = 0  # 0: dynamic batch axis; N > 0: every frames/z/head shape static at N (CUDA graphs, TensorRT)
     optimize: bool | None = None  # onnxslim pass: None = when onnxslim is installed, True = required, False = off
     fuse_transformer: bool = False  # + ONNX Runtime transformer fusions (com.microsoft ops: ORT only, not TensorRT)
-    optimize_atol: float = 1e-5  # each pass vs the exported graph: max |Δ| <= optimize_atol * max(1, max |ref|)
+    optimize_atol: float = 1e-5  # each pass vs the exported model: max |Δ| <= optimize_atol * max(1, max |ref|)
 
     def validate(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -101,7 +101,7 @@ class OnnxExportConfig:
         return self.batch > 0
 
     def batches(self) -> tuple[int, tuple[int, ...]]:
-        """(trace batch, parity batches): a static graph is traced and checked at its one batch size."""
+        """(trace batch, parity batches): a static model is traced and checked at its one batch size."""
         return (self.batch, (self.batch,)) if self.static else (self.trace_batch, self.parity_batches)
 
     def slim_enabled(self) -> bool:
@@ -193,20 +193,20 @@ def head_nodes(model: Any) -> list[Any]:
 # ---- export ------------------------------------------------------------------------------
 
 
-def _example_inputs(graph: Any, batch: int, seed: int, head_arrays: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
-    """Seeded random uint8 frames (+ the head arrays for a head_inputs graph), as torch tensors."""
+def _example_inputs(edge: Any, batch: int, seed: int, head_arrays: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
+    """Seeded random uint8 frames (+ the head arrays for a head_inputs model), as torch tensors."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    side = int(graph.encoder.cfg.img_size)
+    side = int(edge.encoder.cfg.img_size)
     frames = torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8, generator=g)
-    if graph.mode != "head_inputs":
+    if edge.mode != "head_inputs":
         return (frames,)
     return frames, torch.from_numpy(head_arrays[0]), torch.from_numpy(head_arrays[1])
 
 
 def _parity_head(latent_dim: int, head: FusedHead | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) fed to a head_inputs graph: the given head, or a seeded random one (K=3)."""
+    """(weight, bias) fed to a head_inputs model: the given head, or a seeded random one (K=3)."""
     if head is not None and head.width > 0:
         return head.weight.astype(np.float32), head.bias.astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -214,15 +214,15 @@ def _parity_head(latent_dim: int, head: FusedHead | None, seed: int) -> tuple[np
             rng.standard_normal(3).astype(np.float32))
 
 
-def _dynamic_axes(graph: Any, static: bool) -> dict[str, dict[int, str]]:
+def _dynamic_axes(edge: Any, static: bool) -> dict[str, dict[int, str]]:
     """Symbolic axes: the batch (unless static) and, for head_inputs, the head width K (set per head swap)."""
-    axes = {} if static else {name: {0: "batch"} for name in (*graph.output_names, "frames")}
-    if graph.mode == "head_inputs":
+    axes = {} if static else {name: {0: "batch"} for name in (*edge.output_names, "frames")}
+    if edge.mode == "head_inputs":
         axes.update(head_weight={0: "K"}, head_bias={0: "K"}, head={1: "K"} if static else {0: "batch", 1: "K"})
     return axes
 
 
-def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: OnnxExportConfig) -> None:
+def _torch_export(edge: Any, example: tuple[Any, ...], path: Path, config: OnnxExportConfig) -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -231,8 +231,8 @@ def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: Onnx
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\._internal\.torchscript")
         if config.exporter == "torchscript":
             torch.onnx.export(
-                graph, example, str(path), input_names=graph.input_names, output_names=graph.output_names,
-                dynamic_axes=_dynamic_axes(graph, config.static), opset_version=config.opset, do_constant_folding=True,
+                edge, example, str(path), input_names=edge.input_names, output_names=edge.output_names,
+                dynamic_axes=_dynamic_axes(edge, config.static), opset_version=config.opset, do_constant_folding=True,
                 dynamo=False,
             )
         else:
@@ -243,11 +243,11 @@ def _torch_export(graph: Any, example: tuple[Any, ...], path: Path, config: Onnx
                                   "(or use the default exporter='torchscript')") from exc
             batch = torch.export.Dim("batch", min=1, max=4096)
             shapes: tuple[dict[int, Any] | None, ...] = (None if config.static else {0: batch},)  # one per input
-            if graph.mode == "head_inputs":
+            if edge.mode == "head_inputs":
                 k = torch.export.Dim("K", min=1, max=65536)
                 shapes += ({0: k}, {0: k})
             torch.onnx.export(
-                graph, example, str(path), input_names=graph.input_names, output_names=graph.output_names,
+                edge, example, str(path), input_names=edge.input_names, output_names=edge.output_names,
                 dynamic_shapes=shapes, opset_version=config.opset, dynamo=True, external_data=False,
                 verbose=False,
             )
@@ -280,7 +280,7 @@ def export_onnx(
     import onnx
     import torch
 
-    from jepa_edge.export.graph import EdgeGraph
+    from jepa_edge.export.edge_model import EdgeModel
 
     config = config or OnnxExportConfig()
     config.validate()
@@ -306,12 +306,12 @@ def export_onnx(
         raise ExportError(f"the head reads latent dim {head.latent_dim}, the encoder gives {encoder.cfg.latent_dim}")
     encoder = copy.deepcopy(encoder).cpu().eval()  # export a CPU copy in eval mode; the caller's module is untouched
     attention = "split_qkv" if config.fuse_transformer else "packed"  # the form ORT's Attention fusion matches
-    graph = EdgeGraph(encoder, head if mode == "fused" else None, mode, attention).eval()
+    edge = EdgeModel(encoder, head if mode == "fused" else None, mode, attention).eval()
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="jepa-edge-export-") as tmp:
-        traced = Path(tmp) / "graph.onnx"
-        head_arrays = _parity_head(graph.latent_dim, head, config.seed)
-        example = _example_inputs(graph, config.batches()[0], config.seed, head_arrays)
-        _torch_export(graph, example, traced, config)
+        traced = Path(tmp) / "edge.onnx"
+        head_arrays = _parity_head(edge.latent_dim, head, config.seed)
+        example = _example_inputs(edge, config.batches()[0], config.seed, head_arrays)
+        _torch_export(edge, example, traced, config)
         model = onnx.load(str(traced))
     metadata = build_metadata(encoder, agent, mode, head, provenance)
     metadata["exporter"].update(name=config.exporter, opset=config.opset)
@@ -321,12 +321,12 @@ def export_onnx(
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise ParityError(f"the exported graph is not valid ONNX ({exc}); nothing was written, "
+            raise ParityError(f"the exported model is not valid ONNX ({exc}); nothing was written, "
                               "try another opset or exporter") from exc
-        parity = check_parity(model.SerializeToString(), graph, head, config, reference=encoder)
+        parity = check_parity(model.SerializeToString(), edge, head, config, reference=encoder)
         metadata["exporter"]["parity_max_abs_error"] = parity
         _set_metadata(model, metadata)
-    model, metadata["graph"] = _graph_passes(model, metadata, config)
+    model, metadata["graph"] = _model_passes(model, metadata, config)
     _set_metadata(model, metadata)
     data = model.SerializeToString()
     out_path = Path(out_path)
@@ -335,25 +335,25 @@ def export_onnx(
                         hashlib.sha256(data).hexdigest())
 
 
-def _graph_passes(model: Any, metadata: dict[str, Any], config: OnnxExportConfig) -> tuple[Any, dict[str, Any]]:
-    """onnxslim / transformer fusion (each kept only at parity with the exported graph) → (model, metadata["graph"])."""
+def _model_passes(model: Any, metadata: dict[str, Any], config: OnnxExportConfig) -> tuple[Any, dict[str, Any]]:
+    """onnxslim / transformer fusion (each kept only at parity with the exported model) → (model, metadata["graph"])."""
     import onnx
 
     slim_on = config.slim_enabled()
-    graph: dict[str, Any] = {"batch": config.batch or None,
+    base: dict[str, Any] = {"batch": config.batch or None,
                              "attention": "split_qkv" if config.fuse_transformer else "packed"}
     if not slim_on and not config.fuse_transformer:
-        return model, {**graph, "passes": [], "node_counts": {"original": node_counts(model)}, "contrib_ops": False,
+        return model, {**base, "passes": [], "node_counts": {"original": node_counts(model)}, "contrib_ops": False,
                        "parity_atol": config.optimize_atol}
-    model, report = optimize_graph(model, metadata, OptimizeConfig(
+    model, report = optimize_model(model, metadata, OptimizeConfig(
         slim=slim_on, fuse_transformer=config.fuse_transformer, atol=config.optimize_atol,
         parity_batches=config.batches()[1], seed=config.seed))
     try:  # contrib ops have no ONNX schema: check the structure only
         onnx.checker.check_model(model, full_check=not report["contrib_ops"])
     except onnx.checker.ValidationError as exc:
-        raise ParityError(f"the optimised graph is not valid ONNX ({exc}); nothing was written, "
+        raise ParityError(f"the optimised model is not valid ONNX ({exc}); nothing was written, "
                           "export with --no-optimize and report it") from exc
-    return model, {**graph, **report}
+    return model, {**base, **report}
 
 
 # ---- parity --------------------------------------------------------------------------------
@@ -364,25 +364,25 @@ def _head_bound(w: np.ndarray, dz: np.ndarray, ref: np.ndarray, rtol: float) -> 
     return np.abs(dz) @ np.abs(w).T + rtol * max(1.0, float(np.abs(ref).max(initial=0.0)))
 
 
-def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config: OnnxExportConfig,
+def check_parity(model_bytes: bytes, edge: Any, head: FusedHead | None, config: OnnxExportConfig,
                  reference: Any = None) -> dict[str, float]:
-    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement.
+    """Run the ONNX model (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement.
 
-    ``reference``: the encoder PyTorch's ``z`` comes from (default ``graph.encoder``; the export passes the
+    ``reference``: the encoder PyTorch's ``z`` comes from (default ``edge.encoder``; the export passes the
     model as trained, so an export form such as split q/k/v is checked against the real model).
     """
-    reference = graph.encoder if reference is None else reference
+    reference = edge.encoder if reference is None else reference
     import torch
 
     from jepa_edge.export.ort_providers import ort_session
 
     sess = ort_session(model_bytes, provider="cpu")
-    head_arrays = _parity_head(graph.latent_dim, head, config.seed)
+    head_arrays = _parity_head(edge.latent_dim, head, config.seed)
     worst: dict[str, float] = {}
     for i, batch in enumerate(config.batches()[1]):
-        example = _example_inputs(graph, batch, config.seed + 1 + i, head_arrays)
-        feeds = dict(zip(graph.input_names, (t.numpy() for t in example)))
-        got = dict(zip(graph.output_names, sess.run(graph.output_names, feeds)))
+        example = _example_inputs(edge, batch, config.seed + 1 + i, head_arrays)
+        feeds = dict(zip(edge.input_names, (t.numpy() for t in example)))
+        got = dict(zip(edge.output_names, sess.run(edge.output_names, feeds)))
         with torch.no_grad():
             z_ref = reference(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
         dz = got["z"].astype(np.float64) - z_ref
@@ -390,12 +390,12 @@ def check_parity(model_bytes: bytes, graph: Any, head: FusedHead | None, config:
         if errors["z"] > config.z_atol:
             raise ParityError(
                 f"ONNX Runtime and PyTorch disagree on z at batch {batch}: max abs error {errors['z']:.3g} > "
-                f"z_atol {config.z_atol:g}; the exported graph is wrong (try exporter='dynamo' or another opset)"
+                f"z_atol {config.z_atol:g}; the exported model is wrong (try exporter='dynamo' or another opset)"
             )
-        if graph.mode == "fused":
+        if edge.mode == "fused":
             w, b = head.weight.astype(np.float64), head.bias.astype(np.float64)
             slices = {o.name: (o.start, o.stop) for o in head.outputs}
-        elif graph.mode == "head_inputs":
+        elif edge.mode == "head_inputs":
             w, b = (a.astype(np.float64) for a in head_arrays)
             slices = {"head": (0, w.shape[0])}
         else:
@@ -467,7 +467,7 @@ def export_agent(
         postcard = load_postcard(postcard_path, expect_source_fingerprint=fingerprint)
         provenance["postcard"] = {
             "name": postcard.name, "file": Path(postcard_path).name, "sha256": _file_sha256(Path(postcard_path)),
-            "source": postcard.source, "target": postcard.target, "estimator": postcard.estimator,
+            "source": postcard.source.to_dict(), "target": postcard.target.to_dict(), "estimator": postcard.estimator,
             "n_anchors": int(postcard.n_anchors),
         }
     probes = []
@@ -475,6 +475,6 @@ def export_agent(
         probe = load_probe(p)
         probes.append(probe)
         provenance["probes"].append({"name": probe.name, "task": probe.task, "file": Path(p).name,
-                                     "sha256": _file_sha256(Path(p)), "agent": probe.agent})
+                                     "sha256": _file_sha256(Path(p)), "agent": probe.agent.to_dict()})
     head = build_head(fingerprint, latent_dim, postcard, probes) if has_head else None
     return export_onnx(encoder, meta, out_path, head=head, mode=mode, config=config, provenance=provenance)

@@ -1,6 +1,6 @@
 """Graph passes after export: fewer nodes (kernels) per frame, each pass checked against the exported graph.
 
-Two optional passes, applied by ``optimize_graph`` (the fusion, when asked
+Two optional passes, applied by ``optimize_model`` (the fusion, when asked
 for, runs first: onnxslim folds the projection biases into neighbouring Adds,
 which hides the ``MatMul → Add`` attention pattern the fuser looks for):
 
@@ -8,7 +8,7 @@ which hides the ``MatMul → Add`` attention pattern the fuser looks for):
    ``model_type="vit"``, python fusions only: ``opt_level=0``, so nothing
    CPU-specific is baked in): SkipLayerNormalization, (Bias)Gelu/FastGelu,
    Attention where the pattern matches (the export traces attention as split
-   q/k/v for this, ``EdgeGraph(attention="split_qkv")``). The fused ops are
+   q/k/v for this, ``EdgeModel(attention="split_qkv")``). The fused ops are
    ``com.microsoft`` contrib ops: fine for ONNX Runtime (CPU and CUDA), **not**
    for TensorRT's ONNX parser, so a TensorRT engine must be built from a graph
    without this pass (``has_contrib_ops`` tells).
@@ -72,12 +72,12 @@ class OptimizeConfig:
 
 
 def node_counts(model: Any) -> dict[str, int]:
-    """Nodes of the top-level graph by op type (contrib ops as ``com.microsoft.Op``), most frequent first."""
+    """Nodes of the model's top-level graph by op type (contrib ops as ``com.microsoft.Op``), most frequent first."""
     names = [f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph.node]
     return dict(collections.Counter(names).most_common())
 
 
-def count_summary(counts: dict[str, dict[str, int]]) -> str:
+def node_count_summary(counts: dict[str, dict[str, int]]) -> str:
     """One line, e.g. ``original 207 → transformer_fusion 72 → onnxslim 43 nodes``."""
     return " → ".join(f"{stage} {sum(c.values())}" for stage, c in counts.items()) + " nodes"
 
@@ -207,7 +207,7 @@ def _run_cpu(model: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, n
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
 
 
-def graph_parity(reference: list[dict[str, np.ndarray]], model: Any, feeds: list[dict[str, np.ndarray]],
+def pass_parity(reference: list[dict[str, np.ndarray]], model: Any, feeds: list[dict[str, np.ndarray]],
                  atol: float) -> tuple[dict[str, float], str]:
     """Max abs error per output of ``model`` vs ``reference`` outputs; "" or the first violation, in words."""
     got = _run_cpu(model, feeds)
@@ -237,7 +237,7 @@ def _encoder_dims(metadata: dict[str, Any]) -> tuple[int, int]:
     return int(enc["num_heads"]), int(enc["embed_dim"])
 
 
-def optimize_graph(model: Any, metadata: dict[str, Any], config: OptimizeConfig) -> tuple[Any, dict[str, Any]]:
+def optimize_model(model: Any, metadata: dict[str, Any], config: OptimizeConfig) -> tuple[Any, dict[str, Any]]:
     """Apply the configured passes (fusion, then onnxslim) → (final model, the ``metadata["graph"]`` report).
 
     The report: ``passes`` (name, version, applied, parity_max_abs_error,
@@ -274,7 +274,7 @@ def _try_pass(model: Any, name: str, fn: Any, reference: list[dict[str, np.ndarr
               passes: list[dict[str, Any]]) -> Any:
     """Run one pass; keep its output only if it matches the exported graph's outputs within ``config.atol``."""
     candidate, fused_ops = fn(_copy(model))  # passes may edit their input in place (optimize_model does)
-    errors, problem = graph_parity(reference, candidate, feeds, config.atol)
+    errors, problem = pass_parity(reference, candidate, feeds, config.atol)
     record: dict[str, Any] = {"name": name, "applied": not problem, "parity_max_abs_error": errors}
     if fused_ops:
         record["fused_ops"] = fused_ops

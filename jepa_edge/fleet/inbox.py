@@ -220,7 +220,7 @@ class Inbox:
 
     def _card(self, env: Envelope, payload: Any) -> Accepted:
         card = decode_card(payload, self.limits)
-        if card.agent["name"] != env.agent or card.fingerprint != env.fp:
+        if card.agent.name != env.agent or card.fingerprint != env.fp:
             raise FleetMessageError("card: agent name or fingerprint differ from its envelope")
         pinned = self.config.expect_fingerprints.get(env.agent)
         if pinned is not None and card.fingerprint != pinned:
@@ -246,12 +246,12 @@ class Inbox:
     def _anchor_reply(self, agent: str, payload: Any, card: AgentCard, where: str) -> Any:
         import json
 
-        from jepa_edge.calib.postcard import _read_header
+        from jepa_edge.artifacts import read_safetensors_header
 
         data = payload if isinstance(payload, bytes) else bytes(payload) if payload is not None else b""
         if len(data) > self.limits.anchors_bytes:
             raise FleetMessageError(f"anchors: {len(data)} bytes, over the {self.limits.anchors_bytes}-byte cap")
-        header = _read_header(where, data, FleetMessageError)  # the header only: find the nonce
+        header = read_safetensors_header(where, data, FleetMessageError)  # the header only: find the nonce
         try:
             nonce = json.loads(header["__metadata__"]["jepa_edge"])["nonce"]
         except (KeyError, TypeError, ValueError) as exc:

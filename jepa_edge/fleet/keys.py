@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jepa_edge.artifacts import ArtifactError
 from jepa_edge.fleet.messages import KINDS, FleetMessageError, check_name
 
 KEYS_VERSION = 1
@@ -39,7 +40,7 @@ KID_HEX = 16  # key id: 16 hex characters (8 bytes) of sha256(public key)
 MAX_TRUST_BYTES = 1024 * 1024
 
 
-class FleetKeyError(ValueError):
+class FleetKeyError(ArtifactError):
     """A key file or trusted-keys file that cannot be used (one line: which file, what, the fix)."""
 
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.calib.postcard import METADATA_KEY, Postcard, check_agent, jsonable, parse_artifact
+from jepa_edge.artifacts import AgentRef, ArtifactError, artifact_bytes, jsonable, parse_artifact
+from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import Probe
 
 FLEET_VERSION = 2  # 2: envelopes and outputs may be signed; cards carry probe digests
@@ -40,7 +41,7 @@ FP_RE = re.compile(r"[0-9a-f]{64}")  # sha256 hex of an encoder (jepa_edge.calib
 MAX_INT = 2**63 - 1
 
 
-class FleetMessageError(ValueError):
+class FleetMessageError(ArtifactError):
     """A received fleet message that is refused (never applied)."""
 
 
@@ -196,7 +197,7 @@ def decode_envelope(data: Any, limits: FleetLimits) -> Envelope:
 
 @dataclass
 class AgentCard:
-    agent: dict[str, Any]  # {name, fingerprint, latent_dim, view}, as in postcards and probes
+    agent: AgentRef  # as in postcards and probes
     software: str  # "jepa-edge 0.1.0"
     input_size: tuple[int, int]  # (H, W) frames the model takes
     anchor_world: dict[str, int]  # {seed, steps, pool}: the moments this robot can encode on request
@@ -204,16 +205,20 @@ class AgentCard:
     layout: dict[str, Any] = field(default_factory=lambda: {"version": 0, "outputs": []})  # of its outputs stream
     probes: dict[str, str] = field(default_factory=dict)  # task → sha256 of the probe file it publishes
 
+    def __post_init__(self) -> None:
+        self.agent = AgentRef.checked(self.agent, "card", "agent", FleetMessageError)
+
     @property
     def fingerprint(self) -> str:
-        return str(self.agent["fingerprint"])
+        return self.agent.fingerprint
 
     @property
     def latent_dim(self) -> int:
-        return int(self.agent["latent_dim"])
+        return self.agent.latent_dim
 
     def encode(self) -> bytes:
-        return _dumps({"kind": "card", "version": FLEET_VERSION, "agent": self.agent, "software": self.software,
+        return _dumps({"kind": "card", "version": FLEET_VERSION, "agent": self.agent.to_dict(),
+                       "software": self.software,
                        "input_size": list(self.input_size), "anchor_world": self.anchor_world,
                        "tasks": self.tasks, "layout": self.layout, "probes": self.probes})
 
@@ -244,14 +249,11 @@ def decode_card(data: Any, limits: FleetLimits) -> AgentCard:
     _exact_keys("card", obj, {"kind", "version", "agent", "software", "input_size", "anchor_world", "tasks", "layout",
                               "probes"})
     _version("card", obj)
-    try:
-        agent = check_agent("card", "agent", obj["agent"], FleetMessageError)
-    except TypeError as exc:  # a latent_dim compared with an int, etc.
-        raise FleetMessageError(f"card: bad agent ({exc})") from None
-    check_name("card agent.name", agent["name"])
-    if not FP_RE.fullmatch(agent["fingerprint"]):
+    agent = AgentRef.from_dict(obj["agent"], "card", "agent", FleetMessageError)
+    check_name("card agent.name", agent.name)
+    if not FP_RE.fullmatch(agent.fingerprint):
         raise FleetMessageError("card: agent.fingerprint must be a 64-character lowercase sha256 hex")
-    _int("card agent.latent_dim", agent["latent_dim"], 1, limits.max_latent_dim)
+    _int("card agent.latent_dim", agent.latent_dim, 1, limits.max_latent_dim)
     size = obj["input_size"]
     if not isinstance(size, list) or len(size) != 2:
         raise FleetMessageError("card: input_size must be [H, W]")
@@ -277,24 +279,16 @@ def decode_card(data: Any, limits: FleetLimits) -> AgentCard:
 # ---------------------------------------------------------------- probes and postcards (file bytes)
 
 
-def artifact_bytes(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
-    """The bytes ``save_artifact`` writes (float32 tensors, JSON metadata under ``jepa_edge``)."""
-    from safetensors.numpy import save
-
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    return save(arrays, metadata={METADATA_KEY: json.dumps(jsonable(meta), allow_nan=False)})
-
-
 def postcard_bytes(pc: Postcard) -> bytes:
-    from jepa_edge.calib.postcard import _TENSORS
-
+    """The bytes of the postcard's file (``save_postcard`` writes the same)."""
     pc.validate()
-    return artifact_bytes({key: getattr(pc, fname) for key, (fname, _) in _TENSORS.items()}, pc.metadata())
+    return artifact_bytes(pc.tensors(), pc.metadata())
 
 
 def probe_bytes(probe: Probe) -> bytes:
+    """The bytes of the probe's file (``save_probe`` writes the same)."""
     probe.validate()
-    return artifact_bytes({"weight": probe.weight, "bias": probe.bias}, probe.metadata())
+    return artifact_bytes(probe.tensors(), probe.metadata())
 
 
 def decode_probe(data: Any, where: str, agent_fp: str, latent_dim: int, limits: FleetLimits) -> Probe:
@@ -306,8 +300,8 @@ def decode_probe(data: Any, where: str, agent_fp: str, latent_dim: int, limits: 
         probe = probe_from_bytes(data, where, expect_agent_fingerprint=agent_fp)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise FleetMessageError(f"probe: {str(exc)[:300]}") from None
-    if probe.agent["latent_dim"] != latent_dim:
-        raise FleetMessageError(f"probe: latent dim {probe.agent['latent_dim']}, the sender's card says {latent_dim}")
+    if probe.agent.latent_dim != latent_dim:
+        raise FleetMessageError(f"probe: latent dim {probe.agent.latent_dim}, the sender's card says {latent_dim}")
     check_name("probe name", probe.name)
     return probe
 
@@ -354,12 +348,12 @@ def decode_anchor_request(data: Any, limits: FleetLimits) -> AnchorRequest:
     return AnchorRequest(ids, obj["nonce"])
 
 
-def encode_anchor_reply(z: np.ndarray, request: AnchorRequest, agent: dict[str, Any]) -> bytes:
+def encode_anchor_reply(z: np.ndarray, request: AnchorRequest, agent: AgentRef) -> bytes:
     z = np.asarray(z, np.float32)
     if z.ndim != 2 or len(z) != len(request.ids):
         raise ValueError(f"anchor latents {z.shape} do not match {len(request.ids)} requested ids")
     meta = {"kind": "anchors", "version": FLEET_VERSION, "ids": list(request.ids), "nonce": request.nonce,
-            "agent": agent}
+            "agent": agent.to_dict()}
     return artifact_bytes({"z": z}, meta)
 
 

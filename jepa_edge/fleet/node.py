@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,8 +164,7 @@ class FleetNode:
         self.name = config.agent or meta.agent_name
         check_name("agent", self.name)
         self.view = config.view or meta.agent_view
-        self.agent = {"name": self.name, "fingerprint": meta.agent_fingerprint, "latent_dim": meta.latent_dim,
-                      "view": self.view}
+        self.agent = replace(meta.agent, name=self.name, view=self.view)
         self.signer, trust = _keys(config, self.name)
         self.own_probes: dict[str, tuple[Probe, bytes]] = {}
         for path in probe_files:
@@ -198,7 +197,7 @@ class FleetNode:
 
         data = read_bytes_capped(path, "probe file", "pass a *.probe.safetensors of this agent",
                                  self.cfg.limits.probe_bytes)
-        probe = decode_probe(data, str(path), self.agent["fingerprint"], self.agent["latent_dim"], self.cfg.limits)
+        probe = decode_probe(data, str(path), self.agent.fingerprint, self.agent.latent_dim, self.cfg.limits)
         self.own_probes[probe.name] = (probe, data)
         return probe.name
 
@@ -209,7 +208,7 @@ class FleetNode:
     def _own_head(self) -> FusedHead | None:
         if not self.own_probes:
             return None
-        return build_head(self.agent["fingerprint"], self.agent["latent_dim"], None,
+        return build_head(self.agent.fingerprint, self.agent.latent_dim, None,
                           [p for p, _ in self.own_probes.values()])
 
     def encode_anchor_pool(self) -> np.ndarray:
@@ -267,7 +266,7 @@ class FleetNode:
     def _envelope(self, kind: str, payload: bytes) -> Envelope:
         """The next envelope of ``kind`` for ``payload``, signed when this robot has a key (hold _pub_lock)."""
         counter = self._seq.setdefault(kind, itertools.count())
-        env = Envelope(self.cfg.fleet, kind, self.name, self.agent["fingerprint"], self.epoch, next(counter),
+        env = Envelope(self.cfg.fleet, kind, self.name, self.agent.fingerprint, self.epoch, next(counter),
                        time.time())
         return env if self.signer is None else env.signed(payload, self.signer)
 
@@ -488,7 +487,7 @@ class FleetNode:
         if self.postcard is None:
             return  # probes arrive before the first calibration: the attach builds the head
         probes = [self.peer_probes[k] for k in sorted(self.peer_probes)] + [p for p, _ in self.own_probes.values()]
-        head = build_head(self.agent["fingerprint"], self.agent["latent_dim"], self.postcard, probes)
+        head = build_head(self.agent.fingerprint, self.agent.latent_dim, self.postcard, probes)
         self.slot.put(head, {**tag, "ready_t": time.time()})
         self._event("head_ready", outputs=[o.name for o in head.outputs], **tag)
 
@@ -510,7 +509,7 @@ class FleetNode:
             np.zeros(0, np.float32)  # (K,)
         with self._pub_lock:
             seq = next(self._seq.setdefault("outputs", itertools.count()))
-        msg = Outputs(fp8_of(self.agent["fingerprint"]), self.epoch, seq, int(record["frame"]), float(record["t"]),
+        msg = Outputs(fp8_of(self.agent.fingerprint), self.epoch, seq, int(record["frame"]), float(record["t"]),
                       self.card.layout["version"], values)
         self._outputs_pub.put(msg.encode(self.signer, self.cfg.fleet, self.name))
         if self.cfg.fps > 0:
@@ -521,7 +520,7 @@ class FleetNode:
     def fleet_info(self) -> dict[str, Any]:
         """What a live page shows of the fleet: this robot, its peers (cards seen), its head and inbox counts."""
         now = time.time()
-        peers = [{"name": name, "view": card.agent.get("view", ""), "tasks": ", ".join(card.tasks),
+        peers = [{"name": name, "view": card.agent.view, "tasks": ", ".join(card.tasks),
                   "outputs": ", ".join(o["name"] for o in card.layout["outputs"]),
                   "layout_version": card.layout["version"],  # bumps each time the peer applies a head of new outputs
                   "followed": name == self.cfg.follow, "last_card_s": round(now - seen, 2)}

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jepa_edge.artifacts import MAX_METADATA_BYTES
+from jepa_edge.artifacts import MAX_METADATA_BYTES, AgentRef
+from jepa_edge.calib.head import HeadOutput
 from jepa_edge.runtime.errors import RuntimeModelError
 
 FORMAT = "jepa-edge/onnx"
@@ -19,7 +20,6 @@ METADATA_KEY = "jepa_edge"  # the ONNX metadata_props entry holding the JSON bel
 # fused: head baked in; head_inputs: head weight/bias are graph inputs; encoder_only: frames → z
 # (exported so, or a fused/head_inputs graph cut at `z` by the runtime)
 MODES = ("fused", "head_inputs", "encoder_only")
-MODE_ALIASES = {"bare": "encoder_only"}  # deprecated names still accepted by the CLI (with a hint)
 
 # Where the head runs after the encoder (HeadStage, PipelineConfig.head_mode): in the graph, or on z in numpy.
 HEAD_MODES = ("auto", "graph", "numpy")
@@ -29,19 +29,8 @@ BENCH_HEAD_MODES = {"fused": "graph", "unfused": "numpy"}
 
 
 def unknown_mode(mode: str) -> str:
-    """The one-line error for an export mode not in MODES (naming the new name of a deprecated one)."""
-    new = MODE_ALIASES.get(mode)
-    hint = f"; {mode!r} is now called {new!r}" if new else ""
-    return f"unknown export mode {mode!r}; choose one of {list(MODES)}{hint}"
-
-
-@dataclass(frozen=True)
-class OutputSlice:
-    name: str
-    start: int
-    stop: int
-    kind: str
-    labels: tuple[str, ...] = ()  # per-column names (probe outputs / classes), when the exporter wrote them
+    """The one-line error for an export mode not in MODES (in the CLI's words: --mode fused|head-inputs|encoder-only)."""
+    return f"unknown export mode {mode!r}; choose one of {list(MODES)} (--mode {'|'.join(m.replace('_', '-') for m in MODES)})"
 
 
 @dataclass
@@ -53,12 +42,17 @@ class ModelMeta:
     agent_name: str
     agent_fingerprint: str
     agent_view: str
-    head_outputs: list[OutputSlice]  # baked-in slices of a fused model (empty otherwise)
+    head_outputs: list[HeadOutput]  # baked-in slices of a fused model (empty otherwise)
     raw: dict[str, Any] = field(default_factory=dict)  # the full JSON, extra keys included
 
     @property
     def input_size(self) -> tuple[int, int]:
         return self.height, self.width
+
+    @property
+    def agent(self) -> AgentRef:
+        """The agent whose encoder this model runs."""
+        return AgentRef(self.agent_name, self.agent_fingerprint, self.latent_dim, self.agent_view)
 
 
 def _need(d: dict[str, Any], key: str, where: str, source: str) -> Any:
@@ -102,8 +96,7 @@ def parse_meta(text: str | None, source: str) -> ModelMeta:
     agent = _need(d, "agent", "", source)
     head = d.get("head") or {}
     slices = [
-        OutputSlice(str(o["name"]), int(o["start"]), int(o["stop"]), str(o.get("kind", "")),
-                    tuple(str(x) for x in o.get("labels", ())))
+        HeadOutput(str(o["name"]), int(o["start"]), int(o["stop"]), str(o.get("kind", "")), o.get("labels", ()))
         for o in head.get("outputs", [])
     ]
     return ModelMeta(

@@ -30,9 +30,10 @@ from jepa_edge.runtime.model import Model, ModelClosedError
 from jepa_edge.runtime.outputs import named_values, softmax
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
+from jepa_edge.video import SUFFIX_CODECS, open_video_writer
 
 log = logging.getLogger(__name__)
-FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+FOURCC = SUFFIX_CODECS  # annotated video: the codec its file suffix names
 
 
 def preprocess(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -139,15 +140,9 @@ def annotate(image: np.ndarray, outputs: dict[str, np.ndarray], labels: dict[str
 
 
 def open_writer(path: str | Path, fps: float, size: int) -> Any:
-    path = Path(path)
-    fourcc = FOURCC.get(path.suffix.lower())
-    if fourcc is None:
-        raise ValueError(f"{path}: annotated video must be {sorted(FOURCC)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (size, size))
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV could not open a {fourcc} video writer; try an .avi path")
-    return writer
+    """The annotated video's writer: ``size`` x ``size`` frames, the codec named by the file suffix."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open_video_writer(path, fps, (size, size))
 
 
 def frame_record(frame: Any, outputs: dict[str, np.ndarray], times: StageTimes, stage: HeadStage,

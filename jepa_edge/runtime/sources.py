@@ -176,10 +176,6 @@ class TimedReader:
             log.warning("%s still blocked in the driver after release(); left as a daemon thread", self._thread.name)
         return not self._thread.is_alive()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
 
 class CaptureSource(Source):
     """Anything ``cv2.VideoCapture`` opens: camera index, file, URL, GStreamer pipeline.

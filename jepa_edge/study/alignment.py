@@ -25,13 +25,13 @@ and PNG plots.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jepa_edge.artifacts import atomic_write_bytes
+from jepa_edge.artifacts import AgentRef, atomic_write_bytes, jsonable
 from jepa_edge.calib.fit import ESTIMATORS, FitConfig, FitError, LinearMap, fit_map
 from jepa_edge.calib.metrics import (
     kept_fraction,
@@ -42,7 +42,7 @@ from jepa_edge.calib.metrics import (
     probe_chance,
     similarity_metrics,
 )
-from jepa_edge.calib.postcard import Postcard, jsonable
+from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import Probe, ProbeConfig, evaluate_probe, fit_probe, primary_score, transfer_probe
 from jepa_edge.config import to_dict
 from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
@@ -106,8 +106,8 @@ class StudyInputs:
     positions: np.ndarray  # (M, 2n) ground-truth object positions (position probe)
     danger: np.ndarray  # (M,) int danger labels (danger probe)
     episode: np.ndarray  # (M,) episode id of each moment; the anchor/held-out split is by episode
-    target_agent: dict[str, Any]  # {name, view, fingerprint} (+ latent_dim, filled in if absent)
-    source_agent: dict[str, Any]
+    target_agent: AgentRef | dict[str, Any]  # or a partial {name, view, fingerprint}: latent_dim from the latents
+    source_agent: AgentRef | dict[str, Any]
     target_untrained: np.ndarray | None = None  # (M, Dt) untrained A0 on A's frames
     source_untrained: np.ndarray | None = None  # (M, Ds) untrained B0 on B's frames
     other_world: np.ndarray | None = None  # (M, Dc) encoder trained on another world, on B's frames
@@ -146,9 +146,11 @@ class StudyInputs:
 # ---------------------------------------------------------------- setup
 
 
-def _agent(desc: dict[str, Any], dim: int, fallback: str) -> dict[str, Any]:
-    return {"name": desc.get("name", fallback), "view": desc.get("view", "?"),
-            "fingerprint": desc.get("fingerprint", fallback), "latent_dim": int(dim)}
+def _agent(desc: AgentRef | dict[str, Any], dim: int, fallback: str) -> AgentRef:
+    """The agent of latents of width ``dim``: ``desc`` (an AgentRef or a partial dict), gaps filled from ``fallback``."""
+    if isinstance(desc, AgentRef):
+        return replace(desc, latent_dim=int(dim))
+    return AgentRef(desc.get("name", fallback), desc.get("fingerprint", fallback), int(dim), desc.get("view", "?"))
 
 
 def _pairs(inputs: StudyInputs) -> dict[str, dict[str, Any]]:
@@ -161,8 +163,8 @@ def _pairs(inputs: StudyInputs) -> dict[str, dict[str, Any]]:
         t = inputs.target if inputs.target_untrained is None else inputs.target_untrained
         pairs["untrained"] = {
             "source": s, "target": t,
-            "s_agent": B if inputs.source_untrained is None else _agent({}, s.shape[1], "untrained:" + B["name"]),
-            "t_agent": A if inputs.target_untrained is None else _agent({}, t.shape[1], "untrained:" + A["name"])}
+            "s_agent": B if inputs.source_untrained is None else _agent({}, s.shape[1], "untrained:" + B.name),
+            "t_agent": A if inputs.target_untrained is None else _agent({}, t.shape[1], "untrained:" + A.name)}
     if inputs.other_world is not None:
         c = inputs.other_world
         pairs["other_world"] = {"source": c, "target": inputs.target, "s_agent": _agent({}, c.shape[1], "other_world"),
@@ -402,12 +404,11 @@ def _danger_analysis(inputs, pool, held, positions, danger, main, config) -> dic
     danger = 1 when object 0 is inside a disc: not linear in positions, linear in [positions, positions²].
     A classifier on the true positions bounds what any linear probe on a perfect position code can do.
     """
-    agent = {"name": "ground_truth", "fingerprint": "ground_truth", "latent_dim": 0, "view": ""}
     quad = np.concatenate([positions, positions**2], 1)  # (M, 4n) for 2n position columns
     out: dict[str, Any] = {"positive_fraction": {"all": float(danger.mean()), "anchor_pool": float(danger[pool].mean()),
                                                  "heldout": float(danger[held].mean())}}
     for name, feats in (("linear_on_true_positions", positions), ("quadratic_on_true_positions", quad)):
-        probe = fit_probe(feats[pool], danger[pool], "classification", "danger", {**agent, "latent_dim": feats.shape[1]},
+        probe = fit_probe(feats[pool], danger[pool], "classification", "danger", AgentRef("ground_truth", "ground_truth", feats.shape[1]),
                           config.probe)
         out[name] = primary_score(evaluate_probe(probe, feats[held], danger[held]), "classification")
     row = main[config.primary_estimator]["trained"]
@@ -429,7 +430,7 @@ def _danger_via_positions(probes, pairs, anchors, held, positions, danger, confi
         return None
     pc = Postcard.from_map(lm, "study", tr["s_agent"], tr["t_agent"])
     pred = transfer_probe(probes["trained"].home["position"], pc).apply(tr["source"][held])  # (H, 2n)
-    agent = {"name": "ground_truth", "fingerprint": "ground_truth", "latent_dim": 2 * positions.shape[1], "view": ""}
+    agent = AgentRef("ground_truth", "ground_truth", 2 * positions.shape[1])
     rule = fit_probe(np.concatenate([positions, positions**2], 1)[anchors], danger[anchors], "classification",
                      "danger", agent, config.probe)
     feats = np.concatenate([pred, pred**2], 1)
@@ -518,7 +519,7 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
                                                                      danger, config)
     return {
         "config": to_dict(config),
-        "agents": {"target": pairs["trained"]["t_agent"], "source": pairs["trained"]["s_agent"]},
+        "agents": {"target": pairs["trained"]["t_agent"].to_dict(), "source": pairs["trained"]["s_agent"].to_dict()},
         "conditions": [*pairs, "shuffled"],
         "split": {"n_pool": len(pool), "n_heldout": len(held), "n_eval": len(ev),
                   "n_anchors": len(anchors), "n_episodes": len(np.unique(inputs.episode))},

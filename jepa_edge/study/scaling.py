@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json
-from jepa_edge.calib.postcard import jsonable
+from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json, jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study
 from jepa_edge.train.config import RunConfig, agent_config

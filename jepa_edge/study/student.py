@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.artifacts import atomic_write_bytes
-from jepa_edge.calib.postcard import jsonable
+from jepa_edge.artifacts import atomic_write_bytes, jsonable
 from jepa_edge.config import to_dict
 from jepa_edge.train.checkpoint import load_agent_meta
 from jepa_edge.train.config import RunConfig, agent_config

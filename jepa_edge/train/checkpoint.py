@@ -23,9 +23,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save as np_save
 
-from jepa_edge.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json_capped
+from jepa_edge.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, jsonable, read_json_capped
 from jepa_edge.calib.fingerprint import fingerprint_arrays
-from jepa_edge.calib.postcard import jsonable
 from jepa_edge.config import ConfigError, from_dict
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 
@@ -34,7 +33,7 @@ TRAIN_STATE_FORMAT = "jepa-edge/train-state"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArtifactError):
     """A checkpoint is missing, corrupt, or does not match its config."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from jepa_edge.artifacts import AgentRef
 from jepa_edge.calib.probes import evaluate_probe, fit_probe
 from jepa_edge.train.model import Encoder
 from jepa_edge.world.dataset import heldout_split
@@ -42,7 +43,7 @@ def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.
     fit, held = heldout_split(np.repeat(np.arange(E), T), heldout_fraction)
     pos = states.state_vector().reshape(E * T, -1)  # (M, 2n)
     danger = states.danger.reshape(E * T)  # (M,)
-    agent = {"name": "probe", "fingerprint": "eval", "latent_dim": z.shape[1], "view": ""}
+    agent = AgentRef("probe", "eval", z.shape[1])
     reg = fit_probe(z[fit], pos[fit], "regression", "position", agent)
     out = {"position_r2": evaluate_probe(reg, z[held], pos[held])["r2"]}
     if len(np.unique(danger[fit])) > 1:

@@ -27,7 +27,7 @@ the teacher by an untrained encoder of the same architecture.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -193,12 +193,12 @@ def _teacher_encoder(cfg: RunConfig, meta: dict[str, Any]) -> tuple[Encoder, dic
     if cfg.teacher.control == "random":
         with torch.random.fork_rng(devices=[]):  # the student's own RNG stream stays untouched
             enc = untrained_like(meta, RANDOM_TEACHER_SEED)
-        return enc, {**agent_descriptor(meta), "fingerprint": f"untrained(seed={RANDOM_TEACHER_SEED})"}
+        return enc, replace(agent_descriptor(meta), fingerprint=f"untrained(seed={RANDOM_TEACHER_SEED})").to_dict()
     try:
         enc, meta = load_agent(cfg.teacher.run)
     except CheckpointError as exc:
         raise TeacherError(f"teacher run {cfg.teacher.run!r} cannot be used: {exc}") from exc
-    return enc, agent_descriptor(meta)
+    return enc, agent_descriptor(meta).to_dict()
 
 
 def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict[str, Any]]:

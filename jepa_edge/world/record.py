@@ -31,7 +31,6 @@ were encoded (before MJPG/mp4v compression; FFV1 is lossless).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,8 +38,9 @@ import cv2
 import numpy as np
 
 from jepa_edge import package_version
-from jepa_edge.artifacts import atomic_write, atomic_write_json, replace_synced, temp_path
+from jepa_edge.artifacts import ArtifactError, atomic_write, atomic_write_json, replace_synced, temp_path
 from jepa_edge.config import to_dict
+from jepa_edge.video import CODECS, Codec, VideoError, open_video_writer
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
 from jepa_edge.world.views import get_view, render
 
@@ -50,22 +50,8 @@ RECORDING_JSON = "recording.json"
 STATES_NPZ = "states.npz"
 
 
-class RecordingError(ValueError):
+class RecordingError(ArtifactError):
     """A recording (or one of its videos) cannot be written or read as asked."""
-
-
-@dataclass(frozen=True)
-class Codec:
-    fourcc: str  # four-character code passed to cv2.VideoWriter_fourcc
-    extension: str  # container the FFmpeg backend picks from the file name
-    lossless: bool  # True: decoded frames equal the written ones bit for bit
-
-
-CODECS: dict[str, Codec] = {
-    "MJPG": Codec("MJPG", ".avi", False),  # default: readable everywhere, cheap to decode
-    "mp4v": Codec("mp4v", ".mp4", False),  # smaller files, inter-frame compression
-    "FFV1": Codec("FFV1", ".mkv", True),  # lossless; larger files
-}
 
 
 def _check_codec(codec: str) -> Codec:
@@ -79,7 +65,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: 
 
     ``codec`` is any FourCC the local OpenCV/FFmpeg build can encode into the
     container named by the suffix of ``path`` (``CODECS`` lists the tested
-    pairs). The file is written under a temporary name, reopened to check its
+    pairs; ``jepa_edge.video.open_video_writer`` opens it). The file is written under a temporary name, reopened to check its
     frame count and size, then fsync'ed and ``os.replace``d.
     """
     path = Path(path)
@@ -89,25 +75,14 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: 
             f"write_video wants non-empty (N, H, W, 3) uint8 BGR frames, got {frames.dtype} {frames.shape}"
         )
     n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise RecordingError(
-            f"frame size {w}x{h} is odd: OpenCV's FFmpeg writer silently crops odd sizes to even; use an even size"
-        )
-    if not fps > 0:
-        raise RecordingError(f"fps must be > 0, got {fps}")
-    if len(codec) != 4:
-        raise RecordingError(f"codec {codec!r} is not a four-character FourCC such as {sorted(CODECS)}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     tmp = temp_path(path, keep_suffix=True)  # keep the suffix: it picks the container
     try:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h), True)
-        if not writer.isOpened():
-            raise RecordingError(
-                f"OpenCV could not open a video writer for codec {codec!r} in a {path.suffix!r} file "
-                f"({path}); this OpenCV build lacks that encoder/container pair. "
-                f"Tested pairs: {', '.join(f'{c.fourcc}{c.extension}' for c in CODECS.values())}"
-            )
+        try:
+            writer = open_video_writer(tmp, fps, (w, h), codec, shown=path)
+        except VideoError as exc:
+            raise RecordingError(str(exc)) from exc
         try:
             for frame in frames:
                 writer.write(np.ascontiguousarray(frame))

@@ -1,13 +1,13 @@
 """The module that gets exported: camera frames in, latent (+ head) out.
 
-``EdgeGraph`` wraps an ``Encoder`` so the exported graph takes exactly what
+``EdgeModel`` wraps an ``Encoder`` so the exported model takes exactly what
 OpenCV delivers (uint8 BGR, NHWC) and does the cast, the layout change and
 the normalisation (inside the encoder) itself. Three modes:
 
 * ``fused``: the head (W and every probe, collapsed by ``build_head``) is one
   ``Linear`` with constant weight (K, D): one Gemm, then one ``Split`` hands
   out a named output per head slice.
-* ``head_inputs``: ``head_weight (K, D)`` and ``head_bias (K,)`` are graph
+* ``head_inputs``: ``head_weight (K, D)`` and ``head_bias (K,)`` are model
   inputs; the output ``head (B, K)`` lets the runtime swap heads (any K)
   without re-exporting or rebuilding an engine.
 * ``encoder_only``: the encoder alone, output ``z`` only.
@@ -39,7 +39,7 @@ HEAD_OUTPUT_NAME = "head"
 ATTENTION_FORMS = ("packed", "split_qkv")
 
 
-class EdgeGraphError(ValueError):
+class EdgeModelError(ValueError):
     """An encoder/head/mode combination that cannot be exported."""
 
 
@@ -70,16 +70,16 @@ def split_qkv(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-class EdgeGraph(nn.Module):
+class EdgeModel(nn.Module):
     """uint8 frames (B, H, W, 3) BGR → ``z`` (B, D) [+ head outputs]."""
 
     def __init__(self, encoder: nn.Module, head: FusedHead | None = None, mode: str = "fused",
                  attention: str = "packed"):
         super().__init__()
         if mode not in MODES:
-            raise EdgeGraphError(unknown_mode(mode))
+            raise EdgeModelError(unknown_mode(mode))
         if attention not in ATTENTION_FORMS:
-            raise EdgeGraphError(f"unknown attention form {attention!r}; choose one of {list(ATTENTION_FORMS)}")
+            raise EdgeModelError(f"unknown attention form {attention!r}; choose one of {list(ATTENTION_FORMS)}")
         if attention == "split_qkv":
             encoder = split_qkv(encoder)
         self.attention = attention
@@ -90,23 +90,23 @@ class EdgeGraph(nn.Module):
         self.head_outputs: list[str] = []
         self.head_widths: list[int] = []
         if mode != "fused" and head is not None:
-            raise EdgeGraphError(
-                f"mode {mode!r} bakes no head into the graph "
+            raise EdgeModelError(
+                f"mode {mode!r} bakes no head into the model "
                 f"({'it is fed at run time' if mode == 'head_inputs' else 'z only'}); "
                 "pass head=None, or use mode='fused'"
             )
         if mode == "fused":
             if head is None or head.width == 0:
-                raise EdgeGraphError(
+                raise EdgeModelError(
                     "mode 'fused' needs a head with at least one output (a postcard and/or probes); "
                     "export with mode='encoder_only' for the encoder alone, or mode='head_inputs' to feed the head at run time"
                 )
             if head.weight.shape != (head.width, latent_dim) or head.latent_dim != latent_dim:
-                raise EdgeGraphError(
+                raise EdgeModelError(
                     f"head weight is {tuple(head.weight.shape)} but the encoder's latent dim is {latent_dim}; "
                     "build the head for this agent with build_head(fingerprint, latent_dim, ...)"
                 )
-            self.head = nn.Linear(latent_dim, head.width)  # weight (K, D): one Gemm in the graph
+            self.head = nn.Linear(latent_dim, head.width)  # weight (K, D): one Gemm in the model
             with torch.no_grad():
                 self.head.weight.copy_(torch.as_tensor(head.weight, dtype=torch.float32))
                 self.head.bias.copy_(torch.as_tensor(head.bias, dtype=torch.float32))
