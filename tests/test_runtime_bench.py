@@ -130,7 +130,7 @@ def test_benchmark_with_given_head_and_bad_config(setup):
     (r,) = report["results"]
     assert r["status"] == "ok" and r["head_width"] == setup["head"].width and r["frames"] == 4  # whole batches
     for bad, match in [({"head_modes": ("fused",)}, "'fused'.*model and/or numpy.*--head-mode"),
-                       ({"head_modes": ("auto",)}, "'auto'"),
+                       ({"head_modes": ("auto",)}, "'auto'"), ({"head_modes": ()}, "head mode missing"),
                        ({"batch_sizes": (1, MAX_BATCH + 1)}, f"--batch-size {MAX_BATCH + 1} is over .* cap of 1024"),
                        ({"batch_sizes": (0,)}, "--batch-size >= 1"), ({"threads": -1}, "threads")]:
         with pytest.raises(ValueError, match=match):

@@ -92,18 +92,18 @@ class BenchConfig:
     cuda_graph: bool | None = None
 
     def validate(self) -> None:
-        bad = set(self.head_modes) - set(TIMED_HEAD_MODES)
+        bad = sorted(set(self.head_modes) - set(TIMED_HEAD_MODES))
         if bad or not self.head_modes:
-            raise ValueError(f"head mode {sorted(bad) or 'list'} is not timed by the bench; choose "
+            raise ValueError(f"head mode {', '.join(map(repr, bad)) or 'missing'}: the bench times "
                              f"{' and/or '.join(TIMED_HEAD_MODES)} (--head-mode, repeat)")
         if self.decode_threads < 0 or self.threads < 0:
             raise ValueError("threads and decode threads must be >= 0 (0 = the library's default)")
         if self.n_frames < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError("the bench needs --frames >= 1, --warmup >= 0 and each --batch-size >= 1")
         if max(self.batch_sizes) > MAX_BATCH:
-            big = max(self.batch_sizes)
-            raise ValueError(f"--batch-size {big} is over the bench's cap of {MAX_BATCH} frames per batch (its "
-                             f"warm-up alone would decode {self.warmup * big:,} frames); use a smaller --batch-size")
+            raise ValueError(f"--batch-size {max(self.batch_sizes)} is over the bench's cap of {MAX_BATCH} frames "
+                             "per batch (the warm-up alone decodes --warmup × batch frames first, and no edge model "
+                             "batches that many); use a smaller --batch-size")
 
 
 def synthetic_head(meta: ModelMeta, width: int = 8, seed: int = 0) -> Any:
