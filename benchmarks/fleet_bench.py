@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from jepa_edge.fleet.transport import free_loopback_ports
+from jepa_edge.machine import dist_version, load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,17 +261,8 @@ def sign_cost(d: Path, n: int = 5000, k: int = OUTPUT_VALUES) -> dict:
 
 
 def machine() -> dict:
-    from importlib import metadata
-
-    from jepa_edge.runtime.stats import machine_info
-
-    info = machine_info()
-    for dist in ("eclipse-zenoh", "cryptography"):
-        try:
-            info[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            info[dist] = None
-    return info
+    """The machine (jepa_edge.machine: its load_avg is the one at the start) and the fleet's library versions."""
+    return {**machine_info(), **{dist: dist_version(dist) for dist in ("eclipse-zenoh", "cryptography")}}
 
 
 def main() -> int:
@@ -286,7 +278,6 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    load_start = os.getloadavg()
     info = machine()
     d = Path(tempfile.mkdtemp(prefix="fleet_bench_"))
     paths = make_agents(d)
@@ -294,7 +285,7 @@ def main() -> int:
     cost = sign_cost(d, args.sign_iterations)
     runs = [run_once(args, paths, d, mode == "block", keys if signing == "on" else None)
             for mode in args.modes for signing in args.signing]
-    info.update(load_avg_start=[round(x, 2) for x in load_start], load_avg_end=[round(x, 2) for x in os.getloadavg()],
+    info.update(load_avg_end=load_average(),
                 note="shared machine (other jobs may be running): see load_avg; numbers are indicative only")
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

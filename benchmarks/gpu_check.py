@@ -12,13 +12,13 @@ skipped with the reason (measurements first, so a hung test cannot cost them):
 1. train: a 300-step CUDA training run of the 32 px agent (default config);
 2. export: that agent, and a ViT-Tiny-size agent (224 px, patch 16, width 192,
    depth 12, 3 heads; random weights: latency does not depend on training), to
-   ONNX in ``head_inputs`` mode — the bench sets a head in the graph (fused) or
-   cuts the graph at ``z`` and runs the head in numpy (unfused) — and, with a
+   ONNX in ``head_inputs`` mode — the bench sets a head in the model (head mode
+   ``model``) or cuts the model at ``z`` and runs the head in numpy (``numpy``) — and, with a
    position probe fitted on each, in ``fused`` mode (head baked in: the graph
    ONNX Runtime can capture as a CUDA graph); with TensorRT importable, an fp16
    engine of each as well;
 3. bench: ort-cpu / ort-cuda (IOBinding, ``--cuda-graph off``) / tensorrt on the
-   head_inputs models, ort-cuda with ``--cuda-graph on`` on the fused ones, × fused / unfused head ×
+   head_inputs models, ort-cuda with ``--cuda-graph on`` on the fused ones, × head mode model / numpy ×
    batch 1 and 8, through ``benchmarks/runtime_bench.py`` on a generated
    simulator video at the model's input size (decode, capture age, preprocess,
    H2D / GPU compute / D2H / enqueue where the backend measures them, head,
@@ -312,8 +312,8 @@ def bench(r: Runner, models: dict[str, Path], backends: list[str]) -> list[dict[
             out = r.work / "bench" / f"{label}_{variant}_{backend}.json"
             step = r.run(f"bench {label} {variant} {backend}", [
                 sys.executable, str(ROOT / "benchmarks" / "runtime_bench.py"), "--model", str(path),
-                "--backends", backend, "--frames", str(a.frames), "--warmup", str(a.warmup), "--batch", "1", "8",
-                "--head-modes", "fused", "unfused", "--decode-threads", "1", "--video-size", str(size),
+                "--backends", backend, "--frames", str(a.frames), "--warmup", str(a.warmup), "--batch-size", "1",
+                "8", "--head-modes", "model", "numpy", "--decode-threads", "1", "--video-size", str(size),
                 "--view", "top", "--out", str(out), "--cuda-graph", "on" if variant == "graph" else "off"],
                 timeout_s=600)
             if step.status == "ok":  # (never in a dry run)
@@ -343,8 +343,8 @@ def targets(results: list[dict], variant: str = "head_inputs") -> dict[str, Any]
         res = _find(results, "agent32", backend, mode, batch, var)
         return None if res is None else res["stages_ms_per_batch"]["infer"]["p50_ms"]
 
-    cuda1, cpu1 = infer_p50("ort-cuda", "fused", 1), infer_p50("ort-cpu", "fused", 1, "head_inputs")
-    cuda8, bare1 = infer_p50("ort-cuda", "fused", 8), infer_p50("ort-cuda", "unfused", 1)
+    cuda1, cpu1 = infer_p50("ort-cuda", "model", 1), infer_p50("ort-cpu", "model", 1, "head_inputs")
+    cuda8, bare1 = infer_p50("ort-cuda", "model", 8), infer_p50("ort-cuda", "numpy", 1)
     fps8 = None if cuda8 is None else 8 * 1e3 / cuda8  # model throughput: frames per second of infer time
     overhead = None if cuda1 is None or bare1 is None else cuda1 / bare1 - 1.0
 
@@ -360,7 +360,7 @@ def targets(results: list[dict], variant: str = "head_inputs") -> dict[str, Any]
         "fused_head_overhead<=3%": check(overhead, overhead is not None and
                                          overhead <= TARGETS["fused_head_overhead_max"]),
         "note": "infer = the model's infer() call (p50); fused head overhead = fused graph vs the encoder-only "
-                "graph (unfused mode) at batch 1 on ort-cuda",
+                "graph (head mode numpy) at batch 1 on ort-cuda",
     }
 
 
@@ -459,7 +459,7 @@ def run_all(args: argparse.Namespace, work: Path, gpu_reason: str) -> int:
         signal.signal(signal.SIGTERM, previous)
     if args.dry_run:
         return 0
-    from jepa_edge.runtime.stats import machine_info
+    from jepa_edge.machine import machine_info
 
     report = {
         "mode": "cpu (script check: not GPU numbers)" if args.cpu else "gpu",

@@ -29,7 +29,6 @@ the same torch / onnxslim / onnxruntime versions (recorded).
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ from jepa_edge.agents.untrained import save_untrained_run
 from jepa_edge.artifacts import atomic_write_json
 from jepa_edge.export import OnnxExportConfig, export_agent
 from jepa_edge.export.optimize import node_counts, onnxslim_version, ort_optimized_counts
+from jepa_edge.machine import machine_info
 
 PRESETS = ("demo", "vit-tiny")
 COLUMNS = ("original", "ort_all", "onnxslim", "fused", "fused_ort_all")
@@ -107,7 +107,8 @@ def main() -> None:
             "fused": "split-qkv trace + onnxruntime.transformers fusions (vit, opt_level 0) + onnxslim",
             "fused_ort_all": "ONNX Runtime CPU ALL-level optimised fused graph"},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                     "onnxslim": onnxslim_version(), "python": platform.python_version()},
+                     "onnxslim": onnxslim_version()},
+        "machine": machine_info(),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ Target: fused p50 at most 3 % above bare p50.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from jepa_edge.calib.postcard import Postcard
 from jepa_edge.calib.probes import Probe
 from jepa_edge.export import export_onnx, ort_session
 from jepa_edge.export.onnx_export import encoder_fingerprint
+from jepa_edge.machine import machine_info
 from jepa_edge.train.model import Encoder, EncoderConfig
 
 TARGET = 0.03
@@ -138,8 +138,7 @@ def main() -> None:
         "overhead": {"p50": overhead_p50, "mean": overhead_mean, "median_round_p50": overhead_rounds,
                      "head_only_share_of_bare_p50": head_share,
                      "target": TARGET, "meets_target_p50": overhead_p50 <= TARGET},
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "processor": platform.processor(), "onnxruntime": ort.__version__, "torch": torch.__version__},
+        "machine": machine_info(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

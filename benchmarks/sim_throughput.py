@@ -12,16 +12,15 @@ for encoding). ``simulate`` itself is timed once, in steps/s.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from jepa_edge.artifacts import atomic_write_json
+from jepa_edge.machine import machine_info
 from jepa_edge.world import WorldConfig, read_video, render, simulate, view_names, write_video
 
 
@@ -88,14 +87,7 @@ def main() -> None:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "simulate_states_per_s": n_frames / sim_s,
         "rows": rows,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "opencv": cv2.__version__,
-            "numpy": np.__version__,
-            "opencv_threads": cv2.getNumThreads(),
-        },
+        "machine": {**machine_info(), "opencv_threads": cv2.getNumThreads()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

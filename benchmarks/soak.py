@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from jepa_edge.machine import machine_info
 from jepa_edge.runtime import OrtConfig, load_model
 from jepa_edge.runtime.capture import Capture
 from jepa_edge.runtime.headswap import HeadStage
@@ -41,7 +41,7 @@ from runtime_bench import ROOT, fixture_models, write_sim_video
 
 def soak(model_path: Path, video: Path, frames: int, warmup: int, threads: int, decode_threads: int) -> dict:
     model = load_model(str(model_path), "ort-cpu", OrtConfig(intra_op_threads=threads))
-    stage = HeadStage(model, "graph")  # the head in the graph (a fused export, or the head_inputs defaults)
+    stage = HeadStage(model, "model")  # the head in the model (a fused export, or the head_inputs defaults)
     e2e = np.full(frames, np.nan)  # touched now: its pages do not count as growth later
     every = max(1, frames // 20)
     trace: list[list[int]] = []
@@ -82,7 +82,7 @@ def main() -> None:
         result = soak(model, video, args.frames, args.warmup, args.threads, args.decode_threads)
     checks = {"rss_growth": result["rss_growth_mb"] <= args.max_growth_mb,
               "latency_drift": result["drift"]["ratio"] <= args.max_drift}
-    report = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
+    report = {"machine": machine_info(),
               "source": f"generated {args.view} video {args.video_size}px, 150 frames, MJPG (looped)",
               "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "result": {**result, "model": args.model.name if args.model else "fixture_fused.onnx"},

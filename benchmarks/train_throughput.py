@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from jepa_edge.machine import machine_info
 from jepa_edge.train.clips import DeviceClips
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.jepa import JEPA
@@ -36,18 +35,10 @@ MODES = ("eager", "compile", "cuda-graphs")
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "torch": torch.__version__, "device": str(device)}
+    """The machine (jepa_edge.machine) and what torch trains on here: threads, device, CUDA build and GPU."""
+    info = {**machine_info(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+        info.update(cuda_device=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
 
 

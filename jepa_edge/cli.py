@@ -695,17 +695,19 @@ def _hint(text: str) -> None:
     console.print(f"[yellow]hint:[/] {escape(text)}", soft_wrap=True, highlight=False)  # stderr: stdout is JSON
 
 
-@app.command()
+@command(app)
 @user_errors
 def bench(
     model: Annotated[list[Path], typer.Argument(help="Exported .onnx / .engine files to compare.")],
     source: Annotated[str, typer.Option(help="Video file, camera, image folder or sim:VIEW.")] = "sim:top",
     backend: Annotated[list[str], typer.Option(help="Backends to time (repeat; default: all available).")] = [],  # noqa: B006
-    batch: Annotated[list[int], typer.Option(help="Batch sizes (repeat).")] = [1, 8],  # noqa: B006
-    head_mode: Annotated[list[str], typer.Option(help="fused and/or unfused (repeat).")] = ["fused", "unfused"],  # noqa: B006
+    batch_size: Annotated[list[int], typer.Option(help="Batch sizes (repeat; default 1 and 8; at most 1024).")] = [1, 8],  # noqa: B006
+    head_mode: Annotated[list[str], typer.Option(help="Where the head runs: model (inside the exported model) "
+                                                 "and/or numpy (on z) (repeat; default both).")] = ["model", "numpy"],  # noqa: B006
     frames: Annotated[int, typer.Option(help="Timed frames per configuration.")] = 300,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up batches.")] = 20,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = default).")] = 0,
+    threads: Annotated[int, typer.Option(help="Intra-op threads of every backend that has them: ONNX Runtime and "
+                                         "--torch (0 = each one's default).")] = 0,
     cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="ort-cuda: replay a "
                           "captured CUDA graph per batch size (default: on for fused / encoder_only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a video source "
@@ -713,14 +715,27 @@ def bench(
     realtime: Annotated[bool, typer.Option(help="Play a file at its fps with the latest-frame policy "
                                            "(frames are dropped if too slow), as a live camera would.")] = False,
     torch_run: Annotated[Path | None, typer.Option("--torch", help="Agent run dir: also time PyTorch eager.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here (.json).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout instead of the table.")] = False,
+    detail: Annotated[bool, typer.Option(help="Also print per-stage times, e2e spread, threads, drift and memory.")] = False,
 ) -> None:
-    """Latency per stage and end to end (mean, p50, p90, p99, max, FPS, drops) per backend / head / batch."""
+    """Latency end to end and per stage (p50, p99, FPS, drops) per model / backend / head mode / batch size.
+
+    Skipped backends and failed models are listed on stderr, one line each; it fails only when nothing ran.
+    """
     import sys
 
     from jepa_edge.artifacts import atomic_write_text
-    from jepa_edge.runtime import BenchConfig, bench_table, benchmark
+    from jepa_edge.runtime import BenchConfig
+    from jepa_edge.runtime.bench import bench_detail, bench_notes, bench_table, benchmark, check_report_path
 
+    cfg = BenchConfig(warmup=warmup, n_frames=frames, batch_sizes=tuple(batch_size), head_modes=tuple(head_mode),
+                      backends=tuple(backend), threads=threads, decode_threads=decode_threads, realtime=realtime,
+                      cuda_graph=cuda_graph)
+    cfg.validate()  # every option checked before anything loads
+    if out is not None:
+        check_report_path(out, overwrite)
     if not backend:  # an engine runs on TensorRT only: say at once when it is missing here
         for path in model:
             if path.suffix == ".engine":
@@ -729,20 +744,28 @@ def bench(
     if torch_run is not None:
         from jepa_edge.agents.eager import eager_backend
 
-        extra = {"torch-eager": eager_backend(torch_run)}
-    report = benchmark([str(p) for p in model], source, BenchConfig(
-        warmup=warmup, n_frames=frames, batch_sizes=tuple(batch), head_modes=tuple(head_mode),
-        backends=tuple(backend), intra_op_threads=threads, decode_threads=decode_threads, realtime=realtime,
-        cuda_graph=cuda_graph), extra_backends=extra)
-    Console(width=None if sys.stdout.isatty() else 200).print(bench_table(report))
-    ok = [r for r in report["results"] if r["status"] == "ok"]
-    if not ok:  # every configuration was skipped: that is an error, not an empty benchmark
-        reasons = sorted({f"{r['backend']}: {r.get('reason', '?')}" for r in report["results"]})
-        raise ValueError("nothing could be benchmarked: " + (" | ".join(reasons) or "no backend available")
+        extra = {"torch-eager": eager_backend(torch_run, threads=threads)}
+    report = benchmark([str(p) for p in model], source, cfg, extra_backends=extra)
+    notes = bench_notes(report)
+    if not any(r["status"] == "ok" for r in report["results"]):  # all skipped or failed: an error, not a benchmark
+        raise ValueError("nothing could be benchmarked: " + (" | ".join(notes) or "no backend available here")
                          + "; pick a --backend this machine has (e.g. ort-cpu for an .onnx)")
+    for line in notes:  # what did not run, apart from the numbers of what did
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    if json_out:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        screen = Console(width=None if sys.stdout.isatty() else 100)
+        screen.print(bench_table(report))
+        for table in bench_detail(report) if detail else ():
+            screen.print()
+            screen.print(table)
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=1))
-        say(f"wrote {out}")
+        if json_out:  # stdout holds the JSON alone
+            console.print(f"wrote {out}", soft_wrap=True, highlight=False, markup=False)
+        else:
+            say(f"wrote {out}")
 
 
 def _require_tensorrt() -> None:

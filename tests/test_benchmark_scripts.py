@@ -14,20 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], check=False, capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+                          text=True, timeout=300, cwd=ROOT, env=env)  # this tree's jepa_edge, not an installed one
 
 
 def test_runtime_bench_script_writes_a_report(tmp_path):
     out = tmp_path / "rb.json"
-    p = _script("runtime_bench.py", "--frames", "8", "--warmup", "1", "--batch", "1", "--backends", "ort-cpu",
+    p = _script("runtime_bench.py", "--frames", "8", "--warmup", "1", "--batch-size", "1", "--backends", "ort-cpu",
                 "--threads", "1", "--decode-threads", "1", "--video-size", "32", "--model-size", "32", "--out", str(out))
     assert p.returncode == 0, p.stderr
     report = json.loads(out.read_text())
     ok = [r for r in report["results"] if r["status"] == "ok"]
-    assert len(ok) == 2 * 2  # 2 fixture models x fused/unfused at batch 1
+    assert len(ok) == 2 * 2  # 2 fixture models x head mode model/numpy at batch 1
+    assert {r["head_mode"] for r in ok} == {"model", "numpy"} and all(r["threads"] == 1 for r in ok)
     assert all(r["frames"] == 8 and "read" in r["stages_ms_per_batch"] and r["capture_age_ms"]["n"] == 8 for r in ok)
-    assert report["machine"]["cores"] >= 1 and "gpu" in report["machine"] and "onnxruntime" in report["machine"]
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and "gpu" in machine and "onnxruntime" in machine and len(machine["load_avg"]) == 3
     assert report["config"]["decode_threads"] == 1
 
 
@@ -78,7 +81,7 @@ def test_gpu_check_dry_run_plans_every_step(tmp_path):
                  "write vit_tiny", "export agent32", "export vit_tiny", "tensorrt engine vit_tiny",
                  "bench agent32 head_inputs ort-cpu", "bench agent32 head_inputs ort-cuda", "probe agent32",
                  "export agent32 fused", "bench agent32 graph ort-cuda", "bench vit_tiny graph ort-cuda",
-                 "--cuda-graph on", "--cuda-graph off", "bench vit_tiny trt tensorrt", "--batch 1 8", "--video-size 224",
+                 "--cuda-graph on", "--cuda-graph off", "bench vit_tiny trt tensorrt", "--batch-size 1 8", "--video-size 224",
                  "train_throughput.py --device cuda"):
         assert step in plan, step
 
@@ -92,19 +95,19 @@ def test_gpu_check_targets_from_measured_results(monkeypatch):
     from scripts import load_script
 
     gpu_check = load_script("gpu_check", monkeypatch)
-    rows = [_bench_row("ort-cpu", "fused", 1, 0.6), _bench_row("ort-cuda", "fused", 1, 0.2),
-            _bench_row("ort-cuda", "unfused", 1, 0.196), _bench_row("ort-cuda", "fused", 8, 0.32)]
+    rows = [_bench_row("ort-cpu", "model", 1, 0.6), _bench_row("ort-cuda", "model", 1, 0.2),
+            _bench_row("ort-cuda", "numpy", 1, 0.196), _bench_row("ort-cuda", "model", 8, 0.32)]
     t = gpu_check.targets(rows)
     assert t["ort_cuda_b1_infer_p50_ms<=0.25"] == {"measured": 0.2, "met": True}
     assert t["ort_cuda_b1_below_ort_cpu"]["met"] is True
     assert t["ort_cuda_b8_infer_fps>=20000"]["measured"] == pytest.approx(25_000.0)
     assert t["fused_head_overhead<=3%"]["measured"] == pytest.approx(0.2 / 0.196 - 1)
     assert t["fused_head_overhead<=3%"]["met"] is True
-    rows[1] = _bench_row("ort-cuda", "fused", 1, 0.7)  # slower than the CPU and 3.6x the bare encoder
+    rows[1] = _bench_row("ort-cuda", "model", 1, 0.7)  # slower than the CPU and 3.6x the bare encoder
     t = gpu_check.targets(rows)
     assert [t[k]["met"] for k in ("ort_cuda_b1_infer_p50_ms<=0.25", "ort_cuda_b1_below_ort_cpu",
                                   "fused_head_overhead<=3%")] == [False, False, False]
-    none = gpu_check.targets([_bench_row("ort-cpu", "fused", 1, 0.6)])  # no GPU results: not measured, not failed
+    none = gpu_check.targets([_bench_row("ort-cpu", "model", 1, 0.6)])  # no GPU results: not measured, not failed
     assert all(none[k] == {"measured": None, "met": None} for k in none if k != "note")
 
 
@@ -116,8 +119,8 @@ def test_gpu_check_graph_targets_use_captured_graph_rows_only(monkeypatch):
     def graph_row(mode, batch, p50, status="on: one CUDA graph per static batch size"):
         return {**_bench_row("ort-cuda", mode, batch, p50), "variant": "graph", "cuda_graph": status}
 
-    rows = [_bench_row("ort-cpu", "fused", 1, 0.6), _bench_row("ort-cuda", "fused", 1, 1.3),
-            graph_row("fused", 1, 0.1), graph_row("unfused", 1, 0.099), graph_row("fused", 8, 0.2)]
+    rows = [_bench_row("ort-cpu", "model", 1, 0.6), _bench_row("ort-cuda", "model", 1, 1.3),
+            graph_row("model", 1, 0.1), graph_row("numpy", 1, 0.099), graph_row("model", 8, 0.2)]
     t = gpu_check.targets(rows, "graph")
     assert t["ort_cuda_b1_infer_p50_ms<=0.25"] == {"measured": 0.1, "met": True}
     assert t["ort_cuda_b1_below_ort_cpu"]["measured"] == pytest.approx(0.5)  # against the CPU's head_inputs row
@@ -136,7 +139,7 @@ def test_gpu_check_stopped_midway_still_writes_what_it_measured(tmp_path, monkey
     from scripts import load_script
 
     gpu_check = load_script("gpu_check", monkeypatch)
-    row = {**_bench_row("ort-cuda", "fused", 1, 0.2), "variant": "head_inputs", "e2e_ms": {"p50_ms": 0.3}, "fps": 3e3}
+    row = {**_bench_row("ort-cuda", "model", 1, 0.2), "variant": "head_inputs", "e2e_ms": {"p50_ms": 0.3}, "fps": 3e3}
     before = signal.getsignal(signal.SIGTERM)
 
     def measured_then_hung_step(r, trt):

@@ -170,11 +170,11 @@ def test_run_applies_a_postcard_and_probes_in_numpy(world, tmp_path):
 
 def test_bench_writes_the_json_report(world, tmp_path):
     out = tmp_path / "bench.json"
-    res = cli("bench", world.onnx, "--source", "sim:oblique?size=16", "--frames", 4, "--warmup", 1, "--batch", 1,
-              "--backend", "ort-cpu", "--out", out)
+    res = cli("bench", world.onnx, "--source", "sim:oblique?size=16", "--frames", 4, "--warmup", 1,
+              "--batch-size", 1, "--backend", "ort-cpu", "--out", out)
     assert_ok(res)
     report = json.loads(out.read_text())
-    assert {(r["head_mode"], r["status"]) for r in report["results"]} == {("fused", "ok"), ("unfused", "ok")}
+    assert {(r["head_mode"], r["status"]) for r in report["results"]} == {("model", "ok"), ("numpy", "ok")}
 
 
 @pytest.mark.slow

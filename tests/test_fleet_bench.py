@@ -26,7 +26,7 @@ def test_fleet_bench_writes_a_report(tmp_path, monkeypatch):
         assert run["outputs"]["received_in_window"] > 0 and run["outputs"]["lost_in_window"] == 0
         assert run["outputs"]["refused_in_window"] == 0
     machine = report["machine"]
-    assert machine["cryptography"] and len(machine["load_avg_start"]) == 3 and len(machine["load_avg_end"]) == 3
+    assert machine["cryptography"] and len(machine["load_avg"]) == 3 and len(machine["load_avg_end"]) == 3
 
     cost = report["sign_cost"]
     for what in ("outputs", "card_envelope", "probe_envelope_16k"):

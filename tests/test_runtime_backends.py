@@ -73,8 +73,17 @@ def test_head_inputs_model_without_head_returns_only_z_and_swaps(tiny):
 
 def test_set_head_on_fused_model_says_reexport(tiny):
     model = load_model(tiny["fused"], "ort-cpu")
-    with pytest.raises(HeadModeError, match="head_inputs"):
+    with pytest.raises(HeadModeError, match="--mode head-inputs.*--head-mode numpy"):
         model.set_head(tiny["head"])
+
+
+def test_head_stage_modes_are_model_numpy_or_auto(tiny):
+    fused, cut = load_model(tiny["fused"], "ort-cpu"), load_model(tiny["fused"], "ort-cpu", encoder_only=True)
+    assert (HeadStage(fused, "auto").mode, HeadStage(cut, "auto").mode) == ("model", "numpy")
+    with pytest.raises(HeadModeError, match="encoder-only model has no head; pass --head-mode numpy"):
+        HeadStage(cut, "model")
+    with pytest.raises(ValueError, match="'graph'.*--head-mode"):  # the old name is gone, not aliased
+        HeadStage(fused, "graph")
 
 
 def test_set_head_refuses_other_encoder(tiny):

@@ -67,10 +67,10 @@ def run_with_swap(model, frames, watcher, at_frame, action, **kw):
     return records, outputs, summary
 
 
-@pytest.mark.parametrize("variant", ["graph/head_inputs", "numpy/encoder_only", "numpy/fused"])
+@pytest.mark.parametrize("variant", ["model/head_inputs", "numpy/encoder_only", "numpy/fused"])
 def test_postcard_swapped_exactly_at_a_frame_boundary(setup, tmp_path, variant):
     enc, head0, frames = setup["enc"], setup["head0"], setup["frames"]
-    if variant == "graph/head_inputs":
+    if variant == "model/head_inputs":
         model = load_model(setup["head_inputs"], "ort-cpu")
     elif variant == "numpy/encoder_only":
         model = load_model(setup["fused"], "ort-cpu", encoder_only=True)

@@ -315,7 +315,7 @@ def test_head_inputs_runs_as_encoder_only_plus_numpy_head_on_cuda_only():
     assert numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "numpy", OrtConfig(cuda_graph=True))
     assert numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "auto", {"cuda_graph": None})
     assert not numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "auto", OrtConfig(cuda_graph=False))
-    assert not numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "graph")  # asked for the head in the graph
+    assert not numpy_head_on_cuda_graph("ort-cuda", "head_inputs", "model")  # asked for the head in the model
     assert not numpy_head_on_cuda_graph("ort-cpu", "head_inputs", "auto")  # no CUDA graph on the CPU
     assert not numpy_head_on_cuda_graph("tensorrt", "head_inputs", "auto")
     assert not numpy_head_on_cuda_graph("ort-cuda", "fused", "auto")

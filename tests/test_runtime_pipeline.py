@@ -117,9 +117,9 @@ def test_latest_policy_drops_when_inference_is_slow(models):
     assert seen == sorted(seen) and len(seen) < 20 and seen[-1] >= 15  # fresh frames, not a backlog
 
 
-def test_swap_on_fused_graph_is_refused(models):
-    with pytest.raises(HeadModeError, match="head_inputs"):
-        run(load_model(models["fused"], "ort-cpu"), ArraySource(sim(2)), PipelineConfig(head_mode="graph"),
+def test_swap_on_fused_model_is_refused(models):
+    with pytest.raises(HeadModeError, match="cannot be swapped.*--mode head-inputs.*--head-mode numpy"):
+        run(load_model(models["fused"], "ort-cpu"), ArraySource(sim(2)), PipelineConfig(head_mode="model"),
             head=models["head"], out=None)
 
 

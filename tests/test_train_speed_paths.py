@@ -304,7 +304,7 @@ def test_train_throughput_script_reports_modes_attention_and_machine(tmp_path, m
     run_script("train_throughput", ["--device", "cpu", "--batch", "4", "--steps", "1", "--warmup", "1", "--modes",
                                     "eager", "--threads", "1", "--out", str(out)], monkeypatch)
     report = json.loads(out.read_text())
-    assert report["machine"]["cpu"] and report["machine"]["device"] == "cpu"
+    assert report["machine"]["cpu_model"] and report["machine"]["device"] == "cpu"
     rows = report["results"]
     assert [(r["mode"], r["fused_attn"], r["status"]) for r in rows] == [("eager", True, "ok"), ("eager", False, "ok")]
     assert all(r["step_ms_p50"] > 0 and r["images_per_s"] > 0 for r in rows)

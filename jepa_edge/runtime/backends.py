@@ -52,7 +52,7 @@ def load_model(
     ``config``: ``OrtConfig`` for the ``ort-*`` backends (IOBinding on by
     default, ``cuda_graph``, ``precision`` "fp32" = TF32 off), ``TrtConfig``
     for ``tensorrt`` (a dict is validated into the right one). ``encoder_only``
-    (ONNX Runtime) cuts the graph at ``z`` so the head can run unfused in numpy.
+    (ONNX Runtime) cuts the model at ``z`` so the head can run in numpy (head mode ``numpy``).
     A ``.onnx`` path with ``tensorrt`` loads the ``.engine`` beside it.
     """
     path = Path(path)

@@ -7,7 +7,8 @@ i.e. decode; ``infer`` is the model's whole ``infer()`` call, always); per
 frame: ``capture_age`` (from the frame read to the consumer taking it: time
 spent waiting in a read-ahead slot) and ``e2e`` (from the frame being in hand
 to outputs ready — a frame waiting for the rest of its batch counts, its
-decode does not: it is the ``read`` column).
+decode does not: it is the ``read`` column). ``fps`` is the e2e FPS: timed
+frames over the wall time of the whole loop (wait, read, preprocess, infer, head).
 
 Device stages come from the backend, only where it measured them
 (``model.last_stages`` after each ``infer``): ``h2d``, ``compute`` (GPU time
@@ -18,24 +19,31 @@ are never timed. p50/p90/p99/max and FPS per configuration.
 
 Each result records RSS at start/end and the latency drift (p50 of the first
 10% vs the last 10% of frames) and an RSS trace (20 points), which is what a
-soak run watches; the table's RSS Δ excludes the latency samples the benchmark
-itself keeps (8 bytes per stage per frame, ``samples_kb``). The report records
-the machine (CPU model, cores, GPU name and driver, ONNX Runtime build) and per
-result the backend, batch, precision and provider options.
+soak run watches; RSS Δ excludes the latency samples the benchmark itself
+keeps (8 bytes per stage per frame, ``samples_kb``). The report records the
+machine (``jepa_edge.machine``) and per result the backend, batch, threads,
+precision and provider options.
 
-Head modes: ``fused`` runs the head inside the graph (baked into a fused
-model, or set with ``set_head`` on a head_inputs one); ``unfused`` runs an
-encoder-only graph (ONNX cut at ``z``) and the head in numpy. PyTorch eager
-(or anything else) is measured through ``extra_backends``: name →
-callable(uint8 (B, H, W, 3)) → dict; the runtime itself never imports torch.
+Head modes (``--head-mode``): ``model`` runs the head inside the exported model
+(baked into a fused model, or set with ``set_head`` on a head_inputs one);
+``numpy`` runs an encoder-only model (ONNX cut at ``z``) and the head in numpy.
+PyTorch eager (or anything else) is measured through ``extra_backends``: name →
+callable(uint8 (B, H, W, 3)) → dict, timed with head mode "callable"; a callable
+that is also a context manager is entered around its timing (e.g. to hold its
+thread count) and may say its ``threads``. The runtime itself never imports torch.
+
+``bench_table`` is the summary (fits 100 columns), ``bench_detail`` the stage
+and stability tables, ``bench_notes`` one line per skipped or failed configuration.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -43,18 +51,24 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.artifacts import temp_path
+from jepa_edge.machine import machine_info
 from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig
 from jepa_edge.runtime.backends import available_backends, load_model
 from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
 from jepa_edge.runtime.headswap import HeadStage
-from jepa_edge.runtime.meta import BENCH_HEAD_MODES, ModelMeta
+from jepa_edge.runtime.meta import HEAD_MODES, ModelMeta
 from jepa_edge.runtime.pipeline import preprocess
 from jepa_edge.runtime.sources import open_source
-from jepa_edge.runtime.stats import StageTimes, drift, machine_info, rss_kb
+from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
 
 log = logging.getLogger(__name__)
-HEAD_MODES = tuple(BENCH_HEAD_MODES)  # "fused", "unfused" (runtime.meta)
+TIMED_HEAD_MODES = tuple(m for m in HEAD_MODES if m != "auto")  # "model", "numpy": the bench times both placements
+# Frames per batch the bench accepts. Before its first timed frame it decodes warmup × batch frames (20 × 1024 =
+# 20,480 at the CLI's defaults: tens of seconds), and one batch of 1024 224×224 frames is already 154 MB of uint8
+# input (617 MB as the model's float32), far past what an edge camera batches (TensorRT profiles default to max 8).
+MAX_BATCH = 1024
 DEVICE_STAGES = ("enqueue", "h2d", "compute", "d2h")  # keys of Model.last_stages the bench reports
 PER_FRAME = ("capture_age", "e2e")  # stages sampled per frame; the others per batch
 Infer = Callable[[np.ndarray], dict]
@@ -65,24 +79,31 @@ Stages = Callable[[], dict]  # returns the model's last_stages (ms) after an inf
 class BenchConfig:
     warmup: int = 10  # untimed batches per configuration (allocations, EP graph capture, caches)
     n_frames: int = 200  # timed frames per configuration
-    batch_sizes: tuple[int, ...] = (1, 8)
-    head_modes: tuple[str, ...] = HEAD_MODES  # "fused" and/or "unfused"
+    batch_sizes: tuple[int, ...] = (1, 8)  # each at most MAX_BATCH
+    head_modes: tuple[str, ...] = TIMED_HEAD_MODES  # "model" and/or "numpy"
     backends: tuple[str, ...] = ()  # () = every backend available on this machine
     realtime: bool = False  # pace the source at its fps (then frames are dropped if inference is slow)
-    intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
+    # intra-op threads of every backend that has them: ONNX Runtime here; an extra backend (torch eager) is built
+    # with the same number by its caller. 0 = each one's default. TensorRT has none (its work is on the GPU).
+    threads: int = 0
     decode_threads: int = 0  # FFmpeg decoder threads for a video source (0 = FFmpeg's default)
     head_width: int = 8  # rows of the synthetic head when the model has none to copy
     # ort-cuda CUDA graphs per batch size (OrtConfig.cuda_graph): None = auto (fused / encoder-only graphs), True, False
     cuda_graph: bool | None = None
 
     def validate(self) -> None:
-        bad = set(self.head_modes) - set(HEAD_MODES)
-        if bad:
-            raise ValueError(f"BenchConfig.head_modes has {sorted(bad)}; choose from {HEAD_MODES}")
-        if self.decode_threads < 0:
-            raise ValueError("BenchConfig.decode_threads must be >= 0 (0 = FFmpeg's default)")
+        bad = sorted(set(self.head_modes) - set(TIMED_HEAD_MODES))
+        if bad or not self.head_modes:
+            raise ValueError(f"head mode {', '.join(map(repr, bad)) or 'missing'}: the bench times "
+                             f"{' and/or '.join(TIMED_HEAD_MODES)} (--head-mode, repeat)")
+        if self.decode_threads < 0 or self.threads < 0:
+            raise ValueError("threads and decode threads must be >= 0 (0 = the library's default)")
         if self.n_frames < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError("BenchConfig: need n_frames >= 1, warmup >= 0 and batch sizes >= 1")
+            raise ValueError("the bench needs --frames >= 1, --warmup >= 0 and each --batch-size >= 1")
+        if max(self.batch_sizes) > MAX_BATCH:
+            raise ValueError(f"--batch-size {max(self.batch_sizes)} is over the bench's cap of {MAX_BATCH} frames "
+                             "per batch (the warm-up alone decodes --warmup × batch frames first, and no edge model "
+                             "batches that many); use a smaller --batch-size")
 
 
 def synthetic_head(meta: ModelMeta, width: int = 8, seed: int = 0) -> Any:
@@ -182,37 +203,83 @@ def _model_settings(model: Any) -> dict[str, Any]:
 
 def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
                 source: str) -> list[dict[str, Any]]:
+    """Every head mode × batch size of one model on one backend; an unavailable backend is "skipped", a model that
+    cannot run as asked is an "error" (both with their reason)."""
     results = []
     for mode in cfg.head_modes:
-        encoder_only = mode == "unfused" and backend in ORT_BACKENDS
-        graph = cfg.cuda_graph if backend == "ort-cuda" else None  # asked of ort-cuda; quietly off elsewhere
-        ort_cfg = OrtConfig(intra_op_threads=cfg.intra_op_threads, cuda_graph=graph) if backend in ORT_BACKENDS else None
+        encoder_only = mode == "numpy" and backend in ORT_BACKENDS
+        cuda_graph = cfg.cuda_graph if backend == "ort-cuda" else None  # asked of ort-cuda; quietly off elsewhere
+        ort_cfg = OrtConfig(intra_op_threads=cfg.threads, cuda_graph=cuda_graph) if backend in ORT_BACKENDS else None
         base = {"model": str(path), "backend": backend, "head_mode": mode}
         try:
             model = load_model(path, backend, ort_cfg, encoder_only=encoder_only)
-        except (BackendUnavailableError, RuntimeModelError, FileNotFoundError) as exc:
+        except BackendUnavailableError as exc:
             results.append({**base, "status": "skipped", "reason": str(exc)})
+            continue
+        except (RuntimeModelError, FileNotFoundError) as exc:
+            results.append({**base, "status": "error", "reason": str(exc)})
             continue
         with model:
             h = head or synthetic_head(model.meta, cfg.head_width)
-            if mode == "unfused":
+            if mode == "numpy":
                 stage = HeadStage(model, "numpy", h)
             elif model.meta.mode == "head_inputs":
-                stage = HeadStage(model, "graph", h)
+                stage = HeadStage(model, "model", h)
             else:
-                stage = HeadStage(model, "graph")  # the head baked into the fused graph
-            graph = "encoder-only" if encoder_only else f"{model.meta.mode}"
+                stage = HeadStage(model, "model")  # the head baked into the fused model
+            kind = "encoder-only" if encoder_only else f"{model.meta.mode}"
             stages = partial(getattr, model, "last_stages")  # read after every infer (backends may rebind it)
+            threads = cfg.threads if backend in ORT_BACKENDS else None  # TensorRT: no CPU threads to set
             for batch in cfg.batch_sizes:
                 try:
                     r = _measure(model.infer, stage, model.meta.input_size, source, batch, cfg, stages)
                 except ValueError as exc:  # e.g. batch above a TensorRT profile's maximum
                     results.append({**base, "batch": batch, "status": "skipped", "reason": str(exc)})
                     continue
-                results.append({**base, "batch": batch, "graph": graph, "head_width": h.width,
-                                "input_size": list(model.meta.input_size), **_model_settings(model),
-                                "status": "ok", **r})
+                results.append({**base, "batch": batch, "graph": kind, "head_width": h.width,
+                                "input_size": list(model.meta.input_size), "threads": threads,
+                                **_model_settings(model), "status": "ok", **r})
     return results
+
+
+def _extra_runs(name: str, fn: Infer, size: tuple[int, int] | None, source: str,
+                cfg: BenchConfig) -> list[dict[str, Any]]:
+    """An extra backend (e.g. PyTorch eager) at every batch size; entered as a context manager when it is one."""
+    results = []
+    with fn if isinstance(fn, AbstractContextManager) else nullcontext():
+        threads = getattr(fn, "threads", None)  # what it runs with, where it says (inside its context)
+        for batch in cfg.batch_sizes:
+            r = _measure(fn, lambda raw: raw, size, source, batch, cfg)
+            results.append({"model": name, "backend": name, "head_mode": "callable", "batch": batch,
+                            "graph": "callable", "threads": threads, "status": "ok", **r})
+    return results
+
+
+def check_report_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before anything is measured, a report path that could not be written (``--out``).
+
+    It must end in .json, sit in an existing folder this process can create files in (tried with a
+    temporary file), and not exist unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.suffix != ".json":
+        raise ValueError(f"--out {path}: the report is JSON; name it *.json")
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; name a .json file inside it")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--out {path} exists; pass --overwrite to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--out {path}: folder {folder} does not exist; create it first")
+    probe = temp_path(path)  # the sibling the report is written through (artifacts.atomic_write_text)
+    try:
+        with open(probe, "x"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"--out {path}: cannot write in {folder} ({exc.strerror}); "
+                              "pick a writable folder") from None
+    probe.unlink()
+    return path
 
 
 def benchmark(
@@ -233,6 +300,7 @@ def benchmark(
     cfg = config or BenchConfig()
     cfg.validate()
     paths = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
+    machine = machine_info()  # before the runs: the load average says how busy the machine was going in
     results: list[dict[str, Any]] = []
     sizes: list[tuple[int, int]] = []
     for path in paths:
@@ -242,54 +310,108 @@ def benchmark(
             results += runs
             sizes += [tuple(r["input_size"]) for r in runs if "input_size" in r]
     for name, fn in (extra_backends or {}).items():
-        size = extra_input_size or (sizes[0] if sizes else None)
-        for batch in cfg.batch_sizes:
-            r = _measure(fn, lambda raw: raw, size, source, batch, cfg)
-            results.append({"model": name, "backend": name, "head_mode": "callable", "batch": batch,
-                            "graph": "callable", "status": "ok", **r})
+        results += _extra_runs(name, fn, extra_input_size or (sizes[0] if sizes else None), source, cfg)
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "source": source,
         "config": asdict(cfg),
         "results": results,
     }
 
 
-def bench_table(report: dict[str, Any]) -> Any:
-    """A rich Table of a ``benchmark`` report (stage times p50 per batch; age and e2e per frame).
+# ---- rendering ------------------------------------------------------------------------------
+_DEVICE_LABELS = {"enqueue": "enqueue", "h2d": "H2D", "compute": "compute", "d2h": "D2H"}
+CUDA_GRAPH_MARK = "*"  # after the backend: the timed runs replayed a captured CUDA graph
 
-    Device columns (enqueue, H2D, compute — GPU events or the host-timed run call —, D2H) appear only when some backend measured them.
-    """
+
+def _ms(value: float | None) -> str:
+    """A latency in ms in at most 7 characters (3 decimals below 10 ms, 1 below 1 s, whole above)."""
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
+def _ok(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in report["results"] if r["status"] == "ok"]
+
+
+def _name(r: dict[str, Any]) -> str:
+    return Path(r["model"]).name
+
+
+def _backend(r: dict[str, Any]) -> str:
+    return r["backend"] + (CUDA_GRAPH_MARK if str(r.get("cuda_graph") or "").startswith("on") else "")
+
+
+def _table(title: str | None, cols: Sequence[str], caption: str | None = None) -> Any:
+    """A compact table: no outer edge, numbers right-aligned, long names folded onto a second line (never cut)."""
+    from rich import box
     from rich.table import Table
 
-    ok = [r for r in report["results"] if r["status"] == "ok"]
-    device = [k for k in DEVICE_STAGES if any(k in r.get("device_stages", ()) for r in ok)]
-    stage_cols = [("read", "read ms"), ("preprocess", "prep ms"), ("infer", "infer ms"),
-                  *((k, f"{_DEVICE_LABELS[k]} ms") for k in device), ("head", "head ms")]
-    cols = ["model", "backend", "head", "batch", "age ms", *(label for _, label in stage_cols),
-            "e2e mean", "p50", "p90", "p99", "max", "FPS", "dropped", "drift", "RSS Δ MB"]
-    table = Table(title=f"jepa-edge runtime benchmark — {report['source']}")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True, title_justify="left", caption_justify="left")
     for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "backend", "head") else "right")
-    for r in report["results"]:
-        name = Path(r["model"]).name
-        if r["status"] != "ok":
-            table.add_row(name, r["backend"], r["head_mode"], str(r.get("batch", "")),
-                          f"[dim]skipped: {r['reason'][:70]}[/dim]", *[""] * (len(cols) - 5))
-            continue
-        st, e = r["stages_ms_per_batch"], r["e2e_ms"]
-        rss = float("nan")
-        if r["rss_start_kb"] is not None:
-            rss = (r["rss_end_kb"] - r["rss_start_kb"] - r.get("samples_kb", 0)) / 1024
-        age = r.get("capture_age_ms", {}).get("p50_ms", float("nan"))
-        backend = r["backend"] + (" +graph" if str(r.get("cuda_graph") or "").startswith("on") else "")
-        table.add_row(
-            name, backend, r["head_mode"], str(r["batch"]), f"{age:.3f}",
-            *(f"{st[k]['p50_ms']:.3f}" if k in st else "–" for k, _ in stage_cols),
-            *(f"{e[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
-            f"{r['fps']:.1f}", str(r["dropped"]), f"{r['drift'].get('ratio', float('nan')):.2f}", f"{rss:+.1f}",
-        )
+        left = col in ("model", "backend", "head")
+        table.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     return table
 
 
-_DEVICE_LABELS = {"enqueue": "enqueue", "h2d": "H2D", "compute": "compute", "d2h": "D2H"}
+def bench_table(report: dict[str, Any]) -> Any:
+    """The summary of a ``benchmark`` report, one row per measured configuration (fits 100 columns).
+
+    ``#`` numbers the rows for ``bench_detail``; times are ms, latency per frame (e2e) and per batch (infer);
+    skipped and failed configurations are not rows: see ``bench_notes``.
+    """
+    caption = ("times in ms; e2e: frame in hand → outputs ready; infer: the model's call per batch; e2e FPS: timed "
+               "frames / wall time of the whole loop" + (f"; {CUDA_GRAPH_MARK} replays a CUDA graph"
+                                                         if any(_backend(r) != r["backend"] for r in _ok(report))
+                                                         else ""))
+    table = _table(f"jepa-edge bench — {report['source']}",
+                   ("#", "model", "backend", "head", "batch", "e2e p50", "e2e p99", "infer p50", "e2e FPS", "drops"),
+                   caption)
+    for i, r in enumerate(_ok(report), 1):
+        e = r["e2e_ms"]
+        infer = r["stages_ms_per_batch"].get("infer", {}).get("p50_ms")
+        table.add_row(str(i), _name(r), _backend(r), r["head_mode"], str(r["batch"]), _ms(e["p50_ms"]),
+                      _ms(e["p99_ms"]), _ms(infer), f"{r['fps']:.1f}", str(r["dropped"]))
+    return table
+
+
+def bench_detail(report: dict[str, Any]) -> list[Any]:
+    """Two tables keyed by the summary's ``#``: stage p50s per batch, then e2e spread, drift and memory.
+
+    Device columns (enqueue, H2D, compute — GPU events or the host-timed run call —, D2H) appear only when
+    some backend measured them.
+    """
+    ok = _ok(report)
+    device = [k for k in DEVICE_STAGES if any(k in r.get("device_stages", ()) for r in ok)]
+    stage_cols = [("wait", "wait"), ("read", "read"), ("preprocess", "prep"), ("infer", "infer"),
+                  *((k, _DEVICE_LABELS[k]) for k in device), ("head", "head")]
+    stages = _table("stages, p50 ms per batch (age: per frame)", ("#", "age", *(label for _, label in stage_cols)))
+    spread = _table("e2e ms per frame, drift and memory",
+                    ("#", "mean", "p50", "p90", "p99", "max", "threads", "drift", "RSS Δ MB"),
+                    "drift: p50 of the last 10% of frames / the first 10%; RSS Δ: without the bench's own samples")
+    for i, r in enumerate(ok, 1):
+        st, e = r["stages_ms_per_batch"], r["e2e_ms"]
+        stages.add_row(str(i), _ms(r.get("capture_age_ms", {}).get("p50_ms")),
+                       *(_ms(st[k]["p50_ms"]) if k in st else "–" for k, _ in stage_cols))
+        rss = None
+        if r.get("rss_start_kb") is not None and r.get("rss_end_kb") is not None:
+            rss = (r["rss_end_kb"] - r["rss_start_kb"] - r.get("samples_kb", 0)) / 1024
+        threads = r.get("threads")
+        spread.add_row(str(i), *(_ms(e[k]) for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")),
+                       "–" if threads is None else str(threads or "default"),
+                       f"{r['drift'].get('ratio', float('nan')):.2f}", "–" if rss is None else f"{rss:+.1f}")
+    return [stages, spread]
+
+
+def bench_notes(report: dict[str, Any]) -> list[str]:
+    """One line per skipped backend or failed model (identical reasons merged), for stderr, not the table."""
+    merged: dict[tuple[str, str, str], list[str]] = {}
+    for r in report["results"]:
+        if r["status"] != "ok":
+            names = merged.setdefault((r["status"], r["backend"], " ".join(r.get("reason", "?").split())), [])
+            if _name(r) not in names:
+                names.append(_name(r))
+    return [f"{status} {backend} ({', '.join(names)}): {reason}"
+            for (status, backend, reason), names in merged.items()]

@@ -210,27 +210,27 @@ class HeadWatcher(RefusesHeads):
 
 
 class HeadStage:
-    """The head after the encoder: inside the graph (``graph``) or on ``z`` in numpy (``numpy``).
+    """The head after the encoder: inside the exported model (``model``) or on ``z`` in numpy (``numpy``).
 
-    ``auto``: a head_inputs model runs its head in the graph; an encoder-only
-    graph runs it in numpy; a fused model keeps its baked-in head unless a
-    head is given or swappable=True, in which case numpy (fused graphs cannot swap).
+    ``auto``: a head_inputs model runs its head in the model; an encoder-only
+    model runs it in numpy; a fused model keeps its baked-in head unless a
+    head is given or swappable=True, in which case numpy (fused models cannot swap).
     """
 
     def __init__(self, model: Model, mode: str = "auto", head: FusedHead | None = None,
                  swappable: bool = False) -> None:
         if mode not in HEAD_MODES:
-            raise ValueError(f"head mode {mode!r}; choose one of {HEAD_MODES}")
+            raise ValueError(f"head mode {mode!r}; choose one of {HEAD_MODES} (--head-mode)")
         kind = model.meta.mode
         if mode == "auto":
             if kind == "head_inputs":
-                mode = "graph"
+                mode = "model"
             elif kind == "encoder_only" or head is not None or swappable:
                 mode = "numpy"
             else:
-                mode = "graph"
-        if mode == "graph" and kind == "encoder_only":
-            raise HeadModeError(f"{model.path}: an encoder-only graph has no head; use head_mode='numpy'")
+                mode = "model"
+        if mode == "model" and kind == "encoder_only":
+            raise HeadModeError(f"{model.path}: an encoder-only model has no head; pass --head-mode numpy")
         self.model, self.mode = model, mode
         self.head: FusedHead | None = None
         self.version = 0  # increments at each swap; logged with every frame
@@ -240,7 +240,7 @@ class HeadStage:
     def swap(self, head: FusedHead) -> None:
         """Install ``head`` for the next frame (call between frames)."""
         meta = self.model.meta
-        if self.mode == "graph":
+        if self.mode == "model":
             self.model.set_head(head)  # checks mode, dim and fingerprint
         elif head.encoder_fingerprint != meta.agent_fingerprint or head.latent_dim != meta.latent_dim:
             raise RuntimeModelError(
@@ -251,7 +251,7 @@ class HeadStage:
         self.version += 1
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.mode == "graph":
+        if self.mode == "model":
             return outputs
         z = outputs["z"]
         if self.head is None:

@@ -21,11 +21,9 @@ METADATA_KEY = "jepa_edge"  # the ONNX metadata_props entry holding the JSON bel
 # (exported so, or a fused/head_inputs graph cut at `z` by the runtime)
 MODES = ("fused", "head_inputs", "encoder_only")
 
-# Where the head runs after the encoder (HeadStage, PipelineConfig.head_mode): in the graph, or on z in numpy.
-HEAD_MODES = ("auto", "graph", "numpy")
-# The bench compares the two placements under its own names: fused = head in the graph, unfused = numpy on
-# an encoder-only cut (the JSON reports keep these names).
-BENCH_HEAD_MODES = {"fused": "graph", "unfused": "numpy"}
+# Where the head runs after the encoder (HeadStage, PipelineConfig.head_mode, `--head-mode`): "model" = inside
+# the exported model (baked in, or set as head inputs), "numpy" = on z after the encoder; "auto" picks one.
+HEAD_MODES = ("auto", "model", "numpy")
 
 
 def unknown_mode(mode: str) -> str:

@@ -134,7 +134,7 @@ class Model(ABC):
         if self.meta.mode != "head_inputs":
             raise HeadModeError(
                 f"{self.path}: this model was exported in {self.meta.mode!r} mode, its head cannot be swapped; "
-                "re-export with `jepa-edge export --mode head_inputs`, or run the head in numpy (head_mode='numpy')"
+                "re-export with `jepa-edge export --mode head-inputs`, or run the head in numpy: pass --head-mode numpy"
             )
         if head.latent_dim != self.meta.latent_dim or head.weight.shape[1:] != (self.meta.latent_dim,):
             raise RuntimeModelError(

@@ -48,7 +48,7 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int])
 @dataclass
 class PipelineConfig:
     max_frames: int = 0  # stop after this many processed frames; 0 = until the source ends or stop
-    head_mode: str = "auto"  # "graph" (head in the model) | "numpy" (z → FusedHead.apply) | "auto"
+    head_mode: str = "auto"  # "model" (head in the exported model) | "numpy" (z → FusedHead.apply) | "auto"
     emit_latent: bool = False  # include `z` in the JSON lines (large: D floats per frame)
     video_out: str = ""  # annotated video path (.mp4 / .avi); "" = none
     video_fps: float = 0.0  # annotated video rate; 0 = the source's fps (30 for live sources)
@@ -61,7 +61,7 @@ class PipelineConfig:
         if self.max_frames < 0:
             raise ValueError(f"max_frames={self.max_frames}; use 0 (until the source ends) or a positive count")
         if self.head_mode not in HEAD_MODES:
-            raise ValueError(f"head mode {self.head_mode!r}; choose one of {HEAD_MODES}")
+            raise ValueError(f"head mode {self.head_mode!r}; choose one of {HEAD_MODES} (--head-mode)")
         if self.video_out and Path(self.video_out).suffix.lower() not in FOURCC:
             raise ValueError(f"{self.video_out}: annotated video must be one of {sorted(FOURCC)} (by file suffix)")
         if self.video_fps < 0 or self.annotate_size < 16 or self.get_timeout_s <= 0:

@@ -1,26 +1,19 @@
-"""Latency statistics, memory readings, drift and the machine a benchmark ran on (numpy only).
+"""Latency statistics, memory readings and drift (numpy only).
 
 Samples are kept exactly (an ``array('d')`` grows in O(1) per append, 8 bytes
 per sample: a day at 30 FPS is ~20 MB), so percentiles are exact, not
-histogram estimates. ``machine_info`` records what a number means: CPU model
-and cores, GPU name and driver (``nvidia-smi``, "none" without one) and the
-ONNX Runtime build.
+histogram estimates. The machine a benchmark ran on is ``jepa_edge.machine``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import shutil
-import subprocess
 import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -133,73 +126,3 @@ class StageTimes:
 
     def summary(self) -> dict[str, LatencySummary]:
         return {name: summarize(self.samples(name)) for name in self._samples}
-
-
-# ---- the machine a benchmark ran on -------------------------------------------------------
-def cpu_model(cpuinfo_path: str | Path = "/proc/cpuinfo") -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``; Jetson kernels may lack it: then the architecture)."""
-    try:
-        text = Path(cpuinfo_path).read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-            return value.strip()
-    return platform.processor() or platform.machine()
-
-
-def gpu_info(smi: str = "nvidia-smi", timeout_s: float = 10.0) -> list[dict[str, Any]] | str:
-    """GPUs as ``nvidia-smi`` reports them (name, driver, memory), or "none" where it is absent or fails."""
-    exe = shutil.which(smi)
-    if exe is None:
-        return "none"
-    query = ["--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
-    try:
-        p = subprocess.run([exe, *query], capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "none"
-    gpus = []
-    for line in p.stdout.splitlines() if p.returncode == 0 else []:
-        fields = [f.strip() for f in line.split(",")]  # "NVIDIA H100 80GB HBM3, 580.65.06, 81559"
-        if len(fields) == 3 and fields[0]:
-            mem = int(fields[2]) if fields[2].isdigit() else None
-            gpus.append({"name": fields[0], "driver": fields[1], "memory_mib": mem})
-    return gpus or "none"
-
-
-def onnxruntime_info() -> dict[str, Any]:
-    """ONNX Runtime version, providers, and which of its pip builds are installed (two builds clash)."""
-    from importlib import metadata
-
-    dists = {}
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            dists[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            dists[name] = None
-    info: dict[str, Any] = {"version": "none", "providers": [], "distributions": dists}
-    if all(dists.values()):
-        info["warning"] = ("onnxruntime and onnxruntime-gpu are both installed and overwrite each other; "
-                           "`pip uninstall -y onnxruntime onnxruntime-gpu`, then install one of them")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return info
-    info.update(version=ort.__version__, providers=list(ort.get_available_providers()))
-    return info
-
-
-def machine_info() -> dict[str, Any]:
-    """What a benchmark number depends on: OS, Python, CPU model and cores, GPUs, ONNX Runtime build."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": usable,  # this process's CPU affinity (a container or taskset may allow fewer)
-        "gpu": gpu_info(),
-        "onnxruntime": onnxruntime_info(),
-    }
