@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jepa_edge.artifacts import read_json_capped
+from jepa_edge.artifacts import jsonable, read_json_capped
 
 KINDS = ("postcard", "probe", "run", "recording", "onnx", "engine")
 
@@ -24,6 +24,8 @@ def _agent(a: dict[str, Any]) -> str:
 def kind_of(path: Path) -> str:
     """Which kind ``path`` is, from its name and (for folders) what it holds."""
     name = path.name.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
         if (path / "meta.json").is_file() and (path / "encoder.safetensors").exists():
             return "run"
@@ -39,8 +41,6 @@ def kind_of(path: Path) -> str:
         return "engine"
     elif name.endswith(".mcap"):
         return "recording"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder; check the path")
     raise ValueError(f"{path}: not a file jepa-edge describes; pass a *.postcard.safetensors, *.probe.safetensors, "
                      "run folder, recording (folder, bag or .mcap), .onnx model or .engine")
 
@@ -55,16 +55,16 @@ def _postcard(path: Path) -> dict[str, Any]:
     from jepa_edge.calib import load_postcard
 
     pc = load_postcard(path)
-    return {"name": pc.name, "from": pc.source, "to": pc.target, "W_shape": list(pc.weight.shape),
-            "estimator": pc.estimator, "anchors": pc.n_anchors, "metrics": pc.metrics}
+    return {"name": pc.name, "from": jsonable(pc.source), "to": jsonable(pc.target), "W_shape": list(pc.weight.shape),
+            "estimator": pc.estimator, "anchors": pc.n_anchors, "metrics": jsonable(pc.metrics)}
 
 
 def _probe(path: Path) -> dict[str, Any]:
     from jepa_edge.calib import load_probe
 
     p = load_probe(path)
-    return {"name": p.name, "task": p.task, "agent": p.agent, "outputs": list(p.labels),
-            "weight_shape": list(p.weight.shape), "metrics": p.metrics}
+    return {"name": p.name, "task": p.task, "agent": jsonable(p.agent), "outputs": list(p.labels),
+            "weight_shape": list(p.weight.shape), "metrics": jsonable(p.metrics)}
 
 
 def _run(path: Path) -> dict[str, Any]:

@@ -711,11 +711,11 @@ def test_export_without_a_head_writes_the_encoder_only_model_and_run_says_how_to
 
 def test_export_refuses_then_overwrites_with_the_flag(world, tmp_path):
     out = tmp_path / "m.onnx"
-    assert_ok(cli("export", world.run_b, "--probe", world.probes["danger"], "--out", out))
+    assert_ok(cli("export", world.run_a, "--probe", world.probes["danger"], "--out", out))
     before = out.read_bytes()
-    assert "--overwrite" in error_line(cli("export", world.run_b, "--out", out))
+    assert "--overwrite" in error_line(cli("export", world.run_a, "--out", out))
     assert out.read_bytes() == before
-    assert_ok(cli("export", world.run_b, "--out", out, "--overwrite"))
+    assert_ok(cli("export", world.run_a, "--out", out, "--overwrite"))
     assert json.loads(cli("inspect", out, "--json").stdout)["mode"] == "encoder-only"
 
 

@@ -93,13 +93,13 @@ class EdgeModel(nn.Module):
             raise EdgeModelError(
                 f"mode {mode!r} bakes no head into the model "
                 f"({'it is fed at run time' if mode == 'head_inputs' else 'z only'}); "
-                "pass head=None, or use mode='fused'"
+                "export without a head, or use --mode fused"
             )
         if mode == "fused":
             if head is None or head.width == 0:
                 raise EdgeModelError(
                     "mode 'fused' needs a head with at least one output (a postcard and/or probes); "
-                    "export with mode='encoder_only' for the encoder alone, or mode='head_inputs' to feed the head at run time"
+                    "export with --mode encoder-only for the encoder alone, or --mode head-inputs to feed the head at run time"
                 )
             if head.weight.shape != (head.width, latent_dim) or head.latent_dim != latent_dim:
                 raise EdgeModelError(

@@ -289,7 +289,7 @@ def export_onnx(
     if mode not in MODES:
         raise ExportError(unknown_mode(mode))
     if mode == "encoder_only" and head is not None:
-        raise ExportError("mode 'encoder_only' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+        raise ExportError("--mode encoder-only exports the encoder alone; drop --postcard/--probe or use --mode fused")
     agent = _agent_meta(meta)
     actual = encoder_fingerprint(encoder)
     if actual != agent["fingerprint"]:
@@ -455,10 +455,10 @@ def export_agent(
         raise ExportError(unknown_mode(mode))
     has_head = postcard_path is not None or bool(probe_paths)
     if mode == "fused" and not has_head:
-        raise ExportError("mode 'fused' needs a postcard and/or probes to fuse; pass them, or use mode='encoder_only' "
-                          "(frames → z) or mode='head_inputs' (head fed at run time)")
+        raise ExportError("--mode fused needs a postcard and/or probes to fuse; pass --postcard/--probe, or use --mode encoder-only "
+                          "(frames → z) or --mode head-inputs (head fed at run time)")
     if mode == "encoder_only" and has_head:
-        raise ExportError("mode 'encoder_only' exports the encoder alone; drop the postcard/probes or use mode='fused'")
+        raise ExportError("--mode encoder-only exports the encoder alone; drop --postcard/--probe or use --mode fused")
     encoder, meta = load_agent(run_dir, fused_attn=fused_attn)
     fingerprint, latent_dim = str(meta["fingerprint"]), int(encoder.cfg.latent_dim)
     postcard = None

@@ -232,7 +232,7 @@ def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[A
     if want not in have:
         raise BackendUnavailableError(
             f"backend {backend!r} needs ONNX Runtime's {want}, but this onnxruntime only has {have}; "
-            f"{GPU_INSTALL_HINT}, or use backend='ort-cpu'"
+            f"{GPU_INSTALL_HINT}, or use --backend ort-cpu"
         )
     if backend != "ort-cpu":
         preload_cuda_libs(ort)
@@ -458,7 +458,7 @@ class OrtModel(Model):
             raise BackendUnavailableError(
                 f"{path}: ONNX Runtime dropped {wanted} while building the session (active: {sess.get_providers()}); "
                 f"check the CUDA / cuDNN / TensorRT libraries match your onnxruntime-gpu build, {GPU_INSTALL_HINT}, "
-                "or use backend='ort-cpu'"
+                "or use --backend ort-cpu"
             )
         return sess
 

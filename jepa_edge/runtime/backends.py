@@ -66,7 +66,7 @@ def load_model(
         return TrtModel(engine, _config(TrtConfig, config, backend))
     if path.suffix == ".engine":
         raise ValueError(f"{path}: ONNX Runtime backends load the .onnx file, not a TensorRT engine; "
-                         "pass the .onnx or use backend='tensorrt'")
+                         "pass the .onnx, or use --backend tensorrt")
     return OrtModel(path, backend, _config(OrtConfig, config, backend), encoder_only=encoder_only)
 
 

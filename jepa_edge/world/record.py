@@ -173,7 +173,7 @@ def write_recording(
         world_config.validate()
     meta_path = out / RECORDING_JSON
     if meta_path.exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a recording; pass overwrite=True or choose another folder")
+        raise FileExistsError(f"{out} already holds a recording; pass --overwrite or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # a crash below must not leave a stale "complete" marker
 
