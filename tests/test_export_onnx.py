@@ -381,14 +381,16 @@ def test_export_leaves_the_callers_encoder_untouched(agents, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
 
 
-def test_cli_accepts_the_old_bare_mode_with_a_one_line_hint(run, tmp_path):
+def test_cli_export_without_a_head_is_encoder_only_and_says_so(run, tmp_path):
     from typer.testing import CliRunner
 
     from jepa_edge.cli import app
 
     out = tmp_path / "enc.onnx"
-    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--mode", "bare"])
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "--mode bare is now --mode encoder_only" in res.output and "Traceback" not in res.output
+    assert "(encoder only: frames → z" in res.output and "Traceback" not in res.output
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["jepa_edge"])
     assert meta["mode"] == "encoder_only"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "b.onnx"), "--mode", "bare"])
+    assert res.exit_code == 2 and "--mode 'bare'" in res.output and "encoder-only" in res.output

@@ -314,14 +314,14 @@ def test_cli_export_static_batch_fused_prints_node_counts(run_dir, tmp_path):
     from jepa_edge.cli import app
 
     out = tmp_path / "m.onnx"
-    r = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--mode", "encoder_only", "--batch", "2",
+    r = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--mode", "encoder-only", "--batch-size", "2",
                                  "--optimize", "--fuse-transformer"])
     assert r.exit_code == 0, r.output
-    line = [ln for ln in r.output.splitlines() if ln.startswith("model nodes (batch 2):")]
+    line = [ln for ln in r.output.splitlines() if ln.startswith("model nodes (batch size 2):")]
     assert len(line) == 1 and "original" in line[0] and "transformer_fusion" in line[0], r.output
     meta = read_metadata(out)
     assert meta["graph"]["batch"] == 2 and meta["graph"]["contrib_ops"]
-    r = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "t.onnx"), "--mode", "encoder_only",
+    r = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "t.onnx"), "--mode", "encoder-only",
                                  "--trt", "--fuse-transformer"])
     assert r.exit_code == 2 and "TensorRT cannot parse" in " ".join(r.output.split())
 

@@ -102,7 +102,7 @@ def test_resize_on_load(mjpg_rec):
 
 def test_overwrite_refused_and_no_temp_files_left(tmp_path, states):
     out = write_recording(tmp_path / "r", states, ["top"], size=SIZE, codec="MJPG")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         write_recording(out, states, ["top"], size=SIZE)
     write_recording(out, states, ["oblique"], size=SIZE, overwrite=True)
     assert load_recording(out).views == ["oblique"]
