@@ -810,13 +810,17 @@ def fleet_run(
     serve: Annotated[str | None, typer.Option(
         help="Serve a live page (stream, outputs, latency, the fleet) at HOST:PORT.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --jsonl / --events / --record files.")] = False,
+    append: Annotated[bool, typer.Option(help="Add to existing --jsonl / --events files (the same robot, "
+                                         "restarted).")] = False,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
     from jepa_edge.config import deep_merge, from_dict
     from jepa_edge.fleet.app import run_fleet
     from jepa_edge.fleet.node import FleetConfig
 
-    refuse_existing(jsonl, events, record, overwrite=overwrite)
+    if append and overwrite:
+        raise ValueError("--append adds to the logs and --overwrite replaces them: pass one of them")
+    refuse_existing(*(() if append else (jsonl, events)), record, overwrite=overwrite)
     given = {"fleet": name, "agent": agent, "follow": follow, "n_anchors": anchors, "fps": fps,
              "key": None if key is None else str(key),
              "trusted_keys": None if trusted_keys is None else str(trusted_keys)}
@@ -827,7 +831,8 @@ def fleet_run(
         over["transport"] = {k: v for k, v in transport.items() if v is not None}
     cfg = from_dict(FleetConfig, deep_merge(_load_json_arg(config), over))
     summary = run_fleet(model, source, cfg, probe, backend=backend, max_frames=frames, jsonl=jsonl,
-                        events=events, record=record, serve=serve, overwrite=overwrite, on_url=_say_url)
+                        events=events, record=record, serve=serve, overwrite=overwrite, on_url=_say_url,
+                        append=append)
     console.print_json(json.dumps(summary, default=str))
 
 

@@ -205,3 +205,22 @@ def tiny_models(folder: str | Path, enc_seed: int = 0, frames_seed: int = 1) -> 
         "head_inputs": make_model(folder / "head_inputs.onnx", enc, "head_inputs"),
         "frames": np.random.default_rng(frames_seed).integers(0, 256, (5, 16, 12, 3), dtype=np.uint8),
     }
+
+
+def grouped(named: dict) -> dict[str, list]:
+    """A JSON line's named outputs (``position.obj0.x`` → v) grouped back per output, columns in order."""
+    out: dict[str, list] = {}
+    for key, value in named.items():
+        if isinstance(value, list):  # a latent (z, z_mapped) stays a vector
+            out[key] = value
+        else:
+            out.setdefault(key.split(".", 1)[0], []).append(value)
+    return out
+
+
+def expected_named(head: FusedHead, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a JSON line should hold per output for ``head.split(...)`` values: probabilities for classification."""
+    from jepa_edge.runtime.outputs import softmax
+
+    kinds = {o.name: o.kind for o in head.outputs}
+    return {k: softmax(v[0]) if kinds.get(k) == "classification" else v[0] for k, v in values.items()}

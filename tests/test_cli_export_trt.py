@@ -39,20 +39,16 @@ def one_line_error(result, *needles: str) -> None:
         assert needle in out, out
 
 
-@pytest.mark.parametrize("old, value, new", [("--calib-source", "sim", "--int8-source"),
-                                             ("--calib-view", "top", "--int8-source sim:VIEW"),
-                                             ("--calib-frames", "64", "--int8-frames")])
-def test_renamed_int8_options_give_a_one_line_hint(run_dir, tmp_path, old, value, new):
-    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), old, value)
-    one_line_error(result, f"{old} was renamed to {new}")
-    assert list(tmp_path.iterdir()) == []
-    assert old not in CliRunner().invoke(app, ["export", "--help"]).output  # hidden
+@pytest.mark.parametrize("old", ["--calib-source", "--calib-view", "--calib-frames"])
+def test_old_int8_option_names_are_gone(run_dir, tmp_path, old):
+    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), old, "1")
+    assert result.exit_code == 2 and "No such option" in result.output and not (tmp_path / "m.onnx").exists()
 
 
 def test_max_head_below_72_builds_with_the_opt_head_derived(monkeypatch, run_dir, tmp_path):
     install_fakes(monkeypatch)
     out = tmp_path / "m.onnx"
-    result = invoke(str(run_dir), "--out", str(out), "--mode", "head_inputs", "--trt", "--precision", "fp32",
+    result = invoke(str(run_dir), "--out", str(out), "--mode", "head-inputs", "--trt", "--precision", "fp32",
                     "--max-head", "32")
     assert result.exit_code == 0, result.output
     side = json.loads((tmp_path / "m.engine.json").read_text())
@@ -62,7 +58,7 @@ def test_max_head_below_72_builds_with_the_opt_head_derived(monkeypatch, run_dir
 
 def test_opt_head_above_max_head_fails_before_the_export(monkeypatch, run_dir, tmp_path):
     install_fakes(monkeypatch)
-    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), "--mode", "head_inputs", "--trt",
+    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), "--mode", "head-inputs", "--trt",
                     "--opt-head", "64", "--max-head", "32")
     one_line_error(result, "1/64/32", "--opt-head at most --max-head")
     assert list(tmp_path.iterdir()) == []
@@ -70,7 +66,7 @@ def test_opt_head_above_max_head_fails_before_the_export(monkeypatch, run_dir, t
 
 def test_int8_frames_default_to_the_agents_own_view(monkeypatch, run_dir, tmp_path):
     install_fakes(monkeypatch)
-    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), "--mode", "bare", "--trt",
+    result = invoke(str(run_dir), "--out", str(tmp_path / "m.onnx"), "--mode", "encoder-only", "--trt",
                     "--precision", "int8", "--int8-frames", "32")
     assert result.exit_code == 0, result.output
     side = json.loads((tmp_path / "m.engine.json").read_text())

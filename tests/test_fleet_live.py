@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_fixtures import make_encoder, make_model
+from onnx_fixtures import grouped, make_encoder, make_model
 
 pytest.importorskip("zenoh")
 
@@ -183,8 +183,8 @@ class Robot:
         config.write_text(json.dumps({"fleet": "t3", "n_anchors": 48, "fps": 30.0,
                                       "world": {"seed": WORLD.seed, "steps": WORLD.steps, "pool": WORLD.pool}}))
         self.cmd = [sys.executable, "-m", "jepa_edge.cli", "fleet", "run", str(agents[name]["onnx"]), "--backend", "ort-cpu",
-                    "--source", f"sim:{self.view}?size=16&seed=5", "--config", str(config), "--max-frames", "3000",
-                    "--jsonl", str(self.frames), "--events", str(self.events),
+                    "--source", f"sim:{self.view}?size=16&seed=5", "--config", str(config), "--frames", "3000",
+                    "--jsonl", str(self.frames), "--events", str(self.events), "--append",  # logs kept across restarts
                     "--listen", f"tcp/127.0.0.1:{ports[name]}"]
         self.cmd += [a for peer, p in ports.items() if peer != name for a in ("--connect", f"tcp/127.0.0.1:{p}")]
         self.cmd += ["--follow", follow] if follow else ["--probe", str(agents["probe_path"])]
@@ -243,7 +243,7 @@ def check_zero_shot(agents, robot: Robot) -> int:
     moved, m = offline_transfer(agents, robot.name, range(48))
     frames = sim_frames(robot.view, recs[-1]["frame"] + 1)
     z = np.concatenate([m.infer(frames[r["frame"] : r["frame"] + 1])["z"] for r in recs])
-    live = np.array([r["outputs"]["position"] for r in recs], np.float32)
+    live = np.array([grouped(r["outputs"])["position"] for r in recs], np.float32)
     assert_transfer_close(live, moved, z)
     return len(recs)
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from onnx_fixtures import make_encoder, make_model, make_postcard, make_probe, other_agent
+from onnx_fixtures import grouped, make_encoder, make_model, make_postcard, make_probe, other_agent
 
 from jepa_edge.calib.head import build_head
 from jepa_edge.live import LiveServer, LiveServerError, parse_serve
 from jepa_edge.live.server import BOUNDARY
 from jepa_edge.runtime import PipelineConfig, load_model, open_source, run
 from jepa_edge.runtime.capture import CaptureConfig
+from jepa_edge.runtime.outputs import named_values, softmax
 from jepa_edge.runtime.pipeline import annotate
 from jepa_edge.runtime.sources import ArraySource
 
@@ -44,11 +45,20 @@ def fake_frame(i: int) -> tuple[dict, dict]:
     outputs = {"position": rng.uniform(0, 1, (1, 4)).astype(np.float32),
                "danger": rng.uniform(-1, 1, (1, 2)).astype(np.float32)}
     record = {"frame": i, "t": 1000.0 + i / 30, "pts": i / 30, "head_version": 1,
-              "outputs": {k: v[0].tolist() for k, v in outputs.items()},
+              "outputs": named_values(outputs, LABELS),
               "latency_ms": {s: round(float(rng.uniform(0, 5)), 3) for s in ("wait", "read", "preprocess", "infer",
                                                                               "head", "e2e")},
               "dropped": 0, "corrupt": 0}
     return record, outputs
+
+
+def page_outputs(outputs: dict) -> dict:
+    """What an event's ``outputs`` hold: each output's row as a list, classification as probabilities."""
+    return {k: (softmax(v[0]) if LABELS[k][0] == "classification" else v[0]).tolist() for k, v in outputs.items()}
+
+
+def without_outputs(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "outputs"}
 
 
 def get(url: str, method: str = "GET", **headers: str):
@@ -109,7 +119,9 @@ def test_routes_types_state_and_read_only(server):
     state = get(server.url + "state.json")
     assert state.headers["Content-Type"] == "application/json"
     got = json.loads(state.read())
-    assert {k: got[k] for k in record} == record
+    assert {k: got[k] for k in without_outputs(record)} == without_outputs(record)
+    np.testing.assert_allclose(got["outputs"]["danger"], page_outputs(outputs)["danger"], atol=1e-6)
+    assert got["outputs"]["position"] == page_outputs(outputs)["position"]
     assert got["labels"] == {k: {"kind": kind, "labels": cols} for k, (kind, cols) in LABELS.items()}
     assert "fleet" not in got
     assert get(server.url + "stream.mjpg", "HEAD").headers["Content-Type"] == \
@@ -160,12 +172,15 @@ def test_events_equal_fed_records_and_carry_fleet(server):
             server.set_fleet(fleet)
             fleet["peers"].clear()  # the server keeps its own copy
         record, outputs = fake_frame(i)
-        record["outputs"]["danger"][0] = float("nan")  # a diverging probe must not break JSON.parse
+        outputs["position"][0, 0] = float("nan")  # a diverging probe must not break JSON.parse
+        record["outputs"]["position.obj0_x"] = float("nan")
         server.frame(image, record, outputs, LABELS)
         event = read_event(resp)
-        assert event["outputs"]["danger"][0] is None
-        record["outputs"]["danger"][0] = None
-        assert {k: event[k] for k in record} == record
+        assert event["outputs"]["position"][0] is None  # the page groups the columns per output again
+        want = page_outputs(outputs)
+        assert event["outputs"]["position"][1:] == want["position"][1:]
+        np.testing.assert_allclose(event["outputs"]["danger"], want["danger"], atol=1e-6)
+        assert {k: event[k] for k in without_outputs(record)} == without_outputs(record)
         assert event["labels"]["danger"] == {"kind": "classification", "labels": ["clear", "obstacle"]}
         if i >= 2:
             assert event["fleet"]["peers"] == [{"name": "agentA", "head_version": 3, "layout_version": 2}]
@@ -341,11 +356,12 @@ def test_page_in_headless_chromium(tmp_path):
     records = {r["frame"]: r for r in map(json.loads, lines_path.read_text().splitlines())}
     record = records[int(shown["frame"])]  # the JSON line of the frame the page showed
     rows = {r["name"]: r for r in shown["rows"]}
-    assert set(rows) == set(record["outputs"]) - {"z", "z_mapped"} == {"position", "danger"}
+    named = grouped(record["outputs"])
+    assert set(rows) == set(named) - {"z", "z_mapped"} == {"position", "danger"}
     for o in head.outputs:
         if o.name not in rows:
             continue
-        want, row = record["outputs"][o.name], rows[o.name]
+        want, row = named[o.name], rows[o.name]
         assert row["kind"] == o.kind and [v[0] for v in row["values"]] == list(o.labels)
         for (label, text, full), value in zip(row["values"], want):
             assert full == f"{label} {text}" and abs(float(text) - value) <= 5e-4 + 1e-9, (o.name, label)

@@ -13,11 +13,12 @@ import pytest
 
 pytest.importorskip("mcap")
 from mcap.reader import make_reader
-from onnx_fixtures import make_encoder, make_model, reference_head
+from onnx_fixtures import grouped, make_encoder, make_model, reference_head
 
 from jepa_edge.artifacts import ArtifactError
 from jepa_edge.bags.mcap_out import McapRecorder, McapUnavailableError, read_mcap_summary
 from jepa_edge.runtime import ArraySource, PipelineConfig, load_model, open_source, run
+from jepa_edge.runtime.outputs import softmax
 from jepa_edge.runtime.pipeline import annotate
 
 T0 = 1_700_000_000.123456
@@ -109,7 +110,9 @@ def test_round_trip_foxglove_schemas_exact_values_and_times(tmp_path):
         assert psnr(decoded, img) > 25 and np.array_equal(decoded, jpeg_roundtrip(img))  # sim frames are noisy
         for name, (kind, cols) in LABELS.items():
             msg = got[f"/outputs/{name}"][i][4]
-            assert msg["values"] == record["outputs"][name]  # float32 → JSON → float: exact
+            row = outputs[name][0].astype(np.float64)
+            want = softmax(row) if kind == "classification" else row  # probabilities, as in the JSON lines
+            assert msg["values"] == want.tolist()
             assert (msg["kind"], msg["labels"], msg["frame"], msg["head_version"]) == (
                 kind, cols, i, record["head_version"])
         lat = got["/latency"][i][4]
@@ -221,8 +224,9 @@ def test_pipeline_run_records_every_frame_like_the_json_lines(tmp_path):
     for i, line in enumerate(lines):
         ns = round(line["t"] * 1e6) * 1000
         assert all(rows[i][1] == ns for rows in got.values())
+        named = grouped(line["outputs"])
         for name in ("position", "z_mapped"):
-            assert got[f"/outputs/{name}"][i][4]["values"] == line["outputs"][name]
+            np.testing.assert_allclose(got[f"/outputs/{name}"][i][4]["values"], named[name], atol=1e-6)
         assert got["/z"][i][4]["values"] == line["outputs"]["z"]
         assert {k: got["/latency"][i][4][f"{k}_ms"] for k in STAGES} == line["latency_ms"]
         assert np.array_equal(decode_jpeg(got["/camera/image"][i][4]), jpeg_roundtrip(frames[i]))

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from onnx_fixtures import (
+    grouped,
     make_encoder,
     make_model,
     make_postcard,
@@ -92,8 +93,8 @@ def test_postcard_swapped_exactly_at_a_frame_boundary(setup, tmp_path, variant):
         for name, value in want.items():
             np.testing.assert_allclose(out[name], value, atol=ATOL, rtol=0, err_msg=f"frame {i} {name}")
         assert rec["head_version"] == (1 if i <= 4 else 2)
-        assert rec["outputs"].keys() == want.keys()
-    assert "danger" not in records[4]["outputs"] and "danger" in records[5]["outputs"]
+        assert grouped(rec["outputs"]).keys() == want.keys()
+    assert "danger" not in grouped(records[4]["outputs"]) and "danger" in grouped(records[5]["outputs"])
 
 
 def _nan_postcard(folder, enc):

@@ -9,7 +9,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from onnx_fixtures import make_encoder, make_model, reference_head
+from onnx_fixtures import expected_named, grouped, make_encoder, make_model, reference_head
 
 from jepa_edge.runtime import HeadModeError, PipelineConfig, load_model, open_source, run
 from jepa_edge.runtime.capture import CaptureConfig
@@ -43,10 +43,13 @@ def test_json_lines_per_frame_with_values_and_latencies(models):
         assert set(rec["latency_ms"]) == {"wait", "read", "preprocess", "infer", "head", "e2e"}
         assert all(v >= 0 for v in rec["latency_ms"].values())
         assert rec["latency_ms"]["e2e"] >= rec["latency_ms"]["infer"]
-        want = head.split(head.apply(enc.z(resized[i : i + 1])))
-        assert set(rec["outputs"]) == set(want)  # z is left out unless emit_latent
+        want = expected_named(head, head.split(head.apply(enc.z(resized[i : i + 1]))))
+        got = grouped(rec["outputs"])
+        assert set(got) == set(want)  # z is left out unless emit_latent
         for name, value in want.items():
-            np.testing.assert_allclose(rec["outputs"][name], value[0], atol=2e-5)
+            np.testing.assert_allclose(got[name], value, atol=2e-5)
+        position = next(o for o in head.outputs if o.name == "position")
+        assert [k for k in rec["outputs"] if k.startswith("position.")] == [f"position.{c}" for c in position.labels]
     assert set(summary.latency_ms) == {"wait", "read", "preprocess", "infer", "head", "e2e", "output"}
     assert summary.latency_ms["infer"]["n"] == 6
     assert summary.rss_start_kb is None or summary.rss_end_kb > 0
@@ -59,7 +62,7 @@ def test_max_frames_emit_latent_and_sim_spec(models):
     summary = run(load_model(models["fused"], "ort-cpu"), "sim:top?size=16&seed=1", cfg, out=out)
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert summary.reason == "max_frames" and len(lines) == 3
-    assert len(lines[0]["outputs"]["z"]) == 8 and set(lines[0]["outputs"]) == {"z", "z_mapped", "position"}
+    assert len(lines[0]["outputs"]["z"]) == 8 and set(grouped(lines[0]["outputs"])) == {"z", "z_mapped", "position"}
     assert len(lines[0]["source"]["positions"]) == 3  # simulator ground truth travels with the frame
 
 

@@ -165,7 +165,7 @@ def test_cli_reports_divergence_in_one_line(tmp_path, monkeypatch):
     cfg = _tiny(steps=6, log_every=2, ckpt_every=6, eval_every=6).to_dict()
     del cfg["name"], cfg["data"]["view"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "cfg.json"),
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "run"), "--config", str(tmp_path / "cfg.json"),
                                    "--device", "cpu", "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "training diverged" in res.output and "Traceback" not in res.output

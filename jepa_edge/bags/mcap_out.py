@@ -6,6 +6,7 @@ uses the JSON message encoding with a JSON Schema, so no protobuf is needed and 
     topic             schema                     one message per frame
     /camera/image     foxglove.CompressedImage   JPEG of the frame as captured (annotated with annotate=True)
     /outputs/<name>   jepa_edge.Output           {timestamp, frame, head_version, kind, labels, values}
+                      (a classification output's values are its class probabilities)
     /latency          jepa_edge.Latency          {timestamp, frame, wait_ms, ..., e2e_ms, dropped, corrupt}
     /z                jepa_edge.Latent           {timestamp, frame, values}; only with emit_latent=True
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from jepa_edge import package_version
 from jepa_edge.artifacts import ArtifactError, remove_stale_temps, replace_synced, temp_path
+from jepa_edge.runtime.outputs import softmax
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -189,8 +191,11 @@ class McapRecorder:
             raise ValueError(f"McapRecorder needs uint8 BGR (H, W, 3) frames, got {image.dtype} {image.shape}")
         ns = _time_ns(record.get("t"))
         index, head_version = int(record["frame"]), int(record.get("head_version", 0))
-        values = {name: (*labels.get(name, ("", [])), _floats(v)) for name, v in outputs.items()
-                  if name not in LATENT_OUTPUTS}
+        values = {}  # name → (kind, labels, values); classification as probabilities, as in the JSON lines
+        for name, v in outputs.items():
+            if name not in LATENT_OUTPUTS:
+                kind, cols = labels.get(name, ("", []))
+                values[name] = (kind, cols, _floats(softmax(np.asarray(v)[0]) if kind == "classification" else v))
         z = _floats(outputs["z"]) if self.emit_latent and "z" in outputs else None
         stages = record.get("latency_ms") or {}
         latency = {f"{k}_ms": v for k, v in zip(stages, _floats(list(stages.values())))}

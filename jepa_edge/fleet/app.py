@@ -16,8 +16,9 @@ from jepa_edge.fleet.node import FleetConfig, FleetNode
 class _Lines:
     """JSON lines to a file, flushed per line (another process may follow it); thread-safe."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, append: bool = False) -> None:
         self._path, self._f = path, None  # opened at the first record: a run that fails to start leaves no file
+        self._mode = "a" if append else "w"  # append: the same robot's log across restarts
         self._lock = threading.Lock()
 
     def __call__(self, record: dict[str, Any]) -> None:
@@ -25,7 +26,7 @@ class _Lines:
             return
         with self._lock:
             if self._f is None:
-                self._f = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._f = open(self._path, self._mode, encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._f.write(json.dumps(record, default=str) + "\n")
             self._f.flush()
 
@@ -37,7 +38,8 @@ class _Lines:
 def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_files: Sequence[str | Path] = (),
               backend: str = "auto", max_frames: int = 0, jsonl: str | Path | None = None,
               events: str | Path | None = None, record: str | Path | None = None, serve: str | None = None,
-              overwrite: bool = False, on_url: Callable[[str], None] | None = None) -> dict[str, Any]:
+              overwrite: bool = False, on_url: Callable[[str], None] | None = None,
+              append: bool = False) -> dict[str, Any]:
     """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary.
 
     ``record``: also write an MCAP file; ``serve``: HOST:PORT of a live page that shows the fleet too.
@@ -48,7 +50,7 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
 
     config.validate()
     model = load_model_for_run(str(model_path), backend)  # first: a bad model leaves no output file behind
-    frames_out, events_out = _Lines(jsonl), _Lines(events)
+    frames_out, events_out = _Lines(jsonl, append), _Lines(events, append)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is \
         threading.main_thread() else None

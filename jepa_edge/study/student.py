@@ -244,7 +244,7 @@ def verdict(summary: dict[str, Any], cfg: StudentStudyConfig, trivial: list[int]
     reached = f"{sp['n']}/{sp['of']} seeds reached the target"
     if trivial:
         steps = (f"not measurable: for seeds {list(trivial)} the untrained encoder already reaches the target at "
-                 "step 0; set target_mode "gain" or a higher target_fraction in the study config")
+                 "step 0; set target_mode to gain, or a higher target_fraction, in the study config")
         return {"steps": steps, "compute": steps, "controls": "", "steps_holds": False, "compute_holds": False,
                 "teacher_beats_controls": False, "holds": False}
     if sp["n"] < sp["of"]:
