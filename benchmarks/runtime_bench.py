@@ -8,7 +8,7 @@
     python benchmarks/runtime_bench.py --model demo/agentB.onnx --view oblique --video-size 32 \
         --threads 1 --decode-threads 1 --batch-size 1 --head-modes model --frames 50000 --out soak.json
 
-Writes a simulator video with cv2.VideoWriter (MJPG .avi), then runs
+Writes a simulator video (MJPG .avi, jepa_edge.video), then runs
 ``jepa_edge.runtime.benchmark`` on it: every configuration decodes the same
 file through the capture thread, so capture age, decode, resize, inference and
 head are timed separately and end to end (from the decoded frame in hand to
@@ -29,11 +29,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 from rich.console import Console
 
 from jepa_edge.runtime import BenchConfig
 from jepa_edge.runtime.bench import bench_detail, bench_notes, bench_table, benchmark
+from jepa_edge.video import open_video_writer
 from jepa_edge.world import WorldConfig, render, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_sim_video(path: Path, n_frames: int, size: int, view: str, fps: float = 30.0) -> Path:
     frames = render(simulate(WorldConfig(), 1, n_frames, 0), view, size, 0)[0]  # (T, S, S, 3) BGR
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot write MJPG .avi here")
+    writer = open_video_writer(path, fps, (size, size))  # MJPG for .avi
     for f in frames:
         writer.write(f)
     writer.release()
