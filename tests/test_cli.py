@@ -589,6 +589,16 @@ CASES: dict[str, Case] = {
     "keygen --out in /proc": Case(lambda w, t: (
         ["fleet", "keygen", "agentA", "--out", "/proc/agentA.key"], ["cannot write /proc/agentA.key", "check the path"],
         [])),
+    "export --out in /proc": Case(lambda w, t: (
+        ["export", w.run_b, "--postcard", w.postcard, "--out", "/proc/agentB.onnx"],
+        ["cannot write /proc/agentB.onnx", "check the path"], [])),
+    "run --record in /proc": Case(lambda w, t: (
+        ["run", w.onnx, "--source", "sim:oblique?size=16", "--max-frames", 2, "--backend", "ort-cpu",
+         "--jsonl", t / "o.jsonl", "--record", "/proc/run.mcap"], ["cannot write /proc/run.mcap", "check the path"],
+        [])),
+    "record a bag in /proc": Case(lambda w, t: (
+        ["world", "record", "/proc/rec.mcap", "--format", "mcap", "--episodes", 2, "--steps", 8, "--size", 16],
+        ["cannot write /proc/rec.mcap", "check the path"], [])),
     "keygen --out over a folder": Case(lambda w, t: (
         ["fleet", "keygen", "agentA", "--out", _folder(t / "adir"), "--overwrite"],
         [f"cannot write {t / 'adir'}: Is a directory"], [])),
