@@ -21,6 +21,7 @@ bound.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -109,7 +110,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
     The file gets ``mode`` less the umask, as ``open()`` would give it (pass 0o600 for a secret).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # about the folder (or one above it) that could not be made
+        raise cannot_write(path, exc, exc.filename) from exc
     remove_stale_temps(path)
     while True:
         tmp = temp_path(path)
@@ -118,16 +122,36 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
             break
         except FileExistsError:  # a 32-bit random collision with a live writer: draw again
             continue
+        except OSError as exc:
+            raise cannot_write(path, exc, tmp) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(path, exc, tmp) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def cannot_write(path: str | Path, exc: OSError, tmp: str | Path | None = None) -> OSError:
+    """``exc`` (same type and errno) re-worded to name ``path``, the file the caller asked for, never the
+    temporary sibling ``tmp`` an atomic write failed on; the hint says what to check. An error about
+    another file (raised while producing the bytes) is returned as is."""
+    ours = {str(path), str(Path(path).parent), str(tmp)}
+    if (exc.filename is not None and str(exc.filename) not in ours) or (
+            exc.filename is None and str(path) in str(exc)):  # another file's, or already worded for the caller
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = "free some space on that disk" if exc.errno == errno.ENOSPC else "check the path and its permissions"
+    new = type(exc)(f"cannot write {path}: {reason}; {fix}")
+    new.errno = exc.errno  # strerror and filename stay unset: str(new) is the sentence above
+    return new
 
 
 def replace_synced(tmp: str | Path, path: str | Path) -> None:
@@ -136,12 +160,15 @@ def replace_synced(tmp: str | Path, path: str | Path) -> None:
     Name ``tmp`` with ``temp_path(path, keep_suffix=True)`` so a killed writer's file is found and removed
     by the next write to ``path`` (this call removes such leftovers too).
     """
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc, tmp) from exc
     remove_stale_temps(path)
     _fsync_dir(Path(path).parent)
 

@@ -9,6 +9,7 @@ type in a config never trains the wrong model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -74,6 +75,8 @@ def _check_value(value: Any, hint: Any, key: str, root: str) -> Any:
     if hint is float:  # an int is a fine float (JSON writes 2.0 as 2 in some tools)
         if isinstance(value, (bool, _np_bool())) or not isinstance(value, numbers.Real):
             raise wrong()
+        if not math.isfinite(value):  # Python's JSON reads NaN and Infinity: no setting means either
+            raise ConfigError(f"{root}: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -142,6 +145,16 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     expected type. ``data`` must be a dict: a JSON list at the top is refused.
     """
     return _from_dict(cls, {} if data is None else data, "", cls.__name__)
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """Refuse NaN or ±inf in any float setting of dataclass ``obj`` (nested ones too), naming its dotted key."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value!r}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

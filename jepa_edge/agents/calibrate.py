@@ -67,7 +67,12 @@ def load_moments(views: list[str], size: int, cfg: MomentsConfig, need_states: b
 def calibrate(source_run: str | Path, target_run: str | Path, out: str | Path, cfg: CalibConfig,
               mcfg: MomentsConfig) -> tuple[Postcard, dict[str, Any]]:
     """Fit W (source → target) on anchors, score it on held-out moments against controls, save a postcard."""
+    check_postcard_out(out)
+    if Path(source_run).resolve() == Path(target_run).resolve():
+        raise _same_agent(source_run, target_run, "the same run folder")
     (enc_s, meta_s), (enc_t, meta_t) = load_agent(source_run), load_agent(target_run)
+    if meta_s["fingerprint"] == meta_t["fingerprint"]:
+        raise _same_agent(source_run, target_run, f"the same agent (fingerprint {str(meta_s['fingerprint'])[:16]}…)")
     size = int(meta_s["encoder"]["img_size"])
     if int(meta_t["encoder"]["img_size"]) != size:
         raise ValueError("the two agents take different input sizes; calibrate agents with the same img_size")
@@ -98,6 +103,21 @@ def calibrate(source_run: str | Path, target_run: str | Path, out: str | Path, c
                                  target=agent_descriptor(meta_t), metrics=report)
     save_postcard(out, postcard)
     return postcard, report
+
+
+def _same_agent(source_run: str | Path, target_run: str | Path, what: str) -> ValueError:
+    return ValueError(f"{source_run} and {target_run} are {what}: W from an agent to itself is the identity; "
+                      "pass two different agents")
+
+
+POSTCARD_SUFFIX = ".postcard.safetensors"  # what `run --watch` and the fleet pick up (runtime/headswap.py)
+
+
+def check_postcard_out(out: str | Path) -> None:
+    """Refuse a postcard file name that `run --watch` would never pick up, before any work."""
+    if not Path(out).name.endswith(POSTCARD_SUFFIX) or Path(out).name == POSTCARD_SUFFIX:
+        raise ValueError(f"{out}: a postcard file must be named NAME{POSTCARD_SUFFIX} (that is what run --watch "
+                         f"picks up); pass e.g. --out W_BA{POSTCARD_SUFFIX}")
 
 
 @dataclass

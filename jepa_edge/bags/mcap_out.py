@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from jepa_edge import package_version
-from jepa_edge.artifacts import ArtifactError, remove_stale_temps, replace_synced, temp_path
+from jepa_edge.artifacts import ArtifactError, cannot_write, remove_stale_temps, replace_synced, temp_path
 from jepa_edge.runtime.outputs import softmax
 
 if TYPE_CHECKING:
@@ -237,7 +237,11 @@ class McapRecorder:
         mcap = self._mcap
         remove_stale_temps(self.path)
         self._tmp = temp_path(self.path, keep_suffix=True)
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or _abandon()
+        try:
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or _abandon()
+        except OSError as exc:
+            self._closed = True  # nothing was started: close() has nothing to finish or remove
+            raise cannot_write(self.path, exc, self._tmp) from exc
         w = mcap.writer.Writer(self._file, compression=mcap.writer.CompressionType.ZSTD, enable_data_crcs=True)
         w.start(profile="", library=f"jepa-edge {package_version()}")
         info = {"jepa_edge_version": package_version(), "jpeg_quality": str(self.jpeg_quality),

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
-from jepa_edge.artifacts import remove_stale_temps, replace_folder_synced, replace_synced, temp_path
+from jepa_edge.artifacts import cannot_write, remove_stale_temps, replace_folder_synced, replace_synced, temp_path
 from jepa_edge.bags.pairing import BagError
 from jepa_edge.bags.reader import COMPRESSED, IMAGE, STATES_TOPIC, STATES_TYPE, is_bag
 
@@ -196,7 +196,10 @@ class BagWriter:
         mcap = import_mcap()
         remove_stale_temps(self.path)
         self._tmp = temp_path(self.path, keep_suffix=True)
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or abandon()
+        try:
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by close() or abandon()
+        except OSError as exc:
+            raise cannot_write(self.path, exc, self._tmp) from exc
         w = mcap.writer.Writer(self._file, compression=mcap.writer.CompressionType.ZSTD, enable_data_crcs=True)
         w.start(profile="ros2", library=f"jepa-edge {package_version()}")
         self._writer = w
@@ -209,7 +212,10 @@ class BagWriter:
                            f"`{ROBOT_EXTRA}`") from exc
         remove_stale_temps(self.path)
         self._tmp = temp_path(self.path, folder=True)
-        self._tmp.mkdir()
+        try:
+            self._tmp.mkdir()
+        except OSError as exc:
+            raise cannot_write(self.path, exc, self._tmp) from exc
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.storage]
         self._writer = Writer(self._tmp / self.path.name, version=9, storage_plugin=plugin)
         self._writer.open()

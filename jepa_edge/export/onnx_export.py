@@ -259,6 +259,14 @@ def _set_metadata(model: Any, metadata: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
 
 
+def check_onnx_out(out_path: str | Path) -> None:
+    """Refuse an output name that is not ``*.onnx`` before any work (ONNX Runtime, TensorRT and `run` go by it)."""
+    path = Path(out_path)
+    if path.suffix.lower() != ".onnx":
+        stem = path.stem if path.name not in ("", ".", "..") else "model"
+        raise ExportError(f"{out_path}: the exported model must be an .onnx file; pass e.g. --out {stem}.onnx")
+
+
 def export_onnx(
     encoder: Any,
     meta: dict[str, Any],
@@ -282,6 +290,7 @@ def export_onnx(
 
     from jepa_edge.export.edge_model import EdgeModel
 
+    check_onnx_out(out_path)
     config = config or OnnxExportConfig()
     config.validate()
     if config.optimize:
@@ -451,6 +460,7 @@ def export_agent(
     from jepa_edge.calib.probes import load_probe
     from jepa_edge.train.checkpoint import load_agent
 
+    check_onnx_out(out_path)
     if mode not in MODES:
         raise ExportError(unknown_mode(mode))
     has_head = postcard_path is not None or bool(probe_paths)

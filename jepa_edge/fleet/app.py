@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jepa_edge.fleet.node import FleetConfig, FleetNode
+from jepa_edge.fleet.node import FleetConfig, FleetNode, PeerNotSeenError
 
 
 class _Lines:
@@ -42,6 +42,9 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
               append: bool = False) -> dict[str, Any]:
     """Run one robot until the source ends, ``max_frames``, Ctrl-C or SIGTERM; returns the run summary.
 
+    Raises ``PeerNotSeenError`` (the summary attached) when the run ran to its end without ever hearing from
+    the followed peer.
+
     ``record``: also write an MCAP file; ``serve``: HOST:PORT of a live page that shows the fleet too.
     """
     from jepa_edge.runtime import PipelineConfig, open_source
@@ -72,6 +75,7 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
 
             summary = node.run(src, pcfg, stop=stop, on_frame=on_frame, sinks=sinks)
             result = {**summary.to_dict(), "inbox": node.inbox.stats.to_dict()}
+            unseen = node.followed_never_seen(summary)
     finally:
         for sink in sinks:
             sink.close()
@@ -80,4 +84,6 @@ def run_fleet(model_path: str | Path, source: str, config: FleetConfig, probe_fi
         events_out.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if unseen:
+        raise PeerNotSeenError(unseen, result)
     return result

@@ -63,6 +63,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class PeerNotSeenError(ValueError):
+    """A run ended (source over, or its frame count reached) without one card from the followed peer."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary  # the run's summary, as run_fleet would have returned it
+
+
 @dataclass
 class FleetConfig:
     fleet: str = "demo"  # fleet name: the <fleet> of every key expression
@@ -546,6 +554,17 @@ class FleetNode:
         head, _ = self.slot.current
         return run_pipeline(self.model, source, pipeline, head=head, watcher=self.slot, out=None, stop=stop,
                             on_frame=frame, sinks=sinks)
+
+    def followed_never_seen(self, summary: Any) -> str:
+        """Why a run that ended by itself (source over, frame count reached) is a failure: the followed peer
+        never sent a card it accepted; "" when nothing is followed, the peer was seen, or the run was stopped."""
+        peer = self.cfg.follow
+        if not peer or summary.reason not in ("end_of_stream", "max_frames") or self.inbox.card(peer) is not None:
+            return ""
+        refused = [reason for _, agent, reason in list(self.inbox.stats.refusals) if agent == peer]
+        why = f" (its messages were refused: {refused[-1]})" if refused else ""
+        return (f"never saw agent {peer!r} on fleet {self.cfg.fleet!r} in {summary.frames} frames{why}: check "
+                "--follow and that it runs with the same --fleet and can reach this robot (--listen / --connect)")
 
     def _event(self, event: str, **info: Any) -> None:
         record = {"event": event, "agent": self.name, "t": time.time(), **info}

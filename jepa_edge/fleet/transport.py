@@ -24,6 +24,7 @@ Security is Zenoh's own, configured here and handed to Zenoh unchanged:
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import json
 import os
 import re
@@ -102,9 +103,9 @@ class TransportConfig:
             raise ValueError(f"TransportConfig.mode={self.mode!r}; use one of {MODES}")
         if self.mode == "client" and not self.connect:
             raise ValueError("TransportConfig: client mode needs a router endpoint in `connect`")
-        for ep in [*self.listen, *self.connect]:
-            if not isinstance(ep, str) or "/" not in ep:
-                raise ValueError(f"endpoint {ep!r} must look like 'tcp/127.0.0.1:7447'")
+        for side, endpoints in (("listen", self.listen), ("connect", self.connect)):
+            for ep in endpoints:
+                check_endpoint(ep, side)
         if self.max_message_bytes < 65536:
             raise ValueError("TransportConfig.max_message_bytes must be >= 65536")
         if not 0 < self.retry_init_ms <= self.retry_max_ms:
@@ -149,9 +150,52 @@ class TransportConfig:
     def to_json5(self) -> str:
         return json.dumps(self.to_dict())
 
-    def summary(self) -> str:
-        """Mode and endpoints, for messages (no paths, no ACL)."""
-        return f"mode={self.mode}, listen={list(self.listen)}, connect={list(self.connect)}"
+
+IP_PROTOCOLS = ("tcp", "udp", "tls", "quic", "ws")  # Zenoh links whose address is HOST:PORT
+_PROTOCOL = re.compile(r"[a-z][a-z0-9-]*")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def check_endpoint(endpoint: Any, side: str = "listen") -> None:
+    """Refuse a Zenoh endpoint that cannot work, in one line naming it and the form it needs.
+
+    ``PROTOCOL/ADDRESS[?metadata][#config]``; for tcp, udp, tls, quic and ws the address is ``HOST:PORT``:
+    an IPv4 address, a host name or ``[IPv6]``, and a port 1..65535 (0 = any free port, listening only).
+    """
+    form = "use PROTOCOL/HOST:PORT, e.g. tcp/127.0.0.1:7447"
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"--{side} {endpoint!r}: {problem}; {form}")
+
+    if not isinstance(endpoint, str):
+        raise bad("not a string")
+    protocol, sep, rest = endpoint.partition("/")
+    address = re.split(r"[?#]", rest, maxsplit=1)[0]
+    if not sep or not protocol or not address:
+        raise bad("not PROTOCOL/ADDRESS")
+    if not _PROTOCOL.fullmatch(protocol):
+        raise bad(f"{protocol!r} is not a Zenoh protocol (tcp, udp, tls, quic, ws, unixsock-stream, …)")
+    if protocol not in IP_PROTOCOLS:
+        return  # unixsock-stream/PATH, serial/…: Zenoh checks its own address forms
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        raise bad("no HOST:PORT after the protocol")
+    if not port.isdigit() or not (0 if side == "listen" else 1) <= int(port) <= 65535:
+        raise bad(f"port {port!r} is not in {'0' if side == 'listen' else '1'}..65535")
+    if host.startswith("["):
+        try:
+            if not host.endswith("]"):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1].split("%")[0])
+        except ValueError:
+            raise bad(f"{host} is not a bracketed IPv6 address such as [::1]") from None
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise bad(f"{host} is not an IPv4 address") from None
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.rstrip(".").split(".")):
+        raise bad(f"{host!r} is not a host name (an IPv6 address goes in brackets: tcp/[::1]:7447)")
 
 
 def import_zenoh() -> Any:
@@ -165,9 +209,9 @@ def import_zenoh() -> Any:
 
 
 def _reason(exc: BaseException) -> str:
-    """A Zenoh error on one line, without the Rust source location it ends with."""
+    """A Zenoh error on one line, without the Rust source locations (`` at /…/x.rs:61.``) it carries."""
     text = " ".join(str(exc).split())
-    return re.sub(r" at \S+\.rs:\d+\.?$", "", text)
+    return re.sub(r" at \S+\.rs:\d+\.?", "", text).strip()
 
 
 def _write_over(zcfg: Any, tree: dict[str, Any], prefix: str = "") -> None:
@@ -219,8 +263,9 @@ def open_session(config: TransportConfig) -> Any:
             raise FleetTransportError(f"no Zenoh router answered at {list(config.connect)} within "
                                       f"{config.router_timeout_s:g} s ({_reason(exc)}); start the router first, "
                                       "check the endpoint, or raise transport.router_timeout_s") from exc
-        raise FleetTransportError(f"cannot open a Zenoh session ({config.summary()}): {_reason(exc)}; "
-                                  "check the endpoints (a listen port already taken?) and the TLS files") from exc
+        where = f"listening on {', '.join(config.listen)}" if config.listen else "with no listen endpoint"
+        raise FleetTransportError(f"cannot open a Zenoh session {where}: {_reason(exc)}; check the --listen "
+                                  "endpoints (a port already taken?) and the TLS files") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------------

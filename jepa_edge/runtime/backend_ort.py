@@ -87,6 +87,11 @@ GPU_INSTALL_HINT = (
 )
 
 
+# ONNX Runtime's thread pools start every thread at session creation (100 000 of them hang the start) and spin
+# them while they wait; past one per logical CPU they only contend. 4x still lets a benchmark oversubscribe.
+MAX_THREADS_PER_CPU = 4
+
+
 @dataclass
 class OrtConfig:
     intra_op_threads: int = 0  # 0 = ORT's default (one per core); 1-2 leaves cores for capture on a Jetson
@@ -117,6 +122,14 @@ class OrtConfig:
             raise ValueError(f"OrtConfig.graph_optimization={self.graph_optimization!r}; choose one of {_OPT_LEVELS}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("OrtConfig thread counts must be >= 0 (0 = ONNX Runtime default)")
+        cpus = os.cpu_count() or 1
+        for what, n in (("intra-op threads (--threads)", self.intra_op_threads),
+                        ("inter-op threads", self.inter_op_threads)):
+            if n > MAX_THREADS_PER_CPU * cpus:
+                raise ValueError(
+                    f"{n} ONNX Runtime {what} is over {MAX_THREADS_PER_CPU * cpus} ({MAX_THREADS_PER_CPU} x "
+                    f"the {cpus} logical CPUs here): the pool starts every thread when the model loads, and more "
+                    f"threads than CPUs only wait for each other; pass 0 (one per core) or at most {cpus}")
         for name, value, allowed in (("precision", self.precision, _PRECISIONS),
                                      ("cudnn_conv_algo_search", self.cudnn_conv_algo_search, _CONV_SEARCHES),
                                      ("arena_extend_strategy", self.arena_extend_strategy, _ARENA_STRATEGIES)):

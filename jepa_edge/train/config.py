@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jepa_edge.config import ConfigError, from_dict, to_dict
+from jepa_edge.config import ConfigError, check_finite, from_dict, to_dict
 from jepa_edge.train.jepa import JEPAConfig
 from jepa_edge.world.sim import WorldConfig
 
@@ -61,6 +61,9 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def validate(self) -> None:
+        check_finite(self)
+        if not self.train.lr > 0:
+            raise ValueError(f"train.lr must be > 0 (the peak learning rate), got {self.train.lr}")
         if self.train.steps < 1 or self.train.batch_size < 2:
             raise ValueError("train.steps must be >= 1 and train.batch_size >= 2 (the regulariser needs a batch)")
         if self.data.img_size != self.jepa.encoder.img_size:

@@ -31,6 +31,8 @@ were encoded (before MJPG/mp4v compression; FFV1 is lossless).
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,6 +140,45 @@ def _check_states(states: WorldStates) -> None:
         raise RecordingError(f"states.radius must be (n,) = {(n,)}, got {states.radius.shape}")
 
 
+MIN_SIZE, MAX_SIZE = 8, 1024  # frame side: below 8 px the objects are a pixel or two; above 1024 see below
+MAX_RENDER_BYTES = 1 << 30  # uint8 frames of every view, rendered in memory before encoding (the sensor noise
+# briefly takes ~12 more bytes per frame byte of the view being rendered); 224 px x 64 x 32 x 2 views is 0.6 GiB
+
+
+def check_recording_args(views: list[str], size: int, fps: float, n_episodes: int, n_steps: int,
+                         even: bool = True) -> None:
+    """Refuse a recording that cannot be written (or would exhaust memory) before anything is simulated or created.
+
+    ``even``: video encoders need even frame sides (OpenCV's FFmpeg writer crops odd ones); bags do not.
+    """
+    if not views or len(set(views)) != len(views):
+        raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
+    for v in views:
+        get_view(v)  # unknown view → ValueError listing the valid ones
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise RecordingError(f"size must be a whole number of pixels, got {size!r}")
+    if size < MIN_SIZE:
+        raise RecordingError(f"size {size} is below {MIN_SIZE} px: the objects would be a pixel or two wide; "
+                             f"pass --size {MIN_SIZE} or more")
+    if size > MAX_SIZE:
+        raise RecordingError(f"size {size} is over {MAX_SIZE} px: every frame is rendered in memory; "
+                             f"pass --size {MAX_SIZE} or less")
+    if even and size % 2:
+        raise RecordingError(f"size {size} is odd: video encoders need even frame sides (OpenCV's FFmpeg writer "
+                             f"crops odd ones); pass --size {size + 1}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
+        raise RecordingError(f"fps {fps!r} must be a positive number of frames per second; pass e.g. --fps 30")
+    for what, n in (("episodes", n_episodes), ("steps per episode", n_steps)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise RecordingError(f"{what} must be >= 1, got {n!r}")
+    frames = n_episodes * n_steps * size * size * 3 * len(views)  # uint8 bytes of every view's (E, T, S, S, 3)
+    if frames > MAX_RENDER_BYTES:
+        raise RecordingError(
+            f"{n_episodes} episodes x {n_steps} steps of {size}x{size} frames from {len(views)} view(s) is "
+            f"{frames / 2**30:.1f} GiB rendered in memory, over the {MAX_RENDER_BYTES / 2**30:.0f} GiB limit; "
+            "record fewer episodes or steps per episode, or a smaller --size")
+
+
 def _versions() -> dict[str, str]:
     return {"jepa_edge": package_version(), "opencv": cv2.__version__, "numpy": np.__version__}
 
@@ -162,21 +203,39 @@ def write_recording(
     out = Path(out_dir)
     spec = _check_codec(codec)
     views = list(views)
-    if not views or len(set(views)) != len(views):
-        raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
-    for v in views:
-        get_view(v)  # unknown view → ValueError listing the valid ones
-    if not isinstance(size, int) or size < 2 or size % 2:
-        raise RecordingError(f"size must be an even int >= 2 (video encoders need even sizes), got {size!r}")
     _check_states(states)
+    check_recording_args(views, size, fps, states.n_episodes, states.n_steps)
     if world_config is not None:
         world_config.validate()
     meta_path = out / RECORDING_JSON
     if meta_path.exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a recording; pass --overwrite or choose another folder")
+    made = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # a crash below must not leave a stale "complete" marker
+    try:
+        meta_path.unlink(missing_ok=True)  # a crash below must not leave a stale "complete" marker
+        _write_folder(out, states, views, spec, size, fps, seed, codec, world_config)
+    except BaseException:
+        if made is not None:  # the folders this call made go again: a failed recording leaves nothing behind
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return out
 
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (``path`` itself included) that does not exist yet, or None."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def _write_folder(out: Path, states: WorldStates, views: list[str], spec: Codec, size: int, fps: float, seed: int,
+                  codec: str, world_config: WorldConfig | None) -> None:
+    """The videos, states.npz, then recording.json (last: its presence marks a complete recording)."""
+    meta_path = out / RECORDING_JSON
     files = {}
     for view in views:
         frames = render(states, view, size=size, seed=seed)  # (E, T, S, S, 3)
@@ -204,7 +263,6 @@ def write_recording(
         "versions": _versions(),
     }
     atomic_write_json(meta_path, meta)
-    return out
 
 
 FORMATS = ("folder", "mcap", "rosbag2")
@@ -242,16 +300,13 @@ def simulate_recording(
     if fmt == "mcap" and Path(out_dir).suffix.lower() != ".mcap":
         raise RecordingError(f"{out_dir}: a bare MCAP recording must end in .mcap; rename it or use --format rosbag2")
     cfg = world_config or WorldConfig()
+    cfg.validate()
     views = list(views)
-    if fmt != "folder":
-        if (Path(out_dir).exists() or Path(out_dir).is_symlink()) and not overwrite:
-            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
-        if not views or len(set(views)) != len(views):
-            raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
-        for v in views:
-            get_view(v)  # unknown view → ValueError listing the valid ones
-        if not isinstance(size, int) or size < 2:
-            raise RecordingError(f"size must be an int >= 2, got {size!r}")
+    check_recording_args(views, size, fps, n_episodes, n_steps, even=fmt == "folder")
+    if fmt == "folder":
+        _check_codec(codec or "MJPG")
+    elif (Path(out_dir).exists() or Path(out_dir).is_symlink()) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     states = simulate(cfg, n_episodes, n_steps, seed)
     if fmt == "folder":
         return write_recording(out_dir, states, views, size=size, fps=fps, seed=seed, codec=codec or "MJPG",
