@@ -167,7 +167,7 @@ def test_export_accepts_onnx_in_any_case(tmp_path):
 @pytest.mark.parametrize("name", ["W_BA.json", "W_BA.safetensors", "W_BA.probe.safetensors", ".postcard.safetensors"])
 def test_calib_refuses_a_postcard_name_run_watch_would_not_pick_up(tmp_path, name):
     pytest.importorskip("torch")
-    from jepa_edge.train.calibrate import check_postcard_out
+    from jepa_edge.agents.calibrate import check_postcard_out
 
     with pytest.raises(ValueError, match=r"NAME\.postcard\.safetensors .*--out W_BA\.postcard\.safetensors"):
         check_postcard_out(tmp_path / name)

@@ -551,17 +551,17 @@ CASES: dict[str, Case] = {
         ["calib-graph", t / "none.onnx", w.onnx, "--out", t / "g"], ["none.onnx"], [t / "g"])),
     # ---- out-of-range numbers, wrong output names, same agent twice, unreachable peers, unwritable paths
     "record size far too large": Case(lambda w, t: (
-        ["world", "record", t / "a" / "r", "--size", 100000, "--episodes", 2, "--steps", 8],
+        ["world", "record", t / "a" / "r", "--size", 100000, "--episodes", 2, "--episode-len", 8],
         ["size 100000", "--size 1024"], [t / "a"])),
     "record size too small": Case(lambda w, t: (
-        ["world", "record", t / "r", "--size", 4, "--episodes", 2, "--steps", 8], ["size 4", "--size 8"], [t / "r"])),
+        ["world", "record", t / "r", "--size", 4, "--episodes", 2, "--episode-len", 8], ["size 4", "--size 8"], [t / "r"])),
     "record negative fps": Case(lambda w, t: (
-        ["world", "record", t / "a" / "r", "--fps", -1, "--episodes", 2, "--steps", 8, "--size", 16],
+        ["world", "record", t / "a" / "r", "--fps", -1, "--episodes", 2, "--episode-len", 8, "--size", 16],
         ["fps -1", "--fps"], [t / "a"])),
     "record zero episodes": Case(lambda w, t: (
-        ["world", "record", t / "r", "--episodes", 0, "--steps", 8, "--size", 16], ["episodes", ">= 1"], [t / "r"])),
+        ["world", "record", t / "r", "--episodes", 0, "--episode-len", 8, "--size", 16], ["episodes", ">= 1"], [t / "r"])),
     "record bag with zero steps": Case(lambda w, t: (
-        ["world", "record", t / "r.mcap", "--format", "mcap", "--episodes", 2, "--steps", 0, "--size", 16],
+        ["world", "record", t / "r.mcap", "--format", "mcap", "--episodes", 2, "--episode-len", 0, "--size", 16],
         ["steps", ">= 1"], [t / "r.mcap"])),
     "record over the memory limit": Case(lambda w, t: (
         ["world", "record", t / "r", "--size", 1024, "--episodes", 1000], ["GiB", "fewer episodes"], [t / "r"])),
@@ -569,29 +569,29 @@ CASES: dict[str, Case] = {
         ["run", w.onnx, "--threads", 100000, "--backend", "ort-cpu", "--jsonl", t / "o.jsonl"],
         ["100000", "--threads", "logical CPUs"], [t / "o.jsonl"])),
     "calib source and target the same folder": Case(lambda w, t: (
-        ["calib", "--source", w.run_a, "--target", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
+        ["calib", "--from", w.run_a, "--to", w.run_a, "--out", t / "W.postcard.safetensors", *MOMENTS],
         ["same run folder", "identity", "two different agents"], [t / "W.postcard.safetensors"])),
     "calib source and target the same agent": Case(lambda w, t: (
-        ["calib", "--source", _copy_run(w.run_a, t / "copyA"), "--target", w.run_a,
+        ["calib", "--from", _copy_run(w.run_a, t / "copyA"), "--to", w.run_a,
          "--out", t / "W.postcard.safetensors", *MOMENTS], ["same agent", "identity", "two different agents"],
         [t / "W.postcard.safetensors"])),
     "calib --out not a postcard name": Case(lambda w, t: (
-        ["calib", "--source", w.run_b, "--target", w.run_a, "--out", t / "W_BA.json", *MOMENTS],
+        ["calib", "--from", w.run_b, "--to", w.run_a, "--out", t / "W_BA.json", *MOMENTS],
         ["W_BA.json", ".postcard.safetensors", "--out"], [t / "W_BA.json"])),
     "export --out not .onnx": Case(lambda w, t: (
         ["export", w.run_b, "--postcard", w.postcard, "--out", t / "model.txt"], ["model.txt", ".onnx", "--out"],
         [t / "model.txt", t / "model.onnx"])),
     "train config NaN lr": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"lr": float("nan")}})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"train": {"lr": float("nan")}})],
         ["c.json", "train.lr", "finite"], [t / "o"])),
     "train config infinite weight decay": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", _json(t / "c.json", {"train": {"weight_decay": float("inf")}})],
+        ["train", t / "o", "--config", _json(t / "c.json", {"train": {"weight_decay": float("inf")}})],
         ["c.json", "train.weight_decay", "finite"], [t / "o"])),
     "train --lr nan": Case(lambda w, t: (
-        ["train", "--out", t / "o", "--config", w.config, "--lr", "nan", "--no-progress"], ["train.lr", "finite"],
+        ["train", t / "o", "--config", w.config, "--lr", "nan", "--no-progress"], ["train.lr", "finite"],
         [t / "o"])),
     "fleet --follow a peer that never appears": Case(lambda w, t: (
-        ["fleet", "run", w.onnx, "--source", "sim:oblique?size=16", "--backend", "ort-cpu", "--max-frames", 2,
+        ["fleet", "run", w.onnx, "--source", "sim:oblique?size=16", "--backend", "ort-cpu", "--frames", 2,
          "--fleet", "lonely", "--follow", "agentZ", *_signed(t, "agentB")],
         ["never saw agent 'agentZ'", "fleet 'lonely'", "--follow", "--fleet"], [])),
     "fleet --listen not an endpoint": Case(lambda w, t: (
@@ -610,11 +610,11 @@ CASES: dict[str, Case] = {
         ["export", w.run_b, "--postcard", w.postcard, "--out", "/proc/agentB.onnx"],
         ["cannot write /proc/agentB.onnx", "check the path"], [])),
     "run --record in /proc": Case(lambda w, t: (
-        ["run", w.onnx, "--source", "sim:oblique?size=16", "--max-frames", 2, "--backend", "ort-cpu",
+        ["run", w.onnx, "--source", "sim:oblique?size=16", "--frames", 2, "--backend", "ort-cpu",
          "--jsonl", t / "o.jsonl", "--record", "/proc/run.mcap"], ["cannot write /proc/run.mcap", "check the path"],
         [])),
     "record a bag in /proc": Case(lambda w, t: (
-        ["world", "record", "/proc/rec.mcap", "--format", "mcap", "--episodes", 2, "--steps", 8, "--size", 16],
+        ["world", "record", "/proc/rec.mcap", "--format", "mcap", "--episodes", 2, "--episode-len", 8, "--size", 16],
         ["cannot write /proc/rec.mcap", "check the path"], [])),
     "keygen --out over a folder": Case(lambda w, t: (
         ["fleet", "keygen", "agentA", "--out", _folder(t / "adir"), "--overwrite"],
