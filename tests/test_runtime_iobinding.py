@@ -322,12 +322,12 @@ def test_head_inputs_runs_as_encoder_only_plus_numpy_head_on_cuda_only():
 
 
 def test_load_model_for_run_keeps_the_head_inputs_graph_on_the_cpu(tiny, tmp_path):
-    from jepa_edge.runtime.backend_ort import graph_mode
+    from jepa_edge.runtime.backend_ort import model_mode
     from jepa_edge.runtime.backends import load_model_for_run
 
     with load_model_for_run(tiny["head_inputs"], "ort-cpu") as model:
         assert model.meta.mode == "head_inputs"
     # the mode load_model_for_run reads on ort-cuda before any session: from the file's metadata
-    assert graph_mode(tiny["head_inputs"]) == "head_inputs" and graph_mode(tiny["fused"]) == "fused"
+    assert model_mode(tiny["head_inputs"]) == "head_inputs" and model_mode(tiny["fused"]) == "fused"
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    assert graph_mode(tmp_path / "bad.onnx") == "" and graph_mode(tmp_path / "missing.onnx") == ""
+    assert model_mode(tmp_path / "bad.onnx") == "" and model_mode(tmp_path / "missing.onnx") == ""

@@ -312,7 +312,7 @@ def _contract(model: Any) -> tuple[dict[str, str], dict[str, Any]]:
     return props, json.loads(props.get(METADATA_KEY, "{}"))
 
 
-def graph_mode(path: Path) -> str:
+def model_mode(path: Path) -> str:
     """The export mode written in an ONNX file's metadata, read without a session; "" when it cannot be read
     (the model's load then says what is wrong with the file)."""
     try:
@@ -338,7 +338,7 @@ def encoder_only_bytes(path: Path) -> bytes:
     return sub.SerializeToString()
 
 
-def check_graph_io(sess: Any, meta: ModelMeta, where: str) -> None:
+def check_model_io(sess: Any, meta: ModelMeta, where: str) -> None:
     """The graph's I/O against the export contract and its own metadata (refused at load, not at frame 1)."""
     ins = {i.name: i for i in sess.get_inputs()}
     outs = {o.name for o in sess.get_outputs()}
@@ -442,7 +442,7 @@ class OrtModel(Model):
         sess = self._new_session(ort, path, backend, self._model_arg, session_options(ort, cfg), _providers(backend, cfg))
         meta_text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         super().__init__(path, backend, parse_meta(meta_text, str(path)))
-        check_graph_io(sess, self.meta, str(path))
+        check_model_io(sess, self.meta, str(path))
         self.config = cfg
         self.precision = ort_precision(backend, cfg, ort.__version__)
         self.provider_options: dict[str, dict[str, str]] = {k: dict(v) for k, v in sess.get_provider_options().items()}

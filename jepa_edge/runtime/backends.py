@@ -8,7 +8,7 @@ from typing import Any
 
 from jepa_edge.config import from_dict
 from jepa_edge.runtime import backend_trt
-from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers, graph_mode
+from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig, OrtModel, available_providers, model_mode
 from jepa_edge.runtime.backend_trt import TrtConfig, TrtModel
 from jepa_edge.runtime.errors import BackendUnavailableError
 from jepa_edge.runtime.model import Model
@@ -70,7 +70,7 @@ def load_model(
     return OrtModel(path, backend, _config(OrtConfig, config, backend), encoder_only=encoder_only)
 
 
-def numpy_head_on_cuda_graph(backend: str, graph_mode: str, head_mode: str, config: Any = None) -> bool:
+def numpy_head_on_cuda_graph(backend: str, export_mode: str, head_mode: str, config: Any = None) -> bool:
     """Run a ``head_inputs`` model on ``ort-cuda`` as its encoder-only cut with the head in numpy?
 
     Yes where the head may run in numpy (``head_mode`` auto or numpy) and CUDA graphs are not turned off: the
@@ -78,7 +78,7 @@ def numpy_head_on_cuda_graph(backend: str, graph_mode: str, head_mode: str, conf
     swap). Swaps stay free: the numpy head is swapped between frames like the graph's. (Measured: README "On a GPU".)
     """
     graph = config.get("cuda_graph") if isinstance(config, dict) else getattr(config, "cuda_graph", None)
-    return backend == "ort-cuda" and graph_mode == "head_inputs" and head_mode in ("auto", "numpy") and graph is not False
+    return backend == "ort-cuda" and export_mode == "head_inputs" and head_mode in ("auto", "numpy") and graph is not False
 
 
 def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto", *,
@@ -95,7 +95,7 @@ def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = No
     if config is None and backend in ORT_BACKENDS and (threads or cuda_graph is not None):
         config = OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if backend == "ort-cuda" else None)
     cut = (backend == "ort-cuda" and path.suffix != ".engine"
-           and numpy_head_on_cuda_graph(backend, graph_mode(path), head_mode, config))
+           and numpy_head_on_cuda_graph(backend, model_mode(path), head_mode, config))
     if cut:
         log.info("%s: head_inputs on ort-cuda → encoder-only cut (CUDA graph) + numpy head", path)
     return load_model(path, backend, config, encoder_only=cut)
