@@ -16,7 +16,7 @@ def figures(tmp_path_factory):
         results = run_study(_world(np.random.default_rng(0), related=related), SMALL)
         saved = []
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+            mp.setattr(plots, "_save", lambda fig, path, saved=saved: saved.append(fig))
             names = plots.write_plots(results, tmp_path_factory.mktemp("plots"))
         drawn.update({(related, name): fig for name, fig in zip(names, saved, strict=True)})
     return drawn
