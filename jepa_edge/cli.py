@@ -360,8 +360,7 @@ def reproduce(
     view_a: Annotated[str, typer.Option(help="Agent A's view (W's target).")] = "top",
     view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
     steps: Annotated[int, typer.Option(help="Training steps per agent (0 = default config).")] = 0,
-    other_world: Annotated[bool | None, typer.Option("--other-world/--no-other-world", help="Also train the "
-                                                 "different-world control agent (default: the preset's).")] = None,
+    other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
     objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
                                                 "number of objects (one more agent to train).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON RunConfig overrides for every agent.")] = None,
@@ -376,7 +375,7 @@ def reproduce(
                                         "(undertrained agents, about 2 min: the pipeline, not the claim).")] = "demo",
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
-    from jepa_edge.study.reproduce import preset_config
+    from jepa_edge.study.reproduce import ReproduceConfig
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
     overrides = _checked_run_overrides(config)  # a bad key fails now, not after the first agent trained
@@ -403,9 +402,8 @@ def reproduce(
         say(f"report: {out / 'student_report.md'}")
         return
 
-    chosen = {"steps": steps or None, "other_world": other_world}  # flags not given keep the preset's values
-    cfg = preset_config(preset, view_a=view_a, view_b=view_b, objects_world=objects_world, run=overrides,
-                        **{k: v for k, v in chosen.items() if v is not None})
+    cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps, other_world=other_world,
+                          objects_world=objects_world, preset=preset, run=overrides)
     run_reproduce(cfg, out, progress=progress)
     say(f"report: {out / 'report.md'}")
 

@@ -1,32 +1,32 @@
-"""`reproduce --preset`: a preset's overrides under the caller's, and a short run says so before any number."""
+"""`reproduce --preset`: a preset's values under the caller's, and a short run says so before any number."""
 
 import pytest
 
 from jepa_edge.config import ConfigError
-from jepa_edge.study.reproduce import PRESETS, preset_config, short_run_notice
+from jepa_edge.study.reproduce import PRESETS, ReproduceConfig, short_run_notice, with_preset
 from jepa_edge.train.config import RunConfig
 
 
 def test_quick_preset_is_small_and_the_callers_fields_win():
-    demo, quick = preset_config("demo"), preset_config("quick")
-    assert demo.preset == "demo" and demo.other_world and demo.steps == 0  # 0: the RunConfig's steps
+    demo, quick = with_preset(ReproduceConfig()), with_preset(ReproduceConfig(preset="quick"))
+    assert demo == ReproduceConfig()  # the demo preset is ReproduceConfig() itself
     assert quick.preset == "quick" and not quick.other_world and 0 < quick.steps < RunConfig().train.steps
     assert quick.run["data"]["n_episodes"] < RunConfig().data.n_episodes
     assert quick.study.n_perm >= 1 and quick.study.time_shifts  # the shuffled and time-shift controls stay
-    mine = preset_config("quick", steps=7, other_world=True, run={"data": {"img_size": 16}})
-    assert (mine.steps, mine.other_world) == (7, True)
+    mine = with_preset(ReproduceConfig(preset="quick", steps=7, view_b="rotated", run={"data": {"img_size": 16}}))
+    assert (mine.steps, mine.view_b, mine.anchor_episodes) == (7, "rotated", PRESETS["quick"]["anchor_episodes"])
     assert mine.run["data"] == {**PRESETS["quick"]["run"]["data"], "img_size": 16}  # merged key by key
+    assert with_preset(mine) == mine
 
 
 def test_unknown_preset_names_the_flag_and_the_choices():
     with pytest.raises(ConfigError, match="--preset.*demo, quick"):
-        preset_config("fast")
+        with_preset(ReproduceConfig(preset="fast"))
 
 
 def test_short_run_notice():
-    demo_run = RunConfig()
-    assert short_run_notice(preset_config("demo"), demo_run) == ""
+    assert short_run_notice(ReproduceConfig(), RunConfig()) == ""
     short = RunConfig()
     short.train.steps = 100
-    assert "undertrained" in short_run_notice(preset_config("demo"), short)
-    assert "preset quick" in short_run_notice(preset_config("quick"), demo_run)
+    assert "undertrained" in short_run_notice(ReproduceConfig(), short)
+    assert "preset quick" in short_run_notice(ReproduceConfig(preset="quick"), RunConfig())

@@ -78,7 +78,7 @@ def _train_wall(run_dir: Path) -> float | None:
 
 @dataclass
 class ReproduceConfig:
-    preset: str = "demo"  # the PRESETS entry these fields started from (recorded in results.json)
+    preset: str = "demo"  # PRESETS entry under these fields: what is left at its default here takes the preset's
     view_a: str = "top"  # agent A (W's target; its probes get transferred)
     view_b: str = "oblique"  # agent B (W's source; receives A's probes zero-shot)
     steps: int = 0  # training steps per agent (0 = RunConfig default)
@@ -112,12 +112,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(preset: str = "demo", **fields: Any) -> ReproduceConfig:
-    """ReproduceConfig of ``preset`` with ``fields`` on top (``run`` and ``study`` dicts merged key by key)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; pass --preset with one of {', '.join(PRESETS)}")
-    d = deep_merge(deep_merge(to_dict(ReproduceConfig()), PRESETS[preset]), {**fields, "preset": preset})
-    return from_dict(ReproduceConfig, d)
+def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
+    """``cfg`` on top of its preset: every field the caller left at ReproduceConfig's default takes the preset's
+    value; ``run`` and ``study`` merge key by key (the caller's keys win)."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {cfg.preset!r}; pass --preset with one of {', '.join(PRESETS)}")
+    default = to_dict(ReproduceConfig())
+    return from_dict(ReproduceConfig, deep_merge(deep_merge(default, PRESETS[cfg.preset]),
+                                                 _changed(to_dict(cfg), default)))
+
+
+def _changed(mine: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``mine`` that differ from ``default``, nested dicts compared key by key."""
+    return {k: _changed(v, default[k]) if isinstance(v, dict) and isinstance(default.get(k), dict) else v
+            for k, v in mine.items() if v != default.get(k)}
 
 
 def short_run_notice(cfg: ReproduceConfig, run: RunConfig) -> str:
@@ -158,6 +166,7 @@ def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console
 
 
 def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    cfg = with_preset(cfg)
     out_dir = Path(out_dir)
     console = Console(stderr=True)
     runs = out_dir / "runs"
