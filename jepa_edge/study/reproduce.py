@@ -117,9 +117,9 @@ def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
     value; ``run`` and ``study`` merge key by key (the caller's keys win)."""
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; pass --preset with one of {', '.join(PRESETS)}")
-    default = to_dict(ReproduceConfig())
-    return from_dict(ReproduceConfig, deep_merge(deep_merge(default, PRESETS[cfg.preset]),
-                                                 _changed(to_dict(cfg), default)))
+    cls = type(cfg)
+    default = to_dict(cls())
+    return from_dict(cls, deep_merge(deep_merge(default, PRESETS[cfg.preset]), _changed(to_dict(cfg), default)))
 
 
 def _changed(mine: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
