@@ -28,7 +28,7 @@ browser:
 		echo "chromium not installed: tests/test_live_page.py's browser test will be skipped"
 
 demo: setup
-	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
+	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT) --overwrite
 	$(BIN)/jepa-edge export $(DEMO_OUT)/runs/agentB --postcard $(DEMO_OUT)/W_BA.postcard.safetensors \
 		--probe $(DEMO_OUT)/probes/agentA.position.probe.safetensors \
 		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx --overwrite
