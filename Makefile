@@ -28,21 +28,17 @@ browser:
 		echo "chromium not installed: tests/test_live_page.py's browser test will be skipped"
 
 demo: setup
-	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT)
+	$(BIN)/jepa-edge reproduce --out $(DEMO_OUT) --overwrite
 	$(BIN)/jepa-edge export $(DEMO_OUT)/runs/agentB --postcard $(DEMO_OUT)/W_BA.postcard.safetensors \
 		--probe $(DEMO_OUT)/probes/agentA.position.probe.safetensors \
-		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx
-	$(BIN)/jepa-edge world record $(DEMO_OUT)/video --view oblique --episodes 4 --steps 250 --overwrite
+		--probe $(DEMO_OUT)/probes/agentA.danger.probe.safetensors --out $(DEMO_OUT)/agentB.onnx --overwrite
+	$(BIN)/jepa-edge world record $(DEMO_OUT)/video --view oblique --episodes 4 --episode-len 250 --overwrite
 	$(BIN)/jepa-edge bench $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi \
-		--torch $(DEMO_OUT)/runs/agentB --threads 1 --decode-threads 1 --out $(DEMO_OUT)/bench.json
-	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --max-frames 5
+		--torch $(DEMO_OUT)/runs/agentB --threads 1 --decode-threads 1 --out $(DEMO_OUT)/bench.json --overwrite
+	$(BIN)/jepa-edge run $(DEMO_OUT)/agentB.onnx --source $(DEMO_OUT)/video/oblique.avi --frames 5
 
 # One worker per core (`-n auto`, one math thread each: tests/conftest.py); idle workers steal queued tests
-# (`worksteal`). 75–84 s of pytest on the 2-core AMD EPYC dev host warm, 79–85 s from clean clones (`.ci/run`,
-# 2 min 37 s – 2 min 58 s with set-up), 27 Nov; 64 s (2 min 22 s) from a clean clone on an idle host after the
-# flatten-pool default; with lever 4 (559 tests) 92.6 s from a clean clone (3 min 18 s), 82.6–87.7 s warm; with
-# lever 5 (560 tests) 79.7 s and 86.3 s from clean clones (2 min 39 s, 3 min 15 s); with fleet trust (608 tests)
-# 20 runs in a row passed with two busy loops beside them, 67-84 s each (4 Dec). `pytest -m "not slow"` skips the
+# (`worksteal`). Wall times on the 2-core dev host: docs/RESULTS.md. `pytest -m "not slow"` skips the
 # multi-process and end-to-end tests.
 test: setup browser
 	$(BIN)/python -m pytest -q -n auto --dist worksteal

@@ -31,7 +31,7 @@ skipped with the reason (measurements first, so a hung test cannot cost them):
 
 Writes ``benchmarks/results/gpu_check.json``: the machine (CPU, GPU, driver,
 torch, ONNX Runtime, TensorRT), every step, every bench result, and the
-targets of issue 10 with the measured value beside each, for the IOBinding
+GPU targets with the measured value beside each, for the IOBinding
 path and for the CUDA-graph path. Stopped early (SIGTERM, Ctrl-C), it still
 writes what ran, with ``stopped`` saying where. Exit status 1 when a step
 failed or the check was stopped. ``--cpu`` runs the same pipeline on the CPU
@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 VIT_TINY = {"img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0,
             "latent_dim": 192}
 MODELS = ("agent32", "vit_tiny")
-# The issue's "done when" for the 32 px agent on an H100-class GPU (ort-cuda).
+# The GPU targets for the 32 px agent on an H100-class GPU (ort-cuda).
 TARGETS = {"ort_cuda_b1_infer_p50_ms_max": 0.25, "ort_cuda_b8_infer_fps_min": 20_000.0,
            "fused_head_overhead_max": 0.03}
 
@@ -334,7 +334,7 @@ def _find(results: list[dict], agent: str, backend: str, mode: str, batch: int,
 
 
 def targets(results: list[dict], variant: str = "head_inputs") -> dict[str, Any]:
-    """Issue 10's targets for the 32 px agent, measured value beside each (None: not measured here).
+    """The GPU targets for the 32 px agent, measured value beside each (None: not measured here).
 
     ``variant``: "head_inputs" (IOBinding, head weights as graph inputs) or "graph" (the fused graph
     replayed as a CUDA graph); ort-cpu is always the head_inputs model.

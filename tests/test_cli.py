@@ -179,16 +179,12 @@ def test_bench_writes_the_json_report(world, tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
-    import functools
-
     from jepa_edge.study import reproduce as reproduce_mod
-    from jepa_edge.study.scaling import ScalingConfig
+    from jepa_edge.study.scaling import LIGHT_STUDY
 
     # the command's wiring, on fewer moments and the scaling study's light study (full: test_study_alignment.py),
     # with the object-count control agent: trained on its own world, it lands in every new section
-    light = ScalingConfig().study_config()
-    monkeypatch.setattr(reproduce_mod, "ReproduceConfig", functools.partial(
-        reproduce_mod.ReproduceConfig, anchor_episodes=16, study=light))
+    monkeypatch.setitem(reproduce_mod.PRESETS, "demo", {"anchor_episodes": 16, "study": LIGHT_STUDY})
     res = cli("reproduce", "--out", tmp_path / "demo", "--config", world.config, "--steps", 2, "--no-other-world",
               "--objects-world", "--no-progress")
     assert_ok(res)
@@ -199,11 +195,12 @@ def test_reproduce_writes_the_report(world, tmp_path, monkeypatch):
     assert set(results["time_shift"]) == {"1", "5", "25"}
     md = (tmp_path / "demo/report.md").read_text()
     assert "different object count" in md and "## How much is shared" in md
-    rows = {r["target"]: r for r in results["recipe_targets"]}  # issue 12's targets, with what was measured
+    rows = {r["target"]: r for r in results["recipe_targets"]}  # the recipe's targets, with what was measured
     a_meta = json.loads((tmp_path / "demo/runs/agentA/meta.json").read_text())
     assert rows["agent A position R²"]["value"] == a_meta["metrics"]["position_r2"]
     assert 0 < rows["agent B training wall (s)"]["value"] < 600 and rows["agent B training wall (s)"]["pass"]
-    assert "## Recipe targets (issue 12)" in md and ("Missed: " in md or "Every measured target is met." in md)
+    assert md.splitlines()[2].startswith("> **Short run (preset demo, 2 training steps")  # said before any number
+    assert "## Recipe targets" in md and "issue" not in md and ("Missed: " in md or "Every measured target is met." in md)
 
 
 def test_train_on_a_recording_says_why_no_held_out_probe(world, tmp_path):

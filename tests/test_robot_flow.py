@@ -1,4 +1,4 @@
-"""The README's "Your own robots" commands, end to end on a ROS 2 bag the test writes (tiny agents, CPU).
+"""docs/ROBOTS.md's bag-to-probe commands, end to end on a ROS 2 bag the test writes (tiny agents, CPU).
 
 A bag of two cameras (with a states topic, as `world record --format mcap` writes) → an agent per camera →
 W fitted on the bag's paired frames → a probe on A → transferred to B → a fused ONNX → run on B's camera topic,

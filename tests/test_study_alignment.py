@@ -92,7 +92,7 @@ def test_recipe_targets_follow_the_numbers_and_a_missing_value_is_not_a_pass():
     assert rows["linear CKA"]["value"] == res["similarity"]["trained"]["cka"]
     res["recipe_targets"] = list(rows.values())
     md = render_report(res)
-    assert "## Recipe targets (issue 12)" in md and "| agent B training wall (s) | — | ≤ 600 | not measured |" in md
+    assert "## Recipe targets" in md and "| agent B training wall (s) | — | ≤ 600 | not measured |" in md
     assert "Missed: agent B position R²" in md
     for control, value in v["controls"].items():  # the margin over each control, not only the best one
         assert f"{_title(control)} {v['trained'] - value:.3f}" in md

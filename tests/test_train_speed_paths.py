@@ -1,4 +1,4 @@
-"""The fast training paths (issue 13) against their references: clips on the device, foreach EMA and AdamW,
+"""The fast training paths against their references: clips on the device, foreach EMA and AdamW,
 metrics read at log steps, divergence, --compile on the call path, the attention choice, DDP device binding."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 labels* (MSE from z through a linear head to the standardised object positions) on the same frames and budget
 as a JEPA agent, then scored exactly as the trainer scores an agent (ridge on z, held-out episodes of the
 eval world). It says how much of the state a 32 px (or 48 px) frame of the view lets this encoder recover,
-so a JEPA agent's R² can be read against what the pixels allow (docs/RECIPE.md, issue 12).
+so a JEPA agent's R² can be read against what the pixels allow (docs/RECIPE.md).
 
 usage: python docs/experiments/supervised_ceiling.py VIEW [--img 32 --patch 8 --pool attention --steps 1500]
 (the numbers in docs/RECIPE.md, lever 3, used the attention pool, the default before that lever)

@@ -588,7 +588,7 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
 
 
 def _targets_section(results: dict[str, Any]) -> list[str]:
-    """The training recipe's targets (issue 12), when the caller (reproduce) checked them."""
+    """The training recipe's targets (docs/RECIPE.md), when the caller (reproduce) checked them."""
     rows = results.get("recipe_targets")
     if not rows:
         return []
@@ -598,7 +598,7 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
                      ("≤ " if r["at_most"] else "≥ ") + _f(r["threshold"], r["digits"]), word[r["pass"]]] for r in rows])
     missed = [r["target"] for r in rows if r["pass"] is False]
     verdict = (f"Missed: {', '.join(missed)}." if missed else "Every measured target is met.")
-    return ["## Recipe targets (issue 12)", "", *table, "", verdict, *_margin_lines(results, rows), ""]
+    return ["## Recipe targets", "", *table, "", verdict, *_margin_lines(results, rows), ""]
 
 
 def _margin_lines(results: dict[str, Any], rows: list[dict]) -> list[str]:
@@ -615,7 +615,7 @@ def _margin_lines(results: dict[str, Any], rows: list[dict]) -> list[str]:
         lines.append(f"The margin target ({_f(target['threshold'], 2)}) is missed only against "
                      + " and ".join(_title(c) for c in short)
                      + (": a second agent of B's view, trained on another world and fed B's frames, so it shares the "
-                        "view, the objects and the moment (docs/RECIPE.md, \"Lever 5\")."
+                        "view, the objects and the moment (docs/RESULTS.md, \"The different-world control\")."
                         if short == ["other_world"] else "."))
     return lines
 
@@ -627,6 +627,7 @@ def render_report(results: dict[str, Any]) -> str:
     est = cfg["primary_estimator"]
     L = [(f"# Alignment study: {ag['source']['name']} ({ag['source']['view']}) → "
          f"{ag['target']['name']} ({ag['target']['view']})"), "",
+         *([f"> **{results['notice']}**", ""] if results.get("notice") else []),
          (f"{sp['n_episodes']} episodes, split by episode: anchor pool {sp['n_pool']} moments, held-out "
          f"{sp['n_heldout']} (metrics on {sp['n_eval']}); {sp['n_anchors']} anchors. Verdicts use `{est}`."), "",
          "## Verdicts", "", *_verdict_lines(results["verdicts"]), "", *_targets_section(results)]

@@ -29,29 +29,40 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+SWEEP_STYLES = ("-", "--", ":", "-.")  # one line style per estimator (colour: condition)
+SWEEP_LABELS = {"retrieval_top1": "top-1 retrieval (held-out)", "r2": "R² of W·z_B vs z_A (held-out)"}
+
+
 def plot_sweep(results: dict[str, Any], path: Path) -> None:
-    """Metric vs number of anchors, one line per condition (style per estimator)."""
+    """Metric vs number of anchors, one line per condition (colour) and estimator (style); the legend, drawn from
+    the lines themselves, sits right of the panels, and every panel's y range holds all its points."""
+    from matplotlib.ticker import FormatStrFormatter
+
     sweep = results["sweep"]
     counts = sweep["counts"]
     ests = [e for e in results["config"]["sweep_estimators"] if e in sweep]
     keys = list(sweep[ests[0]]["trained"]) if ests else []
-    fig, axes = _figure(1, max(1, len(keys)), (4.0 * max(1, len(keys)), 3.4))
+    fig, axes = _figure(1, max(1, len(keys)), (3.6 * max(1, len(keys)) + 2.2, 3.4))
     for ax, key in zip(axes[0], keys):
-        for est, style in zip(ests, ("-", "--", ":", "-.")):
+        for est, style in zip(ests, SWEEP_STYLES):
             for cond, d in sweep[est].items():
                 mean = np.array([np.nan if v is None else v for v in d[key]["mean"]])
-                ax.plot(counts, mean, style, marker="o", ms=3, color=COLORS.get(cond, "k"),
+                ax.plot(counts, mean, linestyle=style, marker="o", ms=3, color=COLORS.get(cond, "k"),
                         label=f"{TITLES.get(cond, cond)} ({est})")
         if key == "retrieval_top1":
-            ax.plot(counts, [results["split"]["n_eval"] ** -1] * len(counts), "k:", lw=1, label="chance")
-        if key == "r2" or ax.get_ylim()[0] < -1.05:  # a bad control's R² would squash the others
-            ax.set_ylim(-1.05, 1.05)
+            ax.plot(counts, [results["split"]["n_eval"] ** -1] * len(counts), linestyle=":", color="k", lw=1,
+                    label="chance")
+        if ax.get_ylim()[0] < -1.05:  # a bad control's R² far below 0: log-like below -1, linear above
+            ax.set_yscale("symlog", linthresh=1.0, linscale=2.0)
+            ax.set_yticks([t for t in (-100, -30, -10, -3, -1, -0.5, 0, 0.5, 1) if t >= ax.get_ylim()[0] * 1.5])
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.set_xscale("log")
-        ax.set_xlabel("anchors")
+        ax.set_xlabel("anchors (log scale)")
+        ax.set_ylabel(SWEEP_LABELS.get(key, f"{key.removeprefix('probe_')} probe_A ∘ W on B (held-out)"))
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
     if keys:
-        axes[0][0].legend(fontsize=6)
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=7, handlelength=3.5)
     _save(fig, path)
 
 
@@ -65,14 +76,16 @@ def plot_controls(results: dict[str, Any], path: Path) -> None:
         "retrieval top-1": {c: (v["retrieval_top1"]["mean"] if c == "shuffled" else v["retrieval_top1"])
                             for c, v in row.items() if "error" not in v},
     }
-    fig, axes = _figure(1, 3, (12, 3.4))
+    fig, axes = _figure(1, 3, (12, 3.6))
     for ax, (title, vals) in zip(axes[0], panels.items()):
         names = list(vals)
         ax.bar(range(len(names)), [vals[n] for n in names], color=[COLORS.get(n, "k") for n in names])
         ax.set_xticks(range(len(names)), [TITLES.get(n, n) for n in names], rotation=20, fontsize=8)
         for i, n in enumerate(names):
             ax.text(i, max(vals[n], 0) + 0.02, f"{vals[n]:.2f}", ha="center", fontsize=8)
-        ax.set_ylim(0, 1.1)
+        ax.set_ylim(min(0.0, *vals.values()) * 1.1, 1.1)
+        ax.set_xlabel("condition")
+        ax.set_ylabel(f"{title} (held-out)")
         ax.set_title(title)
     _save(fig, path)
 
@@ -88,10 +101,14 @@ def plot_pca(results: dict[str, Any], path: Path) -> None:
         xy = np.asarray(p[key])  # (P, 2)
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=p["color"], s=6, cmap="viridis")
         ax.set_title(title, fontsize=9)
-    lim_src = np.asarray(p["target"])
-    for ax in (axes[0][0], axes[0][2]):  # same axes for A and B-after-W so alignment is visible
-        ax.set_xlim(lim_src[:, 0].min() * 1.2, lim_src[:, 0].max() * 1.2)
-        ax.set_ylim(lim_src[:, 1].min() * 1.2, lim_src[:, 1].max() * 1.2)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    both = np.concatenate([np.asarray(p["target"]), np.asarray(p["source_after"])])  # (2P, 2)
+    lo, hi = both.min(0), both.max(0)
+    pad = 0.05 * (hi - lo)
+    for ax in (axes[0][0], axes[0][2]):  # same axes for A and B-after-W so alignment is visible, every point in
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     fig.colorbar(sc, ax=axes[0].tolist(), label=p["color_label"])
     _save(fig, path)
 

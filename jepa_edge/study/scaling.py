@@ -292,6 +292,7 @@ def plot_scaling(results: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(budgets, [f"{c / 1000:g}k" for c in budgets], fontsize=7)
         ax.set_xlabel("training clips (steps × batch)")
+        ax.set_ylabel(key.replace("_", " "), fontsize=8)
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
         if key in CONTROL_METRICS or key == panels[0]:

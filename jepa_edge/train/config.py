@@ -16,7 +16,7 @@ class DataConfig:
     topics: dict[str, str] = field(default_factory=dict)  # bag: view → image topic ({} = views named from topics)
     img_size: int = 32  # frames are rendered / resized to img_size x img_size
     n_episodes: int = 2048  # simulated training episodes (pre-rendered once, ~200 MB at 32 px; 4x the first
-    # release's 512: docs/RECIPE.md, lever 1)
+    # release's 512: docs/RECIPE.md, "Levers toward a stronger default")
     episode_len: int = 32  # steps per episode
     eval_episodes: int = 64  # held-out episodes for the state probe (a different world seed)
     world_seed: int = 0  # seed of the simulated world (the training episodes)
@@ -90,7 +90,7 @@ def saved_run_config(d: dict) -> RunConfig:
     jepa = d.get("jepa", {})
     if isinstance(jepa, dict) and isinstance(jepa.get("encoder"), dict):
         jepa = {**jepa, "encoder": saved_encoder_dict(jepa["encoder"])}
-        jepa.setdefault("z_target_norm", "none")  # raw target z before lever 4
+        jepa.setdefault("z_target_norm", "none")  # raw target z before the standardised target
         if isinstance(jepa.get("predictor"), dict):
             jepa["predictor"] = {"z_head": "mlp", **jepa["predictor"]}
         d = {**d, "jepa": jepa}

@@ -48,12 +48,12 @@ class JEPAConfig:
     cov_weight: float = 0.04  # VICReg's 25:1 variance:covariance ratio
     var_target: float = 1.0  # hinge: per-dimension std across the batch should reach 1
     z_decorr_weight: float = 0.0  # > 0: penalise correlations between z's dimensions (standardised, so scale-free);
-    # an experiment for views whose z keeps less than their tokens (docs/RECIPE.md, after lever 3); off by default
+    # an experiment for views whose z keeps less than their tokens (docs/RECIPE.md, after "a flatten pool"); off by default
     z_recon_weight: float = 0.0  # > 0: a linear decoder maps the predicted z to the target frame's (LayerNorm'ed)
-    # tokens, so z must carry what the tokens carry (the same experiment's other lever); training-only, off by default
+    # tokens, so z must carry what the tokens carry (the same experiment's other variant); training-only, off by default
     z_target_norm: str = "batch"  # the z prediction's target: "batch" (each dimension standardised over the batch:
-    # every direction of z counts, faint objects' too; docs/RECIPE.md, lever 4), "none" (raw target z, the recipe
-    # before lever 4; its scale grows to ~10 and the z loss dominates) or "layer" (LayerNorm'ed per sample)
+    # every direction of z counts, faint objects' too; docs/RECIPE.md, "a standardised z target"), "none" (raw target z, the recipe
+    # before it; its scale grows to ~10 and the z loss dominates) or "layer" (LayerNorm'ed per sample)
     ema_start: float = 0.99  # target follows fast at first (the tokens change a lot early)...
     ema_end: float = 0.998  # ...and keeps tracking at the end: 1.0 froze a lagging target (docs/RECIPE.md)
 

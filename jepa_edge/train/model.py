@@ -32,7 +32,7 @@ class EncoderConfig:
     mlp_ratio: float = 2.0
     latent_dim: int = 64  # size of the global latent z exchanged through W
     pool: str = "flatten"  # tokens → z: "flatten" (a linear map of all N*D token values: the layout reaches z)
-    # or "attention" (one learned query, the first release's pool); docs/RECIPE.md, lever 3
+    # or "attention" (one learned query, the first release's pool); docs/RECIPE.md, "a flatten pool"
     fused_attn: bool | Literal["auto"] = "auto"  # True = F.scaled_dot_product_attention, False = manual reference path;
     # "auto": modules are built fused, and the trainer picks the faster path for its device (train/loop.py)
 
