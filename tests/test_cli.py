@@ -508,6 +508,14 @@ CASES: dict[str, Case] = {
     "bench missing source": Case(lambda w, t: (
         ["bench", w.onnx, "--backend", "ort-cpu", "--source", t / "none.avi", "--out", t / "b.json"], ["none.avi"],
         [t / "b.json"])),
+    "bench batch size far too large": Case(lambda w, t: (
+        ["bench", w.onnx, "--batch-size", 100000, "--out", t / "b.json"], ["--batch-size 100000", "1024"],
+        [t / "b.json"])),
+    "bench --out in /proc": Case(lambda w, t: (
+        ["bench", w.onnx, "--backend", "ort-cpu", "--out", "/proc/b.json"], ["/proc", "cannot write"], [])),
+    "bench --out over an existing report": Case(lambda w, t: (
+        ["bench", w.onnx, "--backend", "ort-cpu", "--out", _json(t / "b.json", {"kept": 1})],
+        ["b.json", "--overwrite"], [])),
     # ---- reproduce
     "reproduce config is a JSON list": Case(lambda w, t: (
         ["reproduce", "--out", t / "demo", "--config", _json(t / "c.json", [])], ["c.json", "JSON object"],
