@@ -28,7 +28,7 @@ from jepa_edge.calib.probes import (
 )
 from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.world.dataset import heldout_split, load_recording
-from jepa_edge.world.sim import WorldConfig
+from jepa_edge.world.sim import WorldConfig, position_labels
 
 
 @dataclass
@@ -128,7 +128,7 @@ class ProbeRunConfig:
 def _task_targets(moments: Moments, task: str) -> tuple[str, np.ndarray, list[str]]:
     if task == "position":
         n = moments.positions.shape[1] // 2
-        return "regression", moments.positions, [f"obj{i}.{a}" for i in range(n) for a in "xy"]
+        return "regression", moments.positions, position_labels(n)
     if task == "danger":
         return "classification", moments.danger, ["safe", "danger"]
     raise ValueError(f"unknown probe task {task!r}; use position or danger")

@@ -111,7 +111,7 @@ class StudyInputs:
     target_untrained: np.ndarray | None = None  # (M, Dt) untrained A0 on A's frames
     source_untrained: np.ndarray | None = None  # (M, Ds) untrained B0 on B's frames
     other_world: np.ndarray | None = None  # (M, Dc) encoder trained on another world, on B's frames
-    position_labels: list[str] | None = None  # names of the position columns, e.g. obj0_x
+    position_labels: list[str] | None = None  # names of the position columns, e.g. obj0.x
     objects_world: np.ndarray | None = None  # (M, Dd) encoder trained on a world with another object count, B's frames
     step: np.ndarray | None = None  # (M,) time step within the episode; None = row order within each episode
 

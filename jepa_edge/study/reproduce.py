@@ -27,7 +27,7 @@ from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.train.config import RunConfig, agent_config
 from jepa_edge.train.log import train_wall_time
 from jepa_edge.train.loop import ensure_trained
-from jepa_edge.world.sim import WorldConfig, with_object_count
+from jepa_edge.world.sim import WorldConfig, position_labels, with_object_count
 
 
 @dataclass
@@ -182,7 +182,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
         target_untrained=latents_of(untrained_like(meta_a, 10_001), fa),
         source_untrained=latents_of(untrained_like(meta_b, 10_002), fb),
         other_world=latents_of(load_agent(runs / "agentC_otherworld")[0], fb) if cfg.other_world else None,
-        position_labels=[f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"],
+        position_labels=position_labels(moments.positions.shape[1] // 2),
         objects_world=latents_of(load_agent(runs / "agentD_objects")[0], fb) if cfg.objects_world else None,
         step=np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes),  # rows are episode-major
     )

@@ -26,6 +26,7 @@ from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json, jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study
 from jepa_edge.train.config import RunConfig, agent_config
+from jepa_edge.world.sim import position_labels
 
 # The study per point: the anchor sweep and most permutations are dropped (they are in `reproduce`).
 LIGHT_STUDY = {"estimators": ["ridge"], "sweep_estimators": ["ridge"], "anchor_counts": [1000], "sweep_repeats": 1,
@@ -155,7 +156,7 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
     moments = world_moments(views, cfg.anchor_episodes, cfg.anchor_steps, first.data.img_size, cfg.anchor_seed,
                             first.data.world)
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
-    labels = [f"obj{i}_{a}" for i in range(moments.positions.shape[1] // 2) for a in "xy"]
+    labels = position_labels(moments.positions.shape[1] // 2)
     pool = worker_pool(cfg.workers) if cfg.workers > 1 else None
     try:
         points = _run_points(cfg, out_dir, console, study, moments, step, labels, pool, progress)

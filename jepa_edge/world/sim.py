@@ -74,6 +74,11 @@ def with_object_count(cfg: WorldConfig, n_objects: int) -> WorldConfig:
     return out
 
 
+def position_labels(n_objects: int) -> list[str]:
+    """Names of the flattened position columns, (x, y) per object: ``obj0.x, obj0.y, obj1.x, …``."""
+    return [f"obj{i}.{a}" for i in range(n_objects) for a in "xy"]
+
+
 @dataclass
 class WorldStates:
     positions: np.ndarray  # (E, T, n, 2) float32
