@@ -170,6 +170,7 @@ def test_write_failure_surfaces_and_leaves_nothing(tmp_path, monkeypatch):
     rec, rng = McapRecorder(tmp_path / "fail.mcap"), np.random.default_rng(3)
     frames = sim_frames(2)
     rec.frame(frames[0], *fake_frame(0, rng, latent=False), LABELS)  # starts the writer
+    rec.flush()  # frame 0 is on disk: the failure below hits frame 1, whatever the writer thread's pace
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")

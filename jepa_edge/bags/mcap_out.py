@@ -263,13 +263,21 @@ class McapRecorder:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None:  # after a failure keep draining, so frame() never blocks on a full queue
-                try:
-                    self._write(*item)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the loop's thread by frame()/close()
-                    self._error = exc
+            try:
+                if item is None:
+                    return
+                if self._error is None:  # after a failure keep draining, so frame() never blocks on a full queue
+                    try:
+                        self._write(*item)
+                    except BaseException as exc:  # noqa: BLE001 - re-raised in the loop's thread by frame()/close()
+                        self._error = exc
+            finally:
+                self._queue.task_done()  # flush() waits on these
+
+    def flush(self) -> None:
+        """Wait until every frame handed to ``frame()`` so far is written (or the writer failed)."""
+        self._queue.join()
+        self._raise_if_failed()
 
     def _write(self, ns: int, index: int, head_version: int, image: np.ndarray, values: dict, z: list | None,
                latency: dict, arrays: dict | None, labels: dict, caption: str) -> None:
