@@ -280,7 +280,8 @@ def _print_train_summary(result, recording: Path | None, as_json: bool = False) 
 
     if as_json:
         emit_json({"run": str(result.out_dir), "steps": result.step, "wall_s": result.wall_time_s,
-                   "fingerprint": result.fingerprint, "heldout": result.metrics, "untrained": result.untrained})
+                   "fingerprint": result.fingerprint, "heldout": result.metrics, "untrained": result.untrained,
+                   "cuda_graphs": result.cuda_graphs, "warmup_time": result.warmup_time})
         return
     if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
         from jepa_edge.bags.reader import is_bag

@@ -304,11 +304,13 @@ def test_cli_gpu_preset_on_a_cpu_and_cuda_graphs_flag(tmp_path):
     del cfg["name"], cfg["data"]["view"], cfg["train"]["cuda_graphs"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     res = cli.invoke(app, ["train", str(tmp_path / "off"), "--config", str(tmp_path / "cfg.json"), "--device", "cpu",
-                           "--cuda-graphs", "off", "--no-progress"])
+                           "--cuda-graphs", "off", "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
     _enc, meta = load_agent(tmp_path / "off")
     assert meta["run"]["train"]["cuda_graphs"] == "off"
-    assert meta["cuda_graphs"] == {"setting": "off", "used": False, "why": "off requested"}
+    assert meta["cuda_graphs"] == json.loads(res.output)["cuda_graphs"] == {"setting": "off", "used": False,
+                                                                            "why": "off requested"}
+    assert json.loads(res.output)["warmup_time"]["to_first_step_s"] > 0
 
 
 # ---------------------------------------------------------------- attention path per device
