@@ -6,11 +6,13 @@ Sections per step, in order: eval/checkpoint → forward/backward → clip/step
 ``(seed, step, rank)`` (``train/clips.py``), so ``--resume`` only needs the step
 and the saved tensors to continue exactly where an interrupted run stopped.
 
-A step never waits for the host: the frames live on the training device,
+A step never waits for the host (but the first three, synced to time the
+warm-up: ``WarmupClock``): the frames live on the training device,
 losses and metrics are summed there (``Meter``) and read back every
 ``log_every`` steps, which is also when a non-finite loss is detected
 (``TrainingDivergedError``; the check runs again before every checkpoint, so
-a diverged run never overwrites the last good one).
+a diverged run never overwrites the last good one). On one CUDA process the
+step runs as CUDA graphs by default (``choose_cuda_graphs``).
 
 Runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on
 CUDA): each process samples its own clips, gradients are averaged, rank 0
