@@ -26,8 +26,10 @@ skipped with the reason (measurements first, so a hung test cannot cost them):
 4. ``benchmarks/train_throughput.py --device cuda`` (eager and CUDA graphs,
    batch 128 and 1024);
 5. tests: ``JEPA_EDGE_REQUIRE_GPU=1 pytest -m "gpu or trt"`` (a GPU test that
-   cannot run fails instead of skipping), then the whole suite (same setting,
-   one worker per core where pytest-xdist is installed).
+   cannot run fails instead of skipping; a TensorRT test skips with its own
+   reason where TensorRT is absent, and fails too where ``import tensorrt``
+   works, through ``JEPA_EDGE_REQUIRE_TRT=1``), then the whole suite (same
+   setting, one worker per core where pytest-xdist is installed).
 
 Writes ``benchmarks/results/gpu_check.json``: the machine (CPU, GPU, driver,
 torch, ONNX Runtime, TensorRT), every step, every bench result, and the
@@ -424,13 +426,19 @@ def train_throughput(r: Runner, work: Path) -> dict[str, Any] | None:
     return json.loads(out.read_text()) if step.status == "ok" else None
 
 
-def run_tests(r: Runner) -> None:
-    """The GPU/TensorRT tests, then the whole suite, with JEPA_EDGE_REQUIRE_GPU=1 (a skip is a failure)."""
+def require_env(trt: str | None) -> dict[str, str]:
+    """The test steps' environment: a GPU test that cannot run fails; so does a TensorRT test where TensorRT
+    imports here (``trt``: its version), while without TensorRT those skip with their own reason."""
+    return {"JEPA_EDGE_REQUIRE_GPU": "1", **({"JEPA_EDGE_REQUIRE_TRT": "1"} if trt else {})}
+
+
+def run_tests(r: Runner, trt: str | None) -> None:
+    """The GPU/TensorRT tests, then the whole suite, under ``require_env`` (a skip of what is here is a failure)."""
     if r.args.skip_tests:
         r.skip("tests (gpu or trt)", "--skip-tests")
         r.skip("tests (whole suite)", "--skip-tests")
         return
-    py, require = sys.executable, {"JEPA_EDGE_REQUIRE_GPU": "1"}
+    py, require = sys.executable, require_env(trt)
     r.run("tests (gpu or trt)", [py, "-m", "pytest", "-q", "-m", "gpu or trt"], timeout_s=300, env=require)
     r.run("tests (whole suite)", [py, "-m", "pytest", "-q", *xdist_args()], timeout_s=600, env=require)
 
@@ -451,7 +459,7 @@ def run_all(args: argparse.Namespace, work: Path, gpu_reason: str) -> int:
         models = train_and_export(r, trt)
         bench(r, models, ["ort-cpu"] if args.cpu else ["ort-cpu", "ort-cuda", "tensorrt"])
         throughput = train_throughput(r, work)
-        run_tests(r)
+        run_tests(r, trt)
     except KeyboardInterrupt:
         stopped = f"stopped during '{r.steps[-1].name if r.steps else 'set-up'}'; later steps did not run"
         print(f"gpu-check: {stopped}", flush=True)

@@ -48,7 +48,7 @@ class Step:
     def __init__(self, mode: str, fused: bool, batch: int, device: torch.device):
         self.cfg = RunConfig()
         self.cfg.train.batch_size = batch
-        self.cfg.train.compile, self.cfg.train.cuda_graphs = mode == "compile", mode == "cuda-graphs"
+        self.cfg.train.compile, self.cfg.train.cuda_graphs = mode == "compile", "on" if mode == "cuda-graphs" else "off"
         tc, jc = self.cfg.train, self.cfg.jepa
         torch.manual_seed(0)
         self.model = JEPA(jc).to(device)
@@ -66,7 +66,7 @@ class Step:
         self.step_index = 0
 
     def __call__(self) -> None:
-        if self.cfg.train.cuda_graphs:
+        if self.cfg.train.cuda_graphs == "on":
             torch.compiler.cudagraph_mark_step_begin()
         logs = forward_backward(self.runner, self.model, None, self.clips.sample(self.step_index), self.step_index,
                                 self.cfg, self.opt, self.autocast)

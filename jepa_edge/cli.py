@@ -235,7 +235,10 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the training step's loss module.")] = False,
-    cuda_graphs: Annotated[bool, typer.Option(help="Compile with CUDA graphs (reduce-overhead); CUDA only.")] = False,
+    cuda_graphs: Annotated[str | None, typer.Option(
+        help="CUDA graphs (torch.compile reduce-overhead): auto (on for one CUDA process, else off, the reason "
+             "recorded in meta.json) | on (refused where they cannot run) | off. Default: the preset's (auto; "
+             "gpu: on).")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of RunConfig overrides (unknown keys are errors).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in RUN.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start afresh in RUN, replacing the run it holds.")] = False,
@@ -244,7 +247,8 @@ def train(
     teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
     teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny).")] = "demo",
+    preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny) | gpu (the "
+                                             "demo agent at H200 scale: batch 512, 3000 steps, CUDA graphs).")] = "demo",
     as_json: JsonOpt = False,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
@@ -253,14 +257,15 @@ def train(
 
     if resume and overwrite:
         raise ValueError("--resume continues the run in RUN and --overwrite replaces it: pass one of them")
+    if cuda_graphs not in (None, "auto", "on", "off"):
+        raise ValueError(f"--cuda-graphs {cuda_graphs!r} is not one of auto, on, off")
     overrides = _checked_run_overrides(config)
-    opt = {"batch_size": batch_size, "lr": lr}
+    opt = {"batch_size": batch_size, "lr": lr, "cuda_graphs": cuda_graphs}
     cfg = agent_config(
         name or overrides.get("name") or run.name, view, preset=preset, overrides=overrides, seed=seed,
         world_seed=world_seed, steps=steps,
         data={"recording": str(recording or ""), "topics": _topic_map(topic, recording)},
-        train={"device": device, "compile": compile, "cuda_graphs": cuda_graphs,
-               **{k: v for k, v in opt.items() if v is not None}},
+        train={"device": device, "compile": compile, **{k: v for k, v in opt.items() if v is not None}},
         teacher={} if teacher is None else {"run": str(teacher), "anchors": anchors, "weight": teacher_weight,
                                             "control": teacher_control})
     if overwrite:  # only the files a run writes: anything else in the folder is the user's and stays
@@ -275,7 +280,8 @@ def _print_train_summary(result, recording: Path | None, as_json: bool = False) 
 
     if as_json:
         emit_json({"run": str(result.out_dir), "steps": result.step, "wall_s": result.wall_time_s,
-                   "fingerprint": result.fingerprint, "heldout": result.metrics, "untrained": result.untrained})
+                   "fingerprint": result.fingerprint, "heldout": result.metrics, "untrained": result.untrained,
+                   "cuda_graphs": result.cuda_graphs, "warmup_time": result.warmup_time})
         return
     if not result.metrics:  # no held-out episodes were scored: say why in one line instead of an empty table
         from jepa_edge.bags.reader import is_bag

@@ -5,7 +5,6 @@ build runs only where TensorRT and a CUDA GPU exist (marked trt/gpu, skipped or 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from types import SimpleNamespace
@@ -478,29 +477,14 @@ def test_engine_that_tensorrt_cannot_deserialise_is_a_clear_error(fake10, export
 # ---- on a machine with TensorRT and a CUDA GPU --------------------------------------------------
 
 
-def _trt_gpu_missing() -> str | None:
-    """Why the real TensorRT tests cannot run here (naming the missing package), or None."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "needs the `tensorrt` package (pip install 'jepa-edge[trt]')"
-    try:
-        from jepa_edge.runtime.backend_trt import cuda_call, import_cudart
-
-        cudart = import_cudart()
-        if cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount") < 1:
-            return "needs a CUDA GPU (cudaGetDeviceCount() is 0)"
-    except (BackendUnavailableError, RuntimeError) as exc:
-        return f"needs cuda-python and a CUDA GPU ({exc})"
-    return None
-
-
 @pytest.fixture()
 def real_trt():
-    """Skip (or, under JEPA_EDGE_REQUIRE_GPU=1, fail) where TensorRT or the GPU is missing."""
-    from gpu import skip_or_fail
+    """Skip where TensorRT or the GPU is missing (fail under JEPA_EDGE_REQUIRE_GPU=1 / JEPA_EDGE_REQUIRE_TRT=1)."""
+    from gpu import skip_or_fail, trt_missing
 
-    reason = _trt_gpu_missing()
-    if reason:
-        skip_or_fail(reason)
+    missing = trt_missing()
+    if missing:
+        skip_or_fail(*missing)
 
 
 def _reference(exported, frames):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gpu import skip_or_fail
+from gpu import skip_or_fail, trt_missing
 from onnx_fixtures import make_encoder, reference_head, tiny_models
 
 from jepa_edge.config import ConfigError
@@ -306,27 +305,14 @@ def test_head_inputs_on_ort_cuda_runs_as_an_encoder_only_cuda_graph_with_a_numpy
         assert sorted(model._graphs) == [1]
 
 
-def _has_trt() -> bool:
-    """TensorRT + cuda-python + a CUDA device (no onnxruntime-gpu needed: a Jetson may lack it)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    from jepa_edge.runtime.backend_trt import import_cudart
-
-    try:
-        cudart = import_cudart()
-    except BackendUnavailableError:
-        return False
-    err, count = cudart.cudaGetDeviceCount()
-    return err == cudart.cudaError_t.cudaSuccess and count > 0
-
-
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_tensorrt_engine_parity_and_head_swap(tiny, tmp_path):
     from onnx_fixtures import build_engine
 
-    if not _has_trt():
-        skip_or_fail("needs TensorRT, cuda-python and a CUDA GPU")
+    missing = trt_missing()
+    if missing:
+        skip_or_fail(*missing)
 
     enc, head, frames = tiny["enc"], tiny["head"], tiny["frames"]
     onnx_path = tmp_path / "model.onnx"

@@ -203,13 +203,114 @@ def test_compile_puts_the_compiled_loss_module_on_the_call_path(tmp_path, monkey
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_cuda_graphs_are_refused_off_cuda(tmp_path):
-    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
-        train(_tiny(cuda_graphs=True), tmp_path / "run", progress=False)
+def test_cuda_graphs_auto_choice_and_its_reasons(monkeypatch):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(loop, "_has_triton", lambda: True)
+    choose = loop.choose_cuda_graphs
+    assert TrainConfig().cuda_graphs == "auto"
+    assert choose(TrainConfig(), cpu, 1) == {"setting": "auto", "used": False, "why": "device cpu"}
+    assert choose(TrainConfig(), torch.device("mps"), 1)["why"] == "device mps"
+    assert choose(TrainConfig(), cuda, 1) == {"setting": "auto", "used": True, "why": "one CUDA process"}
+    assert choose(TrainConfig(), cuda, 2) == {"setting": "auto", "used": False,
+                                              "why": "torchrun with 2 processes (DDP)"}
+    assert choose(TrainConfig(cuda_graphs="on"), cuda, 1) == {"setting": "on", "used": True, "why": "requested"}
+    assert choose(TrainConfig(cuda_graphs="off"), cuda, 1) == {"setting": "off", "used": False,
+                                                               "why": "off requested"}
+    assert loop.compile_options(TrainConfig(), cuda, 1) == {"mode": "reduce-overhead"}  # the default on CUDA
+    assert loop.compile_options(TrainConfig(compile=True, cuda_graphs="off"), cuda, 1) == {}
+    assert loop.compile_options(TrainConfig(compile=True), cpu, 1) == {}
+    assert loop.compile_options(TrainConfig(), cpu, 1) is None
+    monkeypatch.setattr(loop, "_has_triton", lambda: False)
+    assert choose(TrainConfig(), cuda, 1)["why"].startswith("triton is not installed")
+    with pytest.raises(ValueError, match=r"\(triton is not installed.*install triton"):
+        choose(TrainConfig(cuda_graphs="on"), cuda, 1)
+    with pytest.raises(ValueError, match=r"\(torchrun with 2 processes \(DDP\)\).*--cuda-graphs off"):
+        choose(TrainConfig(cuda_graphs="on"), cuda, 2)
+
+
+def test_cuda_graphs_setting_is_checked_and_reads_the_old_booleans():
+    from jepa_edge.config import ConfigError, from_dict
+    from jepa_edge.train.config import RunConfig, saved_run_config
+
+    assert from_dict(TrainConfig, {"cuda_graphs": True}).cuda_graphs == "on"  # JSON configs of earlier releases
+    assert from_dict(TrainConfig, {"cuda_graphs": False}).cuda_graphs == "off"
+    assert TrainConfig(cuda_graphs=True).cuda_graphs == "on"
+    old_run = RunConfig().to_dict()
+    old_run["train"]["cuda_graphs"] = False  # what a run saved by an earlier release holds: it trained without
+    assert saved_run_config(old_run).train.cuda_graphs == "off"
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        from_dict(TrainConfig, {"cuda_graphs": "yes"})
+    with pytest.raises(ConfigError, match="train.cuda_graphs must be one of auto, on, off, got 'sometimes'"):
+        TrainConfig(cuda_graphs="sometimes")
+
+
+def test_cuda_graphs_on_is_refused_off_cuda_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"CUDA graphs cannot run here \(device cpu\).*pass --device cuda"):
+        train(_tiny(cuda_graphs="on"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
-    assert loop.compile_options(TrainConfig(cuda_graphs=True), torch.device("cuda", 0), 1) == {"mode": "reduce-overhead"}
-    assert loop.compile_options(TrainConfig(compile=True), torch.device("cpu"), 1) == {}
-    assert loop.compile_options(TrainConfig(), torch.device("cpu"), 1) is None
+
+
+def test_a_cpu_run_records_the_cuda_graph_choice_and_its_warm_up(tmp_path):
+    res = train(_tiny(steps=4, eval_every=4, ckpt_every=4, log_every=2), tmp_path / "run", progress=False)
+    off = {"setting": "auto", "used": False, "why": "device cpu"}
+    laps = ("setup_s", "eval_s", "first_forward_s", "first_backward_s", "first_update_s", "second_step_s",
+            "third_step_s")
+    assert res.cuda_graphs == off
+    assert set(res.warmup_time) == {*laps, "to_first_step_s"} and all(v >= 0 for v in res.warmup_time.values())
+    first = ("setup_s", "eval_s", "first_forward_s", "first_backward_s", "first_update_s")
+    assert res.warmup_time["to_first_step_s"] == pytest.approx(sum(res.warmup_time[k] for k in first), abs=1e-3)
+    assert res.warmup_time["first_forward_s"] > 0 and res.warmup_time["eval_s"] > 0  # the step-0 probe ran
+    _enc, meta = load_agent(tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "train_state.json").read_text())
+    for saved in (meta, state):
+        assert saved["cuda_graphs"] == off and saved["warmup_time"] == res.warmup_time
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0] == {"step": 0, "setup": {"cuda_graphs": off, "attention": res.attention}}  # the first record
+    timed = [r for r in log if "warmup_time" in r]
+    assert len(timed) == 1 and timed[0]["step"] == 1
+    assert timed[0]["warmup_time"] == {k: res.warmup_time[k] for k in (*first, "to_first_step_s")}
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 4]  # the train records are unchanged
+
+    resumed = train(_tiny(steps=6, eval_every=4, ckpt_every=4, log_every=2), tmp_path / "more", progress=False,
+                    stop_at=4)
+    assert set(resumed.warmup_time) >= set(first)
+    again = train(_tiny(steps=6, eval_every=4, ckpt_every=4, log_every=2), tmp_path / "more", resume=True,
+                  progress=False)
+    assert set(again.warmup_time) == {*first, "second_step_s", "to_first_step_s"}  # two steps after the resume
+    log = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "setup" in r] == [0, 4] and [r["step"] for r in log if "warmup_time" in r] == [1, 5]
+
+
+def test_gpu_preset_is_the_measured_h200_recipe_on_the_demo_architecture():
+    from jepa_edge.train.config import preset_config
+
+    gpu, demo = preset_config("gpu"), preset_config("demo")
+    assert (gpu.train.batch_size, gpu.data.n_episodes, gpu.train.steps, gpu.train.cuda_graphs) == (512, 4096, 3000, "on")
+    assert gpu.jepa == demo.jepa and gpu.data.img_size == demo.data.img_size  # the demo agent, at GPU scale
+    assert (gpu.train.lr, gpu.data.episode_len) == (demo.train.lr, demo.data.episode_len)
+
+
+def test_cli_gpu_preset_on_a_cpu_and_cuda_graphs_flag(tmp_path):
+    cli = CliRunner()
+    res = cli.invoke(app, ["train", str(tmp_path / "gpu"), "--preset", "gpu", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "CUDA graphs cannot run here (device cpu)" in lines[0], res.output
+    assert "--preset gpu" in lines[0] and "--device cuda" in lines[0]
+    assert not (tmp_path / "gpu").exists()  # refused before rendering 4096 episodes
+    res = cli.invoke(app, ["train", str(tmp_path / "x"), "--cuda-graphs", "yes", "--device", "cpu"])
+    assert res.exit_code == 2 and "--cuda-graphs 'yes' is not one of auto, on, off" in res.output, res.output
+    cfg = _tiny(steps=1, eval_every=1, ckpt_every=1).to_dict()
+    del cfg["name"], cfg["data"]["view"], cfg["train"]["cuda_graphs"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    res = cli.invoke(app, ["train", str(tmp_path / "off"), "--config", str(tmp_path / "cfg.json"), "--device", "cpu",
+                           "--cuda-graphs", "off", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    _enc, meta = load_agent(tmp_path / "off")
+    assert meta["run"]["train"]["cuda_graphs"] == "off"
+    assert meta["cuda_graphs"] == json.loads(res.output)["cuda_graphs"] == {"setting": "off", "used": False,
+                                                                            "why": "off requested"}
+    assert json.loads(res.output)["warmup_time"]["to_first_step_s"] > 0
 
 
 # ---------------------------------------------------------------- attention path per device
@@ -315,7 +416,7 @@ def test_gpu_training_with_cuda_graphs_runs(tmp_path):
     if not torch.cuda.is_available():
         skip_or_fail("no CUDA device")
     try:
-        res = train(_tiny(device="cuda", cuda_graphs=True, fused_attn=True), tmp_path / "cg", progress=False)
+        res = train(_tiny(device="cuda", cuda_graphs="on", fused_attn=True), tmp_path / "cg", progress=False)
     finally:
         torch._dynamo.reset()
     log = [json.loads(line) for line in (tmp_path / "cg" / "log.jsonl").read_text().splitlines()]

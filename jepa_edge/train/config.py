@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from jepa_edge.config import ConfigError, check_finite, from_dict, to_dict
 from jepa_edge.train.jepa import JEPAConfig
@@ -23,6 +24,9 @@ class DataConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
 
 
+CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000  # optimiser steps; R² was still rising at 1500 (wall times and scores: docs/RECIPE.md)
@@ -38,8 +42,18 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast (CUDA only; CPU stays fp32)
     compile: bool = False  # torch.compile the loss module the step calls (CPU needs a C++ compiler)
-    cuda_graphs: bool = False  # compile with mode="reduce-overhead" (CUDA graphs; CUDA only, one process)
+    # CUDA graphs (torch.compile mode="reduce-overhead"): auto = on where they can run (one process on a CUDA
+    # device, triton installed), off elsewhere; on = required (refused where they cannot run). JSON true/false
+    # (the first releases' flag) read as on/off.
+    cuda_graphs: Literal["auto", "on", "off"] | bool = "auto"
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cuda_graphs, bool):
+            self.cuda_graphs = "on" if self.cuda_graphs else "off"
+        if self.cuda_graphs not in CUDA_GRAPH_SETTINGS:
+            raise ConfigError(f"train.cuda_graphs must be one of {', '.join(CUDA_GRAPH_SETTINGS)}, "
+                              f"got {self.cuda_graphs!r}")
 
 
 @dataclass
@@ -110,6 +124,12 @@ PRESETS: dict[str, dict] = {
                         "mlp_ratio": 4.0, "latent_dim": 192, "pool": "attention"},  # flatten: 196x192 → 192, 7M
             "predictor": {"embed_dim": 192, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0},
         },
+    },
+    # The scale an earlier session measured on one H200 (docs/RECIPE.md, "GPU preset"): the demo architecture,
+    # 4x the batch, 2x the episodes, 1.5x the steps, CUDA graphs required (a CPU run is refused: it would take hours).
+    "gpu": {
+        "data": {"n_episodes": 4096},
+        "train": {"batch_size": 512, "steps": 3000, "cuda_graphs": "on"},
     },
 }
 

@@ -4,7 +4,11 @@
 
 * a train record every ``log_every`` steps (and at step 1): ``{"step", "lr", <metric means>, "steps_averaged",
   "time_s"}``; ``time_s`` is the wall time since this process (re)started the run;
-* an eval record every ``eval_every`` steps and at the end: ``{"step", "eval": {<held-out state-probe metrics>}}``.
+* an eval record every ``eval_every`` steps and at the end: ``{"step", "eval": {<held-out state-probe metrics>}}``;
+* a setup record when a process starts (or resumes) the run: ``{"step", "setup": {"cuda_graphs", "attention"}}``
+  (the CUDA-graph and attention choices, each with why);
+* a warm-up record after that process's first step: ``{"step", "warmup_time": {<laps in seconds>}}``
+  (``loop.WarmupClock``; meta.json and train_state.json keep the laps of the first three steps).
 
 ``train_state.json`` is written with the train-state tensors by ``checkpoint.save_train_state``; here it is read
 for ``--resume`` (its config) and by the studies (``wall_time_s``, summed over resumes).
@@ -51,6 +55,12 @@ class RunLog:
 
     def eval(self, step: int, metrics: dict[str, Any]) -> None:
         self._write({"step": step, "eval": metrics})
+
+    def setup(self, step: int, choices: dict[str, Any]) -> None:
+        self._write({"step": step, "setup": choices})
+
+    def warmup_time(self, step: int, laps: dict[str, float]) -> None:
+        self._write({"step": step, "warmup_time": laps})
 
 
 @contextmanager

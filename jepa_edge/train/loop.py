@@ -6,11 +6,13 @@ Sections per step, in order: eval/checkpoint → forward/backward → clip/step
 ``(seed, step, rank)`` (``train/clips.py``), so ``--resume`` only needs the step
 and the saved tensors to continue exactly where an interrupted run stopped.
 
-A step never waits for the host: the frames live on the training device,
+A step never waits for the host (but the first three, synced to time the
+warm-up: ``WarmupClock``): the frames live on the training device,
 losses and metrics are summed there (``Meter``) and read back every
 ``log_every`` steps, which is also when a non-finite loss is detected
 (``TrainingDivergedError``; the check runs again before every checkpoint, so
-a diverged run never overwrites the last good one).
+a diverged run never overwrites the last good one). On one CUDA process the
+step runs as CUDA graphs by default (``choose_cuda_graphs``).
 
 Runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on
 CUDA): each process samples its own clips, gradients are averaged, rank 0
@@ -20,10 +22,12 @@ evaluates and writes checkpoints.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +68,8 @@ class TrainResult:
     untrained: dict[str, Any]  # the same eval at step 0 (the control)
     wall_time_s: float
     attention: dict[str, Any] = field(default_factory=dict)  # which attention path ran, and why
+    cuda_graphs: dict[str, Any] = field(default_factory=dict)  # {"setting", "used", "why"}
+    warmup_time: dict[str, float] = field(default_factory=dict)  # WarmupClock.record: where the first steps went
 
 
 class LossModule(torch.nn.Module):
@@ -150,14 +156,45 @@ def make_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig, device: to
     return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, **optimizer_options(device))
 
 
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _cuda_graph_blocker(device: torch.device, world: int) -> tuple[str, str] | None:
+    """Why CUDA graphs cannot run here, as (the reason, the fix in CLI words), or None when they can."""
+    if device.type != "cuda":
+        return f"device {device.type}", "pass --device cuda on a GPU machine"
+    if world > 1:
+        return f"torchrun with {world} processes (DDP)", "train in one process, or use --compile under torchrun"
+    if not _has_triton():
+        return "triton is not installed (torch.compile's CUDA backend)", "install triton (pip install triton)"
+    return None
+
+
+def choose_cuda_graphs(tc: TrainConfig, device: torch.device, world: int) -> dict[str, Any]:
+    """Whether the step runs as CUDA graphs, and why: the record kept in the run meta under ``"cuda_graphs"``.
+
+    ``train.cuda_graphs`` "off" is obeyed; "auto" turns them on where they can run (one process on a CUDA
+    device, triton installed) and records why not elsewhere; "on" where they cannot run is a ValueError (one
+    line naming the fix), raised before any work: a user who asked for them, or for the gpu preset, gets them
+    or an error, never a silently 4-5x slower run.
+    """
+    setting = tc.cuda_graphs
+    if setting == "off":
+        return {"setting": setting, "used": False, "why": "off requested"}
+    blocker = _cuda_graph_blocker(device, world)
+    if blocker is None:
+        return {"setting": setting, "used": True, "why": "requested" if setting == "on" else "one CUDA process"}
+    why, fix = blocker
+    if setting == "on":
+        raise ValueError(f"CUDA graphs cannot run here ({why}) but train.cuda_graphs is on (--cuda-graphs on, or "
+                         f"--preset gpu, which would take hours without them); {fix}, or pass --cuda-graphs off")
+    return {"setting": setting, "used": False, "why": why}
+
+
 def compile_options(tc: TrainConfig, device: torch.device, world: int) -> dict[str, Any] | None:
     """``torch.compile`` keyword arguments for the step's loss module, or None for eager."""
-    if tc.cuda_graphs:
-        if device.type != "cuda":
-            raise ValueError(f"--cuda-graphs needs a CUDA device (training runs on {device}); drop --cuda-graphs "
-                             "or train with --device cuda")
-        if world > 1:
-            raise ValueError("--cuda-graphs is not supported under torchrun (DDP); drop it or use --compile")
+    if choose_cuda_graphs(tc, device, world)["used"]:
         return {"mode": "reduce-overhead"}  # CUDA graphs: the batch shape is fixed, so one graph is replayed
     return {} if tc.compile else None
 
@@ -233,6 +270,45 @@ def choose_attention(model: JEPA, cfg: RunConfig, device: torch.device, amp: boo
             choice.update(fused=bool(fused), fused_ms=round(fused_ms, 3), manual_ms=round(manual_ms, 3))
     model.set_fused_attn(bool(choice["fused"]))
     return {**choice, "setting": setting}
+
+
+# ---------------------------------------------------------------- warm-up: where the time before steady steps goes
+
+
+class WarmupClock:
+    """Seconds from the start of ``train`` to the end of the first steps, in laps (the device synced at each).
+
+    ``setup_s``: data, model, optimiser, resume, attention choice; ``eval_s``: the step-0 probe (and any
+    checkpoint) before the first step; the first step split into ``first_forward_s`` (the first call of the
+    loss module: torch.compile traces and compiles the forward there), ``first_backward_s`` (compiles the
+    backward; a student's alignment loss too) and ``first_update_s`` (clipping, AdamW's lazy state, EMA);
+    ``to_first_step_s``, the sum so far; then ``second_step_s`` (CUDA graphs record here: the first call only
+    warms up) and ``third_step_s`` (the first replay). Only these first steps are synced for it.
+    """
+
+    STEP_LAPS = ("first_update_s", "second_step_s", "third_step_s")  # the lap that ends steps 1, 2 and 3
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.sync: Callable[[], None] = lambda: None
+        self.record: dict[str, float] = {}
+
+    def lap(self, key: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.record[key] = round(now - self._last, 4)
+        self._last = now
+        if key == self.STEP_LAPS[0]:
+            self.record["to_first_step_s"] = round(now - self.start, 4)
+
+    def timed(self, runner: Callable, key: str) -> Callable:
+        """``runner`` with its call timed as lap ``key``."""
+        def call(*args: Any) -> Any:
+            out = runner(*args)
+            self.lap(key)
+            return out
+
+        return call
 
 
 # ---------------------------------------------------------------- resume
@@ -342,17 +418,18 @@ def evaluate(model: JEPA, held_out: ViewData | None, device: torch.device) -> di
 
 
 def _agent_meta(cfg: RunConfig, step: int, metrics: dict, untrained: dict, source: str,
-                attention: dict) -> dict[str, Any]:
+                info: dict) -> dict[str, Any]:
     return {"name": cfg.name, "view": cfg.data.view, "step": step, "encoder": to_dict(cfg.jepa.encoder),
             "run": cfg.to_dict(), "data_source": source, "metrics": metrics, "untrained_metrics": untrained,
-            "attention": attention}
+            "attention": info["attention"], "cuda_graphs": info["cuda_graphs"],
+            "warmup_time": info["warmup_time"]}
 
 
 def save_checkpoint(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
                     info: dict[str, Any], source: str) -> str:
     """Train state (for --resume) then the agent (EMA target encoder); returns its fingerprint."""
     save_train_state(out_dir, modules, opt, info)
-    meta = _agent_meta(cfg, info["step"], info["metrics"], info["untrained"], source, info["attention"])
+    meta = _agent_meta(cfg, info["step"], info["metrics"], info["untrained"], source, info)
     return save_agent(out_dir, modules["model"].target_encoder, meta)
 
 
@@ -374,8 +451,8 @@ def _progress_bar(cfg: RunConfig, step: int, show: bool) -> tuple[Progress, Any]
 # ---------------------------------------------------------------- one step's forward/backward
 
 
-def forward_backward(runner: torch.nn.Module, model: JEPA, align: torch.nn.Module | None, clip: torch.Tensor,
-                     step: int, cfg: RunConfig, opt: torch.optim.Optimizer,
+def forward_backward(runner: Callable[[torch.Tensor], Any], model: JEPA, align: torch.nn.Module | None,
+                     clip: torch.Tensor, step: int, cfg: RunConfig, opt: torch.optim.Optimizer,
                      autocast) -> dict[str, torch.Tensor]:
     """Loss of one batch (plus the teacher alignment for a student), backward; returns detached logs."""
     with autocast:
@@ -395,11 +472,12 @@ def forward_backward(runner: torch.nn.Module, model: JEPA, align: torch.nn.Modul
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_at: int | None = None) -> TrainResult:
     """Train one agent; ``stop_at`` ends early after checkpointing at that step (for interruption tests)."""
+    clock = WarmupClock()
     cfg.validate()
     out_dir, tc = Path(out_dir), cfg.train
     rank, world, device = setup_distributed(tc)
     amp = tc.amp and device.type == "cuda"
-    compile_options(tc, device, world)  # refuse an impossible --cuda-graphs before any work
+    cuda_graphs = choose_cuda_graphs(tc, device, world)  # refuses an impossible --cuda-graphs on before any work
 
     # ---- setup: data on the device, model, optimiser, resume, attention path, what the step calls
     train_data, held_out = load_view_data(cfg)
@@ -416,8 +494,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     step, untrained, last_good = start.step, start.untrained, (start.step if resume else None)
     metrics: dict[str, Any] = {}
     bar, task = _progress_bar(cfg, step, progress and is_main)
+    clock.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else clock.sync
+    clock.lap("setup_s")
     t0 = time.time()
     with bar, open_log(out_dir, is_main) as log:
+        log.setup(step, {"cuda_graphs": cuda_graphs, "attention": attention})
         while True:
             # ---- eval / checkpoint (divergence checked first: a NaN run never overwrites a good checkpoint)
             last = step >= tc.steps or (stop_at is not None and step >= stop_at)
@@ -430,7 +511,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 log.eval(step, metrics)
             if due_ckpt and is_main:
                 info = {"step": step, "config": cfg.to_dict(), "untrained": untrained, "metrics": metrics,
-                        "attention": attention, "wall_time_s": start.wall_time_s + time.time() - t0}
+                        "attention": attention, "cuda_graphs": cuda_graphs, "warmup_time": clock.record,
+                        "wall_time_s": start.wall_time_s + time.time() - t0}
                 save_checkpoint(cfg, out_dir, modules, opt, info, train_data.source)
             last_good = step if due_ckpt else last_good
             if world > 1:
@@ -438,13 +520,19 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if last:
                 break
 
-            # ---- forward / backward (clips gathered on the device; no host sync anywhere in the step)
+            # ---- forward / backward (clips gathered on the device; no host sync in the step after the first 3)
+            done = step - start.step  # steps this process has run
             lr = lr_at(step, tc.steps, tc.lr, tc.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if tc.cuda_graphs:
+            if cuda_graphs["used"]:
                 torch.compiler.cudagraph_mark_step_begin()
-            logs = forward_backward(runner, model, align, clips.sample(step), step, cfg, opt, autocast)
+            if done == 0:
+                clock.lap("eval_s")
+            call = clock.timed(runner, "first_forward_s") if done == 0 else runner
+            logs = forward_backward(call, model, align, clips.sample(step), step, cfg, opt, autocast)
+            if done == 0:
+                clock.lap("first_backward_s")
 
             # ---- clip / step
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -453,6 +541,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             # ---- EMA
             model.update_target(ema_momentum_at(step, tc.steps, cfg.jepa.ema_start, cfg.jepa.ema_end))
             step += 1
+            if done < len(clock.STEP_LAPS):
+                clock.lap(clock.STEP_LAPS[done])
+                if done == 0:
+                    log.warmup_time(step, clock.record)
 
             # ---- log (metrics summed on the device; read back, and checked, every log_every steps)
             meter.add(logs)
@@ -467,7 +559,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if world > 1:
         dist.barrier()
     fingerprint = fingerprint_arrays(state_to_numpy(model.target_encoder.state_dict()))  # same on every rank
-    return TrainResult(out_dir, step, fingerprint, metrics, untrained, start.wall_time_s + time.time() - t0, attention)
+    return TrainResult(out_dir, step, fingerprint, metrics, untrained, start.wall_time_s + time.time() - t0, attention,
+                       cuda_graphs, clock.record)
 
 
 def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> bool:
