@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -104,6 +105,16 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     resumed = train(tiny_config(), tmp_path / "cut", resume=True, progress=False)
     assert resumed.step == full.step == 8
     assert resumed.fingerprint == full.fingerprint  # bit-identical weights
+
+
+def test_a_run_saved_with_cuda_graphs_off_resumes_under_auto_where_auto_is_off(tmp_path):
+    """A run of an earlier release (cuda_graphs false → "off") resumes with today's default "auto" on a CPU: the same
+    choice under another name. "on" is still a different config."""
+    cfg = tiny_config()
+    off = replace(cfg, train=replace(cfg.train, cuda_graphs="off"))
+    train(off, tmp_path / "run", progress=False, stop_at=4)
+    auto = replace(cfg, train=replace(cfg.train, cuda_graphs="auto"))
+    assert train(auto, tmp_path / "run", resume=True, progress=False).step == 8
 
 
 def test_refuses_to_overwrite_or_resume_mismatched(tmp_path):

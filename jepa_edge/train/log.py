@@ -145,7 +145,7 @@ def read_train_state(run_dir: Path) -> dict[str, Any]:
     state = read_json(path, "train state")
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path}: no saved config in it (not a train state this tool wrote); "
-                              f"train into a new --out (or delete {run_dir})")
+                              f"train into another run folder (or pass --overwrite)")
     return state
 
 

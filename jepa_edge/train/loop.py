@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -336,19 +336,24 @@ def config_diff(saved: RunConfig, wanted: RunConfig, limit: int = 4) -> str:
 
 
 def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
-            device: torch.device, resume: bool) -> _Start:
+            device: torch.device, resume: bool, graphs_used: bool = False) -> _Start:
     """Where this run starts: step 0 of a new run dir, or the saved state of an interrupted run."""
     if not resume:
         if (out_dir / STATE_FILE).exists():
-            raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+            raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start "
+                                  "afresh, or choose another run folder")
         return _Start()
     if not (out_dir / STATE_FILE).is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no {STATE_FILE}); drop --resume to start fresh")
     saved = read_train_state(out_dir)
     saved_cfg = saved_run_config(saved["config"])
+    if saved_cfg.train.cuda_graphs != cfg.train.cuda_graphs:  # e.g. "off" saved, "auto" now: the same if it is off here
+        renamed = replace(saved_cfg, train=replace(saved_cfg.train, cuda_graphs=cfg.train.cuda_graphs))
+        if renamed == cfg and bool(saved.get("cuda_graphs", {}).get("used", False)) == graphs_used:
+            saved_cfg = renamed
     if saved_cfg != cfg:
         raise CheckpointError(f"{out_dir}: the saved run used a different config ({config_diff(saved_cfg, cfg)}); "
-                              f"resume with the same options, or train into a new --out (or delete {out_dir})")
+                              f"resume with the same options, or train into another run folder (or pass --overwrite)")
     info = load_train_state(out_dir, modules, opt)
     for group in opt.param_groups:  # the saved groups carry the implementation flags of the machine that wrote them
         group.update(optimizer_options(device))
@@ -400,7 +405,7 @@ def check_finite(values: dict[str, float], step: int, window: int, last_good: in
     raise TrainingDivergedError(
         f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} in steps {step - window + 1}..{step} "
         f"(checked every log_every steps); {kept}; lower --lr (peak {lr:g}) or raise train.warmup / lower "
-        "train.grad_clip, and train into a new --out"
+        "train.grad_clip, and train into another run folder (or pass --overwrite)"
     )
 
 
@@ -485,7 +490,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     align = modules.get("align")
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = make_optimizer(params, tc, device)
-    start = restore(cfg, out_dir, modules, opt, device, resume)
+    start = restore(cfg, out_dir, modules, opt, device, resume, cuda_graphs["used"])
     attention = choose_attention(model, cfg, device, amp, start.attention)
     runner = wrap_runner(model, tc, device, world)
     clips = DeviceClips(train_data.frames, tc.batch_size, model.clip_len, tc.seed, rank, device)
