@@ -1,7 +1,8 @@
 """fp16 models for ONNX Runtime (`export --precision fp16`): parity on ONNX Runtime CPU at the fp16 bound.
 
-ONNX Runtime's CPU EP loads and runs the fp16 model itself (fp16 kernels where it has them, Casts around its
-float32 kernels elsewhere), so these tests run the shipped file, not an emulation. Tiny encoders as in
+ONNX Runtime's CPU EP loads and runs the shipped fp16 file itself, but it computes most ops in float32 (it
+inserts Casts around its float32 kernels): the parity measured here is that of fp16 weights and fp16 tensors
+between ops, an emulation of the CUDA EP's fp16 kernels, not those kernels. Tiny encoders as in
 test_export_onnx.py; the GPU numbers are benchmarks/gpu_check.py's (fp16 rows).
 """
 

@@ -41,11 +41,13 @@ derived the way the passes' bound is, relative to the output's scale:
 * head outputs: the fp32 bound above, unchanged (the head runs in float32 on
   the fp16 ``z``: ``|W| @ |dz|`` is exactly how far that moves it).
 
-The check runs on ONNX Runtime CPU, which runs the fp16 graph as written
-where it has fp16 kernels and inserts Casts around its float32 kernels
-elsewhere: it measures fp16 storage of the weights and of every tensor
-between ops (what the CUDA EP also rounds to), not the CUDA kernels' own
-accumulation (fp32 in cuBLAS's fp16 GEMMs). ``metadata["precision"]`` is
+The check runs on ONNX Runtime CPU, which loads the fp16 file itself but has
+few fp16 kernels: it inserts Casts and computes most ops (MatMul, Add,
+LayerNormalization, Conv, the fused ops) in float32 on the fp16 weights and
+fp16 tensors between them. So it is an emulation of fp16 *storage* (the
+rounding the CUDA EP also does), not of the CUDA EP's fp16 kernels (cuBLAS
+fp16 GEMMs accumulate in fp32, so they add little beyond it); the GPU
+numbers are ``benchmarks/gpu_check.py``'s. ``metadata["precision"]`` is
 "fp32" or "fp16"; an fp16 model also has ``metadata["fp16"]`` (what was
 converted, kept and clipped, its parity errors and bound).
 
