@@ -575,7 +575,7 @@ def export(
     optimize: Annotated[bool | None, typer.Option("--optimize/--no-optimize", help="onnxslim constant folding "
                         "(default: on when onnxslim is installed, the export extra).")] = None,
     fuse_transformer: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions (com.microsoft ops: "
-                                "ONNX Runtime only, not for --format engine).")] = False,
+                                "ONNX Runtime only, not for --format engine; works with --precision fp16).")] = False,
     precision: Annotated[str, typer.Option(help="Model precision: auto | fp32 | fp16 | int8; auto = fp32 for "
                                            "--format onnx, fp16 for --format engine. onnx: fp16 writes an fp16 "
                                            "model for ONNX Runtime (encoder fp16; head, input and outputs fp32; "

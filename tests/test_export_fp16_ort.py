@@ -146,6 +146,32 @@ def test_ort_cpu_runs_an_fp16_model_and_reports_fp16(agents, fp16_models, io_bin
     assert np.abs(out["z"] - z_ref).max() <= FP16_Z_RTOL * max(1.0, float(np.abs(z_ref).max()))
 
 
+@pytest.mark.gpu
+def test_ort_cuda_runs_the_fp16_model_as_a_cuda_graph_within_the_fp16_bound(agents, fp16_models):
+    """On a GPU: the CUDA EP's own fp16 kernels (not the CPU's emulation), every node on the GPU (the capture
+    fails otherwise), z within the fp16 bound of PyTorch and the head within the fp32 head bound."""
+    import onnxruntime as ort
+    from gpu import skip_or_fail
+
+    from jepa_edge.runtime import OrtConfig, load_model
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        skip_or_fail(f"needs onnxruntime-gpu's CUDAExecutionProvider (this onnxruntime {ort.__version__} has "
+                     f"{ort.get_available_providers()})")
+    model = load_model(fp16_models["fused"].path, "ort-cuda", OrtConfig(cuda_graph=True))
+    head, rng = agents["head"], np.random.default_rng(5)
+    for batch in (1, 4) * 4:  # warm-up, capture, then replays with new frames
+        x = rng.integers(0, 256, (batch, 16, 16, 3), dtype=np.uint8)
+        out, z_ref = model.infer(x), torch_z(agents["enc"], x)
+        dz = out["z"].astype(np.float64) - z_ref
+        assert np.abs(dz).max() <= FP16_Z_RTOL * max(1.0, float(np.abs(z_ref).max()))
+        for o in head.outputs:
+            want = (z_ref @ head.weight.T + head.bias)[:, o.start:o.stop]
+            bound = np.abs(dz) @ np.abs(head.weight[o.start:o.stop]).T + 1e-4 * max(1.0, float(np.abs(want).max()))
+            assert np.all(np.abs(out[o.name] - want) <= bound), o.name
+    assert model.precision == "fp16" and model.cuda_graph_status.startswith("on"), model.cuda_graph_status
+
+
 def test_tf32_reaches_the_onnx_runtime_config_of_run_and_bench(fp16_models, monkeypatch):
     from jepa_edge.runtime import backends, bench
     from jepa_edge.runtime.backend_ort import OrtConfig, cuda_provider_options, ort_precision
@@ -162,7 +188,13 @@ def test_tf32_reaches_the_onnx_runtime_config_of_run_and_bench(fp16_models, monk
     assert bench.BenchConfig(tf32=True).tf32 is True
 
 
-def test_cli_bench_and_run_an_fp16_model_on_cpu(fp16_models, tmp_path):
+def test_cli_bench_and_run_an_fp16_model_on_cpu_with_tf32_passed_through(fp16_models, tmp_path, monkeypatch):
+    from jepa_edge.runtime import backends, bench
+
+    asked = []
+    for module in (bench, backends):  # record the OrtConfig each command loads the model with
+        monkeypatch.setattr(module, "load_model", lambda *a, _load=module.load_model, **k: (
+            asked.append(a[2] if len(a) > 2 else k.get("config")), _load(*a, **k))[1])
     path = fp16_models["fused"].path
     res = CliRunner().invoke(app, ["bench", str(path), "--backend", "ort-cpu", "--frames", "4", "--warmup", "1",
                                    "--batch-size", "2", "--head-mode", "model", "--source", "sim:top?size=16",
@@ -175,6 +207,7 @@ def test_cli_bench_and_run_an_fp16_model_on_cpu(fp16_models, tmp_path):
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "position.position0" in json.loads(lines[0])["outputs"]
+    assert len(asked) == 2 and all(cfg.precision == "tf32" for cfg in asked)  # bench, then run
 
 
 # ---- CLI: export --precision, inspect ----------------------------------------------------------------

@@ -87,9 +87,9 @@ def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = No
     where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy). Only on ``ort-cuda`` is
     the file's mode read first (from its metadata, without a session).
 
-    ``threads`` / ``cuda_graph`` / ``tf32`` (the CLI's ``--threads`` / ``--cuda-graph`` / ``--tf32``: ``OrtConfig.precision``
-    "tf32") become the ONNX Runtime config once
-    ``auto`` is resolved, here and nowhere else; TensorRT takes neither (``config`` None = its defaults).
+    ``threads`` / ``cuda_graph`` / ``tf32`` (the CLI's ``--threads`` / ``--cuda-graph`` / ``--tf32``, the last as
+    ``OrtConfig.precision`` "tf32") become the ONNX Runtime config once ``auto`` is resolved, here and nowhere
+    else; TensorRT takes none of them (``config`` None = its defaults).
     """
     path = Path(path)
     backend = resolve_backend(path, backend)
