@@ -581,8 +581,12 @@ def export(
     optimize: Annotated[bool | None, typer.Option("--optimize/--no-optimize", help="onnxslim constant folding "
                         "(default: on when onnxslim is installed, the export extra).")] = None,
     fuse_transformer: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions (com.microsoft ops: "
-                                "ONNX Runtime only, not for --format engine).")] = False,
-    precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 | fp16 | int8.")] = "fp16",
+                                "ONNX Runtime only, not for --format engine; works with --precision fp16).")] = False,
+    precision: Annotated[str, typer.Option(help="Model precision: auto | fp32 | fp16 | int8; auto = fp32 for "
+                                           "--format onnx, fp16 for --format engine. onnx: fp16 writes an fp16 "
+                                           "model for ONNX Runtime (encoder fp16; head, input and outputs fp32; "
+                                           "checked against PyTorch at an fp16 bound). engine: the TensorRT "
+                                           "precision, built from an fp32 ONNX; int8 is engine only.")] = "auto",
     int8_method: Annotated[str, typer.Option(help="auto | calibrator | qdq")] = "auto",
     fp16_method: Annotated[str, typer.Option(help="auto | flag (BuilderFlag.FP16, TensorRT <= 10) | onnx "
                                              "(fp16 ONNX, strongly typed; TensorRT 11)")] = "auto",
@@ -608,6 +612,7 @@ def export(
         require_tensorrt,
     )
     from jepa_edge.export.optimize import node_count_summary
+    from jepa_edge.export.trt_build import PRECISIONS
 
     if format not in ("onnx", "engine"):
         raise ValueError(f"--format {format!r}; use onnx or engine (a TensorRT engine, built from the ONNX)")
@@ -623,6 +628,13 @@ def export(
     if engine and fuse_transformer:
         raise ValueError("--fuse-transformer writes com.microsoft contrib ops TensorRT cannot parse; "
                          "export the engine's ONNX without --fuse-transformer")
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"--precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "fp16" if engine else "fp32"
+    if precision == "int8" and not engine:
+        raise ValueError("--precision int8 is for TensorRT engines; pass --format engine, or --precision fp16 for "
+                         "an fp16 ONNX Runtime model")
     build_cfg = TrtBuildConfig(
         precision=precision, int8_method=int8_method, fp16_method=fp16_method, opt_batch=opt_batch,
         max_batch=max_batch, opt_head=opt_head, max_head=max_head, workspace_mib=workspace_mib,
@@ -633,11 +645,14 @@ def export(
     res = export_agent(run, out, postcard_path=postcard, probe_paths=tuple(probe), mode=EXPORT_MODES[mode],
                        fused_attn=not manual_attn,
                        config=OnnxExportConfig(opset=opset, exporter=exporter, batch=batch_size, optimize=optimize,
-                                               fuse_transformer=fuse_transformer))
+                                               fuse_transformer=fuse_transformer,
+                                               precision="fp32" if engine else precision))
     what = ("encoder only: frames → z; add --probe/--postcard for a head, or run it with --emit-latent"
             if res.mode == "encoder_only" else res.mode.replace("_", "-"))
-    note(f"wrote {res.path} ({what}); ONNX Runtime vs PyTorch max abs error: "
-         + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items()))
+    fp16 = res.metadata["precision"] == "fp16"
+    note(f"wrote {res.path} ({what}{', fp16' if fp16 else ''}); ONNX Runtime vs PyTorch max abs error: "
+         + ", ".join(f"{k} {v:.2e}" for k, v in res.parity.items())
+         + (f" (fp16 bound on z: {res.tolerance['fp16_z_rtol']:g} x max(1, max |z|))" if fp16 else ""))
     note(f"model nodes (batch size {batch_size or 'dynamic'}): {node_count_summary(res.metadata['graph']['node_counts'])}")
     if engine:
         built = build_engine(res.path, res.path.with_suffix(".engine"), build_cfg)
@@ -664,6 +679,8 @@ def run_cmd(
                           "captured CUDA graph per batch size (default: on for fused / encoder-only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a file/stream "
                                                 "(0 = FFmpeg's default; 1 = lowest latency on small frames).")] = 0,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="ort-cuda: allow TF32 tensor-core math for fp32 "
+                    "MatMul/Conv (faster on Ampere and later GPUs only, ~1e-3 relative error; off = exact fp32).")] = False,
     video_out: Annotated[Path | None, typer.Option(help="Write an annotated video (.avi / .mp4).")] = None,
     jsonl: Annotated[Path | None, typer.Option(help="Write the JSON lines here instead of stdout.")] = None,
     emit_latent: Annotated[bool, typer.Option(help="Include z in every JSON line.")] = False,
@@ -685,7 +702,7 @@ def run_cmd(
                      jsonl=str(jsonl or ""), record=str(record or ""), serve=serve or "", overwrite=overwrite)
     try:
         summary = run_model(model, source, pcfg, files, backend=backend, threads=threads, cuda_graph=cuda_graph,
-                            decode_threads=decode_threads, on_url=_say_url, on_hint=_hint)
+                            decode_threads=decode_threads, on_url=_say_url, on_hint=_hint, tf32=tf32)
     except SourceError as exc:  # a live source lost mid-run: the summary of what ran still matters
         if getattr(exc, "summary", None) is not None:
             console.print_json(json.dumps(exc.summary.to_dict()))
@@ -718,6 +735,8 @@ def bench(
                           "captured CUDA graph per batch size (default: on for fused / encoder_only models).")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for a video source "
                                                 "(0 = FFmpeg's default).")] = 0,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="ort-cuda: allow TF32 tensor-core math for fp32 "
+                    "MatMul/Conv (faster on Ampere and later GPUs only, ~1e-3 relative error; off = exact fp32).")] = False,
     realtime: Annotated[bool, typer.Option(help="Play a file at its fps with the latest-frame policy "
                                            "(frames are dropped if too slow), as a live camera would.")] = False,
     torch_run: Annotated[Path | None, typer.Option("--torch", help="Agent run dir: also time PyTorch eager.")] = None,
@@ -738,7 +757,7 @@ def bench(
 
     cfg = BenchConfig(warmup=warmup, n_frames=frames, batch_sizes=tuple(batch_size), head_modes=tuple(head_mode),
                       backends=tuple(backend), threads=threads, decode_threads=decode_threads, realtime=realtime,
-                      cuda_graph=cuda_graph)
+                      cuda_graph=cuda_graph, tf32=tf32)
     cfg.validate()  # every option checked before anything loads
     if out is not None:
         check_report_path(out, overwrite)

@@ -2,7 +2,7 @@
 
 ``describe(path)`` returns one JSON-able dict (``kind`` first); ``describe_lines`` renders it for a terminal.
 Kinds: postcard (W between two agents), probe, run (an agent's folder), recording (folder, ROS 2 bag or MCAP),
-onnx (an exported model: mode, agent, input, outputs with their labels), engine (a TensorRT engine's sidecar).
+onnx (an exported model: mode, agent, input, outputs with their labels, precision), engine (a TensorRT engine's sidecar).
 Every file is read with the same checks the commands use, so a corrupt file is refused here as it is there.
 """
 
@@ -103,7 +103,8 @@ def _onnx(path: Path) -> dict[str, Any]:
             "input": {"frames": next(i.shape for i in sess.get_inputs() if i.name == "frames"),
                       "height": meta.height, "width": meta.width},
             "outputs": [{"name": o.name, "kind": o.kind, "columns": list(o.labels)} for o in meta.head_outputs],
-            "graph_outputs": [o.name for o in sess.get_outputs()]}
+            "graph_outputs": [o.name for o in sess.get_outputs()],
+            "precision": str(meta.raw.get("precision", "fp32"))}  # models exported before fp16 existed are fp32
 
 
 def _engine(path: Path) -> dict[str, Any]:
@@ -150,7 +151,9 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
         return [(f"{path}: {info['mode']} model of agent {a['name']!r} (view {a['view']}, D={a['latent_dim']}), "
                 f"input frames {info['input']['frames']}"),
                 "  outputs: " + ("; ".join(outs) if outs else "z only (encoder-only: run with --emit-latent, "
-                                 "or give --probe/--postcard)")]
+                                 "or give --probe/--postcard)"),
+                "  precision: " + ("fp16 (encoder; head, input and outputs fp32)" if info["precision"] == "fp16"
+                                   else info["precision"])]
     return [(f"{path}: TensorRT engine sidecar, precision {info['precision']}, tf32 {info['tf32']}, "
             f"engine file {'present' if info['engine_exists'] else 'MISSING'}"),
             f"  built from {info['onnx'].get('path') if isinstance(info['onnx'], dict) else info['onnx']}"]

@@ -6,7 +6,8 @@ One module per backend:
 * ``onnx_export``: ``export_onnx`` / ``export_agent`` (metadata, checker, ORT-vs-PyTorch parity);
 * ``trt_build``: ``build_engine`` (TensorRT builder, profile, precision, timing cache, sidecar);
 * ``int8``: INT8 range-calibration frames (simulator / video / recording), calibrator, Q/DQ ONNX;
-* ``fp16``: the fp16 ONNX a strongly typed TensorRT network (TensorRT 11) is built from;
+* ``fp16``: the fp16 ONNX a strongly typed TensorRT network (TensorRT 11) is built from, and the fp16
+  model for ONNX Runtime (``export_onnx`` with ``precision="fp16"``);
 * ``ort_providers``: ``ort_session`` on CPU / CUDA EP / TensorRT EP, never a silent fallback.
 
 Importing this package needs neither torch nor TensorRT: ``EdgeModel`` is

@@ -1,9 +1,10 @@
-"""FP16 ONNX for strongly typed TensorRT networks (no torch, no TensorRT needed).
+"""FP16 ONNX for strongly typed TensorRT networks and for ONNX Runtime (no torch, no TensorRT needed).
 
 TensorRT 11 removed ``BuilderFlag.FP16``: a network runs in the types its
-ONNX declares (strongly typed), so an fp16 engine needs an fp16 graph. This
-rewrites an exported graph the way NVIDIA's ModelOpt AutoCast does, small
-enough to read in one sitting:
+ONNX declares (strongly typed), so an fp16 engine needs an fp16 graph; ONNX
+Runtime's CUDA EP likewise runs each node in the types the graph gives it
+(``jepa-edge export --precision fp16``). This rewrites an exported graph the
+way NVIDIA's ModelOpt AutoCast does, small enough to read in one sitting:
 
 * every float32 tensor computed by the encoder becomes float16 (weights
   converted, ``Cast(to=FLOAT)`` retargeted, float ``Constant`` /
@@ -16,8 +17,21 @@ enough to read in one sitting:
 * a ``Cast`` is inserted wherever a float32 tensor meets a float16 node or
   the other way round (one per tensor and direction).
 
+Two variants differ only in the ops kept in float32: ``KEEP_FP32_OPS``
+(TensorRT: ``LayerNormalization``) and ``ORT_KEEP_FP32_OPS`` (none: ONNX
+Runtime's LayerNormalization / SkipLayerNormalization kernels, CPU and CUDA,
+read fp16 tensors but compute mean and variance in float32 inside the kernel,
+so the two Casts per norm TensorRT needs would only add kernels).
+
+A graph with ONNX Runtime's fused ``com.microsoft`` ops (``--fuse-transformer``:
+Attention, SkipLayerNormalization, BiasGelu) is typed with ONNX Runtime's
+symbolic shape inference, which knows those ops (ONNX's own inference leaves
+everything after the first fused op untyped); their fp16 kernels exist on the
+CUDA EP, and the CPU EP runs them by inserting Casts around its float32 kernels.
+
 Weights beyond fp16's range are clipped (counted in ``Fp16Report``). The
-result is checked with ``onnx.checker`` and full shape inference.
+result is checked with ``onnx.checker`` and full shape inference (the standard
+ops; fused contrib ops have no ONNX schema, the export's parity run checks them).
 """
 
 from __future__ import annotations
@@ -32,7 +46,9 @@ import numpy as np
 from jepa_edge.artifacts import atomic_write_bytes
 from jepa_edge.export.int8 import downstream_indices
 
-KEEP_FP32_OPS = ("LayerNormalization",)  # variance of 64-wide tokens: cheap, and fragile in fp16
+KEEP_FP32_OPS = ("LayerNormalization",)  # TensorRT: variance of 64-wide tokens: cheap, and fragile in fp16
+ORT_KEEP_FP32_OPS: tuple[str, ...] = ()  # ONNX Runtime: its norm kernels keep fp32 statistics on fp16 tensors
+CONTRIB_DOMAIN = "com.microsoft"
 _FP32_ONLY_INPUTS = {"Resize": {2}}  # (op, input index) the ONNX spec types as float32 only
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -91,10 +107,18 @@ def _refuse_control_flow(graph: Any) -> None:
 
 
 def _element_types(model: Any) -> dict[str, int]:
-    """Tensor name → ONNX element type, from strict shape inference plus the initializers."""
+    """Tensor name → ONNX element type, from strict shape inference plus the initializers.
+
+    A graph with ``com.microsoft`` ops is typed by ONNX Runtime's symbolic shape inference (it knows them).
+    """
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    if any(n.domain == CONTRIB_DOMAIN for n in model.graph.node):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    else:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     elem = {vi.name: vi.type.tensor_type.elem_type
             for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     elem.update({t.name: t.data_type for t in model.graph.initializer})

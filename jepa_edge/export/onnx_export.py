@@ -27,6 +27,30 @@ fixed-shape engines need that); ``batch=0`` keeps the batch axis dynamic.
 ``metadata["graph"]`` records the batch, the passes applied (and why one was
 dropped), their parity errors and the node counts by op type per stage.
 
+``precision="fp16"`` (``jepa-edge export --precision fp16``): after the
+passes, the encoder is rewritten to fp16 for ONNX Runtime
+(``jepa_edge.export.fp16``, ``ORT_KEEP_FP32_OPS``: the head and the graph's
+inputs/outputs stay float32, so the runtime contract does not change) and
+the written fp16 model is checked against PyTorch again, with the z bound
+derived the way the passes' bound is, relative to the output's scale:
+
+* ``z``: ``max |z_ort - z_torch| <= fp16_z_rtol * max(1, max |z_torch|)``
+  (default 1e-2: about 20 fp16 unit roundoffs, 2^-11 each, for the weights and
+  activations rounded to fp16 through the blocks; measured on ONNX Runtime CPU:
+  6e-4 of the scale at ViT-Tiny width and depth, 1.4e-3 with the fused ops);
+* head outputs: the fp32 bound above, unchanged (the head runs in float32 on
+  the fp16 ``z``: ``|W| @ |dz|`` is exactly how far that moves it).
+
+The check runs on ONNX Runtime CPU, which loads the fp16 file itself but has
+few fp16 kernels: it inserts Casts and computes most ops (MatMul, Add,
+LayerNormalization, Conv, the fused ops) in float32 on the fp16 weights and
+fp16 tensors between them. So it is an emulation of fp16 *storage* (the
+rounding the CUDA EP also does), not of the CUDA EP's fp16 kernels (cuBLAS
+fp16 GEMMs accumulate in fp32, so they add little beyond it); the GPU
+numbers are ``benchmarks/gpu_check.py``'s. ``metadata["precision"]`` is
+"fp32" or "fp16"; an fp16 model also has ``metadata["fp16"]`` (what was
+converted, kept and clipped, its parity errors and bound).
+
 Torch is imported inside functions: reading metadata or inspecting a model
 from this module works without it.
 """
@@ -52,6 +76,7 @@ from jepa_edge.export.optimize import OptimizeConfig, node_counts, optimize_mode
 from jepa_edge.runtime.meta import FORMAT, METADATA_KEY, MODES, VERSION, unknown_mode
 
 EXPORTERS = ("torchscript", "dynamo")
+PRECISIONS = ("fp32", "fp16")  # of the written ONNX model (int8 is a TensorRT engine precision: trt_build)
 
 
 class ExportError(ValueError):
@@ -76,8 +101,15 @@ class OnnxExportConfig:
     optimize: bool | None = None  # onnxslim pass: None = when onnxslim is installed, True = required, False = off
     fuse_transformer: bool = False  # + ONNX Runtime transformer fusions (com.microsoft ops: ORT only, not TensorRT)
     optimize_atol: float = 1e-5  # each pass vs the exported model: max |Δ| <= optimize_atol * max(1, max |ref|)
+    precision: str = "fp32"  # "fp32" | "fp16" (encoder in fp16 for ONNX Runtime; head and I/O stay float32)
+    fp16_z_rtol: float = 1e-2  # fp16 parity: max |z_ort - z_torch| <= fp16_z_rtol * max(1, max |z_torch|)
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"OnnxExportConfig.precision={self.precision!r}; choose one of {list(PRECISIONS)} "
+                              "(int8 is for TensorRT engines: --format engine)")
+        if self.fp16_z_rtol <= 0:
+            raise ExportError("OnnxExportConfig.fp16_z_rtol must be > 0")
         if self.exporter not in EXPORTERS:
             raise ExportError(f"OnnxExportConfig.exporter={self.exporter!r}; choose one of {list(EXPORTERS)}")
         if self.exporter == "dynamo" and self.opset < 18:
@@ -116,8 +148,9 @@ class ExportResult:
     path: Path  # the written .onnx
     mode: str  # "fused" | "head_inputs" | "encoder_only"
     metadata: dict[str, Any]  # the metadata_props["jepa_edge"] JSON, parsed
-    parity: dict[str, float] = field(default_factory=dict)  # output name → max abs error vs PyTorch (+numpy head)
-    tolerance: dict[str, float] = field(default_factory=dict)  # z_atol, head_rtol
+    # output name → max abs error of the written model vs PyTorch (+numpy head); an fp16 model's own errors
+    parity: dict[str, float] = field(default_factory=dict)
+    tolerance: dict[str, float] = field(default_factory=dict)  # z_atol (or fp16_z_rtol), head_rtol
     sha256: str = ""  # of the written file
 
 
@@ -336,12 +369,33 @@ def export_onnx(
         metadata["exporter"]["parity_max_abs_error"] = parity
         _set_metadata(model, metadata)
     model, metadata["graph"] = _model_passes(model, metadata, config)
+    metadata["precision"] = config.precision
+    tolerance = {"z_atol": config.z_atol, "head_rtol": config.head_rtol}
+    if config.precision == "fp16":
+        model, metadata["fp16"] = _to_fp16(model)
+        tolerance = {"fp16_z_rtol": config.fp16_z_rtol, "head_rtol": config.head_rtol}
+        if config.check:
+            parity = check_parity(model.SerializeToString(), edge, head, config, reference=encoder,
+                                  z_rtol=config.fp16_z_rtol)
+            metadata["fp16"]["parity_max_abs_error"] = parity
     _set_metadata(model, metadata)
     data = model.SerializeToString()
     out_path = Path(out_path)
     atomic_write_bytes(out_path, data)
-    return ExportResult(out_path, mode, metadata, parity, {"z_atol": config.z_atol, "head_rtol": config.head_rtol},
-                        hashlib.sha256(data).hexdigest())
+    return ExportResult(out_path, mode, metadata, parity, tolerance, hashlib.sha256(data).hexdigest())
+
+
+def _to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
+    """The ONNX Runtime fp16 rewrite of ``model`` → (model, ``metadata["fp16"]``: what was converted and kept)."""
+    from jepa_edge.export.fp16 import ORT_KEEP_FP32_OPS, Fp16Error, convert_to_fp16
+
+    try:
+        half, report = convert_to_fp16(model, keep_ops=ORT_KEEP_FP32_OPS)
+    except Fp16Error as exc:
+        raise ExportError(f"cannot write an fp16 model: {exc}; export with --precision fp32") from exc
+    return half, {"keep_fp32_ops": list(ORT_KEEP_FP32_OPS), "converted_nodes": report.converted_nodes,
+                  "kept_fp32_nodes": len(report.kept_fp32_nodes), "casts_inserted": report.casts_inserted,
+                  "weights_converted": report.weights_converted, "weights_clipped": report.weights_clipped}
 
 
 def _model_passes(model: Any, metadata: dict[str, Any], config: OnnxExportConfig) -> tuple[Any, dict[str, Any]]:
@@ -374,11 +428,12 @@ def _head_bound(w: np.ndarray, dz: np.ndarray, ref: np.ndarray, rtol: float) -> 
 
 
 def check_parity(model_bytes: bytes, edge: Any, head: FusedHead | None, config: OnnxExportConfig,
-                 reference: Any = None) -> dict[str, float]:
+                 reference: Any = None, z_rtol: float | None = None) -> dict[str, float]:
     """Run the ONNX model (ONNX Runtime, CPU) and PyTorch on the same frames; raise ParityError on disagreement.
 
     ``reference``: the encoder PyTorch's ``z`` comes from (default ``edge.encoder``; the export passes the
     model as trained, so an export form such as split q/k/v is checked against the real model).
+    ``z_rtol``: an fp16 model's bound on z, ``z_rtol * max(1, max |z_torch|)``, instead of ``config.z_atol``.
     """
     reference = edge.encoder if reference is None else reference
     import torch
@@ -396,7 +451,13 @@ def check_parity(model_bytes: bytes, edge: Any, head: FusedHead | None, config: 
             z_ref = reference(example[0].to(torch.float32).permute(0, 3, 1, 2)).double().numpy()  # (B, D)
         dz = got["z"].astype(np.float64) - z_ref
         errors = {"z": float(np.abs(dz).max())}
-        if errors["z"] > config.z_atol:
+        if z_rtol is not None and errors["z"] > z_rtol * max(1.0, float(np.abs(z_ref).max())):
+            raise ParityError(
+                f"the fp16 model and PyTorch disagree on z at batch {batch}: max abs error {errors['z']:.3g} > "
+                f"{z_rtol:g} x max(1, max |z|) = {z_rtol * max(1.0, float(np.abs(z_ref).max())):.3g}; the encoder "
+                "does not hold in fp16, export with --precision fp32"
+            )
+        if z_rtol is None and errors["z"] > config.z_atol:
             raise ParityError(
                 f"ONNX Runtime and PyTorch disagree on z at batch {batch}: max abs error {errors['z']:.3g} > "
                 f"z_atol {config.z_atol:g}; the exported model is wrong (try exporter='dynamo' or another opset)"

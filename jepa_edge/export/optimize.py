@@ -28,6 +28,12 @@ the previous pass), so errors never compound unseen. What was applied, the parit
 by op type before/after each pass go into ``metadata["graph"]``; the model's
 ``metadata_props`` are carried through every pass.
 
+An fp16 export (``--precision fp16``) runs these passes on the fp32 model and
+their parity at this fp32 bound, then rewrites the result to fp16
+(``jepa_edge.export.fp16``, fused contrib ops included: Attention,
+SkipLayerNormalization and BiasGelu have fp16 CUDA kernels), whose parity with
+PyTorch is checked at the fp16 bound (``jepa_edge.export.onnx_export``).
+
 onnxslim and onnxruntime.transformers are imported lazily: reading this
 module, counting nodes or reading metadata needs neither.
 """

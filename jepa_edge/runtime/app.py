@@ -50,6 +50,7 @@ def encoder_only_hint(meta: Any, head: Any, cfg: PipelineConfig) -> str | None:
 
 def run_model(model_path: str | Path, source: str, cfg: PipelineConfig, files: RunFiles, *, backend: str = "auto",
               threads: int = 0, cuda_graph: bool | None = None, decode_threads: int = 0,
+              tf32: bool = False,
               on_url: Callable[[str], None] | None = None,
               on_hint: Callable[[str], None] | None = None) -> RunSummary:
     """Run until the source ends, ``cfg.max_frames``, or Ctrl-C; returns the summary.
@@ -62,7 +63,8 @@ def run_model(model_path: str | Path, source: str, cfg: PipelineConfig, files: R
     from jepa_edge.runtime.sinks import frame_sinks
 
     cfg.validate()
-    model = load_model_for_run(str(model_path), backend, None, cfg.head_mode, threads=threads, cuda_graph=cuda_graph)
+    model = load_model_for_run(str(model_path), backend, None, cfg.head_mode, threads=threads, cuda_graph=cuda_graph,
+                               tf32=tf32)
     watcher = src = None
     out = sys.stdout
     sinks: list[Any] = []

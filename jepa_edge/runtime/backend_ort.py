@@ -40,8 +40,11 @@ and Conv); "tf32" allows it. ``model.precision`` records what runs: "fp32"
 only where TF32 is off (the CPU, the CUDA EP with ``use_tf32=0``, or
 ``NVIDIA_TF32_OVERRIDE=0``); the TensorRT EP has no TF32 switch and TensorRT
 allows TF32 by default, so ``ort-trt`` is "tf32" (or "fp16" with
-``trt_fp16``). ``model.provider_options`` holds the options ONNX Runtime
-reports for the session (the bench records them).
+``trt_fp16``); a model exported with ``--precision fp16`` (metadata
+"precision": "fp16") is "fp16" on every backend. TF32 is what the session
+allows: it changes nothing on GPUs before Ampere (no TF32 tensor cores) nor on
+the CPU. ``model.provider_options`` holds the options ONNX Runtime reports for
+the session (the bench records them).
 
 **Stage times** (``model.last_stages``, ms, host clock): IOBinding path:
 "h2d" (``update_inplace``, a synchronous copy), "compute" (``run_with_iobinding``:
@@ -207,8 +210,10 @@ def cuda_provider_options(cfg: OrtConfig, ort_version: str, cuda_graph: bool = F
     return opts
 
 
-def ort_precision(backend: str, cfg: OrtConfig, ort_version: str) -> str:
-    """The precision a session really computes in: "fp32" only where TF32 is off."""
+def ort_precision(backend: str, cfg: OrtConfig, ort_version: str, model_precision: str = "fp32") -> str:
+    """The precision a session really computes in: "fp16" for an fp16 model, else "fp32" only where TF32 is off."""
+    if model_precision == "fp16":  # the encoder's tensors are fp16 wherever it runs (head and I/O stay float32)
+        return "fp16"
     if backend == "ort-cpu":
         return "fp32"
     if backend == "ort-trt":
@@ -444,7 +449,7 @@ class OrtModel(Model):
         super().__init__(path, backend, parse_meta(meta_text, str(path)))
         check_model_io(sess, self.meta, str(path))
         self.config = cfg
-        self.precision = ort_precision(backend, cfg, ort.__version__)
+        self.precision = ort_precision(backend, cfg, ort.__version__, str(self.meta.raw.get("precision", "fp32")))
         self.provider_options: dict[str, dict[str, str]] = {k: dict(v) for k, v in sess.get_provider_options().items()}
         self._ort, self._sess = ort, sess
         self._output_names = [o.name for o in sess.get_outputs()]

@@ -82,18 +82,20 @@ def numpy_head_on_cuda_graph(backend: str, export_mode: str, head_mode: str, con
 
 
 def load_model_for_run(path: str | Path, backend: str = "auto", config: Any = None, head_mode: str = "auto", *,
-                       threads: int = 0, cuda_graph: bool | None = None) -> Model:
+                       threads: int = 0, cuda_graph: bool | None = None, tf32: bool = False) -> Model:
     """``load_model`` for the run pipeline: a head_inputs model on ``ort-cuda`` is loaded as its encoder-only cut
     where ``numpy_head_on_cuda_graph`` says so (the pipeline then runs the head in numpy). Only on ``ort-cuda`` is
     the file's mode read first (from its metadata, without a session).
 
-    ``threads`` / ``cuda_graph`` (the CLI's ``--threads`` / ``--cuda-graph``) become the ONNX Runtime config once
-    ``auto`` is resolved, here and nowhere else; TensorRT takes neither (``config`` None = its defaults).
+    ``threads`` / ``cuda_graph`` / ``tf32`` (the CLI's ``--threads`` / ``--cuda-graph`` / ``--tf32``, the last as
+    ``OrtConfig.precision`` "tf32") become the ONNX Runtime config once ``auto`` is resolved, here and nowhere
+    else; TensorRT takes none of them (``config`` None = its defaults).
     """
     path = Path(path)
     backend = resolve_backend(path, backend)
-    if config is None and backend in ORT_BACKENDS and (threads or cuda_graph is not None):
-        config = OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if backend == "ort-cuda" else None)
+    if config is None and backend in ORT_BACKENDS and (threads or cuda_graph is not None or tf32):
+        config = OrtConfig(intra_op_threads=threads, cuda_graph=cuda_graph if backend == "ort-cuda" else None,
+                           precision="tf32" if tf32 else "fp32")
     cut = (backend == "ort-cuda" and path.suffix != ".engine"
            and numpy_head_on_cuda_graph(backend, model_mode(path), head_mode, config))
     if cut:

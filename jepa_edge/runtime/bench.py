@@ -90,6 +90,7 @@ class BenchConfig:
     head_width: int = 8  # rows of the synthetic head when the model has none to copy
     # ort-cuda CUDA graphs per batch size (OrtConfig.cuda_graph): None = auto (fused / encoder-only graphs), True, False
     cuda_graph: bool | None = None
+    tf32: bool = False  # ort-cuda: allow TF32 for fp32 MatMul/Conv (OrtConfig.precision "tf32"; Ampere and later)
 
     def validate(self) -> None:
         bad = sorted(set(self.head_modes) - set(TIMED_HEAD_MODES))
@@ -209,7 +210,8 @@ def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
     for mode in cfg.head_modes:
         encoder_only = mode == "numpy" and backend in ORT_BACKENDS
         cuda_graph = cfg.cuda_graph if backend == "ort-cuda" else None  # asked of ort-cuda; quietly off elsewhere
-        ort_cfg = OrtConfig(intra_op_threads=cfg.threads, cuda_graph=cuda_graph) if backend in ORT_BACKENDS else None
+        ort_cfg = OrtConfig(intra_op_threads=cfg.threads, cuda_graph=cuda_graph,
+                            precision="tf32" if cfg.tf32 else "fp32") if backend in ORT_BACKENDS else None
         base = {"model": str(path), "backend": backend, "head_mode": mode}
         try:
             model = load_model(path, backend, ort_cfg, encoder_only=encoder_only)
