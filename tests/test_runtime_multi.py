@@ -166,3 +166,21 @@ def test_cli_run_and_bench_take_several_sources(model_path, videos, tmp_path):
     assert bench.exit_code == 0, bench.output
     report = json.loads(bench.stdout)
     assert [len(r["streams"]) for r in report["results"]] == [2]
+
+
+def test_multicam_bench_script_reports_every_stream(model_path, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "mc.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "multicam_bench.py"), "--model", str(model_path),
+                        "--head-mode", "model", "--streams", "3", "--fps", "30", "--seconds", "0.3", "--warmup", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=root, env=env, check=False)
+    assert p.returncode == 0, p.stderr + p.stdout
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["batch"] == 3 and len(r["streams"]) == 3 and r["frames"] >= 27  # 3 x 30 FPS x 0.3 s
+    assert "3 streams" in p.stdout and "drops" in p.stdout

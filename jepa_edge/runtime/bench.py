@@ -463,7 +463,8 @@ def bench_table(report: dict[str, Any]) -> Any:
                                                          if any(_backend(r) != r["backend"] for r in _ok(report))
                                                          else ""))
     source = report["source"]
-    table = _table(f"jepa-edge bench — {source if isinstance(source, str) else ', '.join(source)}",
+    what = source if isinstance(source, str) else f"{len(source)} sources, one batch per step (per stream: below)"
+    table = _table(f"jepa-edge bench — {what}",
                    ("#", "model", "backend", "head", "batch", "e2e p50", "e2e p99", "infer p50", "e2e FPS", "drops"),
                    caption)
     for i, r in enumerate(_ok(report), 1):
