@@ -184,3 +184,12 @@ def test_multicam_bench_script_reports_every_stream(model_path, tmp_path):
     (r,) = json.loads(out.read_text())["results"]
     assert r["batch"] == 3 and len(r["streams"]) == 3 and r["frames"] >= 27  # 3 x 30 FPS x 0.3 s
     assert "3 streams" in p.stdout and "drops" in p.stdout
+
+
+def test_frames_limit_counts_outputs_per_camera(model_path, videos):
+    out = io.StringIO()
+    summary = run_multi(load_model(model_path, "ort-cpu"), videos, PipelineConfig(max_frames=3), out=out)
+    assert summary.reason == "max_frames" and summary.steps == 3 and summary.frames == 9
+    assert [s["frames"] for s in summary.streams] == [3, 3, 3]
+    with pytest.raises(ValueError, match="--video-out"):
+        run_multi(load_model(model_path, "ort-cpu"), videos, PipelineConfig(video_out="x.avi"), out=None)

@@ -13,7 +13,8 @@ Each source has its own ``Capture`` (latest-frame thread for cameras and paced f
 per stream. ``run_multi`` writes one JSON line per stream per step — the single-source line with ``stream``
 (the source's position) and ``source_name`` in front — and returns a ``MultiRunSummary`` whose ``streams``
 hold per-stream frames, drops, padded steps and capture-to-output latency (``e2e``: from the frame read to
-its outputs ready). ``--frames N`` counts steps here: N frames per camera when every step is full.
+its outputs ready). ``--frames N`` stops after N outputs per camera on average (N x cameras in all): exactly N
+each when every step is full.
 """
 
 from __future__ import annotations
@@ -164,12 +165,12 @@ def run_multi(
     stage = HeadStage(model, cfg.head_mode, head, swappable=watcher is not None)
     cams, batch = MultiCapture(srcs, cfg.capture, cfg.batch_timeout_s), StreamBatch(len(srcs), model.meta.input_size)
     times, per, padded = StageTimes(), [StageTimes() for _ in srcs], [0] * len(srcs)
-    rss_start, steps, reason, t_start = rss_kb(), 0, "stopped", time.perf_counter()
+    rss_start, steps, n_out, reason, t_start = rss_kb(), 0, 0, "stopped", time.perf_counter()
     lost: SourceError | None = None
     try:
         cams.start()
         while not stop.is_set():
-            if cfg.max_frames and steps >= cfg.max_frames:
+            if cfg.max_frames and n_out >= cfg.max_frames * len(srcs):
                 reason = "max_frames"
                 break
             t0 = time.perf_counter()
@@ -208,6 +209,7 @@ def run_multi(
                         out.write(json.dumps(record) + "\n")
                     if on_frame is not None:
                         on_frame(record, row)
+                    n_out += 1
             steps += 1
     except KeyboardInterrupt:
         reason = "interrupted"
