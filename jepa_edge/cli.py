@@ -664,8 +664,9 @@ def export(
 @user_errors
 def run_cmd(
     model: Annotated[Path, typer.Argument(help="Exported .onnx or TensorRT .engine.")],
-    source: Annotated[str, typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
-                                        "folder, bag:PATH?topic=/camera, or sim:VIEW.")] = "sim:top",
+    source: Annotated[list[str], typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
+                                              "folder, bag:PATH?topic=/camera, or sim:VIEW; repeat for several "
+                                              "cameras: one batch per step.")] = ["sim:top"],  # noqa: B006
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
     postcard: Annotated[Path | None, typer.Option(help="Postcard W to apply (head-inputs model or numpy head).")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files (repeat).")] = [],  # noqa: B006
@@ -722,7 +723,8 @@ def _hint(text: str) -> None:
 @user_errors
 def bench(
     model: Annotated[list[Path], typer.Argument(help="Exported .onnx / .engine files to compare.")],
-    source: Annotated[str, typer.Option(help="Video file, camera, image folder or sim:VIEW.")] = "sim:top",
+    source: Annotated[list[str], typer.Option(help="Video file, camera, image folder or sim:VIEW; repeat for "
+                                              "several cameras: one batch per step.")] = ["sim:top"],  # noqa: B006
     backend: Annotated[list[str], typer.Option(help="Backends to time (repeat; default: all available).")] = [],  # noqa: B006
     batch_size: Annotated[list[int], typer.Option(help="Batch sizes (repeat; default 1 and 8; at most 1024).")] = [1, 8],  # noqa: B006
     head_mode: Annotated[list[str], typer.Option(help="Where the head runs: model (inside the exported model) "
@@ -753,7 +755,14 @@ def bench(
 
     from jepa_edge.artifacts import atomic_write_text
     from jepa_edge.runtime import BenchConfig
-    from jepa_edge.runtime.bench import bench_detail, bench_notes, bench_table, benchmark, check_report_path
+    from jepa_edge.runtime.bench import (
+        bench_detail,
+        bench_notes,
+        bench_streams,
+        bench_table,
+        benchmark,
+        check_report_path,
+    )
 
     cfg = BenchConfig(warmup=warmup, n_frames=frames, batch_sizes=tuple(batch_size), head_modes=tuple(head_mode),
                       backends=tuple(backend), threads=threads, decode_threads=decode_threads, realtime=realtime,
@@ -782,6 +791,8 @@ def bench(
     else:
         screen = Console(width=None if sys.stdout.isatty() else 100)
         screen.print(bench_table(report))
+        for table in bench_streams(report):
+            screen.print(table)
         for table in bench_detail(report) if detail else ():
             screen.print()
             screen.print(table)

@@ -1,4 +1,4 @@
-"""``jepa-edge run``: one exported model on one source, from files and options (what the CLI calls).
+"""``jepa-edge run``: one exported model on one source, or on several in one batch (runtime/multi.py).
 
 The wiring the command needs and nothing else: load the model, build the head from postcard/probe files,
 watch a folder for new heads, open the source and the sinks (MCAP, live page), run the loop, close everything
@@ -48,24 +48,31 @@ def encoder_only_hint(meta: Any, head: Any, cfg: PipelineConfig) -> str | None:
     return None
 
 
-def run_model(model_path: str | Path, source: str, cfg: PipelineConfig, files: RunFiles, *, backend: str = "auto",
-              threads: int = 0, cuda_graph: bool | None = None, decode_threads: int = 0,
+def run_model(model_path: str | Path, source: str | Sequence[str], cfg: PipelineConfig, files: RunFiles, *,
+              backend: str = "auto", threads: int = 0, cuda_graph: bool | None = None, decode_threads: int = 0,
               tf32: bool = False,
               on_url: Callable[[str], None] | None = None,
               on_hint: Callable[[str], None] | None = None) -> RunSummary:
     """Run until the source ends, ``cfg.max_frames``, or Ctrl-C; returns the summary.
 
-    A live source lost mid-run raises ``SourceError`` with the summary of what ran as ``exc.summary``.
+    ``source``: one spec, or several (one batch per step, outputs per stream: a ``MultiRunSummary``; they take
+    no --video-out / --record / --serve). A live source lost mid-run raises ``SourceError`` with the summary of
+    what ran as ``exc.summary``.
     """
     from jepa_edge.runtime import HeadWatcher, open_source
     from jepa_edge.runtime import run as run_pipeline
     from jepa_edge.runtime.backends import load_model_for_run
+    from jepa_edge.runtime.multi import ONE_SOURCE_ONLY, run_multi
     from jepa_edge.runtime.sinks import frame_sinks
 
+    specs = [source] if isinstance(source, str) else list(source)
     cfg.validate()
+    if len(specs) > 1 and (cfg.video_out or files.record or files.serve):
+        raise ValueError(ONE_SOURCE_ONLY)
     model = load_model_for_run(str(model_path), backend, None, cfg.head_mode, threads=threads, cuda_graph=cuda_graph,
                                tf32=tf32)
-    watcher = src = None
+    watcher = None
+    srcs: list[Any] = []
     out = sys.stdout
     sinks: list[Any] = []
     try:
@@ -75,18 +82,22 @@ def run_model(model_path: str | Path, source: str, cfg: PipelineConfig, files: R
             on_hint(hint)
         if files.watch:
             watcher = HeadWatcher(files.watch, model.meta.agent_fingerprint, model.meta.latent_dim).start()
-        src = open_source(source, decode_threads=decode_threads)
+        for spec in specs:
+            srcs.append(open_source(spec, decode_threads=decode_threads))
         sinks = frame_sinks(files.record or None, files.serve or None, overwrite=files.overwrite,
                             emit_latent=cfg.emit_latent, annotate_size=cfg.annotate_size, on_url=on_url,
                             meta={"model": str(model_path), "agent": model.meta.agent_name,
                                   "view": model.meta.agent_view})
         if files.jsonl:  # opened last: a bad model, head or source leaves no file behind
             out = open(files.jsonl, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-        return run_pipeline(model, src, cfg, head=head, watcher=watcher, out=out, stop=threading.Event(), sinks=sinks)
+        if len(srcs) > 1:
+            return run_multi(model, srcs, cfg, head=head, watcher=watcher, out=out, stop=threading.Event())
+        return run_pipeline(model, srcs[0], cfg, head=head, watcher=watcher, out=out, stop=threading.Event(),
+                            sinks=sinks)
     finally:
         for sink in sinks:  # idempotent: the pipeline closed them already unless it never started
             sink.close()
-        if src is not None:
+        for src in srcs:
             src.close()
         if watcher is not None:
             watcher.close()

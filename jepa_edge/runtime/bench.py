@@ -32,8 +32,14 @@ callable(uint8 (B, H, W, 3)) → dict, timed with head mode "callable"; a callab
 that is also a context manager is entered around its timing (e.g. to hold its
 thread count) and may say its ``threads``. The runtime itself never imports torch.
 
+Several sources (``source`` a list): each configuration runs them as one static batch per step, the
+newest frame of each (runtime/multi.py; the batch is the number of sources, ``batch_sizes`` are not used),
+until ``n_frames`` outputs in all; each result adds ``streams`` (per stream: frames, drops, padded steps,
+capture-to-output ``e2e_ms``), and its ``fps`` is all streams' outputs per second.
+
 ``bench_table`` is the summary (fits 100 columns), ``bench_detail`` the stage
-and stability tables, ``bench_notes`` one line per skipped or failed configuration.
+and stability tables, ``bench_streams`` the per-stream table (several sources),
+``bench_notes`` one line per skipped or failed configuration.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import BackendUnavailableError, RuntimeModelError
 from jepa_edge.runtime.headswap import HeadStage
 from jepa_edge.runtime.meta import HEAD_MODES, ModelMeta
+from jepa_edge.runtime.multi import MultiCapture, StreamBatch, stream_stats
 from jepa_edge.runtime.pipeline import preprocess
 from jepa_edge.runtime.sources import open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
@@ -191,6 +198,90 @@ def _measure(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int
     }
 
 
+def _measure_streams(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int] | None,
+                     sources: Sequence[str], cfg: BenchConfig, stages: Stages = _no_stages) -> dict[str, Any]:
+    """Several sources in one static batch (runtime/multi.py) until ``cfg.n_frames`` outputs in all: per stream
+    frames, drops, padded steps and capture-to-output (e2e) ms; ``fps`` is all streams' outputs per second."""
+    srcs = [open_source(s, loop=True, decode_threads=cfg.decode_threads) for s in sources]
+    batch = StreamBatch(len(srcs), size)
+
+    def step(times: StageTimes, per: list[StageTimes], padded: list[int]) -> int:
+        t0 = time.perf_counter()
+        try:
+            frames = cams.next(timeout=30.0)
+        except TimeoutError:
+            frames = None
+        if frames is None:
+            raise RuntimeModelError(f"no frame from {', '.join(sources)} within 30 s; check the sources")
+        taken = time.perf_counter()
+        times.add("wait", (taken - t0) * 1e3)
+        times.add("read", sum(f.read_ms for f in frames if f is not None))
+        with times.stage("preprocess"):
+            x = batch.fill(frames)  # (N, H, W, 3)
+        last = stages()
+        if isinstance(last, dict):
+            last.clear()
+        with times.stage("infer"):
+            raw = infer(x)
+        measured = stages()
+        for key in DEVICE_STAGES:
+            if key in measured:
+                times.add(key, float(measured[key]))
+        with times.stage("head"):
+            head_fn(raw)
+        done = time.perf_counter()
+        for i, f in enumerate(frames):
+            if f is None:
+                padded[i] += 1
+                continue
+            times.add("capture_age", (taken - f.t_mono) * 1e3)
+            times.add("e2e", (done - f.t_mono) * 1e3)
+            per[i].add("e2e", (done - f.t_mono) * 1e3)
+        return sum(f is not None for f in frames)
+
+    with MultiCapture(srcs, CaptureConfig(realtime=cfg.realtime)) as cams:
+        warm = [StageTimes() for _ in srcs]
+        for _ in range(cfg.warmup):
+            step(StageTimes(), warm, [0] * len(srcs))
+        times, per, padded = StageTimes(), [StageTimes() for _ in srcs], [0] * len(srcs)
+        dropped0, rss_start, t_start = [c.stats.dropped for c in cams.captures], rss_kb(), time.perf_counter()
+        n = 0
+        while n < cfg.n_frames:
+            n += step(times, per, padded)
+        elapsed = time.perf_counter() - t_start
+        streams = [stream_stats(i, c, per[i], padded[i], dropped0[i]) for i, c in enumerate(cams.captures)]
+    summary = times.summary()
+    return {
+        "stages_ms_per_batch": {k: v.to_dict() for k, v in summary.items() if k not in PER_FRAME},
+        "device_stages": [k for k in DEVICE_STAGES if k in summary],
+        "capture_age_ms": summary["capture_age"].to_dict(),
+        "e2e_ms": summary["e2e"].to_dict(),
+        "frames": n,
+        "fps": n / elapsed,
+        "dropped": sum(s["dropped"] for s in streams),
+        "streams": streams,
+        "rss_start_kb": rss_start,
+        "rss_end_kb": rss_kb(),
+        "rss_trace": [[n, rss_kb(), times.nbytes // 1024]],
+        "samples_kb": times.nbytes // 1024,
+        "drift": drift(times.samples("e2e")).to_dict(),
+    }
+
+
+Sources = str | Sequence[str]  # one source: the batch sizes of BenchConfig; several: one batch of them all
+
+
+def _batches(source: Sources, cfg: BenchConfig) -> tuple[int, ...]:
+    return cfg.batch_sizes if isinstance(source, str) else (len(source),)
+
+
+def _measure_on(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[int, int] | None, source: Sources,
+                batch: int, cfg: BenchConfig, stages: Stages = _no_stages) -> dict[str, Any]:
+    if isinstance(source, str):
+        return _measure(infer, head_fn, size, source, batch, cfg, stages)
+    return _measure_streams(infer, head_fn, size, source, cfg, stages)
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -203,7 +294,7 @@ def _model_settings(model: Any) -> dict[str, Any]:
 
 
 def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
-                source: str) -> list[dict[str, Any]]:
+                source: Sources) -> list[dict[str, Any]]:
     """Every head mode × batch size of one model on one backend; an unavailable backend is "skipped", a model that
     cannot run as asked is an "error" (both with their reason)."""
     results = []
@@ -232,9 +323,9 @@ def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
             kind = "encoder-only" if encoder_only else f"{model.meta.mode}"
             stages = partial(getattr, model, "last_stages")  # read after every infer (backends may rebind it)
             threads = cfg.threads if backend in ORT_BACKENDS else None  # TensorRT: no CPU threads to set
-            for batch in cfg.batch_sizes:
+            for batch in _batches(source, cfg):
                 try:
-                    r = _measure(model.infer, stage, model.meta.input_size, source, batch, cfg, stages)
+                    r = _measure_on(model.infer, stage, model.meta.input_size, source, batch, cfg, stages)
                 except ValueError as exc:  # e.g. batch above a TensorRT profile's maximum
                     results.append({**base, "batch": batch, "status": "skipped", "reason": str(exc)})
                     continue
@@ -244,14 +335,14 @@ def _model_runs(path: Path, backend: str, cfg: BenchConfig, head: Any | None,
     return results
 
 
-def _extra_runs(name: str, fn: Infer, size: tuple[int, int] | None, source: str,
+def _extra_runs(name: str, fn: Infer, size: tuple[int, int] | None, source: Sources,
                 cfg: BenchConfig) -> list[dict[str, Any]]:
     """An extra backend (e.g. PyTorch eager) at every batch size; entered as a context manager when it is one."""
     results = []
     with fn if isinstance(fn, AbstractContextManager) else nullcontext():
         threads = getattr(fn, "threads", None)  # what it runs with, where it says (inside its context)
-        for batch in cfg.batch_sizes:
-            r = _measure(fn, lambda raw: raw, size, source, batch, cfg)
+        for batch in _batches(source, cfg):
+            r = _measure_on(fn, lambda raw: raw, size, source, batch, cfg)
             results.append({"model": name, "backend": name, "head_mode": "callable", "batch": batch,
                             "graph": "callable", "threads": threads, "status": "ok", **r})
     return results
@@ -286,7 +377,7 @@ def check_report_path(path: str | Path, overwrite: bool = False) -> Path:
 
 def benchmark(
     models: str | Path | Sequence[str | Path],
-    source: str,
+    source: str | Sequence[str],
     config: BenchConfig | None = None,
     *,
     head: Any | None = None,
@@ -297,10 +388,15 @@ def benchmark(
 
     ``head``: the FusedHead to time (default: a synthetic one with the model's
     layout). ``extra_backends`` are timed at ``extra_input_size`` (default: the
-    first model's input size) with head mode "callable".
+    first model's input size) with head mode "callable". Several sources are one batch per step
+    (runtime/multi.py) instead of ``cfg.batch_sizes``; each result then lists its ``streams``.
     """
     cfg = config or BenchConfig()
     cfg.validate()
+    if not isinstance(source, str):
+        if not source:
+            raise ValueError("no source: pass at least one --source")
+        source = str(source[0]) if len(source) == 1 else [str(s) for s in source]
     paths = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
     machine = machine_info()  # before the runs: the load average says how busy the machine was going in
     results: list[dict[str, Any]] = []
@@ -368,7 +464,9 @@ def bench_table(report: dict[str, Any]) -> Any:
                "frames / wall time of the whole loop" + (f"; {CUDA_GRAPH_MARK} replays a CUDA graph"
                                                          if any(_backend(r) != r["backend"] for r in _ok(report))
                                                          else ""))
-    table = _table(f"jepa-edge bench — {report['source']}",
+    source = report["source"]
+    what = source if isinstance(source, str) else f"{len(source)} sources, one batch per step (per stream: below)"
+    table = _table(f"jepa-edge bench — {what}",
                    ("#", "model", "backend", "head", "batch", "e2e p50", "e2e p99", "infer p50", "e2e FPS", "drops"),
                    caption)
     for i, r in enumerate(_ok(report), 1):
@@ -405,6 +503,22 @@ def bench_detail(report: dict[str, Any]) -> list[Any]:
                        "–" if threads is None else str(threads or "default"),
                        f"{r['drift'].get('ratio', float('nan')):.2f}", "–" if rss is None else f"{rss:+.1f}")
     return [stages, spread]
+
+
+def bench_streams(report: dict[str, Any]) -> list[Any]:
+    """With several sources: one table of per-stream rows (keyed by the summary's ``#``); none otherwise."""
+    rows = [(i, r) for i, r in enumerate(_ok(report), 1) if r.get("streams")]
+    if not rows:
+        return []
+    table = _table("per stream: capture → outputs ready (ms), frames, drops", ("#", "stream", "source", "frames",
+                   "drops", "padded", "e2e p50", "e2e p99"),
+                   "padded: steps with no new frame from that source (its row ran on its last frame, no output)")
+    for i, r in rows:
+        for s in r["streams"]:
+            e = s["e2e_ms"]
+            table.add_row(str(i), str(s["stream"]), Path(s["source"]).name or s["source"], str(s["frames"]),
+                          str(s["dropped"]), str(s["padded"]), _ms(e.get("p50_ms")), _ms(e.get("p99_ms")))
+    return [table]
 
 
 def bench_notes(report: dict[str, Any]) -> list[str]:

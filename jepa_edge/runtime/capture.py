@@ -75,8 +75,10 @@ class CaptureStats:
 class Capture:
     """``with Capture(source) as cap: frame = cap.get()`` — ``None`` at the end of a finite stream."""
 
-    def __init__(self, source: Source, config: CaptureConfig | None = None) -> None:
+    def __init__(self, source: Source, config: CaptureConfig | None = None,
+                 ready: threading.Event | None = None) -> None:
         self.source = source
+        self.ready = ready  # set whenever the slot fills, the stream ends or fails (one event for many captures)
         self.config = config or CaptureConfig()
         self.config.validate()
         policy = self.config.policy
@@ -165,6 +167,8 @@ class Capture:
                 self.stats.dropped += 1
             self._slot = frame
             self._cond.notify_all()
+        if self.ready is not None:
+            self.ready.set()
 
     def _reopen(self, reason: BaseException) -> None:
         cfg, delay, attempts = self.config, self.config.reconnect_initial_s, 0
@@ -238,7 +242,9 @@ class Capture:
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
-            return
-        with self._cond:
-            self.stats.eof = not self._stop.is_set()
-            self._cond.notify_all()
+        else:
+            with self._cond:
+                self.stats.eof = not self._stop.is_set()
+                self._cond.notify_all()
+        if self.ready is not None:
+            self.ready.set()

@@ -54,6 +54,9 @@ class PipelineConfig:
     video_fps: float = 0.0  # annotated video rate; 0 = the source's fps (30 for live sources)
     annotate_size: int = 384  # annotated frames are upscaled to this side so text stays legible
     get_timeout_s: float = 0.25  # a blocked wait for a frame re-checks the stop flag this often
+    # several sources (runtime/multi.py): after a step's first new frame, wait this long for the others; 0 = batch
+    # what is there now (the muxer's batched-push-timeout)
+    batch_timeout_s: float = 0.0
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def validate(self) -> None:
@@ -64,8 +67,9 @@ class PipelineConfig:
             raise ValueError(f"head mode {self.head_mode!r}; choose one of {HEAD_MODES} (--head-mode)")
         if self.video_out and Path(self.video_out).suffix.lower() not in FOURCC:
             raise ValueError(f"{self.video_out}: annotated video must be one of {sorted(FOURCC)} (by file suffix)")
-        if self.video_fps < 0 or self.annotate_size < 16 or self.get_timeout_s <= 0:
-            raise ValueError("PipelineConfig: need video_fps >= 0, annotate_size >= 16 and get_timeout_s > 0")
+        if self.video_fps < 0 or self.annotate_size < 16 or self.get_timeout_s <= 0 or self.batch_timeout_s < 0:
+            raise ValueError("PipelineConfig: need video_fps >= 0, annotate_size >= 16, get_timeout_s > 0 and "
+                             "batch_timeout_s >= 0")
         self.capture.validate()
 
 
