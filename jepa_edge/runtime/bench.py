@@ -132,6 +132,21 @@ def _no_stages() -> dict:
     return {}
 
 
+def _infer_and_head(times: StageTimes, infer: Callable, stages: Callable, head_fn: Callable, x: np.ndarray) -> None:
+    """The timed infer (with the device stages the backend measured) and head of one batch."""
+    last = stages()
+    if isinstance(last, dict):
+        last.clear()  # a backend that measures nothing this call must not repeat the last call's numbers
+    with times.stage("infer"):
+        raw = infer(x)
+    measured = stages()
+    for key in DEVICE_STAGES:
+        if key in measured:
+            times.add(key, float(measured[key]))
+    with times.stage("head"):
+        head_fn(raw)
+
+
 def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict], dict],
           size: tuple[int, int] | None, batch: int, source: str, stages: Stages = _no_stages) -> None:
     """One batch: wait for frames → preprocess → infer (+ device stages) → head; age and e2e per frame."""
@@ -148,17 +163,7 @@ def _step(cap: Capture, times: StageTimes, infer: Infer, head_fn: Callable[[dict
         times.add("capture_age", (t - f.t_mono) * 1e3)  # ~0 inline; the slot wait with read-ahead
     with times.stage("preprocess"):
         x = preprocess([f.image for f in frames], size or frames[0].image.shape[:2])  # (B, H, W, 3)
-    last = stages()
-    if isinstance(last, dict):
-        last.clear()  # a backend that measures nothing this call must not repeat the last call's numbers
-    with times.stage("infer"):
-        raw = infer(x)
-    measured = stages()
-    for key in DEVICE_STAGES:
-        if key in measured:
-            times.add(key, float(measured[key]))
-    with times.stage("head"):
-        head_fn(raw)
+    _infer_and_head(times, infer, stages, head_fn, x)
     done = time.perf_counter()
     for f in frames:
         times.add("e2e", (done - f.t_mono) * 1e3)
@@ -218,17 +223,7 @@ def _measure_streams(infer: Infer, head_fn: Callable[[dict], dict], size: tuple[
         times.add("read", sum(f.read_ms for f in frames if f is not None))
         with times.stage("preprocess"):
             x = batch.fill(frames)  # (N, H, W, 3)
-        last = stages()
-        if isinstance(last, dict):
-            last.clear()
-        with times.stage("infer"):
-            raw = infer(x)
-        measured = stages()
-        for key in DEVICE_STAGES:
-            if key in measured:
-                times.add(key, float(measured[key]))
-        with times.stage("head"):
-            head_fn(raw)
+        _infer_and_head(times, infer, stages, head_fn, x)
         done = time.perf_counter()
         for i, f in enumerate(frames):
             if f is None:
