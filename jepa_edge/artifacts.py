@@ -104,6 +104,13 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     return removed
 
 
+def refuse_existing(*paths: str | Path | None, overwrite: bool) -> None:
+    """The one overwrite rule: an existing output is refused unless ``overwrite`` (--overwrite), before any work."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int = 0o666) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace``: never half-written.
 

@@ -161,13 +161,6 @@ def emit_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=1, default=str))
 
 
-def refuse_existing(*paths: Path | None, overwrite: bool) -> None:
-    """One rule for every command: an existing output is refused unless --overwrite (checked before any work)."""
-    for path in paths:
-        if path is not None and path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
-
-
 def _load_json_arg(path: Path | None, what: str = "JSON config") -> dict:
     """A JSON object from ``path`` (size-capped; a list or a scalar at the top is refused)."""
     if path is None:
@@ -396,6 +389,7 @@ def calib(
 ) -> None:
     """Fit W between two agents from anchor pairs and measure the isomorphism against controls."""
     from jepa_edge.agents.calibrate import CalibConfig, calibrate
+    from jepa_edge.artifacts import refuse_existing
 
     refuse_existing(out, overwrite=overwrite)
     _, report = calibrate(from_run, to_run, out, CalibConfig(estimator=estimator, ridge_alpha=ridge_alpha,
@@ -423,17 +417,6 @@ def _print_calib(report: dict) -> None:
 
 
 PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.agents.calibrate._task_targets)
-
-
-def _probe_outputs(run: Path, out: Path, tasks: list[str]) -> list[Path]:
-    """The probe files ``probe RUN`` writes (agent name from RUN's meta.json; the folder name if unreadable)."""
-    from jepa_edge.artifacts import read_json_capped
-
-    try:
-        name = str(read_json_capped(run / "meta.json", "agent meta.json", "")["name"])
-    except Exception:  # noqa: BLE001 - a broken run is refused with its own message by the driver
-        name = run.name
-    return [out / f"{name}.{t}.probe.safetensors" for t in tasks]
 
 
 @command(app)
@@ -465,8 +448,7 @@ def probe(
         raise ValueError(f"unknown probe task(s) {unknown}; use --task with one of {list(PROBE_TASKS)}")
     mcfg = _moments_cfg(episodes, episode_len, seed, recording, topic, tolerance, states_topic)
     if transfer is None:
-        refuse_existing(*_probe_outputs(run, out, task), overwrite=overwrite)
-        paths, report = train_probes(run, out, ProbeRunConfig(tasks=tuple(task)), mcfg)
+        paths, report = train_probes(run, out, ProbeRunConfig(tasks=tuple(task)), mcfg, overwrite=overwrite)
         if as_json:
             emit_json({"probes": [str(p) for p in paths], "heldout": report})
             return
@@ -519,6 +501,7 @@ def reproduce(
                                             "reused; an unfinished OUT is always resumed).")] = False,
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
+    from jepa_edge.artifacts import refuse_existing
     from jepa_edge.study.reproduce import ReproduceConfig
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
@@ -603,6 +586,7 @@ def export(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Export encoder + fused linear head (W, probes) to ONNX, optionally to a TensorRT engine."""
+    from jepa_edge.artifacts import refuse_existing
     from jepa_edge.export import (
         Int8Config,
         OnnxExportConfig,
@@ -692,6 +676,7 @@ def run_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace existing --jsonl / --video-out / --record files.")] = False,
 ) -> None:
     """Run the exported model on a camera feed / video / stream; one JSON line per frame (named outputs)."""
+    from jepa_edge.artifacts import refuse_existing
     from jepa_edge.runtime import CaptureConfig, PipelineConfig
     from jepa_edge.runtime.app import RunFiles, run_model
     from jepa_edge.runtime.errors import SourceError
@@ -850,6 +835,7 @@ def fleet_run(
                                          "restarted).")] = False,
 ) -> None:
     """Join a Zenoh fleet: publish card, probes and outputs; calibrate W live against a followed peer."""
+    from jepa_edge.artifacts import refuse_existing
     from jepa_edge.config import deep_merge, from_dict
     from jepa_edge.fleet.app import run_fleet
     from jepa_edge.fleet.node import FleetConfig
@@ -920,6 +906,7 @@ def calib_graph(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Alignment graph: W for every ordered pair, composed paths vs direct, cycle consistency, best path."""
+    from jepa_edge.artifacts import refuse_existing
     from jepa_edge.calib.fit import FitConfig
     from jepa_edge.calib.graph import GraphConfig
     from jepa_edge.fleet.moments import AnchorWorld

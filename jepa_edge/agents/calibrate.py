@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.agents.latents import Moments, agent_descriptor, latents_of, untrained_like, world_moments
+from jepa_edge.artifacts import refuse_existing
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.metrics import isomorphism_metrics, kept_fraction, permutation_null, probe_chance
 from jepa_edge.calib.postcard import Postcard, load_postcard, save_postcard
@@ -134,28 +135,31 @@ def _task_targets(moments: Moments, task: str) -> tuple[str, np.ndarray, list[st
     raise ValueError(f"unknown probe task {task!r}; use position or danger")
 
 
-def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg: MomentsConfig
-                 ) -> tuple[list[Path], dict[str, Any]]:
-    """Fit each task's probe on the agent's pool latents; score held-out, beside an untrained encoder's."""
+def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg: MomentsConfig,
+                 overwrite: bool = False) -> tuple[list[Path], dict[str, Any]]:
+    """Fit each task's probe on the agent's pool latents; score held-out, beside an untrained encoder's.
+
+    Writes ``NAME.TASK.probe.safetensors`` in ``out_dir``; an existing one is refused unless ``overwrite``.
+    """
     enc, meta = load_agent(run)
+    paths = {task: Path(out_dir) / f"{meta['name']}.{task}.probe.safetensors" for task in cfg.tasks}
+    refuse_existing(*paths.values(), overwrite=overwrite)  # before the moments are rendered and encoded
     moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]
     pool, held = heldout_split(moments.episode, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_003), frames)
     agent = agent_descriptor(meta)
-    paths, report = [], {}
+    report = {}
     for task in cfg.tasks:
         kind, y, labels = _task_targets(moments, task)
         probe = fit_probe(z[pool], y[pool], kind, task, agent, labels=labels)
         control = fit_probe(z0[pool], y[pool], kind, task, replace(agent, fingerprint="untrained"), labels=labels)
         probe.metrics["heldout"] = evaluate_probe(probe, z[held], y[held])
         probe.metrics["heldout_untrained_control"] = evaluate_probe(control, z0[held], y[held])
-        path = Path(out_dir) / f"{meta['name']}.{task}.probe.safetensors"
-        save_probe(path, probe)
-        paths.append(path)
+        save_probe(paths[task], probe)
         report[task] = {"trained": primary_score(probe.metrics["heldout"], kind),
                         "untrained": primary_score(probe.metrics["heldout_untrained_control"], kind)}
-    return paths, report
+    return list(paths.values()), report
 
 
 def transfer_probes(probe_paths: list[Path], postcard_path: Path, run: str | Path, mcfg: MomentsConfig

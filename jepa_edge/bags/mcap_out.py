@@ -42,7 +42,7 @@ import numpy as np
 
 from jepa_edge import package_version
 from jepa_edge.artifacts import ArtifactError, cannot_write, remove_stale_temps, replace_synced, temp_path
-from jepa_edge.runtime.outputs import softmax
+from jepa_edge.runtime.outputs import shown
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -195,7 +195,7 @@ class McapRecorder:
         for name, v in outputs.items():
             if name not in LATENT_OUTPUTS:
                 kind, cols = labels.get(name, ("", []))
-                values[name] = (kind, cols, _floats(softmax(np.asarray(v)[0]) if kind == "classification" else v))
+                values[name] = (kind, cols, _floats(shown(np.asarray(v)[0], kind)))
         z = _floats(outputs["z"]) if self.emit_latent and "z" in outputs else None
         stages = record.get("latency_ms") or {}
         latency = {f"{k}_ms": v for k, v in zip(stages, _floats(list(stages.values())))}

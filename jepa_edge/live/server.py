@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from jepa_edge.runtime.outputs import softmax
+from jepa_edge.runtime.outputs import shown
 from jepa_edge.runtime.pipeline import annotate
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class _Frame:
             row = np.asarray(value)[0]  # (K,)
             if name != "z" or "z" in self.record.get("outputs", {}):
                 kind = self.labels.get(name, ("", []))[0]
-                grouped[name] = (softmax(row) if kind == "classification" else row).tolist()
+                grouped[name] = shown(row, kind).tolist()
         return grouped
 
 

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from jepa_edge.artifacts import temp_path
+from jepa_edge.artifacts import refuse_existing, temp_path
 from jepa_edge.machine import machine_info
 from jepa_edge.runtime.backend_ort import ORT_BACKENDS, OrtConfig
 from jepa_edge.runtime.backends import available_backends, load_model
@@ -354,8 +354,7 @@ def check_report_path(path: str | Path, overwrite: bool = False) -> Path:
         raise ValueError(f"--out {path}: the report is JSON; name it *.json")
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a folder; name a .json file inside it")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"--out {path} exists; pass --overwrite to replace it")
+    refuse_existing(path, overwrite=overwrite)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"--out {path}: folder {folder} does not exist; create it first")

@@ -33,9 +33,16 @@ from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import SourceError
 from jepa_edge.runtime.headswap import HeadStage, HeadWatcher
 from jepa_edge.runtime.model import Model, ModelClosedError
-from jepa_edge.runtime.pipeline import PipelineConfig, RunSummary, _swap_if_new, frame_record, preprocess
+from jepa_edge.runtime.pipeline import (
+    PipelineConfig,
+    RunSummary,
+    _swap_if_new,
+    frame_record,
+    preprocess,
+    run_summary,
+)
 from jepa_edge.runtime.sources import Frame, Source, open_source
-from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
+from jepa_edge.runtime.stats import StageTimes, rss_kb
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -221,17 +228,11 @@ def run_multi(
         cams.close()
         if out is not None:
             out.flush()
-    elapsed = time.perf_counter() - t_start
     streams = [stream_stats(i, cap, per[i], padded[i]) for i, cap in enumerate(cams.captures)]
-    n = sum(s["frames"] for s in streams)
     totals = {k: sum(getattr(c.stats, k) for c in cams.captures)
               for k in ("read", "delivered", "dropped", "corrupt", "reconnects")}
-    summary = MultiRunSummary(
-        frames=n, reason=reason, fps=n / elapsed if elapsed > 0 else 0.0,
-        latency_ms={k: v.to_dict() for k, v in times.summary().items()}, capture=totals,
-        heads={"mode": stage.mode, "version": stage.version, **(watcher.stats.to_dict() if watcher else {})},
-        rss_start_kb=rss_start, rss_end_kb=rss_kb(), e2e_drift=drift(times.samples("e2e")).to_dict(),
-        steps=steps, streams=streams)
+    summary = run_summary(sum(s["frames"] for s in streams), reason, t_start, times, totals, stage, watcher,
+                          rss_start, MultiRunSummary, steps=steps, streams=streams)
     if lost is not None:
         lost.summary = summary  # type: ignore[attr-defined] - read by the CLI, which still prints it
         raise lost

@@ -22,6 +22,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def shown(row: np.ndarray, kind: str) -> np.ndarray:
+    """One output's (K,) row as users see it (JSON lines, the live page, MCAP): class probabilities for a
+    classification output, the values themselves otherwise."""
+    return softmax(row) if kind == "classification" else np.asarray(row)
+
+
 def column_names(name: str, width: int, labels: list[str] | tuple[str, ...]) -> list[str]:
     """``name.label`` per column; ``name.i`` where the file named no labels (an older probe)."""
     labels = list(labels) if len(labels) == width else [str(i) for i in range(width)]
@@ -43,8 +49,7 @@ def named_values(outputs: dict[str, np.ndarray], kinds: dict[str, tuple[str, lis
             if emit_latent or name != "z":
                 named[name] = row.tolist()
             continue
-        if kind == "classification":
-            row = softmax(row)
+        row = shown(row, kind)
         for col, v in zip(column_names(name, len(row), labels), row.tolist(), strict=True):
             named[col] = round(float(v), 6)
     return named

@@ -27,7 +27,7 @@ from jepa_edge.runtime.capture import Capture, CaptureConfig
 from jepa_edge.runtime.errors import SourceError
 from jepa_edge.runtime.headswap import HEAD_MODES, HeadStage, HeadWatcher
 from jepa_edge.runtime.model import Model, ModelClosedError
-from jepa_edge.runtime.outputs import named_values, softmax
+from jepa_edge.runtime.outputs import LATENTS, named_values, softmax
 from jepa_edge.runtime.sources import Source, open_source
 from jepa_edge.runtime.stats import StageTimes, drift, rss_kb
 from jepa_edge.video import SUFFIX_CODECS, open_video_writer
@@ -119,7 +119,7 @@ def annotate(image: np.ndarray, outputs: dict[str, np.ndarray], labels: dict[str
     canvas = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
     lines = [caption] if caption else []
     for name, values in outputs.items():
-        if name in ("z", "z_mapped"):
+        if name in LATENTS:
             continue
         row = np.asarray(values).reshape(-1)
         kind, cols = labels.get(name, ("", []))
@@ -263,24 +263,27 @@ def run(
                 log.warning("closing %s failed: %s", type(sink).__name__, exc)
         if out is not None:
             out.flush()
-    summary = _summary(n, reason, t_start, times, capture, stage, watcher, rss_start)
+    summary = run_summary(n, reason, t_start, times, capture.stats.to_dict(), stage, watcher, rss_start)
     if lost is not None:
         lost.summary = summary  # type: ignore[attr-defined] - read by the CLI, which still prints it
         raise lost
     return summary
 
 
-def _summary(n: int, reason: str, t_start: float, times: StageTimes, capture: Capture, stage: HeadStage,
-             watcher: HeadWatcher | None, rss_start: int | None) -> RunSummary:
+def run_summary(n: int, reason: str, t_start: float, times: StageTimes, capture: dict[str, Any], stage: HeadStage,
+                watcher: HeadWatcher | None, rss_start: int | None, cls: type[RunSummary] = RunSummary,
+                **extra: Any) -> RunSummary:
+    """The summary of a loop that ran ``n`` frames (``cls``/``extra``: a subclass with its own fields)."""
     elapsed = time.perf_counter() - t_start
-    return RunSummary(
+    return cls(
         frames=n,
         reason=reason,
         fps=n / elapsed if elapsed > 0 else 0.0,
         latency_ms={k: v.to_dict() for k, v in times.summary().items()},
-        capture=capture.stats.to_dict(),
+        capture=capture,
         heads={"mode": stage.mode, "version": stage.version, **(watcher.stats.to_dict() if watcher else {})},
         rss_start_kb=rss_start,
         rss_end_kb=rss_kb(),
         e2e_drift=drift(times.samples("e2e")).to_dict(),
+        **extra,
     )
