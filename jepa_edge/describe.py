@@ -87,10 +87,10 @@ def _recording(path: Path) -> dict[str, Any]:
 
 
 def _onnx(path: Path) -> dict[str, Any]:
-    from jepa_edge.runtime.backend_ort import _import_ort
+    from jepa_edge.runtime.backend_ort import import_ort
     from jepa_edge.runtime.meta import METADATA_KEY, parse_meta
 
-    ort = _import_ort()
+    ort = import_ort()
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:

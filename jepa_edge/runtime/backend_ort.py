@@ -143,7 +143,8 @@ class OrtConfig:
                              "on the buffers bound through IOBinding")
 
 
-def _import_ort() -> Any:
+def import_ort() -> Any:
+    """onnxruntime, or one clear error naming the extra to install (the project's lazy import of it)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -161,7 +162,7 @@ def _ort_errors(ort: Any) -> tuple[type[BaseException], ...]:
 
 
 def available_providers() -> list[str]:
-    return list(_import_ort().get_available_providers())
+    return list(import_ort().get_available_providers())
 
 
 def session_options(ort, cfg: OrtConfig):
@@ -244,7 +245,7 @@ def preload_cuda_libs(ort: Any) -> None:
 
 def _providers(backend: str, cfg: OrtConfig, cuda_graph: bool = False) -> list[Any]:
     """Provider list for ``backend``; raises when the provider is not in this onnxruntime build."""
-    ort = _import_ort()
+    ort = import_ort()
     want = ORT_BACKENDS[backend]
     have = list(ort.get_available_providers())
     if want not in have:
@@ -442,7 +443,7 @@ class OrtModel(Model):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX model; export one with `jepa-edge export`")
-        ort = _import_ort()
+        ort = import_ort()
         self._model_arg: str | bytes = encoder_only_bytes(path) if encoder_only else str(path)
         sess = self._new_session(ort, path, backend, self._model_arg, session_options(ort, cfg), _providers(backend, cfg))
         meta_text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
