@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from jepa_edge.artifacts import jsonable, read_json_capped
+from jepa_edge.calib.postcard import POSTCARD_SUFFIX
+from jepa_edge.calib.probes import PROBE_SUFFIX
 
 KINDS = ("postcard", "probe", "run", "recording", "onnx", "engine")
 
@@ -31,9 +33,9 @@ def kind_of(path: Path) -> str:
             return "run"
         if (path / "recording.json").is_file() or (path / "metadata.yaml").is_file():
             return "recording"
-    elif name.endswith(".postcard.safetensors"):
+    elif name.endswith(POSTCARD_SUFFIX):
         return "postcard"
-    elif name.endswith(".probe.safetensors"):
+    elif name.endswith(PROBE_SUFFIX):
         return "probe"
     elif name.endswith(".onnx"):
         return "onnx"

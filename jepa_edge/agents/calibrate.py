@@ -17,8 +17,9 @@ from jepa_edge.agents.latents import Moments, agent_descriptor, latents_of, untr
 from jepa_edge.artifacts import refuse_existing
 from jepa_edge.calib.fit import FitConfig, fit_map
 from jepa_edge.calib.metrics import isomorphism_metrics, kept_fraction, permutation_null, probe_chance
-from jepa_edge.calib.postcard import Postcard, load_postcard, save_postcard
+from jepa_edge.calib.postcard import POSTCARD_SUFFIX, Postcard, load_postcard, save_postcard
 from jepa_edge.calib.probes import (
+    PROBE_SUFFIX,
     Probe,
     evaluate_probe,
     fit_probe,
@@ -111,9 +112,6 @@ def _same_agent(source_run: str | Path, target_run: str | Path, what: str) -> Va
                       "pass two different agents")
 
 
-POSTCARD_SUFFIX = ".postcard.safetensors"  # what `run --watch` and the fleet pick up (runtime/headswap.py)
-
-
 def check_postcard_out(out: str | Path) -> None:
     """Refuse a postcard file name that `run --watch` would never pick up, before any work."""
     if not Path(out).name.endswith(POSTCARD_SUFFIX) or Path(out).name == POSTCARD_SUFFIX:
@@ -142,7 +140,7 @@ def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg
     Writes ``NAME.TASK.probe.safetensors`` in ``out_dir``; an existing one is refused unless ``overwrite``.
     """
     enc, meta = load_agent(run)
-    paths = {task: Path(out_dir) / f"{meta['name']}.{task}.probe.safetensors" for task in cfg.tasks}
+    paths = {task: Path(out_dir) / f"{meta['name']}.{task}{PROBE_SUFFIX}" for task in cfg.tasks}
     refuse_existing(*paths.values(), overwrite=overwrite)  # before the moments are rendered and encoded
     moments = load_moments([meta["view"]], int(meta["encoder"]["img_size"]), mcfg, need_states=True)
     frames = moments.frames[meta["view"]]

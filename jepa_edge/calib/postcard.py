@@ -28,6 +28,9 @@ from jepa_edge.calib.fit import LinearMap
 POSTCARD_VERSION = 1
 
 
+POSTCARD_SUFFIX = ".postcard.safetensors"  # what `run --watch`, `inspect` and the fleet recognise
+
+
 class PostcardError(ArtifactError):
     """A postcard file or object that cannot be used as is."""
 

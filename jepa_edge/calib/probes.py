@@ -31,6 +31,9 @@ PROBE_VERSION = 1
 TASKS = ("regression", "classification")
 
 
+PROBE_SUFFIX = ".probe.safetensors"  # NAME.TASK.probe.safetensors
+
+
 class ProbeError(ArtifactError):
     """A probe (file, fit inputs or composition) that cannot be used as is."""
 

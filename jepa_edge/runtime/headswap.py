@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jepa_edge.calib.postcard import POSTCARD_SUFFIX
+from jepa_edge.calib.probes import PROBE_SUFFIX
 from jepa_edge.runtime.errors import HeadModeError, RuntimeModelError
 from jepa_edge.runtime.meta import HEAD_MODES
 from jepa_edge.runtime.model import Model
@@ -43,8 +45,8 @@ class HeadWatcherConfig:
     poll_interval_s: float = 1.0  # background thread: seconds between scans
     stable_polls: int = 2  # a file set must look identical this many scans in a row before it is read
     min_age_s: float = 0.5  # … and its newest file must be at least this old (copies in progress)
-    postcard_glob: str = "*.postcard.safetensors"
-    probe_glob: str = "*.probe.safetensors"
+    postcard_glob: str = f"*{POSTCARD_SUFFIX}"
+    probe_glob: str = f"*{PROBE_SUFFIX}"
 
     def validate(self) -> None:
         if self.poll_interval_s <= 0 or self.stable_polls < 1 or self.min_age_s < 0:
