@@ -481,7 +481,7 @@ def probe(
 @user_errors
 def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder: runs/, report.md, results.json, plots, postcard, probes.")] = Path("demo"),
-    preset: Annotated[str, typer.Option(help="demo (the recipe, 8-20 min on 2 CPU cores) | quick (tiny, ~2 min: "
+    preset: Annotated[str, typer.Option(help="demo (the recipe, 7-20 min on 2 CPU cores) | quick (tiny, ~2 min: "
                                         "undertrained agents, a smoke test, not the result).")] = "demo",
     view_a: Annotated[str, typer.Option(help="Agent A's view (W's target).")] = "top",
     view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
