@@ -216,7 +216,8 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existin
 @user_errors
 def train(
     run: Annotated[Path, typer.Argument(help="Run folder to write (checkpoints, meta.json, log.jsonl).")],
-    view: Annotated[str, typer.Option(help="Simulator view (top, oblique, rotated, partial) or camera name.")] = "top",
+    view: Annotated[str, typer.Option(help="Simulator view: 2-D world top, oblique, rotated, partial; 3-D world "
+                                      "overhead, corner, front, rear, side; or a recording's camera name.")] = "top",
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")] = None,
     seed: Annotated[int, typer.Option(help="Model init and clip sampling seed.")] = 0,
     world_seed: Annotated[int, typer.Option(help="Seed of the simulated training world.")] = 0,
@@ -240,8 +241,10 @@ def train(
     teacher_weight: Annotated[float, typer.Option(help="Alignment loss weight.")] = 1.0,
     teacher_control: Annotated[str, typer.Option(help="none | shuffled | random (controls).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    preset: Annotated[str, typer.Option(help="Starting config: demo (32 px) | vit-tiny (224 px ViT-Tiny) | gpu (the "
-                                             "demo agent at H200 scale: batch 512, 3000 steps, CUDA graphs).")] = "demo",
+    preset: Annotated[str | None, typer.Option(help="Starting config: demo (32 px) | 3d (64 px, patch 16: the 3-D "
+                                                    "world's views) | vit-tiny (224 px ViT-Tiny) | gpu (the demo agent "
+                                                    "at H200 scale: batch 512, 3000 steps, CUDA graphs). Default: 3d "
+                                                    "for a 3-D world view, else demo.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one JEPA agent on one viewpoint (optionally as a student of a teacher agent)."""
@@ -293,7 +296,7 @@ def _print_train_summary(result, recording: Path | None, as_json: bool = False) 
     table.add_column("metric")
     table.add_column("trained", justify="right")
     table.add_column("untrained (control)", justify="right")
-    for key in ("position_r2", "danger_bal_acc", "effective_rank", "z_std"):
+    for key in ("position_r2", "visible_position_r2", "robot_pose_r2", "danger_bal_acc", "effective_rank", "z_std"):
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.3f}", f"{result.untrained.get(key, float('nan')):.3f}")
     Console().print(table)
@@ -307,10 +310,13 @@ def _print_train_summary(result, recording: Path | None, as_json: bool = False) 
 @user_errors
 def world_record(
     out: Annotated[Path, typer.Argument(help="Output folder (one video per view + states.npz + recording.json).")],
-    views: Annotated[list[str], typer.Option("--view", help="Views to record (repeat).")] = ["top", "oblique"],  # noqa: B006
+    world: Annotated[str | None, typer.Option(help="2d (bouncing discs) | 3d (a room with robots; folder format "
+                                              "only). Default: the world of the --view given, else 2d.")] = None,
+    views: Annotated[list[str], typer.Option("--view", help="Views to record (repeat; default: top and oblique for "
+                                             "2d, overhead, corner, front, rear, side for 3d).")] = [],  # noqa: B006
     episodes: Annotated[int, typer.Option(help="Episodes.")] = 8,
     episode_len: Annotated[int, typer.Option(help="Steps per episode.")] = 64,
-    size: Annotated[int, typer.Option(help="Frame side in pixels (even).")] = 32,
+    size: Annotated[int | None, typer.Option(help="Frame side in pixels (even; default 32 for 2d, 64 for 3d).")] = None,
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     fps: Annotated[float, typer.Option(help="Video frame rate.")] = 30.0,
     codec: Annotated[str | None, typer.Option(
@@ -327,8 +333,9 @@ def world_record(
 
     if format == "folder" and out.suffix.lower() in (".mcap", ".db3"):
         raise ValueError(f"{out} looks like a bag file but --format is folder; pass --format mcap for one .mcap file")
-    path = simulate_recording(out, n_episodes=episodes, n_steps=episode_len, views=tuple(views), size=size, seed=seed,
-                              fps=fps, codec=codec, overwrite=overwrite, fmt=format, encoding=encoding)
+    path = simulate_recording(out, n_episodes=episodes, n_steps=episode_len, views=tuple(views) or None, size=size,
+                              seed=seed, fps=fps, codec=codec, overwrite=overwrite, fmt=format, encoding=encoding,
+                              world=world)
     note(f"wrote {path}")
 
 
@@ -341,13 +348,13 @@ def world_info(path: Annotated[Path, typer.Argument(help="Recording folder, ROS 
 
     rec = load_recording(path)
     info = {"path": str(path), "views": list(rec.views), "episodes": rec.n_episodes, "episode_len": rec.n_steps,
-            "states": rec.states is not None, "topics": rec.meta.get("topics") or {},
-            "pairing": rec.meta.get("pairing") or {}}
+            "states": rec.states is not None, "world": rec.world_kind if rec.states is not None else None,
+            "topics": rec.meta.get("topics") or {}, "pairing": rec.meta.get("pairing") or {}}
     if as_json:
         emit_json(info)
         return
     say(f"{path}: views {rec.views}, {rec.n_episodes} episode(s) x {rec.n_steps} steps, "
-        f"states {'yes' if rec.states is not None else 'no'}")
+        f"states {'yes' if rec.states is not None else 'no'}" + (f", {info['world']} world" if info["world"] else ""))
     if info["topics"]:  # a bag: which topic each view is, and how the cameras paired
         say("topics: " + ", ".join(f"{v}={t}" for v, t in info["topics"].items()))
         if info["pairing"]:
@@ -416,7 +423,7 @@ def _print_calib(report: dict) -> None:
     say(f"retrieval chance = {report['retrieval_chance']:.4f}")
 
 
-PROBE_TASKS = ("position", "danger")  # the simulator's labels (jepa_edge.agents.calibrate._task_targets)
+PROBE_TASKS = ("position", "danger", "pose")  # the simulator's labels (jepa_edge.agents.calibrate._task_targets)
 
 
 @command(app)
@@ -426,7 +433,9 @@ def probe(
     out: Annotated[Path, typer.Option(help="Folder for NAME.TASK.probe.safetensors.")] = Path("probes"),
     transfer: Annotated[Path | None, typer.Option(help="Postcard W_BA: run agent A's probes on RUN zero-shot.")] = None,
     probes: Annotated[list[Path], typer.Option("--probe", help="Agent A probe files to transfer (repeat).")] = [],  # noqa: B006
-    task: Annotated[list[str], typer.Option(help="Tasks to fit: position, danger (repeat).")] = ["position", "danger"],  # noqa: B006
+    task: Annotated[list[str], typer.Option(
+        help="Tasks to fit: position, danger (the obstacle label in the 3-D world), pose (robot 0's pose, "
+             "3-D world) (repeat).")] = ["position", "danger"],  # noqa: B006
     episodes: EpisodesOpt = 64,
     episode_len: EpisodeLenOpt = 32,
     seed: Annotated[int, typer.Option(help="World seed of the moments.")] = 778,
@@ -649,8 +658,9 @@ def export(
 def run_cmd(
     model: Annotated[Path, typer.Argument(help="Exported .onnx or TensorRT .engine.")],
     source: Annotated[list[str], typer.Option(help="Camera index, video file, rtsp://…, GStreamer pipeline, image "
-                                              "folder, bag:PATH?topic=/camera, or sim:VIEW; repeat for several "
-                                              "cameras: one batch per step.")] = ["sim:top"],  # noqa: B006
+                                              "folder, bag:PATH?topic=/camera, sim:VIEW (2-D world) or sim3d:VIEW "
+                                              "(3-D world); repeat for several cameras: one batch per step.")
+                      ] = ["sim:top"],  # noqa: B006
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt")] = "auto",
     postcard: Annotated[Path | None, typer.Option(help="Postcard W to apply (head-inputs model or numpy head).")] = None,
     probe: Annotated[list[Path], typer.Option(help="Probe files (repeat).")] = [],  # noqa: B006
@@ -708,8 +718,8 @@ def _hint(text: str) -> None:
 @user_errors
 def bench(
     model: Annotated[list[Path], typer.Argument(help="Exported .onnx / .engine files to compare.")],
-    source: Annotated[list[str], typer.Option(help="Video file, camera, image folder or sim:VIEW; repeat for "
-                                              "several cameras: one batch per step.")] = ["sim:top"],  # noqa: B006
+    source: Annotated[list[str], typer.Option(help="Video file, camera, image folder, sim:VIEW or sim3d:VIEW; repeat "
+                                              "for several cameras: one batch per step.")] = ["sim:top"],  # noqa: B006
     backend: Annotated[list[str], typer.Option(help="Backends to time (repeat; default: all available).")] = [],  # noqa: B006
     batch_size: Annotated[list[int], typer.Option(help="Batch sizes (repeat; default 1 and 8; at most 1024).")] = [1, 8],  # noqa: B006
     head_mode: Annotated[list[str], typer.Option(help="Where the head runs: model (inside the exported model) "

@@ -85,7 +85,8 @@ def _recording(path: Path) -> dict[str, Any]:
 
     rec = load_recording(path)
     return {"views": list(rec.views), "episodes": rec.n_episodes, "episode_len": rec.n_steps,
-            "states": rec.states is not None, "topics": rec.meta.get("topics") or {}}
+            "states": rec.states is not None, "world": rec.world_kind if rec.states is not None else None,
+            "topics": rec.meta.get("topics") or {}}
 
 
 def _onnx(path: Path) -> dict[str, Any]:
@@ -145,7 +146,8 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
                 f"  held-out: {_fmt(info['heldout'])}", f"  untrained control: {_fmt(info['untrained'])}"]
     if kind == "recording":
         return [(f"{path}: recording, views {info['views']}, {info['episodes']} episode(s) x {info['episode_len']} "
-                f"steps, states {'yes' if info['states'] else 'no'}")]
+                f"steps, states {'yes' if info['states'] else 'no'}" + (f", {info['world']} world" if info["world"]
+                                                                         else ""))]
     if kind == "onnx":
         a = info["agent"]
         outs = [f"{o['name']} ({o['kind']}" + (f": {', '.join(o['columns'][:6])}{', …' if len(o['columns']) > 6 else ''}"

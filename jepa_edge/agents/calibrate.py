@@ -1,6 +1,7 @@
 """`jepa-edge calib` and `jepa-edge probe`: the torch side that feeds latents to calib.
 
-Both agents see the same fresh simulated moments, each from its own view.
+Both agents see the same fresh simulated moments, each from its own view (views of one world: the 2-D world,
+or the 3-D world's cameras).
 Moments are split by episode (``world.dataset.heldout_split``): anchors and probes come from the pool,
 every number is scored on the held-out episodes, and always beside its controls.
 """
@@ -30,7 +31,8 @@ from jepa_edge.calib.probes import (
 )
 from jepa_edge.train.checkpoint import load_agent
 from jepa_edge.world.dataset import heldout_split, load_recording
-from jepa_edge.world.sim import WorldConfig, position_labels
+from jepa_edge.world.sim import position_labels
+from jepa_edge.world.sim3d import ROBOT_POSE_LABELS
 
 
 @dataclass
@@ -57,7 +59,7 @@ class CalibConfig:
 def load_moments(views: list[str], size: int, cfg: MomentsConfig, need_states: bool = False) -> Moments:
     """The moments both agents see: fresh simulated episodes, or a recording (folder, bag, .mcap)."""
     if not cfg.recording:
-        return world_moments(views, cfg.episodes, cfg.steps, size, cfg.seed, WorldConfig())
+        return world_moments(views, cfg.episodes, cfg.steps, size, cfg.seed)  # the default world of the views
     rec = load_recording(cfg.recording, views=list(dict.fromkeys(views)), resize=size, topics=cfg.topics or None,
                          tolerance_s=cfg.tolerance_s or None, states_topic=cfg.states_topic or None)
     if need_states and rec.states is None:
@@ -119,18 +121,23 @@ def check_postcard_out(out: str | Path) -> None:
                          f"picks up); pass e.g. --out W_BA{POSTCARD_SUFFIX}")
 
 
+PROBE_TASKS = ("position", "danger", "pose")  # pose: robot 0's pose, 3-D world only
+
+
 @dataclass
 class ProbeRunConfig:
-    tasks: tuple[str, ...] = ("position", "danger")  # simulator labels: object positions, danger zone
+    tasks: tuple[str, ...] = ("position", "danger")  # simulator labels: object positions, danger zone / obstacle
 
 
 def _task_targets(moments: Moments, task: str) -> tuple[str, np.ndarray, list[str]]:
     if task == "position":
         n = moments.positions.shape[1] // 2
         return "regression", moments.positions, position_labels(n)
-    if task == "danger":
-        return "classification", moments.danger, ["safe", "danger"]
-    raise ValueError(f"unknown probe task {task!r}; use position or danger")
+    if task == "danger":  # in the 3-D world: an obstacle ahead of robot 0
+        return "classification", moments.danger, ["clear", "obstacle"] if moments.kind == "3d" else ["safe", "danger"]
+    if task == "pose":
+        return "regression", moments.robot_pose, list(ROBOT_POSE_LABELS)
+    raise ValueError(f"unknown probe task {task!r}; use one of {', '.join(PROBE_TASKS)}")
 
 
 def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg: MomentsConfig,
@@ -147,9 +154,10 @@ def train_probes(run: str | Path, out_dir: str | Path, cfg: ProbeRunConfig, mcfg
     pool, held = heldout_split(moments.episode, mcfg.heldout_fraction)
     z, z0 = latents_of(enc, frames), latents_of(untrained_like(meta, 10_003), frames)
     agent = agent_descriptor(meta)
+    targets = {task: _task_targets(moments, task) for task in cfg.tasks}  # a task the world lacks fails before any write
     report = {}
     for task in cfg.tasks:
-        kind, y, labels = _task_targets(moments, task)
+        kind, y, labels = targets[task]
         probe = fit_probe(z[pool], y[pool], kind, task, agent, labels=labels)
         control = fit_probe(z0[pool], y[pool], kind, task, replace(agent, fingerprint="untrained"), labels=labels)
         probe.metrics["heldout"] = evaluate_probe(probe, z[held], y[held])

@@ -15,14 +15,16 @@ from jepa_edge.artifacts import AgentRef
 from jepa_edge.config import from_dict
 from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
-from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
-from jepa_edge.world.views import render
+from jepa_edge.world.sim import WorldConfig, WorldStates
+from jepa_edge.world.sim3d import World3DConfig
+from jepa_edge.world.worlds import default_world, render_view, simulate_world, world_kind_of_view
 
 
 @dataclass
 class Moments:
     frames: dict[str, np.ndarray]  # view → (E, T, S, S, 3) uint8
     states: WorldStates | None  # None: a robot's recording without ground truth (calib still runs; probes cannot)
+    # World3DStates in the 3-D world: ``danger`` is then the obstacle label, ``robot_pose`` robot 0's pose
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -41,14 +43,41 @@ class Moments:
 
     @property
     def danger(self) -> np.ndarray:
+        """The danger label (2-D world) or the obstacle label (3-D world): (E*T,)."""
         return self.states.danger.reshape(-1)  # (E*T,)
+
+    @property
+    def kind(self) -> str | None:
+        """"2d" or "3d": the world of the ground truth (None without states)."""
+        return None if self.states is None else self.states.kind
+
+    @property
+    def robot_pose(self) -> np.ndarray:
+        """Robot 0's x, y, cos(heading), sin(heading) per moment (3-D world only): (E*T, 4)."""
+        if self.kind != "3d":
+            raise ValueError(f"robot pose is ground truth of the 3-D world; these moments are of the {self.kind} "
+                             "world (use moments of a 3-D view: front, rear, side, overhead, corner)")
+        return self.states.robot_pose_vector().reshape(-1, 4)  # (E, T, 4) → (E*T, 4)
 
 
 def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, seed: int,
-                  world: WorldConfig | None = None) -> Moments:
-    """One simulated world rendered from every view in ``views`` (paired by construction)."""
-    states = simulate(world or WorldConfig(), n_episodes, n_steps, seed)
-    return Moments({v: render(states, v, size, seed) for v in dict.fromkeys(views)}, states)
+                  world: WorldConfig | World3DConfig | None = None) -> Moments:
+    """One simulated world rendered from every view in ``views`` (paired by construction).
+
+    Every view must belong to one world (2-D or 3-D); ``world`` is that world's config (None = its default).
+    """
+    views = list(dict.fromkeys(views))
+    kinds = {v: world_kind_of_view(v) for v in views}  # an unknown view is a ValueError naming the valid ones
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"views {views} mix worlds ({', '.join(f'{v}: {k}' for v, k in kinds.items())}); "
+                         "moments are paired inside one world: use views of one world (2d or 3d)")
+    kind = kinds[views[0]]
+    cfg = default_world(kind) if world is None else world
+    if type(cfg) is not type(default_world(kind)):
+        raise ValueError(f"views {views} are of the {kind} world but the world config is a {type(cfg).__name__}; "
+                         f"pass the {kind} world's config (data.{'world3d' if kind == '3d' else 'world'})")
+    states = simulate_world(cfg, n_episodes, n_steps, seed)
+    return Moments({v: render_view(states, v, size, seed, world=cfg) for v in views}, states)
 
 
 def agent_descriptor(meta: dict) -> AgentRef:

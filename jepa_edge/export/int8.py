@@ -6,7 +6,8 @@ its config (``Int8Config``) and the CLI options (``--int8-source``,
 ``--int8-frames``) say "int8".
 
 Frames come from the built-in simulator (``source="sim"``: the agent's own
-view, read from the ONNX metadata; ``"sim:VIEW"`` for another), a video file,
+view, read from the ONNX metadata, in its world; ``"sim:VIEW"`` for another
+view of the 2-D world, ``"sim3d:VIEW"`` of the 3-D world), a video file,
 or a recording folder (the camera named like the agent's view). Videos are
 streamed: only the ``n_frames`` frames picked evenly over the clip are kept,
 each downscaled to the model's input size as it is decoded, and
@@ -38,6 +39,8 @@ import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes, read_json_capped
 
+SIM_PREFIXES = ("sim:", "sim3d:")  # the 2-D and the 3-D world (as in runtime.sources)
+
 
 class Int8DataError(ValueError):
     """INT8 range-calibration data that cannot be produced or used as asked."""
@@ -45,7 +48,7 @@ class Int8DataError(ValueError):
 
 @dataclass
 class Int8Config:
-    source: str = "sim"  # "sim" (simulator, the agent's view), "sim:VIEW", a video file, or a recording folder
+    source: str = "sim"  # "sim" (simulator, the agent's view), "sim:VIEW", "sim3d:VIEW", a video or a recording folder
     view: str = ""  # simulator view / camera of a recording folder; "" = the agent's own view (ONNX metadata)
     n_frames: int = 512  # a few hundred varied frames are enough for per-tensor scales
     batch_size: int = 16  # frames per calibration batch (TensorRT wants full batches: the rest is dropped)
@@ -66,16 +69,30 @@ class Int8Config:
 
     @property
     def is_sim(self) -> bool:
-        return self.source == "sim" or self.source.startswith("sim:")
+        return self.source == "sim" or self.source.startswith(SIM_PREFIXES)
 
     def resolved_view(self, agent_view: str) -> str:
-        """The simulator view / recording camera: ``sim:VIEW``, else ``view``, else the agent's own view."""
-        view = self.source.split(":", 1)[1] if self.source.startswith("sim:") else self.view
+        """The simulator view / recording camera: ``sim:VIEW`` / ``sim3d:VIEW``, else ``view``, else the agent's
+        own view."""
+        view = self.source.split(":", 1)[1] if self.source.startswith(SIM_PREFIXES) else self.view
         view = view or agent_view
         if not view:
             raise Int8DataError("the ONNX metadata names no agent view, so the INT8 frames' view is unknown; "
-                                "pass --int8-source sim:VIEW (or a video file)")
+                                "pass --int8-source sim:VIEW or sim3d:VIEW (or a video file)")
         return view
+
+    def check_sim_view(self, view: str) -> None:
+        """``sim:VIEW`` names a view of the 2-D world, ``sim3d:VIEW`` one of the 3-D world (one line otherwise)."""
+        from jepa_edge.world.worlds import world_kind_of_view
+
+        try:
+            kind = world_kind_of_view(view)
+        except ValueError as exc:
+            raise Int8DataError(f"INT8 source {self.source!r}: {exc}") from exc
+        named = "3d" if self.source.startswith("sim3d:") else "2d" if self.source.startswith("sim:") else kind
+        if named != kind:
+            raise Int8DataError(f"INT8 source {self.source!r}: {view} is a view of the {kind} world; pass "
+                                f"--int8-source {'sim3d' if kind == '3d' else 'sim'}:{view}")
 
 
 def _check_budget(n: int, height: int, width: int, cfg: Int8Config) -> None:
@@ -96,12 +113,13 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _sim_frames(cfg: Int8Config, view: str, height: int, width: int) -> np.ndarray:
-    from jepa_edge.world import WorldConfig, render, simulate
+    from jepa_edge.world.worlds import episode_frames
 
+    cfg.check_sim_view(view)
     steps = 64  # per episode: objects cross the arena, so episodes × steps covers positions and overlaps
-    states = simulate(WorldConfig(), math.ceil(cfg.n_frames / steps), steps, seed=cfg.seed)
     side = max(height, width)  # rendered at the model's size, never larger
-    frames = render(states, view, size=side, seed=cfg.seed).reshape(-1, side, side, 3)  # (E*T, S, S, 3)
+    frames, _ = episode_frames(view, math.ceil(cfg.n_frames / steps), steps, side, cfg.seed)  # view's world
+    frames = frames.reshape(-1, side, side, 3)  # (E*T, S, S, 3)
     return np.stack([_resize(f, height, width) for f in frames[: cfg.n_frames]])
 
 
@@ -152,7 +170,7 @@ def _recording_video(folder: Path, view: str) -> Path:
             if (folder / f"{view}{ext}").is_file():
                 return folder / f"{view}{ext}"
     raise Int8DataError(f"{folder}: recording has no camera {view!r} for INT8 frames; pass --int8-source with "
-                        "a video file, or sim:VIEW")
+                        "a video file, or sim:VIEW / sim3d:VIEW")
 
 
 def load_int8_frames(config: Int8Config, height: int, width: int, agent_view: str = "") -> np.ndarray:

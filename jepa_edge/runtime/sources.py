@@ -15,7 +15,9 @@ spec                         kind
 "bag:PATH?topic=/cam/image_raw"   one image topic of a rosbag2 folder or .mcap / .db3 file, in stamp
                              order (``PATH`` alone, or ``PATH?topic=…``, works too; ``topic`` may be
                              left out when the bag has one image topic; needs jepa-edge[robot])
-"sim:top?size=32&seed=0&fps=30&frames=300"   the built-in simulator (jepa_edge.world)
+"sim:top?size=32&seed=0&fps=30&frames=300"   the built-in 2-D world simulator (jepa_edge.world)
+"sim3d:front?size=64&seed=0&fps=30&frames=300"   the built-in 3-D world (robot cameras front, rear, side;
+                             fixed overhead, corner); size defaults to 32 (sim) and 64 (sim3d)
 """
 
 from __future__ import annotations
@@ -454,9 +456,12 @@ class ArraySource(Source):
 
 
 # ---- simulator -------------------------------------------------------------------------------------
+SIM_PREFIXES = {"2d": "sim:", "3d": "sim3d:"}  # world kind → source spec prefix
+
+
 @dataclass
 class SimSourceConfig:
-    size: int = 32  # rendered frame side in pixels (the view renders square frames)
+    size: int = 0  # rendered frame side in pixels (square frames); 0 = the world's default (32 px 2d, 64 px 3d)
     seed: int = 0  # episode k is simulated and rendered with seed + k
     fps: float = 30.0  # nominal rate, used when paced with realtime=True
     frames: int = 0  # total frames before the stream ends; 0 = endless
@@ -464,34 +469,39 @@ class SimSourceConfig:
 
 
 class SimSource(Source):
-    """Renders ``jepa_edge.world`` episodes on demand; ``last_info["positions"]`` is the ground truth."""
+    """Renders episodes of the built-in worlds on demand (``jepa_edge.world.worlds``: the world is the view's);
+    ``last_info`` holds the ground truth: ``positions`` (n, 2), and ``robot_pose`` (R, 3) in the 3-D world."""
 
     def __init__(self, view: str, config: SimSourceConfig | None = None) -> None:
         super().__init__()
-        from jepa_edge.world import get_view
+        from jepa_edge.world.worlds import DEFAULT_SIZE, world_kind_of_view
 
         self.cfg = config or SimSourceConfig()
-        if self.cfg.size < 4 or self.cfg.steps < 1 or self.cfg.frames < 0 or self.cfg.fps <= 0:
-            raise SourceOpenError(f"sim source: invalid settings {self.cfg}; size >= 4, steps >= 1, fps > 0")
         try:
-            self.view = get_view(view).name
+            self.kind = world_kind_of_view(view)
         except ValueError as exc:
             raise SourceOpenError(f"sim source: {exc}") from exc
-        self.name, self.fps = f"sim:{view}", self.cfg.fps
+        self.size = self.cfg.size or DEFAULT_SIZE[self.kind]
+        if self.size < 4 or self.cfg.steps < 1 or self.cfg.frames < 0 or self.cfg.fps <= 0:
+            raise SourceOpenError(f"sim source: invalid settings {self.cfg}; size >= 4, steps >= 1, fps > 0")
+        self.view = view
+        self.name, self.fps = f"{SIM_PREFIXES[self.kind]}{view}", self.cfg.fps
         self._n = 0
         self._chunk: np.ndarray | None = None
-        self._truth: np.ndarray | None = None
+        self._truth: dict[str, np.ndarray] = {}
 
     def open(self) -> None:
         self._n, self._chunk = 0, None
 
     def _render_episode(self, episode: int) -> None:
-        from jepa_edge.world import WorldConfig, render, simulate
+        from jepa_edge.world.worlds import episode_frames
 
         seed = self.cfg.seed + episode
-        states = simulate(WorldConfig(), 1, self.cfg.steps, seed)
-        self._chunk = render(states, self.view, self.cfg.size, seed)[0]  # (T, S, S, 3)
-        self._truth = states.positions[0]  # (T, n, 2)
+        frames, states = episode_frames(self.view, 1, self.cfg.steps, self.size, seed)
+        self._chunk = frames[0]  # (T, S, S, 3)
+        self._truth = {"positions": states.positions[0]}  # (T, n, 2)
+        if states.kind == "3d":
+            self._truth["robot_pose"] = states.robot_pose[0]  # (T, R, 3)
 
     def read(self) -> np.ndarray | None:
         if self.cfg.frames and self._n >= self.cfg.frames:
@@ -500,26 +510,38 @@ class SimSource(Source):
         if t == 0 or self._chunk is None:
             self._render_episode(episode)
         self._n += 1
-        self.last_info = {"episode": episode, "step": t, "positions": self._truth[t].tolist()}
+        self.last_info = {"episode": episode, "step": t, **{k: v[t].tolist() for k, v in self._truth.items()}}
         return self._chunk[t]
 
 
 def parse_sim_spec(spec: str) -> tuple[str, SimSourceConfig]:
-    """``sim:VIEW?key=value&…`` → (view, SimSourceConfig); unknown keys are errors."""
-    body = spec[len("sim:"):]
-    view, _, query = body.partition("?")
+    """``sim:VIEW?key=value&…`` (2-D world) or ``sim3d:VIEW?…`` (3-D world) → (view, SimSourceConfig);
+    unknown keys are errors, and so is a view of the other world (the error names the right prefix)."""
+    from jepa_edge.world.worlds import world_kind_of_view
+
+    kind = "3d" if spec.startswith(SIM_PREFIXES["3d"]) else "2d"
+    prefix = SIM_PREFIXES[kind]
+    example = "'sim3d:front?size=64&seed=0&fps=30'" if kind == "3d" else "'sim:top?size=32&seed=0&fps=30'"
+    view, _, query = spec[len(prefix):].partition("?")
+    try:
+        other = world_kind_of_view(view)
+    except ValueError as exc:
+        raise SourceOpenError(f"bad simulator spec {spec!r}: {exc}") from exc
+    if other != kind:
+        raise SourceOpenError(f"bad simulator spec {spec!r}: {view} is a view of the {other} world; "
+                              f"use {SIM_PREFIXES[other]}{view}{'?' + query if query else ''}")
     raw = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
     types = {"size": int, "seed": int, "fps": float, "frames": int, "steps": int}
     try:
         values = {k: types[k](v) if k in types else v for k, v in raw.items()}
         return view, from_dict(SimSourceConfig, values)
     except (ConfigError, ValueError) as exc:
-        raise SourceOpenError(f"bad simulator spec {spec!r}: {exc}; e.g. 'sim:top?size=32&seed=0&fps=30'") from exc
+        raise SourceOpenError(f"bad simulator spec {spec!r}: {exc}; e.g. {example}") from exc
 
 
 # ---- dispatch -------------------------------------------------------------------------------
 def source_kind(spec: str) -> str:
-    if spec.startswith("sim:"):
+    if spec.startswith(tuple(SIM_PREFIXES.values())):
         return "sim"
     if spec.startswith(BAG_PREFIX):
         return "bag"
@@ -558,7 +580,7 @@ def open_source(spec: str, *, loop: bool = False, fps: float | None = None, time
             raise SourceOpenError(
                 f"{spec!r}: no such video file, folder or device; a source is a camera index ('0'), "
                 "a video file, an image folder, an rtsp:// or http:// URL, a GStreamer pipeline with '!', "
-                "or 'sim:VIEW'"
+                "or 'sim:VIEW' / 'sim3d:VIEW'"
             )
         source = CaptureSource(spec, kind, loop=loop, timeout_ms=timeout_ms, fps=fps, decode_threads=decode_threads)
     source.open()

@@ -146,18 +146,24 @@ def preset_config(name: str) -> RunConfig:
     return cfg
 
 
-def agent_config(name: str, view: str, *, preset: str = "demo", overrides: dict | None = None, seed: int = 0,
+def agent_config(name: str, view: str, *, preset: str | None = None, overrides: dict | None = None, seed: int = 0,
                  world_seed: int = 0, steps: int | None = None, data: dict | None = None, train: dict | None = None,
                  teacher: dict | None = None) -> RunConfig:
     """The RunConfig of one agent: ``jepa-edge train`` and every study build their runs here, nowhere else.
 
-    Layers, later ones winning: the preset, then ``overrides`` (a user's JSON RunConfig overrides), then
-    the agent's own fields (``name``, ``view``, model ``seed``, ``world_seed`` of its training episodes,
-    ``steps``; None = the preset's or the overrides'), then the caller's section updates ``data``, ``train``
-    and ``teacher`` (nested dicts, e.g. ``data={"world": {...}}``, merged key by key). Unknown keys are errors.
+    Layers, later ones winning: the preset (None: "3d" for a view of the simulated 3-D world, else "demo"),
+    then ``overrides`` (a user's JSON RunConfig overrides), then the agent's own fields (``name``, ``view``,
+    model ``seed``, ``world_seed`` of its training episodes, ``steps``; None = the preset's or the overrides'),
+    then the caller's section updates ``data``, ``train`` and ``teacher`` (nested dicts, e.g.
+    ``data={"world": {...}}``, merged key by key). Unknown keys are errors.
     """
     from jepa_edge.config import deep_merge
 
+    if preset is None:  # a recording's camera is never taken for a simulator view (a camera may be named "front")
+        from jepa_edge.world.worlds import views_of
+
+        recording = (data or {}).get("recording") or (overrides or {}).get("data", {}).get("recording", "")
+        preset = "3d" if not recording and view in views_of("3d") else "demo"
     d = deep_merge(preset_config(preset).to_dict(), overrides or {})
     own: dict = {"name": name, "data": {"view": view, "world_seed": world_seed}, "train": {"seed": seed}}
     if steps is not None:

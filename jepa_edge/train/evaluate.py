@@ -1,7 +1,9 @@
 """Held-out state probe: does the latent z linearly encode the world state?
 
 Probes are fitted on the first episodes and scored on the last ones (``world.dataset.heldout_split``), so
-consecutive (nearly identical) frames never sit on both sides of the split.
+consecutive (nearly identical) frames never sit on both sides of the split. In the 3-D world the probe also
+reads robot 0's pose, and scores positions on what the camera sees (an object out of view or hidden has no
+pixel to encode it).
 """
 
 from __future__ import annotations
@@ -37,8 +39,34 @@ def effective_rank(z: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p + 1e-12)).sum()))
 
 
-def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25) -> dict[str, float]:
-    """Position R² and danger-label balanced accuracy on held-out episodes."""
+def visible_r2(pred: np.ndarray, pos: np.ndarray, visible: np.ndarray) -> float | None:
+    """Mean R² of predicted positions over the (moment, object) entries that are visible.
+
+    ``pred``, ``pos`` (M, 2n); ``visible`` (M, n) bool. Object k's x and y are scored on the moments it is
+    visible in (at least 2 with spread, else it is left out); None when no object qualifies.
+    """
+    M, n = visible.shape
+    truth = pos.reshape(M, n, 2).astype(np.float64)  # (M, n, 2)
+    err = (pred.reshape(M, n, 2) - truth) ** 2  # (M, n, 2)
+    scores = []
+    for k in range(n):
+        rows = visible[:, k]
+        if rows.sum() < 2:
+            continue
+        sst = ((truth[rows, k] - truth[rows, k].mean(0)) ** 2).sum(0)  # (2,)
+        if (sst > 0).all():
+            scores.extend((1.0 - err[rows, k].sum(0) / sst).tolist())
+    return float(np.mean(scores)) if scores else None
+
+
+def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25,
+                visible: np.ndarray | None = None) -> dict[str, float]:
+    """Position R² and danger-label balanced accuracy on held-out episodes.
+
+    3-D world (``World3DStates``): ``danger`` is the obstacle label, plus ``robot_pose_r2`` (robot 0's x, y,
+    cos, sin heading) and, with ``visible`` ((E, T, n) bool, ``render3d.visibility`` of the view),
+    ``visible_position_r2``: the position probe scored only on the (moment, object) entries the camera sees.
+    """
     E, T = states.n_episodes, states.n_steps
     fit, held = heldout_split(np.repeat(np.arange(E), T), heldout_fraction)
     pos = states.state_vector().reshape(E * T, -1)  # (M, 2n)
@@ -46,6 +74,15 @@ def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.
     agent = AgentRef("probe", "eval", z.shape[1])
     reg = fit_probe(z[fit], pos[fit], "regression", "position", agent)
     out = {"position_r2": evaluate_probe(reg, z[held], pos[held])["r2"]}
+    if states.kind == "3d":
+        pose = states.robot_pose_vector().reshape(E * T, 4)  # (M, 4)
+        pose_probe = fit_probe(z[fit], pose[fit], "regression", "robot_pose", agent)
+        out["robot_pose_r2"] = evaluate_probe(pose_probe, z[held], pose[held])["r2"]
+        if visible is not None:
+            seen = np.asarray(visible, bool).reshape(E * T, -1)  # (E, T, n) → (M, n)
+            r2 = visible_r2(reg.apply(z[held]), pos[held], seen[held])
+            if r2 is not None:
+                out["visible_position_r2"] = r2
     if len(np.unique(danger[fit])) > 1:
         cls = fit_probe(z[fit], danger[fit], "classification", "danger", agent, labels=["safe", "danger"])
         out["danger_bal_acc"] = evaluate_probe(cls, z[held], danger[held])["balanced_accuracy"]

@@ -48,11 +48,14 @@ from jepa_edge.train.checkpoint import (
     state_to_numpy,
 )
 from jepa_edge.train.clips import DeviceClips
-from jepa_edge.train.config import RunConfig, TrainConfig, saved_run_config
+from jepa_edge.train.config import DataConfig, RunConfig, TrainConfig, saved_run_config
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.train.log import STATE_FILE, open_log, read_train_state
 from jepa_edge.world.dataset import ViewData, make_view_dataset
+from jepa_edge.world.sim import WorldConfig
+from jepa_edge.world.sim3d import World3DConfig
+from jepa_edge.world.worlds import world_kind_of_view
 
 
 class TrainingDivergedError(RuntimeError):
@@ -118,15 +121,21 @@ def setup_distributed(tc: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def sim_world(d: DataConfig) -> WorldConfig | World3DConfig:
+    """The simulated world of ``d.view``: ``d.world`` for a view of the 2-D world, ``d.world3d`` for a 3-D one."""
+    return d.world3d if world_kind_of_view(d.view) == "3d" else d.world
+
+
 def load_view_data(cfg: RunConfig) -> tuple[ViewData, ViewData | None]:
-    """Training frames and held-out eval frames (a different world seed) of one view."""
+    """Training frames and held-out eval frames (a different world seed, with what a 3-D view shows) of one view."""
     d = cfg.data
     if d.recording:
         return make_view_dataset(d.view, d.img_size, recording=d.recording, topics=d.topics or None), None
-    train = make_view_dataset(d.view, d.img_size, world=d.world, n_episodes=d.n_episodes,
+    world = sim_world(d)
+    train = make_view_dataset(d.view, d.img_size, world=world, n_episodes=d.n_episodes,
                               n_steps=d.episode_len, seed=d.world_seed)
-    held_out = make_view_dataset(d.view, d.img_size, world=d.world, n_episodes=d.eval_episodes,
-                                 n_steps=d.episode_len, seed=d.world_seed + 10_007)
+    held_out = make_view_dataset(d.view, d.img_size, world=world, n_episodes=d.eval_episodes,
+                                 n_steps=d.episode_len, seed=d.world_seed + 10_007, visible=True)
     return train, held_out
 
 
@@ -418,7 +427,7 @@ def evaluate(model: JEPA, held_out: ViewData | None, device: torch.device) -> di
     out: dict[str, Any] = {}
     for tag, enc in (("", model.target_encoder), ("online_", model.encoder)):
         z = encode_frames(enc, held_out.frames, device=device)
-        out.update({f"{tag}{k}": v for k, v in state_probe(z, held_out.states).items()})
+        out.update({f"{tag}{k}": v for k, v in state_probe(z, held_out.states, visible=held_out.visible).items()})
     return out
 
 

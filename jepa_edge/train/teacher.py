@@ -38,9 +38,11 @@ from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_lik
 from jepa_edge.config import from_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
 from jepa_edge.train.config import RunConfig
+from jepa_edge.train.loop import sim_world
 from jepa_edge.train.model import Encoder
 from jepa_edge.world.sim import WorldConfig
-from jepa_edge.world.views import VIEWS
+from jepa_edge.world.sim3d import World3DConfig
+from jepa_edge.world.worlds import all_view_names, world_kind_of_view
 
 CONTROLS = ("none", "shuffled", "random")
 ANCHOR_STEPS = 16  # steps per anchor episode (part of the protocol: both robots simulate the same world)
@@ -183,9 +185,14 @@ def _teacher_meta(cfg: RunConfig) -> dict[str, Any]:
             f"{cfg.data.img_size} px; anchors are rendered at one size for both, train the student at "
             f"img_size={enc.get('img_size')}"
         )
-    if meta.get("view") not in VIEWS:
-        raise TeacherError(f"teacher view {meta.get('view')!r} is not a simulator view ({list(VIEWS)}); "
+    if meta.get("view") not in all_view_names():
+        raise TeacherError(f"teacher view {meta.get('view')!r} is not a simulator view ({all_view_names()}); "
                            "its anchor moments cannot be rendered")
+    teacher_kind, student_kind = world_kind_of_view(meta["view"]), world_kind_of_view(cfg.data.view)
+    if teacher_kind != student_kind:
+        raise TeacherError(f"teacher {cfg.teacher.run} sees the {teacher_kind} world (view {meta['view']}), the "
+                           f"student the {student_kind} world (view {cfg.data.view}); both robots must render the "
+                           f"same anchor moments: train the student on a view of the {teacher_kind} world")
     return meta
 
 
@@ -209,7 +216,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
     _check_options(cfg)
     meta = _teacher_meta(cfg)
     anchors = AnchorSet.make(cfg.teacher.anchors, cfg.teacher.anchor_seed)
-    frames = anchors.frames([meta["view"]], cfg.data.img_size, cfg.data.world)[meta["view"]]  # (N, S, S, 3)
+    frames = anchors.frames([meta["view"]], cfg.data.img_size, sim_world(cfg.data))[meta["view"]]  # (N, S, S, 3)
     encoder, teacher = _teacher_encoder(cfg, meta)
     latents = latents_of(encoder, frames).astype(np.float32)  # (N, D)
     n_weights = sum(p.numel() for p in encoder.parameters())
@@ -219,7 +226,9 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
     if cfg.teacher.control == "shuffled":
         perm = np.random.default_rng(cfg.teacher.anchor_seed + SHUFFLE_SEED_OFFSET).permutation(len(latents))
         latents = latents[perm]  # same targets, pairing with the moments destroyed
-    teacher_world = meta.get("run", {}).get("data", {}).get("world")
+    world_key = "world3d" if world_kind_of_view(cfg.data.view) == "3d" else "world"
+    teacher_world = meta.get("run", {}).get("data", {}).get(world_key)
+    world_type = World3DConfig if world_key == "world3d" else WorldConfig
     crossed = {
         "teacher": teacher, "control": cfg.teacher.control, "student_view": cfg.data.view,
         "n_anchors": int(latents.shape[0]), "latent_dim": int(latents.shape[1]),
@@ -228,7 +237,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
         "bytes": int(4 * latents.size + 4 * anchors.ids.size + 3 * 8),  # float32 latents, int32 ids, 3 int64 header
         "frames": 0, "weights": 0,
         "teacher_weights_not_sent_bytes": int(4 * n_weights),
-        "teacher_world_matches": teacher_world is None or from_dict(WorldConfig, teacher_world) == cfg.data.world,
+        "teacher_world_matches": teacher_world is None or from_dict(world_type, teacher_world) == sim_world(cfg.data),
     }
     return latents, anchors, crossed
 
@@ -236,7 +245,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
 def build_alignment(cfg: RunConfig, device: str | torch.device = "cpu") -> Alignment:
     """The student's alignment term for ``cfg`` (teacher run, anchors, control); see the module docstring."""
     latents, anchors, crossed = receive_teacher_latents(cfg)
-    own = anchors.frames([cfg.data.view], cfg.data.img_size, cfg.data.world)[cfg.data.view]  # the student's view
+    own = anchors.frames([cfg.data.view], cfg.data.img_size, sim_world(cfg.data))[cfg.data.view]  # the student's view
     align = Alignment(torch.from_numpy(latents), torch.from_numpy(own), cfg.teacher.anchor_batch,
                       cfg.teacher.anchor_seed, crossed)
     return align.to(device)

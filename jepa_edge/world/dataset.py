@@ -5,7 +5,8 @@
 * a simulator recording written by ``record.write_recording``
   (``recording.json`` + one video per view + ``states.npz``): frames come
   back as (E, T, S, S, 3) using the back-to-back episode layout, states as
-  ``WorldStates``;
+  ``WorldStates`` (``World3DStates`` for a recording of the 3-D world, whose
+  per-view visibility comes back in ``Recording.visible``);
 * a real robot recording: a folder of video files, one per camera
   (``.mp4 .avi .mkv .mov``), no ``recording.json``, no states. The view
   name is the file stem; the whole video is one episode, so frames are
@@ -31,7 +32,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -49,11 +50,13 @@ from jepa_edge.bags.reader import (
 )
 from jepa_edge.config import from_dict
 from jepa_edge.world.record import RECORDING_FORMAT, RECORDING_JSON, RECORDING_VERSION, RecordingError
-from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
-from jepa_edge.world.views import render
+from jepa_edge.world.sim import WorldConfig, WorldStates
+from jepa_edge.world.sim3d import World3DConfig, World3DStates
+from jepa_edge.world.worlds import WORLD_KINDS, episode_frames
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
 _STATE_KEYS = ("positions", "velocities", "danger", "radius", "episode_index", "step_index")
+_STATE_KEYS_3D = ("robot_pose", "visible")  # a recording of the 3-D world (record.py's module doc)
 _META_KEYS = ("views", "files", "size", "fps", "n_episodes", "n_steps", "codec", "states")
 
 
@@ -107,6 +110,7 @@ class Recording:
     states: WorldStates | None  # ground truth (E, T, ...), None for real-robot recordings
     meta: dict  # recording.json, or what the loader knows about a plain video folder or a bag
     path: Path  # the folder (or bag file) it was loaded from
+    visible: dict[str, np.ndarray] = field(default_factory=dict)  # 3-D world: view → (E, T, n) bool, object seen
 
     @property
     def views(self) -> list[str]:
@@ -129,9 +133,16 @@ class Recording:
             raise KeyError(f"view {name!r} is not loaded from {self.path}; loaded views: {self.views}")
         return self.frames[name]
 
-    def world_config(self) -> WorldConfig | None:
+    @property
+    def world_kind(self) -> str:
+        """"2d" or "3d": the simulated world a recording is of ("2d" for recordings older than the 3-D world)."""
+        return self.meta.get("world_kind") or "2d"
+
+    def world_config(self) -> WorldConfig | World3DConfig | None:
         world = self.meta.get("world")
-        return None if world is None else from_dict(WorldConfig, world)
+        if world is None:
+            return None
+        return from_dict(World3DConfig if self.world_kind == "3d" else WorldConfig, world)
 
 
 def _pick_views(available: list[str], views: list[str] | None, where: Path) -> list[str]:
@@ -217,17 +228,27 @@ def _load_simulated(path: Path, views: list[str] | None, resize: int | None) -> 
                 f"{file} holds {len(video)} frames; recording.json says {E} episodes x {T} steps = {E * T}"
             )
         frames[view] = video.reshape(E, T, *video.shape[1:])  # (E, T, S', S', 3)
-    states = None if meta["states"] is None else _load_states(path / _member(meta["states"], path), E, T)
-    return Recording(frames, states, meta, path)
+    kind = meta.get("world_kind") or "2d"
+    if kind not in WORLD_KINDS:
+        raise RecordingError(f"{path / RECORDING_JSON} says world_kind {kind!r}; this jepa-edge knows "
+                             f"{', '.join(WORLD_KINDS)}: upgrade jepa-edge")
+    if meta["states"] is None:
+        return Recording(frames, None, meta, path)
+    shown = list(meta.get("visible_views") or []) if kind == "3d" else []
+    states, seen = _load_states(path / _member(meta["states"], path), E, T, kind, shown)
+    return Recording(frames, states, meta, path, {v: seen[v] for v in frames if v in seen})
 
 
-def _load_states(file: Path, E: int, T: int) -> WorldStates:
-    """states.npz (flat back-to-back layout) → WorldStates (E, T, ...); never unpickles."""
+def _load_states(file: Path, E: int, T: int, kind: str = "2d", visible_views: list[str] = ()
+                 ) -> tuple[WorldStates, dict[str, np.ndarray]]:
+    """states.npz (flat back-to-back layout) → (WorldStates (E, T, ...), {view: (E, T, n) bool visible});
+    World3DStates and the visibility of ``visible_views`` for a 3-D recording. Never unpickles."""
     if not file.is_file():
         raise FileNotFoundError(f"{file} is named in recording.json but missing")
+    keys = _STATE_KEYS + (_STATE_KEYS_3D if kind == "3d" else ())
     try:
         with np.load(file, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _STATE_KEYS if key in npz.files}
+            arrays = {key: npz[key] for key in keys if key in npz.files}
             names = sorted(npz.files)
     except ValueError as e:  # numpy's refusal to unpickle: an object array, or not an .npz at all
         raise RecordingError(
@@ -235,7 +256,7 @@ def _load_states(file: Path, E: int, T: int) -> WorldStates:
         ) from e
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise RecordingError(f"{file} is not a readable .npz archive ({e})") from e
-    missing = [k for k in _STATE_KEYS if k not in arrays]
+    missing = [k for k in keys if k not in arrays]
     if missing:
         raise RecordingError(f"{file} lacks arrays {missing}; it has {names}")
     for key, a in arrays.items():
@@ -250,6 +271,9 @@ def _load_states(file: Path, E: int, T: int) -> WorldStates:
         "episode_index": (E * T,),
         "step_index": (E * T,),
     }
+    if kind == "3d":
+        R = arrays["robot_pose"].shape[1] if arrays["robot_pose"].ndim == 3 else -1
+        expected.update(robot_pose=(E * T, R, 3), visible=(E * T, len(visible_views), n))
     for key, shape in expected.items():
         if arrays[key].shape != shape:
             raise RecordingError(
@@ -261,14 +285,17 @@ def _load_states(file: Path, E: int, T: int) -> WorldStates:
         and np.array_equal(arrays["step_index"], np.tile(np.arange(T), E))
     ):
         raise RecordingError(f"{file}: episode_index/step_index are not the back-to-back layout of {E}x{T}")
-    return WorldStates.from_arrays(
-        {
-            "positions": arrays["positions"].reshape(E, T, n, 2),
-            "velocities": arrays["velocities"].reshape(E, T, n, 2),
-            "danger": arrays["danger"].reshape(E, T),
-            "radius": arrays["radius"],
-        }
-    )
+    grid = {
+        "positions": arrays["positions"].reshape(E, T, n, 2),
+        "velocities": arrays["velocities"].reshape(E, T, n, 2),
+        "danger": arrays["danger"].reshape(E, T),
+        "radius": arrays["radius"],
+    }
+    if kind == "2d":
+        return WorldStates.from_arrays(grid), {}
+    grid["robot_pose"] = arrays["robot_pose"].reshape(E, T, -1, 3)  # (E, T, R, 3)
+    seen = arrays["visible"].reshape(E, T, len(visible_views), n) != 0  # (E, T, V, n) bool
+    return World3DStates.from_arrays(grid), {v: seen[:, :, i] for i, v in enumerate(visible_views)}
 
 
 def _load_video_folder(path: Path, views: list[str] | None, resize: int | None) -> Recording:
@@ -398,6 +425,7 @@ class ViewData:
     states: WorldStates | None  # ground truth (E, T, ...) or None (real robot)
     view: str  # view name (simulator view, or camera file stem)
     source: str  # human-readable provenance, e.g. "simulator(seed=0, ...)" or "recording /path/top.avi"
+    visible: np.ndarray | None = None  # 3-D world: (E, T, n) bool, the objects the view shows (when known)
 
     def __post_init__(self) -> None:
         f = self.frames
@@ -410,6 +438,8 @@ class ViewData:
             raise ValueError(
                 f"ViewData: states cover {self.states.positions.shape[:2]} (E, T) but frames {f.shape[:2]}"
             )
+        if self.visible is not None and self.visible.shape[:2] != f.shape[:2]:
+            raise ValueError(f"ViewData: visibility covers {self.visible.shape[:2]} (E, T) but frames {f.shape[:2]}")
 
     @property
     def n_episodes(self) -> int:
@@ -425,12 +455,21 @@ class ViewData:
 
     @classmethod
     def from_simulator(
-        cls, world_cfg: WorldConfig, view: str, n_episodes: int, n_steps: int, size: int = 32, seed: int = 0
+        cls, world_cfg: WorldConfig | World3DConfig | None, view: str, n_episodes: int, n_steps: int, size: int = 32,
+        seed: int = 0, visible: bool = False
     ) -> ViewData:
-        """Simulate with ``seed`` and render ``view`` with the same seed (as ``simulate_recording`` does)."""
-        states = simulate(world_cfg, n_episodes, n_steps, seed)
-        frames = render(states, view, size=size, seed=seed)  # (E, T, S, S, 3)
-        return cls(frames, states, view, f"simulator(view={view}, episodes={n_episodes}, steps={n_steps}, seed={seed})")
+        """Simulate with ``seed`` and render ``view`` with the same seed (as ``simulate_recording`` does).
+
+        ``world_cfg``: the config of the view's world (2-D or 3-D); None = that world's default. ``visible``:
+        also compute which objects the view shows (3-D world; one more render pass)."""
+        frames, states = episode_frames(view, n_episodes, n_steps, size, seed, world=world_cfg)  # (E, T, S, S, 3)
+        seen = None
+        if visible and states.kind == "3d":
+            from jepa_edge.world.render3d import visibility
+
+            seen = visibility(states, view, size, world=world_cfg)  # (E, T, n) bool
+        where = f"simulator(view={view}, episodes={n_episodes}, steps={n_steps}, seed={seed})"
+        return cls(frames, states, view, where, seen)
 
     @classmethod
     def from_recording(cls, path: str | Path, view: str, size: int | None = None,
@@ -442,7 +481,7 @@ class ViewData:
             where = f"{rec.source} {Path(path)} topic {rec.meta['topics'][view]}"
         else:
             where = f"recording {Path(path) / rec.meta['files'][view]}"
-        return cls(rec.frames[view], rec.states, view, where)
+        return cls(rec.frames[view], rec.states, view, where, rec.visible.get(view))
 
 
 def make_view_dataset(
@@ -450,18 +489,21 @@ def make_view_dataset(
     size: int | None = 32,
     *,
     recording: str | Path | None = None,
-    world: WorldConfig | None = None,
+    world: WorldConfig | World3DConfig | None = None,
     n_episodes: int | None = None,
     n_steps: int | None = None,
     seed: int | None = None,
     topics: dict[str, str] | None = None,
+    visible: bool = False,
 ) -> ViewData:
     """Frames of one view for training: from ``recording`` when given, else from the simulator.
 
-    Simulator defaults: ``WorldConfig()``, 8 episodes x 64 steps, seed 0. With a
+    Simulator defaults: the default config of the view's world (``WorldConfig()`` for a 2-D view,
+    ``World3DConfig()`` for a 3-D one), 8 episodes x 64 steps, seed 0. With a
     recording those simulator arguments must stay unset (they would be
     ignored otherwise); ``size=None`` keeps the recording's native size; ``topics``
-    ({view: topic}) names the cameras of a bag recording.
+    ({view: topic}) names the cameras of a bag recording. ``visible``: the simulator also computes which
+    objects a 3-D view shows (a recording of the 3-D world carries it).
     """
     if recording is not None:
         given = [
@@ -477,12 +519,13 @@ def make_view_dataset(
     if size is None:
         raise ValueError("make_view_dataset: the simulator needs a frame size; pass size=32 (or another even int)")
     return ViewData.from_simulator(
-        world or WorldConfig(),
+        world,
         view,
         8 if n_episodes is None else n_episodes,
         64 if n_steps is None else n_steps,
         size,
         0 if seed is None else seed,
+        visible,
     )
 
 

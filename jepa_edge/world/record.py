@@ -17,6 +17,12 @@ are frame-synchronous. ``states.npz`` uses the same flat time axis:
   episode_index  (E*T,)      int64   = i // n_steps
   step_index     (E*T,)      int64   = i %  n_steps
 
+A recording of the 3-D world (``recording.json`` ``"world_kind": "3d"``, ``"world"`` its
+``World3DConfig``) adds to ``states.npz``:
+
+  robot_pose     (E*T, R, 3) float32 x, y (m), heading (rad) of each robot (robot 0 carries the cameras)
+  visible        (E*T, V, n) uint8   1 where object k shows in view v (``recording.json`` ``visible_views``)
+
 A real robot produces the same thing minus ``recording.json`` and
 ``states.npz``: a folder of one video per camera (see ``dataset.load_recording``).
 
@@ -24,7 +30,7 @@ A real robot produces the same thing minus ``recording.json`` and
 bag instead (``jepa_edge.bags.writer.write_bag``: one image topic per view, the states topic with
 an ``episode`` slice), which ``load_recording`` reads back as (E, T, ...).
 
-Frames are rendered with ``render(states, view, size, seed=seed)``, so
+Frames are rendered with ``worlds.render_view(states, view, size, seed)``, so
 ``ViewData.from_simulator`` with the same seed yields exactly the frames that
 were encoded (before MJPG/mp4v compression; FFV1 is lossless).
 """
@@ -43,8 +49,17 @@ from jepa_edge import package_version
 from jepa_edge.artifacts import ArtifactError, atomic_write, atomic_write_json, replace_synced, temp_path
 from jepa_edge.config import to_dict
 from jepa_edge.video import CODECS, Codec, VideoError, open_video_writer
-from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
-from jepa_edge.world.views import get_view, render
+from jepa_edge.world.sim import WorldConfig, WorldStates
+from jepa_edge.world.sim3d import World3DConfig
+from jepa_edge.world.worlds import (
+    DEFAULT_SIZE,
+    WORLD_KINDS,
+    default_world,
+    render_view,
+    simulate_world,
+    views_of,
+    world_kind_of_view,
+)
 
 RECORDING_FORMAT = "jepa-edge/recording"
 RECORDING_VERSION = 1
@@ -114,10 +129,10 @@ def _check_written(tmp: Path, path: Path, n: int, h: int, w: int) -> None:
         )
 
 
-def _flat_states(states: WorldStates) -> dict[str, np.ndarray]:
-    """(E, T, ...) ground truth → the flat back-to-back arrays of ``states.npz``."""
+def _flat_states(states: WorldStates, visible: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(E, T, ...) ground truth → the flat back-to-back arrays of ``states.npz`` (``visible``: view → (E, T, n))."""
     E, T, n, _ = states.positions.shape
-    return {
+    flat = {
         "positions": np.ascontiguousarray(states.positions, np.float32).reshape(E * T, n, 2),
         "velocities": np.ascontiguousarray(states.velocities, np.float32).reshape(E * T, n, 2),
         "danger": np.ascontiguousarray(states.danger, np.int64).reshape(E * T),
@@ -125,6 +140,12 @@ def _flat_states(states: WorldStates) -> dict[str, np.ndarray]:
         "episode_index": np.repeat(np.arange(E, dtype=np.int64), T),  # (E*T,)
         "step_index": np.tile(np.arange(T, dtype=np.int64), E),  # (E*T,)
     }
+    if states.kind == "3d":
+        R = states.robot_pose.shape[2]
+        flat["robot_pose"] = np.ascontiguousarray(states.robot_pose, np.float32).reshape(E * T, R, 3)
+        seen = np.stack([visible[v] for v in visible], axis=2) if visible else np.zeros((E, T, 0, n), bool)
+        flat["visible"] = seen.astype(np.uint8).reshape(E * T, len(visible), n)  # (E, T, V, n) → (E*T, V, n)
+    return flat
 
 
 def _check_states(states: WorldStates) -> None:
@@ -138,6 +159,10 @@ def _check_states(states: WorldStates) -> None:
         raise RecordingError(f"states.danger must be (E, T) = {(E, T)}, got {states.danger.shape}")
     if states.radius.shape != (n,):
         raise RecordingError(f"states.radius must be (n,) = {(n,)}, got {states.radius.shape}")
+    if states.kind == "3d" and (states.robot_pose.ndim != 4 or states.robot_pose.shape[:2] != (E, T)
+                                or states.robot_pose.shape[3] != 3):
+        raise RecordingError(f"states.robot_pose must be (E, T, R, 3) = {(E, T)} + (R, 3), "
+                             f"got {states.robot_pose.shape}")
 
 
 MIN_SIZE, MAX_SIZE = 8, 1024  # frame side: below 8 px the objects are a pixel or two; above 1024 see below
@@ -145,16 +170,28 @@ MAX_RENDER_BYTES = 1 << 30  # uint8 frames of every view, rendered in memory bef
 # briefly takes ~12 more bytes per frame byte of the view being rendered); 224 px x 64 x 32 x 2 views is 0.6 GiB
 
 
+def check_views(views: list[str], kind: str) -> None:
+    """Every view a known view of the ``kind`` world ("2d" or "3d"), named once (one-line errors in CLI words)."""
+    if kind not in WORLD_KINDS:
+        raise RecordingError(f"unknown world {kind!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
+    if not views or len(set(views)) != len(views):
+        raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
+    kinds = {v: world_kind_of_view(v) for v in views}  # unknown view → ValueError listing the valid ones
+    other = [v for v in views if kinds[v] != kind]
+    if other:
+        hint = (f"pass --world {kinds[other[0]]}" if len(other) == len(views)
+                else f"record one world at a time: --view with {', '.join(views_of(kind))}")
+        raise RecordingError(f"view(s) {other} belong to the {kinds[other[0]]} world, not the {kind} world; {hint}")
+
+
 def check_recording_args(views: list[str], size: int, fps: float, n_episodes: int, n_steps: int,
-                         even: bool = True) -> None:
+                         even: bool = True, kind: str = "2d") -> None:
     """Refuse a recording that cannot be written (or would exhaust memory) before anything is simulated or created.
 
     ``even``: video encoders need even frame sides (OpenCV's FFmpeg writer crops odd ones); bags do not.
+    ``kind``: the world every view must belong to ("2d" or "3d").
     """
-    if not views or len(set(views)) != len(views):
-        raise RecordingError(f"views must be a non-empty list of distinct view names, got {views}")
-    for v in views:
-        get_view(v)  # unknown view → ValueError listing the valid ones
+    check_views(views, kind)
     if not isinstance(size, int) or isinstance(size, bool):
         raise RecordingError(f"size must be a whole number of pixels, got {size!r}")
     if size < MIN_SIZE:
@@ -191,22 +228,24 @@ def write_recording(
     fps: float = 30.0,
     seed: int = 0,
     codec: str = "MJPG",
-    world_config: WorldConfig | None = None,
+    world_config: WorldConfig | World3DConfig | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Render ``states`` from every view in ``views`` and write a recording folder.
 
-    ``seed`` is the sensor-noise seed given to ``render``. ``world_config`` is
-    stored in ``recording.json`` when given (``null`` otherwise). An existing
-    recording in ``out_dir`` is refused unless ``overwrite``. Returns ``out_dir``.
+    ``seed`` is the sensor-noise seed given to the renderer. ``world_config`` is
+    stored in ``recording.json`` when given (``null`` otherwise); 3-D states are
+    rendered with it (default ``World3DConfig()``), and their views' visibility is
+    stored in ``states.npz``. An existing recording in ``out_dir`` is refused unless
+    ``overwrite``. Returns ``out_dir``.
     """
     out = Path(out_dir)
     spec = _check_codec(codec)
     views = list(views)
     _check_states(states)
-    check_recording_args(views, size, fps, states.n_episodes, states.n_steps)
+    check_recording_args(views, size, fps, states.n_episodes, states.n_steps, kind=states.kind)
     if world_config is not None:
-        world_config.validate()
+        _check_world(world_config, states.kind)
     meta_path = out / RECORDING_JSON
     if meta_path.exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a recording; pass --overwrite or choose another folder")
@@ -232,16 +271,28 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def _check_world(world_config: WorldConfig | World3DConfig, kind: str) -> None:
+    if not isinstance(world_config, type(default_world(kind))):
+        raise RecordingError(f"world_config is a {type(world_config).__name__}, not a config of the {kind} world; "
+                             f"pass the {type(default_world(kind)).__name__} the states were simulated with")
+    world_config.validate()
+
+
 def _write_folder(out: Path, states: WorldStates, views: list[str], spec: Codec, size: int, fps: float, seed: int,
-                  codec: str, world_config: WorldConfig | None) -> None:
+                  codec: str, world_config: WorldConfig | World3DConfig | None) -> None:
     """The videos, states.npz, then recording.json (last: its presence marks a complete recording)."""
     meta_path = out / RECORDING_JSON
     files = {}
     for view in views:
-        frames = render(states, view, size=size, seed=seed)  # (E, T, S, S, 3)
+        frames = render_view(states, view, size, seed, world=world_config)  # (E, T, S, S, 3)
         files[view] = f"{view}{spec.extension}"
         write_video(out / files[view], frames.reshape(-1, size, size, 3), fps=fps, codec=spec.fourcc)
-    flat = _flat_states(states)
+    visible = {}
+    if states.kind == "3d":
+        from jepa_edge.world.render3d import visibility
+
+        visible = {v: visibility(states, v, size, world=world_config) for v in views}  # view → (E, T, n) bool
+    flat = _flat_states(states, visible)
     atomic_write(out / STATES_NPZ, lambda f: np.savez(f, **flat))
 
     meta = {
@@ -258,36 +309,51 @@ def _write_folder(out: Path, states: WorldStates, views: list[str], spec: Codec,
         "codec": codec,
         "lossless": spec.lossless,
         "seed": int(seed),
+        "world_kind": states.kind,
         "world": None if world_config is None else to_dict(world_config),
         "states": STATES_NPZ,
         "versions": _versions(),
     }
+    if states.kind == "3d":
+        meta["visible_views"] = list(visible)  # the order of states.npz visible's view axis
     atomic_write_json(meta_path, meta)
 
 
 FORMATS = ("folder", "mcap", "rosbag2")
 
 
+DEFAULT_VIEWS = {"2d": ("top", "oblique")}  # what `world record` records without --view (3d: every 3-D view)
+
+
+def default_views(kind: str) -> list[str]:
+    """The views ``world record`` records when none are named: top and oblique (2d), every 3-D view (3d)."""
+    return list(DEFAULT_VIEWS.get(kind) or views_of(kind))
+
+
 def simulate_recording(
     out_dir: str | Path,
-    world_config: WorldConfig | None = None,
+    world_config: WorldConfig | World3DConfig | None = None,
     n_episodes: int = 8,
     n_steps: int = 64,
-    views: list[str] | tuple[str, ...] = ("top", "oblique"),
-    size: int = 32,
+    views: list[str] | tuple[str, ...] | None = None,
+    size: int | None = None,
     seed: int = 0,
     fps: float = 30.0,
     codec: str | None = None,
     overwrite: bool = False,
     fmt: str = "folder",
     encoding: str | None = None,
+    world: str | None = None,
 ) -> Path:
     """Simulate ``n_episodes`` × ``n_steps`` with ``seed`` and record them (same seed for render noise).
 
+    ``world``: "2d" or "3d"; None = the kind of ``world_config``, else of ``views``, else "2d".
+    ``views`` default to ``default_views(world)``, ``size`` to ``worlds.DEFAULT_SIZE[world]`` (32 px 2d,
+    64 px 3d), ``world_config`` to the world's default config.
     ``fmt``: ``"folder"`` a recording folder (``codec``, default MJPG); ``"mcap"`` a bare ``.mcap``
     bag (``out_dir`` must end in .mcap) or ``"rosbag2"`` a rosbag2 folder, with images as
     ``encoding`` (rgb8 default, bgr8, mono8, jpeg). ``codec`` applies to folders only, ``encoding``
-    to bags only: giving the other one is an error, not ignored.
+    to bags only: giving the other one is an error, not ignored. The 3-D world records folders only.
     """
     if fmt not in FORMATS:
         raise RecordingError(f"recording format {fmt!r} is not known; use one of {list(FORMATS)}")
@@ -299,20 +365,39 @@ def simulate_recording(
                              "rgb8, bgr8, mono8 or jpeg")
     if fmt == "mcap" and Path(out_dir).suffix.lower() != ".mcap":
         raise RecordingError(f"{out_dir}: a bare MCAP recording must end in .mcap; rename it or use --format rosbag2")
-    cfg = world_config or WorldConfig()
-    cfg.validate()
-    views = list(views)
-    check_recording_args(views, size, fps, n_episodes, n_steps, even=fmt == "folder")
+    kind = _recording_kind(world, world_config, views)
+    if kind == "3d" and fmt != "folder":
+        raise RecordingError("--world 3d records a folder (videos + states.npz with the robot poses and what each "
+                             "camera sees); the bag states topic has no robot pose: pass --format folder")
+    cfg = world_config or default_world(kind)
+    _check_world(cfg, kind)
+    views = default_views(kind) if views is None else list(views)
+    size = DEFAULT_SIZE[kind] if size is None else size
+    check_recording_args(views, size, fps, n_episodes, n_steps, even=fmt == "folder", kind=kind)
     if fmt == "folder":
         _check_codec(codec or "MJPG")
     elif (Path(out_dir).exists() or Path(out_dir).is_symlink()) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
-    states = simulate(cfg, n_episodes, n_steps, seed)
+    states = simulate_world(cfg, n_episodes, n_steps, seed)
     if fmt == "folder":
         return write_recording(out_dir, states, views, size=size, fps=fps, seed=seed, codec=codec or "MJPG",
                                world_config=cfg, overwrite=overwrite)
     from jepa_edge.bags.writer import write_bag  # the bag packages are imported only when a bag is written
 
-    frames = {v: render(states, v, size=size, seed=seed) for v in views}  # (E, T, S, S, 3) each
+    frames = {v: render_view(states, v, size, seed) for v in views}  # (E, T, S, S, 3) each
     return write_bag(out_dir, SimpleNamespace(frames=frames, states=states), fmt=fmt, encoding=encoding or "rgb8",
                      fps=fps, overwrite=overwrite)
+
+
+def _recording_kind(world: str | None, world_config: WorldConfig | World3DConfig | None,
+                    views: list[str] | tuple[str, ...] | None) -> str:
+    """The world a recording is of: ``world`` when given, else its config's, else its first view's, else 2d."""
+    if world is not None:
+        if world not in WORLD_KINDS:
+            raise RecordingError(f"unknown world {world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
+        return world
+    if world_config is not None:
+        return "3d" if isinstance(world_config, World3DConfig) else "2d"
+    if views:
+        return world_kind_of_view(views[0])  # the others are checked against it with the rest of the arguments
+    return "2d"
