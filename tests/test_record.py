@@ -115,7 +115,9 @@ def test_write_errors(tmp_path, states):
         write_recording(tmp_path / "a", states, ["top"], codec="H264")
     with pytest.raises(RecordingError, match="even"):
         write_recording(tmp_path / "b", states, ["top"], size=33)
-    with pytest.raises(ValueError, match="unknown view 'side'"):
+    with pytest.raises(ValueError, match="unknown view 'sideways'"):
+        write_recording(tmp_path / "c", states, ["sideways"])
+    with pytest.raises(RecordingError, match=r"\['side'\] belong to the 3d world"):  # a view of the 3-D world
         write_recording(tmp_path / "c", states, ["side"])
     frames = np.zeros((3, 16, 16, 3), np.uint8)
     with pytest.raises(RecordingError, match=r"codec 'ZZZZ'"):  # the writer did not open: name the codec

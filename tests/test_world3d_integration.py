@@ -282,22 +282,26 @@ def test_the_3d_preset_applies_to_3d_views_unless_a_preset_is_named():
 def test_state_probe_of_the_3d_world():
     from jepa_edge.train.evaluate import state_probe, visible_r2
 
-    states = simulate_world(World3DConfig(), 8, 6, 1)
+    states = simulate_world(World3DConfig(), 12, 6, 1)
     E, T = states.positions.shape[:2]
     rng = np.random.default_rng(0)
-    truth = np.concatenate([states.state_vector(), states.robot_pose_vector()], -1).reshape(E * T, -1)
-    z = np.concatenate([truth, rng.standard_normal((E * T, 4))], 1) @ rng.standard_normal((truth.shape[1] + 4, 24))
+    truth = np.concatenate([states.state_vector(), states.robot_pose_vector()], -1).reshape(E * T, -1)  # (M, 2n+4)
+    noise = 0.01 * rng.standard_normal((E * T, 4))
+    z = np.concatenate([truth, noise], 1) @ np.linalg.qr(rng.standard_normal((truth.shape[1] + 4,) * 2))[0]
     seen = visibility(states, "front", S)
+    assert seen[9:].sum(axis=(0, 1)).max() >= 2  # the held-out episodes see some object twice
     out = state_probe(z, states, visible=seen)
-    assert out["position_r2"] > 0.95 and out["robot_pose_r2"] > 0.95
-    if seen[6:].sum(axis=(0, 1)).max() >= 2:  # the held-out episodes see some object twice
-        assert out["visible_position_r2"] > 0.9
-    assert "robot_pose_r2" not in state_probe(z[:, :8], simulate_world(WorldConfig(), 8, 6, 1))
+    assert out["position_r2"] > 0.95 and out["robot_pose_r2"] > 0.95 and out["visible_position_r2"] > 0.95
+    flat = simulate_world(WorldConfig(), 12, 6, 1)
+    assert "robot_pose_r2" not in state_probe(flat.state_vector().reshape(E * T, -1), flat)
 
     pos = np.array([[0.0, 0.0, 5.0, 5.0], [1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 7.0, 7.0]])  # (M=3, 2n=4)
     pred = pos.copy()
     pred[:, 2:] = 0.0  # object 1 predicted badly, but it is never visible
     assert visible_r2(pred, pos, np.array([[True, False]] * 3)) == pytest.approx(1.0)
+    assert visible_r2(pred, pos, np.array([[True, True]] * 3)) < 0
+    pred[0, 0] = 1.0  # one error of 1 on object 0's x: SSE 1, SST (x and y) 2 + 2
+    assert visible_r2(pred, pos, np.array([[True, False]] * 3)) == pytest.approx(0.75)
     assert visible_r2(pred, pos, np.array([[False, False]] * 3)) is None
 
 

@@ -40,23 +40,23 @@ def effective_rank(z: np.ndarray) -> float:
 
 
 def visible_r2(pred: np.ndarray, pos: np.ndarray, visible: np.ndarray) -> float | None:
-    """Mean R² of predicted positions over the (moment, object) entries that are visible.
+    """R² of predicted positions pooled over the visible (moment, object) entries.
 
-    ``pred``, ``pos`` (M, 2n); ``visible`` (M, n) bool. Object k's x and y are scored on the moments it is
-    visible in (at least 2 with spread, else it is left out); None when no object qualifies.
+    ``pred``, ``pos`` (M, 2n); ``visible`` (M, n) bool. Each object's x and y are centred on its own mean over
+    the moments it is visible in (as the per-object R² of ``position_r2``), then errors and spread are summed
+    over every visible entry, so an object seen twice weighs little. Objects seen fewer than twice are left out;
+    None when none is left or the visible entries do not spread.
     """
     M, n = visible.shape
     truth = pos.reshape(M, n, 2).astype(np.float64)  # (M, n, 2)
     err = (pred.reshape(M, n, 2) - truth) ** 2  # (M, n, 2)
-    scores = []
+    sse = sst = 0.0
     for k in range(n):
         rows = visible[:, k]
-        if rows.sum() < 2:
-            continue
-        sst = ((truth[rows, k] - truth[rows, k].mean(0)) ** 2).sum(0)  # (2,)
-        if (sst > 0).all():
-            scores.extend((1.0 - err[rows, k].sum(0) / sst).tolist())
-    return float(np.mean(scores)) if scores else None
+        if rows.sum() >= 2:
+            sse += float(err[rows, k].sum())
+            sst += float(((truth[rows, k] - truth[rows, k].mean(0)) ** 2).sum())
+    return 1.0 - sse / sst if sst > 0 else None
 
 
 def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25,
