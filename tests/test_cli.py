@@ -339,7 +339,7 @@ CASES: dict[str, Case] = {
         ["train", w.run_a, "--config", w.config, "--resume", "--overwrite"], ["--resume", "--overwrite"], []),
         keep=lambda w: [w.run_a / "encoder.safetensors", w.run_a / "meta.json"]),
     "train unknown view": Case(lambda w, t: (
-        ["train", t / "o", "--config", w.config, "--view", "bogus"], ["bogus", "choose one of"],
+        ["train", t / "o", "--config", w.config, "--view", "bogus"], ["bogus", "views are top", "front"],
         [t / "o"])),
     "train missing recording": Case(lambda w, t: (
         ["train", t / "o", "--config", w.config, "--recording", t / "norec"], ["norec"], [t / "o"])),
@@ -354,6 +354,18 @@ CASES: dict[str, Case] = {
         ["world", "record", t / "r", "--size", 15, "--episodes", 2, "--episode-len", 8], ["size", "15"], [t / "r"])),
     "record unknown view": Case(lambda w, t: (
         ["world", "record", t / "r", "--view", "bogus", "--episodes", 2, "--episode-len", 8], ["bogus"], [t / "r"])),
+    "record a 2d view into the 3d world": Case(lambda w, t: (
+        ["world", "record", t / "r", "--world", "3d", "--view", "top", "--episodes", 1, "--episode-len", 2],
+        ["['top']", "2d world", "--world 2d"], [t / "r"])),
+    "record views of two worlds": Case(lambda w, t: (
+        ["world", "record", t / "r", "--view", "front", "--view", "top", "--episodes", 1, "--episode-len", 2],
+        ["['top']", "one world at a time"], [t / "r"])),
+    "record an unknown world": Case(lambda w, t: (
+        ["world", "record", t / "r", "--world", "4d", "--episodes", 1, "--episode-len", 2], ["4d", "--world"],
+        [t / "r"])),
+    "record the 3d world as a bag": Case(lambda w, t: (
+        ["world", "record", t / "r.mcap", "--format", "mcap", "--world", "3d", "--episodes", 1, "--episode-len", 2],
+        ["--world 3d", "--format folder"], [t / "r.mcap"])),
     "info missing folder": Case(lambda w, t: (["world", "info", t / "nofolder"], ["nofolder", "does not exist"], [])),
     "info corrupt recording.json": Case(lambda w, t: (
         ["world", "info", _corrupt_recording(w, t, "recording.json")], ["recording.json", "not valid JSON"], [])),
@@ -466,6 +478,14 @@ CASES: dict[str, Case] = {
         [t / "o.jsonl"])),
     "run unknown sim view": Case(lambda w, t: (
         ["run", w.onnx, "--source", "sim:nope", "--jsonl", t / "o.jsonl"], ["nope"], [t / "o.jsonl"])),
+    "run a 3d view as sim:": Case(lambda w, t: (
+        ["run", w.onnx, "--source", "sim:front?size=16", "--jsonl", t / "o.jsonl"], ["sim3d:front?size=16"],
+        [t / "o.jsonl"])),
+    "run a 2d view as sim3d:": Case(lambda w, t: (
+        ["run", w.onnx, "--source", "sim3d:top", "--jsonl", t / "o.jsonl"], ["use sim:top"], [t / "o.jsonl"])),
+    "bench bad sim3d setting": Case(lambda w, t: (
+        ["bench", w.onnx, "--source", "sim3d:front?size=abc", "--backend", "ort-cpu", "--out", t / "b.json"],
+        ["size=abc", "sim3d:front?size=64"], [t / "b.json"])),
     "run bad sim setting": Case(lambda w, t: (
         ["run", w.onnx, "--source", "sim:top?size=abc", "--jsonl", t / "o.jsonl"], ["size=abc"], [t / "o.jsonl"])),
     "run --jsonl over an existing file": Case(lambda w, t: (

@@ -17,7 +17,7 @@ from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates
 from jepa_edge.world.sim3d import World3DConfig
-from jepa_edge.world.worlds import default_world, render_view, simulate_world, world_kind_of_view
+from jepa_edge.world.worlds import default_world, render_view, simulate_world, world_kind_of, world_kind_of_view
 
 
 @dataclass
@@ -73,7 +73,7 @@ def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, se
                          "moments are paired inside one world: use views of one world (2d or 3d)")
     kind = kinds[views[0]]
     cfg = default_world(kind) if world is None else world
-    if type(cfg) is not type(default_world(kind)):
+    if world_kind_of(cfg) != kind:
         raise ValueError(f"views {views} are of the {kind} world but the world config is a {type(cfg).__name__}; "
                          f"pass the {kind} world's config (data.{'world3d' if kind == '3d' else 'world'})")
     states = simulate_world(cfg, n_episodes, n_steps, seed)

@@ -239,7 +239,7 @@ def _load_simulated(path: Path, views: list[str] | None, resize: int | None) -> 
     return Recording(frames, states, meta, path, {v: seen[v] for v in frames if v in seen})
 
 
-def _load_states(file: Path, E: int, T: int, kind: str = "2d", visible_views: list[str] = ()
+def _load_states(file: Path, E: int, T: int, kind: str = "2d", visible_views: tuple[str, ...] | list[str] = ()
                  ) -> tuple[WorldStates, dict[str, np.ndarray]]:
     """states.npz (flat back-to-back layout) → (WorldStates (E, T, ...), {view: (E, T, n) bool visible});
     World3DStates and the visibility of ``visible_views`` for a 3-D recording. Never unpickles."""

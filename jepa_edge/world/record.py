@@ -58,6 +58,7 @@ from jepa_edge.world.worlds import (
     render_view,
     simulate_world,
     views_of,
+    world_kind_of,
     world_kind_of_view,
 )
 
@@ -272,7 +273,7 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _check_world(world_config: WorldConfig | World3DConfig, kind: str) -> None:
-    if not isinstance(world_config, type(default_world(kind))):
+    if world_kind_of(world_config) != kind:
         raise RecordingError(f"world_config is a {type(world_config).__name__}, not a config of the {kind} world; "
                              f"pass the {type(default_world(kind)).__name__} the states were simulated with")
     world_config.validate()
@@ -322,12 +323,9 @@ def _write_folder(out: Path, states: WorldStates, views: list[str], spec: Codec,
 FORMATS = ("folder", "mcap", "rosbag2")
 
 
-DEFAULT_VIEWS = {"2d": ("top", "oblique")}  # what `world record` records without --view (3d: every 3-D view)
-
-
 def default_views(kind: str) -> list[str]:
     """The views ``world record`` records when none are named: top and oblique (2d), every 3-D view (3d)."""
-    return list(DEFAULT_VIEWS.get(kind) or views_of(kind))
+    return ["top", "oblique"] if kind == "2d" else views_of(kind)
 
 
 def simulate_recording(
@@ -397,7 +395,7 @@ def _recording_kind(world: str | None, world_config: WorldConfig | World3DConfig
             raise RecordingError(f"unknown world {world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
         return world
     if world_config is not None:
-        return "3d" if isinstance(world_config, World3DConfig) else "2d"
+        return world_kind_of(world_config)
     if views:
         return world_kind_of_view(views[0])  # the others are checked against it with the rest of the arguments
     return "2d"
