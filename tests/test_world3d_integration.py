@@ -31,7 +31,7 @@ from jepa_edge.world.render3d import visibility
 S = 32  # px: every 3-D frame here is rendered at 32 px
 
 TINY3D = {
-    "data": {"img_size": S, "n_episodes": 6, "episode_len": 12, "eval_episodes": 4},
+    "data": {"img_size": S, "n_episodes": 6, "episode_len": 12, "eval_episodes": 8},  # 2 held out: objects in view
     "train": {"steps": 2, "batch_size": 8, "warmup": 1, "eval_every": 2, "ckpt_every": 2, "log_every": 1,
               "device": "cpu", "threads": 1},
     "jepa": {"encoder": {"img_size": S, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
@@ -305,7 +305,10 @@ def test_state_probe_of_the_3d_world():
     assert visible_r2(pred, pos, np.array([[False, False]] * 3)) is None
 
 
-def test_cli_train_on_a_3d_view(tmp_path):
+def test_cli_train_and_probe_on_a_3d_view(tmp_path):
+    from jepa_edge.calib.probes import load_probe
+    from jepa_edge.world.sim3d import ROBOT_POSE_LABELS
+
     config = tmp_path / "tiny3d.json"
     config.write_text(json.dumps(TINY3D))
     run = tmp_path / "runs" / "front"
@@ -314,7 +317,14 @@ def test_cli_train_on_a_3d_view(tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["view"] == "front" and meta["step"] == 2 and meta["encoder"]["img_size"] == S
     assert "view=front" in meta["data_source"]
-    for key in ("position_r2", "robot_pose_r2", "z_std"):
+    for key in ("position_r2", "robot_pose_r2", "visible_position_r2", "z_std"):
         assert key in meta["metrics"] and key in meta["untrained_metrics"], key
     assert meta["run"]["data"]["world3d"] == json.loads(json.dumps(to_dict(World3DConfig())))
     assert "robot_pose_r2" in json.loads(res.stdout)["heldout"]
+    probes = tmp_path / "probes"
+    res = cli("probe", run, "--out", probes, "--task", "position", "--task", "pose", "--episodes", 6,
+              "--episode-len", 6, "--json")
+    assert_ok(res)
+    assert set(json.loads(res.stdout)["heldout"]) == {"position", "pose"}
+    pose = load_probe(probes / "front.pose.probe.safetensors")
+    assert pose.labels == ROBOT_POSE_LABELS and pose.task == "regression"
