@@ -328,3 +328,5 @@ def test_cli_train_and_probe_on_a_3d_view(tmp_path):
     assert set(json.loads(res.stdout)["heldout"]) == {"position", "pose"}
     pose = load_probe(probes / "front.pose.probe.safetensors")
     assert pose.labels == ROBOT_POSE_LABELS and pose.task == "regression"
+    student = cli("train", tmp_path / "student", "--view", "top", "--config", config, "--teacher", run, "--no-progress")
+    assert "sees the 3d world" in error_line(student)

@@ -40,7 +40,6 @@ from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_m
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.loop import sim_world
 from jepa_edge.train.model import Encoder
-from jepa_edge.world.sim import WorldConfig
 from jepa_edge.world.sim3d import World3DConfig
 from jepa_edge.world.worlds import all_view_names, world_kind_of_view
 
@@ -226,9 +225,8 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
     if cfg.teacher.control == "shuffled":
         perm = np.random.default_rng(cfg.teacher.anchor_seed + SHUFFLE_SEED_OFFSET).permutation(len(latents))
         latents = latents[perm]  # same targets, pairing with the moments destroyed
-    world_key = "world3d" if world_kind_of_view(cfg.data.view) == "3d" else "world"
-    teacher_world = meta.get("run", {}).get("data", {}).get(world_key)
-    world_type = World3DConfig if world_key == "world3d" else WorldConfig
+    world = sim_world(cfg.data)  # the student's world config; the teacher's is of the same kind (_teacher_meta)
+    teacher_world = meta.get("run", {}).get("data", {}).get("world3d" if isinstance(world, World3DConfig) else "world")
     crossed = {
         "teacher": teacher, "control": cfg.teacher.control, "student_view": cfg.data.view,
         "n_anchors": int(latents.shape[0]), "latent_dim": int(latents.shape[1]),
@@ -237,7 +235,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
         "bytes": int(4 * latents.size + 4 * anchors.ids.size + 3 * 8),  # float32 latents, int32 ids, 3 int64 header
         "frames": 0, "weights": 0,
         "teacher_weights_not_sent_bytes": int(4 * n_weights),
-        "teacher_world_matches": teacher_world is None or from_dict(world_type, teacher_world) == sim_world(cfg.data),
+        "teacher_world_matches": teacher_world is None or from_dict(type(world), teacher_world) == world,
     }
     return latents, anchors, crossed
 
