@@ -330,3 +330,15 @@ def test_cli_train_and_probe_on_a_3d_view(tmp_path):
     assert pose.labels == ROBOT_POSE_LABELS and pose.task == "regression"
     student = cli("train", tmp_path / "student", "--view", "top", "--config", config, "--teacher", run, "--no-progress")
     assert "sees the 3d world" in error_line(student)
+
+    rear, top = tmp_path / "runs" / "rear", tmp_path / "runs" / "top"
+    for other, view in ((rear, "rear"), (top, "top")):
+        assert_ok(cli("train", other, "--view", view, "--config", config, "--no-progress", "--json"))
+    postcard = tmp_path / "W.postcard.safetensors"
+    res = cli("calib", "--from", rear, "--to", run, "--out", postcard, "--anchors", 20, "--episodes", 6,
+              "--episode-len", 6, "--json")
+    assert_ok(res)
+    assert postcard.is_file() and json.loads(res.stdout)["n_anchors"] == 20
+    mixed = error_line(cli("calib", "--from", top, "--to", run, "--out", tmp_path / "X.postcard.safetensors",
+                           "--episodes", 6, "--episode-len", 6))
+    assert "mix worlds" in mixed and "top: 2d" in mixed
