@@ -310,8 +310,9 @@ def _print_train_summary(result, recording: Path | None, as_json: bool = False) 
 @user_errors
 def world_record(
     out: Annotated[Path, typer.Argument(help="Output folder (one video per view + states.npz + recording.json).")],
-    world: Annotated[str | None, typer.Option(help="2d (bouncing discs) | 3d (a room with robots; folder format "
-                                              "only). Default: the world of the --view given, else 2d.")] = None,
+    world: Annotated[str | None, typer.Option(help="2d (discs in the unit square) | 3d (an arena with mobile robots; "
+                                              "folder format only). Default: the world of the --view given, else "
+                                              "2d.")] = None,
     views: Annotated[list[str], typer.Option("--view", help="Views to record (repeat; default: top and oblique for "
                                              "2d, overhead, corner, front, rear, side for 3d).")] = [],  # noqa: B006
     episodes: Annotated[int, typer.Option(help="Episodes.")] = 8,

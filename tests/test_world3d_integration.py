@@ -164,7 +164,8 @@ def test_world_moments_of_3d_views():
     assert list(m.frames) == ["front", "overhead"] and m.kind == "3d" and m.shape == (2, 3)
     np.testing.assert_array_equal(m.frames["front"], frames)
     np.testing.assert_array_equal(m.robot_pose, states.robot_pose_vector().reshape(6, 4))
-    assert m.positions.shape == (6, 2 * states.positions.shape[2]) and m.danger.shape == (6,)
+    assert m.positions.shape == (6, 2 * states.positions.shape[2])
+    np.testing.assert_array_equal(m.obstacle, states.danger.reshape(6))
     with pytest.raises(ValueError, match="mix worlds"):
         world_moments(["top", "front"], 1, 2, S, 0)
     with pytest.raises(ValueError, match="world3d"):
@@ -173,6 +174,8 @@ def test_world_moments_of_3d_views():
     assert two_d.kind == "2d"
     with pytest.raises(ValueError, match="3-D world"):
         two_d.robot_pose  # noqa: B018
+    with pytest.raises(ValueError, match="obstacle"):
+        two_d.obstacle  # noqa: B018
 
 
 def test_fleet_moments_of_a_3d_view():

@@ -54,10 +54,19 @@ class Moments:
     @property
     def robot_pose(self) -> np.ndarray:
         """Robot 0's x, y, cos(heading), sin(heading) per moment (3-D world only): (E*T, 4)."""
-        if self.kind != "3d":
-            raise ValueError(f"robot pose is ground truth of the 3-D world; these moments are of the {self.kind} "
-                             "world (use moments of a 3-D view: front, rear, side, overhead, corner)")
+        self._need_3d("robot pose")
         return self.states.robot_pose_vector().reshape(-1, 4)  # (E, T, 4) → (E*T, 4)
+
+    @property
+    def obstacle(self) -> np.ndarray:
+        """1 where an object or another robot is ahead of robot 0, within range (3-D world only): (E*T,)."""
+        self._need_3d("the obstacle label")
+        return self.danger
+
+    def _need_3d(self, what: str) -> None:
+        if self.kind != "3d":
+            raise ValueError(f"{what} is ground truth of the 3-D world; these moments are of the {self.kind} "
+                             "world (use moments of a 3-D view: overhead, corner, front, rear, side)")
 
 
 def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, seed: int,
