@@ -334,7 +334,7 @@ def test_vit_tiny_preset_is_vit_tiny_and_demo_is_the_default():
     enc = preset_config("vit-tiny").jepa.encoder
     assert (enc.img_size, enc.patch_size, enc.embed_dim, enc.depth, enc.num_heads, enc.mlp_ratio) == \
         (224, 16, 192, 12, 3, 4.0)
-    assert preset_config("vit-tiny").data.img_size == 224 and set(PRESETS) == {"demo", "vit-tiny", "gpu"}
+    assert preset_config("vit-tiny").data.img_size == 224 and set(PRESETS) == {"demo", "vit-tiny", "gpu", "3d"}
     with pytest.raises(ConfigError, match="unknown preset 'vit-huge'"):
         preset_config("vit-huge")
 
