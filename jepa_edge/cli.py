@@ -591,7 +591,7 @@ def export(
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace limit (MiB).")] = 1024,
     timing_cache: Annotated[Path | None, typer.Option(help="Persisted TensorRT timing cache.")] = None,
     int8_source: Annotated[str, typer.Option(help="INT8 range-calibration frames: sim (the agent's own view), "
-                                             "sim:VIEW, a video file or a recording folder.")] = "sim",
+                                             "sim:VIEW, sim3d:VIEW, a video file or a recording folder.")] = "sim",
     int8_frames: Annotated[int, typer.Option(help="INT8 range-calibration frames (downscaled, memory-capped).")] = 512,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -818,7 +818,7 @@ app.add_typer(fleet_app, name="fleet")
 @user_errors
 def fleet_run(
     model: Annotated[Path, typer.Argument(help="Exported .onnx / .engine (a head-inputs model hot-swaps heads).")],
-    source: Annotated[str, typer.Option(help="Camera, video, stream, folder, bag:PATH or sim:VIEW.")] = "sim:top",
+    source: Annotated[str, typer.Option(help="Camera, video, stream, folder, bag:PATH, sim:VIEW or sim3d:VIEW.")] = "sim:top",
     name: Annotated[str | None, typer.Option("--fleet", help="Fleet name (key expressions jepa/<fleet>/...).")] = None,
     agent: Annotated[str | None, typer.Option(help="This robot's name (default: the model's agent).")] = None,
     follow: Annotated[str | None, typer.Option(help="Peer whose probes to run through a live-fitted W.")] = None,

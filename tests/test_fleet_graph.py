@@ -81,3 +81,35 @@ def test_calib_graph_command(tmp_path):
     assert json.loads((tmp_path / "g" / "graph.json").read_text())["summary"]["pairs"] == 2
     res = CliRunner().invoke(app, ["calib-graph", str(paths[0]), str(paths[0]), "--out", str(tmp_path / "h")])
     assert res.exit_code == 2 and "each agent once" in res.output
+
+
+def test_one_world_names_the_agents_of_each_world():
+    from jepa_edge.study.graph_models import one_world
+
+    assert one_world({"a": "3d", "b": "3d"}) == "3d"
+    with pytest.raises(ValueError, match=r"different worlds \(2d: a, c; 3d: b\)"):
+        one_world({"a": "2d", "b": "3d", "c": "2d"})
+
+
+def test_graph_of_3d_models_scores_against_3d_positions(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from jepa_edge.fleet.moments import AnchorWorld
+    from jepa_edge.study import graph_models
+
+    asked: list[str] = []
+    real = graph_models.moment_positions
+
+    def spy(world, ids, kind="2d"):
+        asked.append(kind)
+        return real(world, ids, kind=kind)
+
+    monkeypatch.setattr(graph_models, "moment_positions", spy)
+    world = AnchorWorld(seed=3, steps=16, pool=32)
+    paths = [make_model(tmp_path / f"{v}.onnx", make_encoder(16, 16, 8, seed=40 + i, name=f"agent_{v}", view=v),
+                        "head_inputs") for i, v in enumerate(("front", "overhead"))]
+    res = graph_models.graph_from_models(paths, tmp_path / "g3", world, n_fit=16, n_eval=16)
+    assert asked == ["3d"] and len(res["pairs"]) == 2
+    mixed = [paths[0], make_model(tmp_path / "top.onnx", make_encoder(16, 16, 8, seed=50, name="agent_top", view="top"),
+                                  "head_inputs")]
+    with pytest.raises(ValueError, match="different worlds"):
+        graph_models.graph_from_models(mixed, tmp_path / "g_mixed", world, n_fit=16, n_eval=16)

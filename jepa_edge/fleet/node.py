@@ -56,6 +56,7 @@ from jepa_edge.fleet.moments import AnchorWorld, moment_frames
 from jepa_edge.fleet.transport import TransportConfig, import_zenoh, open_session
 from jepa_edge.runtime.headswap import RefusesHeads, WatcherStats
 from jepa_edge.runtime.model import Model
+from jepa_edge.world.worlds import views_of, world_kind_of_view
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -414,6 +415,7 @@ class FleetNode:
         if (card.anchor_world["seed"], card.anchor_world["steps"]) != (world.seed, world.steps):
             raise ValueError(f"{peer} encodes anchor world {card.anchor_world}, this robot {world.to_dict()}: "
                              "the moments would differ; give both robots one anchor world (seed, steps)")
+        check_same_world(self.view, peer, card.agent.view)
         if max(self.cfg.ids()) >= card.anchor_world["pool"]:
             raise ValueError(f"{peer} encodes only moments 0..{card.anchor_world['pool'] - 1}; ask for fewer anchors")
         self.peer_probes = self._fetch_probes(peer)
@@ -571,6 +573,16 @@ class FleetNode:
         log.info("fleet %s: %s", self.name, json.dumps(record, default=str))
         if self._events is not None:
             self._events(record)
+
+
+def check_same_world(view: str, peer: str, peer_view: str) -> None:
+    """Refuse a peer whose simulator view belongs to the other world (2-D vs 3-D): the same moment id names
+    different states there, so anchor latents would pair unrelated frames and no W could mean anything."""
+    own, theirs = world_kind_of_view(view), world_kind_of_view(peer_view)
+    if own != theirs:
+        raise ValueError(f"{peer} sees the {theirs} world (view {peer_view!r}), this robot the {own} world (view "
+                         f"{view!r}): their anchor moments would not match; follow a peer with a view of the {own} "
+                         f"world ({', '.join(views_of(own))})")
 
 
 def _keys(config: FleetConfig, name: str) -> tuple[Any, Any]:
