@@ -21,3 +21,23 @@ def test_a_2d_and_a_3d_peer_are_refused_in_one_line():
     assert "top, oblique, rotated, partial" in msg  # names the views that would do
     with pytest.raises(ValueError, match="sees the 2d world"):
         check_same_world("rear", "agentB", "partial")
+
+
+def test_a_follower_refuses_a_peer_of_the_other_world_at_attach(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from onnx_fixtures import make_encoder, make_model
+
+    from jepa_edge.fleet.messages import AgentCard
+    from jepa_edge.fleet.node import FleetConfig, FleetNode
+    from jepa_edge.runtime import load_model
+
+    enc = make_encoder(16, 16, 8, seed=3, name="agentB", view="top")
+    peer = make_encoder(16, 16, 8, seed=4, name="agentA", view="front")
+    card = AgentCard(replace(peer.agent, view="front"), "jepa-edge test", (16, 16), FleetConfig().world.to_dict())
+    with load_model(str(make_model(tmp_path / "b.onnx", enc, "head_inputs")), "ort-cpu") as model:
+        node = FleetNode(model, FleetConfig(fleet="t", follow="agentA"))
+        monkeypatch.setattr(node.inbox, "card", lambda name: card if name == "agentA" else None)
+        with pytest.raises(ValueError, match=r"agentA sees the 3d world \(view 'front'\), this robot the 2d world"):
+            node._attach({"epoch": 1})
+    assert node.postcard is None and not node.peer_alive
