@@ -24,8 +24,6 @@ def test_a_2d_and_a_3d_peer_are_refused_in_one_line():
 
 
 def test_a_follower_refuses_a_peer_of_the_other_world_at_attach(tmp_path, monkeypatch):
-    from dataclasses import replace
-
     from onnx_fixtures import make_encoder, make_model
 
     from jepa_edge.fleet.messages import AgentCard
@@ -34,7 +32,7 @@ def test_a_follower_refuses_a_peer_of_the_other_world_at_attach(tmp_path, monkey
 
     enc = make_encoder(16, 16, 8, seed=3, name="agentB", view="top")
     peer = make_encoder(16, 16, 8, seed=4, name="agentA", view="front")
-    card = AgentCard(replace(peer.agent, view="front"), "jepa-edge test", (16, 16), FleetConfig().world.to_dict())
+    card = AgentCard(peer.agent, "jepa-edge test", (16, 16), FleetConfig().world.to_dict())
     with load_model(str(make_model(tmp_path / "b.onnx", enc, "head_inputs")), "ort-cpu") as model:
         node = FleetNode(model, FleetConfig(fleet="t", follow="agentA"))
         monkeypatch.setattr(node.inbox, "card", lambda name: card if name == "agentA" else None)
