@@ -1,0 +1,101 @@
+"""The 3D world's study: position transfer per visibility group on synthetic latents with a known answer,
+the obstacle and robot-pose probes, the different-world agent as a finding, and the 3D reproduce options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jepa_edge.calib.probes import ProbeConfig
+from jepa_edge.study.alignment import StudyConfig, StudyError, StudyInputs, render_report, run_study, write_report
+from jepa_edge.study.visibility import GROUPS, group_table, grouped_r2, visibility_groups
+
+SMALL = StudyConfig(estimators=("ridge",), sweep_estimators=("ridge",), anchor_counts=(30, 300), sweep_repeats=1,
+                    n_perm=2, n_anchors=300, max_eval=200, pca_points=50, time_shifts=(1, 5),
+                    probe=ProbeConfig(alphas=(1e-4, 1e-2), max_iter=150), findings=("other_world",))
+
+
+def test_visibility_groups_and_grouped_r2_match_hand_values():
+    a = np.array([[True, True, False, False]])
+    b = np.array([[True, False, True, False]])
+    assert visibility_groups(a, b).tolist() == [[0, 1, 2, 3]]  # both, only A, only B, neither
+    with pytest.raises(ValueError, match="moments, objects"):
+        visibility_groups(a, b[:, :3])
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(50, 4))  # 50 moments x 2 objects x (x, y)
+    groups = np.tile([0, 3], (50, 1))  # object 0 in "both", object 1 in "neither"
+    pred = true.copy()
+    pred[:, 2:] = true[:, 2:].mean(0)  # object 1 predicted at its mean: R² 0 exactly
+    r = grouped_r2(pred, true, groups)
+    assert r["both"]["r2"] == pytest.approx(1.0) and r["neither"]["r2"] == pytest.approx(0.0, abs=1e-12)
+    assert r["only_a"] == {"r2": None, "n": 0, "share": 0.0} and r["both"]["share"] == 0.5
+    table = group_table(pred, pred, true, true, groups, min_native=0.05)
+    assert table["both"]["kept"] == pytest.approx(1.0) and table["neither"]["kept"] is None  # native at chance
+    assert table["neither"]["home_on_target"] == pytest.approx(1.0)
+
+
+def _world3d(rng, episodes=16, steps=40, n=3):
+    """A sees every object; B's latents carry an object's position only while B's camera sees it.
+
+    B's features per object are [x·v, y·v, v] (v = B sees it), so the best linear readout of the position
+    is exact where B sees the object and the mean where it does not: the transferred probe must score
+    R² ≈ 1 on "both" / "only B" and ≈ 0 on "only A" / "neither".
+    """
+    m = episodes * steps
+    pos = rng.uniform(0, 4, size=(m, n, 2))  # (M, n, 2)
+    vis_a = rng.random((m, n)) < 0.6
+    vis_b = rng.random((m, n)) < 0.5
+    pose = np.concatenate([rng.uniform(0, 4, (m, 2)), np.cos(h := rng.uniform(0, 6.28, (m, 1))), np.sin(h)], 1)
+    feats_a = np.concatenate([pos.reshape(m, -1), pose], 1)  # (M, 2n + 4)
+    feats_b = np.concatenate([(pos * vis_b[..., None]).reshape(m, -1), vis_b, pose], 1)  # (M, 3n + 4)
+    target = feats_a @ rng.normal(size=(feats_a.shape[1], 16)) + 0.01 * rng.normal(size=(m, 16))
+    source = feats_b @ rng.normal(size=(feats_b.shape[1], 16)) + 0.01 * rng.normal(size=(m, 16))
+    ahead = np.linalg.norm(pos[:, 0] - pose[:, :2], axis=1) < 1.5  # an "obstacle" label on the state
+    return StudyInputs(
+        target=target, source=source, positions=pos.reshape(m, -1), danger=ahead.astype(int),
+        episode=np.repeat(np.arange(episodes), steps), step=np.tile(np.arange(steps), episodes),
+        target_agent={"name": "agent_overhead", "view": "overhead"}, source_agent={"name": "agent_front", "view": "front"},
+        target_untrained=rng.normal(size=(m, 16)), source_untrained=rng.normal(size=(m, 16)),
+        other_world=source + 0.5 * rng.normal(size=source.shape),  # aligns well: it must not sink the verdict
+        danger_name="obstacle", robot_pose=pose, robot_pose_labels=["robot0.x", "robot0.y", "robot0.cos", "robot0.sin"],
+        target_visible=vis_a, source_visible=vis_b)
+
+
+def test_study_scores_position_per_visibility_group_and_reports_it(tmp_path):
+    res = run_study(_world3d(np.random.default_rng(1)), SMALL)
+    probes = res["estimators"]["ridge"]["trained"]["probes"]
+    assert set(probes) == {"position", "obstacle", "robot_pose"}
+    g = probes["position"]["by_visibility"]
+    assert list(g) == list(GROUPS) and sum(d["share"] for d in g.values()) == pytest.approx(1.0)
+    for seen in ("both", "only_b"):
+        assert g[seen]["transferred"] > 0.9 and g[seen]["native_on_source"] > 0.9 and g[seen]["kept"] > 0.9
+    for hidden in ("only_a", "neither"):
+        assert g[hidden]["transferred"] < 0.15 and g[hidden]["native_on_source"] < 0.15
+        assert g[hidden]["home_on_target"] > 0.9  # A sees everything
+    assert probes["robot_pose"]["kept"] > 0.9
+    untrained = res["estimators"]["ridge"]["untrained"]["probes"]["position"]["by_visibility"]
+    assert untrained["both"]["transferred"] < 0.3
+    v = res["verdicts"]  # the different world aligns as well as the pair, yet is not a control in any verdict
+    assert "other_world" not in v["retrieval"]["controls"] and "other_world" not in v["cka"]["controls"]
+    assert res["estimators"]["ridge"]["other_world"]["retrieval_top1"] > v["retrieval"]["controls"]["untrained"]
+    assert set(res["time_shift"]) == {"1", "5"}
+    paths = write_report(res, tmp_path)
+    assert "visibility.png" in {p.name for p in paths}
+    md = (tmp_path / "report.md").read_text()
+    assert "## Position transfer by what each camera sees" in md and "only B sees it" in md
+    assert "## Why obstacle transfers worse than position" in md and "danger" not in md
+    assert "Findings, not controls to beat" in md and "shared physics" in md
+    assert render_report(json.loads((tmp_path / "results.json").read_text())) == md
+    assert "](pairs/x/visibility.png)" in render_report(res, assets="pairs/x/")
+
+
+def test_bad_3d_inputs_are_refused():
+    base = _world3d(np.random.default_rng(2), episodes=4, steps=10)
+    with pytest.raises(StudyError, match="both target_visible and source_visible"):
+        run_study(StudyInputs(**{**base.__dict__, "source_visible": None}), SMALL)
+    with pytest.raises(StudyError, match="source_visible has shape"):
+        run_study(StudyInputs(**{**base.__dict__, "source_visible": base.source_visible[:, :2]}), SMALL)
+    with pytest.raises(StudyError, match="findings"):
+        StudyConfig(findings=("trained",)).validate()
