@@ -99,3 +99,42 @@ def test_bad_3d_inputs_are_refused():
         run_study(StudyInputs(**{**base.__dict__, "source_visible": base.source_visible[:, :2]}), SMALL)
     with pytest.raises(StudyError, match="findings"):
         StudyConfig(findings=("trained",)).validate()
+
+
+def _pair_results(seed: int, a: str, b: str, agent_metrics: dict) -> dict:
+    from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
+
+    inputs = _world3d(np.random.default_rng(seed), episodes=10, steps=30)
+    if b != "front":
+        inputs.other_world = None  # the different-world agent sees front only
+    res = run_study(inputs, SMALL)
+    res["pair"] = {"target": a, "source": b}
+    res["agent_training"] = {f"A ({a})": {"metrics": agent_metrics}, f"B ({b})": {"metrics": agent_metrics}}
+    res["recipe_targets"] = recipe_targets(res, {}, RecipeTargets())
+    return res
+
+
+def test_3d_summary_and_report_name_every_miss_and_the_finding():
+    from jepa_edge.study.reproduce3d import pair_key, render_3d_report, summary_row
+
+    good = {"visible_position_r2": 0.95, "robot_pose_r2": 0.97, "position_r2": 0.4}
+    pairs = {pair_key("overhead", "front"): _pair_results(3, "overhead", "front", good),
+             pair_key("front", "rear"): _pair_results(4, "front", "rear", {**good, "robot_pose_r2": 0.5})}
+    rows = {r["target"]: r for r in (summary_row(k, r) for k, r in pairs.items())}
+    names = [t["target"] for t in pairs["overhead_from_front"]["recipe_targets"]]
+    assert "agent A (overhead) visible-object position R²" in names and "obstacle kept" in names
+    assert not any("position_r2" in n or "wall" in n for n in names)  # the seen state, not all objects; no wall
+    front = rows["front"]
+    assert any(t["target"] == "agent A (front) robot pose R²" and t["value"] == 0.5 for t in front["missed"])
+    assert not front["meets_targets"] and front["other_world"] is None
+    assert rows["overhead"]["other_world"]["retrieval_top1"] > 0.3  # measured beside the pair, as a finding
+    assert "other_world" not in rows["overhead"]["retrieval_controls"]
+    results = {"world": "3d", "notice": "Short run", "reproduce_config": {"anchor_seed": 4242},
+               "other_world": {"view": "front", "run": "runs/otherworld_front", "world3d": {}},
+               "pairs": pairs, "summary": list(rows.values())}
+    md = render_3d_report(results)
+    assert md.count("| overhead ← front |") == 1 and "| front ← rear |" in md
+    assert "n/a (B is not front)" in md and "not a control to beat" in md
+    assert "- front ← rear: missed agent A (front) robot pose R² 0.500 (target ≥ 0.900)" in md
+    assert "## Alignment study: agent_front (front) → agent_overhead (overhead)" in md  # each pair, one level down
+    assert "](pairs/front_from_rear/visibility.png)" in md and md.count("Short run") == 1
