@@ -8,6 +8,7 @@ from typing import Literal
 from jepa_edge.config import ConfigError, check_finite, from_dict, to_dict
 from jepa_edge.train.jepa import JEPAConfig
 from jepa_edge.world.sim import WorldConfig
+from jepa_edge.world.sim3d import World3DConfig
 
 
 @dataclass
@@ -21,7 +22,8 @@ class DataConfig:
     episode_len: int = 32  # steps per episode
     eval_episodes: int = 64  # held-out episodes for the state probe (a different world seed)
     world_seed: int = 0  # seed of the simulated world (the training episodes)
-    world: WorldConfig = field(default_factory=WorldConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)  # the 2-D world (views top, oblique, rotated, partial)
+    world3d: World3DConfig = field(default_factory=World3DConfig)  # the 3-D world (overhead, corner, front, rear, side)
 
 
 CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
@@ -127,6 +129,12 @@ PRESETS: dict[str, dict] = {
     },
     # The scale an earlier session measured on one H200 (docs/RECIPE.md, "GPU preset"): the demo architecture,
     # 4x the batch, 2x the episodes, 1.5x the steps, CUDA graphs required (a CPU run is refused: it would take hours).
+    # The 3-D world's views: 64 px (a 0.15 m object 3 m away is ~2 px at 32 px), patch 16 keeps the 4x4 token
+    # grid of the 32 px recipe, so the transformer costs the same; 1024 episodes (~0.4 GB uint8 at 64 px).
+    "3d": {
+        "data": {"img_size": 64, "n_episodes": 1024},
+        "jepa": {"encoder": {"img_size": 64, "patch_size": 16}},
+    },
     "gpu": {
         "data": {"n_episodes": 4096},
         "train": {"batch_size": 512, "steps": 3000, "cuda_graphs": "on"},

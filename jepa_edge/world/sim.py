@@ -86,6 +86,8 @@ class WorldStates:
     danger: np.ndarray  # (E, T) int64
     radius: np.ndarray  # (n,) float32
 
+    kind = "2d"  # which world made them (World3DStates: "3d")
+
     @property
     def n_episodes(self) -> int:
         return self.positions.shape[0]
