@@ -138,3 +138,76 @@ def test_3d_summary_and_report_name_every_miss_and_the_finding():
     assert "- front ← rear: missed agent A (front) robot pose R² 0.500 (target ≥ 0.900)" in md
     assert "## Alignment study: agent_front (front) → agent_overhead (overhead)" in md  # each pair, one level down
     assert "](pairs/front_from_rear/visibility.png)" in md and md.count("Short run") == 1
+
+
+def _cli_error(*args: object) -> str:
+    """The one error line of a refused `jepa-edge` command (exit 2, no traceback)."""
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 2 and not isinstance(res.exception, Exception), (res.output, res.exception)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--world", "4d"], ["unknown world '4d'", "--world", "2d, 3d"]),
+    (["--world", "3d", "--view-a", "top", "--view-b", "front"], ["'top' is a 2D view", "--world 3d", "overhead"]),
+    (["--view-a", "overhead"], ["'overhead' is a 3D view", "--world 2d", "oblique", "(or --world 3d)"]),
+    (["--world", "3d", "--view-a", "nowhere", "--view-b", "front"], ["unknown view 'nowhere'", "top", "overhead"]),
+    (["--world", "3d", "--view-a", "overhead"], ["pass both --view-a and --view-b"]),
+    (["--world", "3d", "--objects-world"], ["--objects-world", "2D control"]),
+    (["--world", "3d", "--student", "--view-b", "oblique"], ["'oblique' is a 2D view"]),
+    (["--world", "3d", "--scaling", "--view-a", "front", "--view-b", "front"], ["must not contain view_a"]),
+])
+def test_reproduce_refuses_bad_world_and_view_options(tmp_path, args, words):
+    line = _cli_error("reproduce", "--out", tmp_path / "out", "--no-progress", *args)
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "out").exists()  # refused before anything trained or was written
+
+
+def test_3d_presets_and_configs():
+    from jepa_edge.config import ConfigError
+    from jepa_edge.study.reproduce import PRESETS, ReproduceConfig, short_run_notice, with_preset
+    from jepa_edge.study.reproduce3d import PAIRS_3D, agent_3d, other_world_agent, pairs_of
+    from jepa_edge.study.scaling import ScalingConfig, ScalingError, budget_agent
+    from jepa_edge.study.student import StudentStudyConfig, StudentStudyError, student_config, teacher_config
+    from jepa_edge.train.config import preset_config
+
+    quick = with_preset(ReproduceConfig(world="3d", preset="quick"))
+    assert quick.study.findings == ("other_world",) and not quick.other_world and quick.steps < 1000
+    assert with_preset(ReproduceConfig(preset="quick")).study.findings == ()  # 2D: the different world is a control
+    assert with_preset(ReproduceConfig(world="3d")).study.findings == ("other_world",)
+    assert PRESETS["quick"]["study"].get("findings") is None
+    assert pairs_of(quick) == PAIRS_3D == (("overhead", "front"), ("front", "rear"), ("corner", "front"))
+    with pytest.raises(ConfigError, match="twice"):
+        pairs_of(ReproduceConfig(world="3d", pairs=(("overhead", "front"),) * 2))
+    with pytest.raises(ConfigError, match="must be different views"):
+        pairs_of(ReproduceConfig(world="3d", pairs=(("front", "front"),)))
+    with pytest.raises(ConfigError, match="--world 3d"):
+        pairs_of(ReproduceConfig(world="3d", pairs=(("top", "front"),)))
+    a, b = agent_3d(quick, "overhead", 0), agent_3d(quick, "front", 1)
+    three = preset_config("3d")
+    assert (a.data.img_size, a.jepa.encoder.patch_size) == (three.data.img_size, three.jepa.encoder.patch_size)
+    assert (a.train.seed, a.data.world_seed) != (b.train.seed, b.data.world_seed)  # nothing shared but physics
+    c = other_world_agent(quick, "front")
+    assert c.data.view == "front" and c.data.world3d != a.data.world3d and c.data.world == a.data.world
+    assert "--world 3d" in short_run_notice(quick, a) and "make demo WORLD=3d" in short_run_notice(quick, a)
+    # student and scaling on 3D views: the 3d preset, the 3D world; 2D defaults unchanged
+    s3 = StudentStudyConfig(view_teacher="overhead", view_student="front")
+    s3.validate()
+    assert teacher_config(s3).data.img_size == three.data.img_size
+    assert student_config(s3, "teacher", 0, "t").data.view == "front"
+    assert teacher_config(StudentStudyConfig()).data.img_size == preset_config("demo").data.img_size
+    with pytest.raises(StudentStudyError, match="different worlds"):
+        StudentStudyConfig(view_teacher="top", view_student="front").validate()
+    sc = ScalingConfig(view_a="overhead", views_b=("front",))
+    sc.validate()
+    assert sc.three_d and sc.study_config().findings == ("other_world",)
+    assert budget_agent(sc, sc.budgets()[0], "x", "front", 0, 0).data.img_size == three.data.img_size
+    assert not ScalingConfig().three_d and ScalingConfig().study_config().findings == ()
+    with pytest.raises(ScalingError, match="different worlds"):
+        ScalingConfig(view_a="top", views_b=("front",)).validate()
