@@ -172,16 +172,14 @@ def test_reproduce_refuses_bad_world_and_view_options(tmp_path, args, words):
 def test_3d_presets_and_configs():
     from jepa_edge.config import ConfigError
     from jepa_edge.study.reproduce import PRESETS, ReproduceConfig, short_run_notice, with_preset
-    from jepa_edge.study.reproduce3d import PAIRS_3D, agent_3d, other_world_agent, pairs_of
+    from jepa_edge.study.reproduce3d import PAIRS_3D, agent_3d, other_world_agent, pairs_of, study_3d
     from jepa_edge.study.scaling import ScalingConfig, ScalingError, budget_agent
     from jepa_edge.study.student import StudentStudyConfig, StudentStudyError, student_config, teacher_config
     from jepa_edge.train.config import preset_config
 
     quick = with_preset(ReproduceConfig(world="3d", preset="quick"))
-    assert quick.study.findings == ("other_world",) and not quick.other_world and quick.steps < 1000
-    assert with_preset(ReproduceConfig(preset="quick")).study.findings == ()  # 2D: the different world is a control
-    assert with_preset(ReproduceConfig(world="3d")).study.findings == ("other_world",)
-    assert PRESETS["quick"]["study"].get("findings") is None
+    assert not quick.other_world and quick.steps < 1000 and quick.anchor_episodes == PRESETS["quick"]["anchor_episodes"]
+    assert study_3d(quick.study).findings == ("other_world",) == study_3d(study_3d(quick.study)).findings
     assert pairs_of(quick) == PAIRS_3D == (("overhead", "front"), ("front", "rear"), ("corner", "front"))
     with pytest.raises(ConfigError, match="twice"):
         pairs_of(ReproduceConfig(world="3d", pairs=(("overhead", "front"),) * 2))
@@ -211,3 +209,57 @@ def test_3d_presets_and_configs():
     assert not ScalingConfig().three_d and ScalingConfig().study_config().findings == ()
     with pytest.raises(ScalingError, match="different worlds"):
         ScalingConfig(view_a="top", views_b=("front",)).validate()
+
+
+TINY_3D = {  # 32 px, patch 8: the 4x4 token grid of the 3d preset at a quarter of the pixels
+    "data": {"img_size": 32, "n_episodes": 6, "episode_len": 12, "eval_episodes": 4},
+    "train": {"batch_size": 8, "warmup": 1, "eval_every": 2, "ckpt_every": 2, "log_every": 1, "device": "cpu",
+              "threads": 1},
+    "jepa": {"encoder": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                         "latent_dim": 16}},
+}
+
+
+@pytest.mark.slow
+def test_reproduce_3d_quick_runs_every_pair_and_writes_the_export_artifacts(tmp_path, monkeypatch):
+    """The whole 3D command on tiny agents: agents shared per view, the different world on front, a section
+    and plots per pair, the summary, and the first pair's postcard and probes for export."""
+    from typer.testing import CliRunner
+
+    from jepa_edge.calib.postcard import load_postcard
+    from jepa_edge.cli import app
+    from jepa_edge.study import reproduce as reproduce_mod
+    from jepa_edge.study.scaling import LIGHT_STUDY
+
+    monkeypatch.setitem(reproduce_mod.PRESETS_3D, "quick", {"other_world": True, "anchor_episodes": 8,
+                                                            "anchor_steps": 12, "study": LIGHT_STUDY})
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_3D))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["reproduce", "--world", "3d", "--preset", "quick", "--steps", "2", "--config",
+                                   str(tmp_path / "tiny.json"), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["corner", "front", "otherworld_front", "overhead",
+                                                                "rear"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["pairs"]) == ["overhead_from_front", "front_from_rear", "corner_from_front"]
+    for key, pair in results["pairs"].items():
+        assert pair["config"]["findings"] == ["other_world"]
+        assert ("other_world" in pair["conditions"]) == key.endswith("_from_front")
+        probes = pair["estimators"]["ridge"]["trained"]["probes"]
+        assert set(probes) == {"position", "obstacle", "robot_pose"}
+        assert set(probes["position"]["by_visibility"]) == {"both", "only_a", "only_b", "neither"}
+        assert {"visibility.png", "report.md", "results.json"} <= {p.name for p in (out / "pairs" / key).iterdir()}
+        names = [t["target"] for t in pair["recipe_targets"]]
+        assert any("visible-object position R²" in n for n in names) and "obstacle kept" in names
+    front = json.loads((out / "runs/front/meta.json").read_text())
+    assert front["run"]["data"]["img_size"] == 32 and front["view"] == "front"
+    other = json.loads((out / "runs/otherworld_front/meta.json").read_text())
+    assert other["run"]["data"]["world3d"]["speed"] != front["run"]["data"]["world3d"]["speed"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Alignment study in the 3D world") and "> **Short run (preset quick, 2 training" in md
+    assert all(f"| {a} ← {b} |" in md for a, b in (("overhead", "front"), ("front", "rear"), ("corner", "front")))
+    assert "## Recipe targets per pair" in md and "danger" not in md
+    card = load_postcard(out / "W_BA.postcard.safetensors")
+    assert (card.source.view, card.target.view) == ("front", "overhead")
+    assert {p.name for p in (out / "probes").iterdir()} == {
+        f"agentA.{t}.probe.safetensors" for t in ("position", "obstacle", "robot_pose")}

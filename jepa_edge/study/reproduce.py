@@ -121,13 +121,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # The 3D world's presets: agents at the "3d" training preset (64 px); "quick" is as tiny as 2D's (a few
-# minutes on 2 CPU cores, no different-world agent). The different-world agent is a finding, not a control.
-FINDINGS_3D = {"study": {"findings": ["other_world"]}}
+# minutes on 2 CPU cores, no different-world agent).
 PRESETS_3D: dict[str, dict[str, Any]] = {
-    "demo": FINDINGS_3D,
-    "quick": deep_merge(PRESETS["quick"], {**FINDINGS_3D, "steps": 300,
-                                           "run": {"data": {"n_episodes": 96},
-                                                   "train": {"eval_every": 150, "ckpt_every": 300}}}),
+    "demo": {},
+    "quick": deep_merge(PRESETS["quick"], {"steps": 300, "run": {"data": {"n_episodes": 96},
+                                                                 "train": {"eval_every": 150, "ckpt_every": 300}}}),
 }
 
 

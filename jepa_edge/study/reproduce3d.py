@@ -15,6 +15,7 @@ pair's postcard and agent A's probes for export (as in 2D).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rich.console import Console
 from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.artifacts import atomic_write_bytes, jsonable
 from jepa_edge.config import ConfigError, to_dict
-from jepa_edge.study.alignment import StudyInputs, render_report, run_study, write_report
+from jepa_edge.study.alignment import StudyConfig, StudyInputs, render_report, run_study, write_report
 from jepa_edge.study.reproduce import (
     ReproduceConfig,
     check_views,
@@ -54,6 +55,11 @@ OTHER_WORLD_3D: dict[str, Any] = {
     "colors": [[200, 200, 40], [40, 110, 230], [150, 40, 160], [90, 230, 120], [30, 160, 250], [110, 110, 110]],
     "speed": 0.03, "max_speed": 0.06, "dynamics_noise": 0.012,
 }
+
+
+def study_3d(study: StudyConfig) -> StudyConfig:
+    """``study`` with the different world as a finding: in 3D it is no control to beat (shared physics)."""
+    return replace(study, findings=tuple(dict.fromkeys((*study.findings, "other_world"))))
 
 
 def pairs_of(cfg: ReproduceConfig) -> tuple[tuple[str, str], ...]:
@@ -144,7 +150,7 @@ def reproduce_3d(cfg: ReproduceConfig, out_dir: Path, progress: bool = True) -> 
             target_agent=agent_descriptor(meta_a), source_agent=agent_descriptor(meta_b),
             target_untrained=untrained[a], source_untrained=untrained[b],
             other_world=other if b == other_view else None, **extras[(a, b)])
-        res = run_study(inputs, cfg.study)
+        res = run_study(inputs, study_3d(cfg.study))
         res["pair"] = {"target": a, "source": b}
         res["agent_training"] = {
             f"{role} ({v})": {"run": str(runs / v), "metrics": meta.get("metrics"),
@@ -160,7 +166,7 @@ def reproduce_3d(cfg: ReproduceConfig, out_dir: Path, progress: bool = True) -> 
     atomic_write_bytes(out_dir / "report.md", render_3d_report(results).encode())
 
     # ---- artifacts for export: the first pair's W_BA on all anchors + its agent A's probes
-    write_artifacts(first_inputs, cfg.study, out_dir)
+    write_artifacts(first_inputs, study_3d(cfg.study), out_dir)
     return results
 
 

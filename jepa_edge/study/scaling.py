@@ -87,10 +87,12 @@ class ScalingConfig:
         return agent_preset(self.view_a) == "3d"
 
     def study_config(self) -> StudyConfig:
-        from jepa_edge.study.reproduce import FINDINGS_3D
+        study = from_dict(StudyConfig, deep_merge(to_dict(StudyConfig()), self.study))
+        if self.three_d:
+            from jepa_edge.study.reproduce3d import study_3d
 
-        base = deep_merge(to_dict(StudyConfig()), FINDINGS_3D["study"]) if self.three_d else to_dict(StudyConfig())
-        return from_dict(StudyConfig, deep_merge(base, self.study))
+            return study_3d(study)
+        return study
 
     def budgets(self) -> list[dict[str, int]]:
         return [{"steps": s, "batch_size": b, "n_episodes": e, "clips": s * b}
