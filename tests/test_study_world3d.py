@@ -263,3 +263,50 @@ def test_reproduce_3d_quick_runs_every_pair_and_writes_the_export_artifacts(tmp_
     assert (card.source.view, card.target.view) == ("front", "overhead")
     assert {p.name for p in (out / "probes").iterdir()} == {
         f"agentA.{t}.probe.safetensors" for t in ("position", "obstacle", "robot_pose")}
+
+
+def test_cli_student_on_3d_views_builds_the_3d_study(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+    from jepa_edge.study import student
+
+    seen = []
+    monkeypatch.setattr(student, "run_student_study", lambda cfg, out, progress: seen.append(cfg))
+    for args in (["--world", "3d"], ["--world", "3d", "--view-a", "corner", "--view-b", "rear"], []):
+        res = CliRunner().invoke(app, ["reproduce", "--student", "--out", str(tmp_path / "s"), *args])
+        assert res.exit_code == 0, res.output
+    (d3, pair, d2) = seen
+    assert (d3.view_teacher, d3.view_student, d3.metric) == ("overhead", "front", "visible_position_r2")
+    assert (pair.view_teacher, pair.view_student) == ("corner", "rear")
+    assert (d2.view_teacher, d2.view_student, d2.metric) == ("top", "oblique", "position_r2")  # 2D unchanged
+
+
+@pytest.mark.slow
+def test_student_and_scaling_studies_run_on_a_3d_pair(tmp_path):
+    from typer.testing import CliRunner
+
+    from jepa_edge.cli import app
+    from jepa_edge.study.student import StudentStudyConfig, run_student_study
+
+    run = {**TINY_3D, "data": {**TINY_3D["data"], "n_episodes": 4}}
+    cfg = StudentStudyConfig(view_teacher="overhead", view_student="front", teacher_steps=2, teacher_eval_every=2,
+                             steps=2, eval_every=2, seeds=(0,), run=run, teacher={"anchors": 16, "anchor_batch": 8},
+                             target_mode="final", workers=1, metric="effective_rank")  # the plumbing, not the science
+    res = run_student_study(cfg, tmp_path / "student", progress=False)
+    assert set(res["analysis"]["per_seed"]) == {"scratch", "teacher", "shuffled", "random"}
+    teacher = json.loads((tmp_path / "student/runs/teacher/meta.json").read_text())
+    assert teacher["view"] == "overhead" and "visible_position_r2" in teacher["metrics"]
+    scaling = {"views_b": ["front"], "steps": [2], "batch_sizes": [8], "n_episodes": [4], "seeds": [0], "workers": 1,
+               "anchor_episodes": 8, "anchor_steps": 12}
+    (tmp_path / "scaling.json").write_text(json.dumps(scaling))
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    res = CliRunner().invoke(app, ["reproduce", "--scaling", "--world", "3d", "--scaling-config",
+                                   str(tmp_path / "scaling.json"), "--config", str(tmp_path / "run.json"),
+                                   "--out", str(tmp_path / "scaling"), "--no-progress"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    loaded = json.loads((tmp_path / "scaling/scaling.json").read_text())
+    assert [p["pair"] for p in loaded["points"]] == ["front->overhead"]
+    assert loaded["study_config"]["findings"] == ["other_world"] and "robot_pose_kept" in loaded["points"][0]
+    md = (tmp_path / "scaling/scaling.md").read_text()
+    assert "obstacle kept" in md and "position kept by visibility" in md and "a finding" in md

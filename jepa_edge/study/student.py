@@ -42,6 +42,9 @@ CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # 
 TITLES = {"scratch": "scratch", "teacher": "with teacher", "shuffled": "shuffled teacher (control)",
           "random": "untrained teacher (control)"}
 TARGET_MODES = ("final", "gain")
+# The student's metric per world: what its camera can see (a 3D camera sees part of the arena; the held-out
+# probe scores positions on the (moment, object) entries in view, train.evaluate.state_probe)
+STUDENT_METRIC = {"2d": "position_r2", "3d": "visible_position_r2"}
 COLORS = {"scratch": "tab:gray", "teacher": "tab:blue", "shuffled": "tab:orange", "random": "tab:green"}
 
 # The recipe's model (jepa.py / model.py defaults) on CPU; sizes are the recipe owner's, only the run
