@@ -491,7 +491,8 @@ def reproduce(
     view_b: Annotated[str | None, typer.Option(help="Agent B's view (W's source). Default: oblique (2d), front "
                                                "(3d --student / --scaling).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per agent (default: the preset's).")] = None,
-    other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
+    other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent (3d: a finding "
+                                              "beside the pairs, not a control).")] = True,
     objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
                                                 "number of objects (one more agent to train).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON file of RunConfig overrides for every agent.")] = None,
