@@ -66,7 +66,7 @@ def test_obstacle_label_is_something_close_ahead_of_robot0():
 def test_a_world_point_projects_where_the_pinhole_model_says():
     cam = get_view3d("overhead")
     K = intrinsics(cam.fov_deg, SIZE)
-    R, C = camera_poses(scene([(1.0, 1.0)], [(2.0, 2.0, 0.0)]), cam)
+    R, C = camera_poses(scene([(1.0, 1.0)], [(2.0, 2.0, 0.0)]), cam, 4.0)
     h = cam.position[2]
     f = 0.5 * SIZE / np.tan(np.deg2rad(cam.fov_deg) / 2)
     pts = np.array([[2.0, 2.0, 0.0], [2.5, 2.0, 0.0], [2.0, 2.5, 0.0]])
@@ -82,7 +82,7 @@ def test_robot_cameras_move_and_turn_with_their_robot():
     cam = VIEWS3D["front"]
     a = scene([(1.0, 1.0)], [(2.0, 2.0, 0.0), (0.6, 0.6, 0.0)])
     b = scene([(1.0, 1.0)], [(2.5, 1.0, np.pi / 2), (0.6, 0.6, 0.0)])
-    (Ra, Ca), (Rb, Cb) = camera_poses(a, cam), camera_poses(b, cam)
+    (Ra, Ca), (Rb, Cb) = camera_poses(a, cam, 4.0), camera_poses(b, cam, 4.0)
     np.testing.assert_allclose(Ca[0, 0], [2.0 + cam.position[0], 2.0, cam.position[2]], atol=1e-6)
     np.testing.assert_allclose(Cb[0, 0], [2.5, 1.0 + cam.position[0], cam.position[2]], atol=1e-6)
     # the optical axis (third column) points along the robot's heading, tilted down by the pitch
@@ -90,7 +90,7 @@ def test_robot_cameras_move_and_turn_with_their_robot():
     np.testing.assert_allclose(Ra[0, 0, :, 2], [np.cos(pitch), 0, np.sin(pitch)], atol=1e-6)
     np.testing.assert_allclose(Rb[0, 0, :, 2], [0, np.cos(pitch), np.sin(pitch)], atol=1e-6)
     # a fixed camera does not move
-    np.testing.assert_array_equal(camera_poses(a, VIEWS3D["corner"])[1], camera_poses(b, VIEWS3D["corner"])[1])
+    np.testing.assert_array_equal(camera_poses(a, VIEWS3D["corner"], 4.0)[1], camera_poses(b, VIEWS3D["corner"], 4.0)[1])
     # what the front camera sees changes when only the robot moves; the corner camera sees the robot move
     fa, fb = render3d(a, "front", SIZE), render3d(b, "front", SIZE)
     assert np.abs(fa.astype(int) - fb.astype(int)).mean() > 10
@@ -129,7 +129,7 @@ def test_painter_order_draws_the_nearer_object_on_top():
     s = scene([(2.0, 2.0), (3.0, 2.0)], [(1.0, 2.0, 0.0), (0.6, 3.4, 0.0)], cfg)
     cam = replace(VIEWS3D["front"], noise=0.0)
     frame = render3d(s, cam, SIZE, world=cfg)[0, 0]
-    R, C = camera_poses(s, cam)
+    R, C = camera_poses(s, cam, cfg.arena)
     uv, _ = project(np.array([[3.0, 2.0, 0.2]]), R[0, 0], C[0, 0], intrinsics(cam.fov_deg, SIZE))
     u, v = np.round(uv[0]).astype(int)  # where the far sphere's centre projects: the nearer box covers it
     box_bgr, sphere_bgr = np.array(cfg.colors[0]), np.array(cfg.colors[1])

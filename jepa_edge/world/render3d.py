@@ -172,96 +172,97 @@ def _half_plane(size: int, line: np.ndarray) -> np.ndarray | None:
 
 
 class _Painter:
-    """Draws one camera's frames; ``ids=True`` paints primitive ids (1 + object index) instead of colours."""
+    """Draws one camera's frames; ``ids=True`` paints primitive ids (1 + object index) instead of colours.
+
+    Everything that can be is computed once for all frames (projections, culling, shading, depth order, the
+    floor's homography, the horizon); the per-frame loop only issues OpenCV fills."""
 
     def __init__(self, states: World3DStates, cam: Camera3D, size: int, world: World3DConfig) -> None:
         E, T = states.positions.shape[:2]
         self.F, self.size, self.cam = E * T, size, cam
         self.thermal = cam.sensor == "thermal"
-        R, C = camera_poses(states, cam)
+        R, C = camera_poses(states, cam, world.arena)
         self.R, self.C = R.reshape(-1, 3, 3), C.reshape(-1, 3)  # (F, 3, 3), (F, 3)
         self.K = intrinsics(cam.fov_deg, size)
         self.meshes, self.spheres = _scene(states, world, skip_robot0=cam.mount == "robot")
         self.texture = _floor_texture(world, self.thermal)
         self.world = world
-        self._prepare()
-
-    def _prepare(self) -> None:
-        """Everything vectorised over frames: projections, culling, shading and the depth order."""
-        self.uv, self.z, self.front, self.shade, self.cam_pts = [], [], [], [], []
-        up_cam = self.R[:, 2, :]  # (F, 3) world up in camera coordinates (third row of world-from-camera)
-        self.light_cam = np.einsum("j,fjk->fk", _LIGHT, self.R)  # (F, 3)
-        for mesh in self.meshes:
-            uv, z = project(mesh.verts, self.R, self.C, self.K)  # (F, V, 2), (F, V)
-            self.uv.append(np.round(uv * _ONE).clip(-2**28, 2**28).astype(np.int32))
-            self.z.append(z)
-            self.cam_pts.append(mesh.verts)
-            normals, fronts = [], []
-            for face in mesh.faces:
-                p0, p1, p2 = (mesh.verts[:, face[i]] for i in range(3))  # (F, 3) each
-                nrm = np.cross(p1 - p0, p2 - p0)
-                nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)  # (F, 3) outward
-                normals.append(nrm)
-                fronts.append(np.sum((self.C - p0) * nrm, -1) > 0)  # (F,) faces the camera
-            lambert = np.clip(np.stack(normals, 1) @ _LIGHT, 0, None)  # (F, faces)
-            self.front.append(np.stack(fronts, 1))
-            self.shade.append(0.85 + 0.15 * lambert if self.thermal else _AMBIENT + _DIFFUSE * lambert)
+        self._prepare_meshes()
+        self._prepare_spheres()
+        self._prepare_floor()
         centres = [m.verts.mean(1) for m in self.meshes] + [s.centre for s in self.spheres]  # each (F, 3)
         depth = np.linalg.norm(np.stack(centres, 1) - self.C[:, None], axis=-1)  # (F, P)
         depth[:, [i for i, m in enumerate(self.meshes) if m.kind == "wall"]] = np.inf  # the arena's boundary
         self.order = np.argsort(-depth, 1, kind="stable")  # (F, P) far to near
-        self.sph_uv, self.sph_z = [], []
+
+    def _colours(self, base: tuple[int, int, int], heat: int, shade: np.ndarray) -> np.ndarray:
+        """Shaded colours (..., 3) for shade factors (...)."""
+        if self.thermal:
+            return np.repeat(np.minimum(255.0, heat * shade)[..., None], 3, -1)
+        return np.minimum(255.0, shade[..., None] * np.asarray(base, np.float64))
+
+    def _prepare_meshes(self) -> None:
+        """Per mesh and frame: pixel coordinates, which faces to draw (0 no, 1 yes, 2 clipped), their colours."""
+        self.uv, self.draw, self.colour, self.decals = [], [], [], []
+        for mesh in self.meshes:
+            uv, z = project(mesh.verts, self.R, self.C, self.K)  # (F, V, 2), (F, V)
+            self.uv.append(np.round(uv * _ONE).clip(-2**28, 2**28).astype(np.int32))
+            draw, shade = [], []
+            for face in mesh.faces:
+                p0, p1, p2 = (mesh.verts[:, face[i]] for i in range(3))  # (F, 3) each
+                nrm = np.cross(p1 - p0, p2 - p0)
+                nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)  # (F, 3) outward
+                lambert = np.clip(nrm @ _LIGHT, 0, None)  # (F,)
+                shade.append(0.85 + 0.15 * lambert if self.thermal else _AMBIENT + _DIFFUSE * lambert)
+                front = np.sum((self.C - p0) * nrm, -1) > 0  # (F,) faces the camera
+                ahead = z[:, face] >= _NEAR  # (F, K)
+                draw.append(np.where(front & ahead.all(1), 1, np.where(front & ahead.any(1), 2, 0)))
+            self.draw.append(np.stack(draw, 1).astype(np.int8))  # (F, faces)
+            shade = np.stack(shade, 1)  # (F, faces)
+            self.colour.append(self._colours(mesh.color, mesh.heat, shade))  # (F, faces, 3)
+            decals = []
+            for verts, dcolor, dheat in mesh.extra or []:  # decals lie on the top face (the last one)
+                duv, dz = project(verts, self.R, self.C, self.K)  # (F, 3, 2), (F, 3)
+                ok = (self.draw[-1][:, -1] == 1) & (dz > _NEAR).all(1)
+                decals.append((np.round(duv * _ONE).astype(np.int32), ok,
+                               self._colours(dcolor, dheat, shade[:, -1])))
+            self.decals.append(decals)
+
+    def _prepare_spheres(self) -> None:
+        """Per sphere and frame: the discs of its shading bands (centre, radius in fixed point) and colours."""
+        self.sph = []
+        light = np.einsum("j,fjk->fk", _LIGHT, self.R)[:, :2]  # (F, 2) image-plane direction of the light
+        layers = ((0.0, 1.0), (0.3, 0.95), (0.6, 0.8), (0.85, 0.53))  # (c, sin α): the cap n·l >= c
         for s in self.spheres:
             uv, z = project(s.centre[:, None], self.R, self.C, self.K)  # (F, 1, 2), (F, 1)
-            self.sph_uv.append(uv[:, 0])
-            self.sph_z.append(z[:, 0])
-        L = self.world.arena
-        s = L / self.texture.shape[0]
+            uv, z = uv[:, 0], z[:, 0]
+            ok = z - s.radius >= _NEAR
+            rho = self.K[0, 0] * s.radius / np.sqrt(np.maximum(z * z - s.radius * s.radius, 1e-12))  # (F,) pixels
+            discs = []
+            for c, sin_a in layers:  # the cap projects to a disc shifted towards the light
+                off = rho[:, None] * c * light  # (F, 2)
+                r = np.minimum(rho * sin_a, rho - np.linalg.norm(off, axis=-1)) if c else rho  # (F,)
+                shade = np.full(self.F, 0.85 + 0.15 * c if self.thermal else _AMBIENT + _DIFFUSE * c)
+                discs.append((np.round((uv + off) * _ONE).astype(np.int64), np.round(r * _ONE).astype(np.int64),
+                              ok & (r > 0.3), self._colours(s.color, s.heat, shade)))
+            self.sph.append(discs)
+
+    def _prepare_floor(self) -> None:
+        s = self.world.arena / self.texture.shape[0]
         floor_to_world = np.array([[s, 0, s / 2], [0, s, s / 2], [0, 0, 1.0]])  # texel (column, row) → metres
         plane = np.zeros((self.F, 3, 3))
         plane[:, 0, 0] = plane[:, 1, 1] = 1.0
         plane[:, :, 2] = -self.C  # world (x, y, 1) → x, y, 0 minus the camera centre
         self.floor_h = self.K @ np.transpose(self.R, (0, 2, 1)) @ plane @ floor_to_world  # (F, 3, 3)
+        up_cam = self.R[:, 2, :]  # (F, 3) world up in camera coordinates (third row of world-from-camera)
         self.sky_line = np.einsum("fj,jk->fk", up_cam, np.linalg.inv(self.K))  # (F, 3): K^-T (R^T up)
 
-    def _colour(self, base: tuple[int, int, int], heat: int, shade: float) -> tuple[float, float, float]:
-        if self.thermal:
-            g = min(255.0, heat * shade)
-            return (g, g, g)
-        return (min(255.0, base[0] * shade), min(255.0, base[1] * shade), min(255.0, base[2] * shade))
-
-    def _poly(self, img: np.ndarray, f: int, m: int, face: np.ndarray, color, aa: int) -> None:
-        z = self.z[m][f, face]
-        if (z >= _NEAR).all():
-            cv2.fillConvexPoly(img, self.uv[m][f, face], color, aa, _SHIFT)
-        elif (z >= _NEAR).any():
-            cam = (self.cam_pts[m][f, face] - self.C[f]) @ self.R[f]  # (K, 3) camera coordinates
-            cut = _clip_near(cam)
-            uv = cut[:, :2] / cut[:, 2:3] * self.K[[0, 1], [0, 1]] + self.K[:2, 2]
-            cv2.fillConvexPoly(img, np.round(uv * _ONE).astype(np.int32), color, aa, _SHIFT)
-
-    def _sphere(self, img: np.ndarray, f: int, i: int, ids: bool) -> None:
-        s = self.spheres[i]
-        z = self.sph_z[i][f]
-        if z - s.radius < _NEAR:
-            return
-        rho = self.K[0, 0] * s.radius / np.sqrt(z * z - s.radius * s.radius)  # silhouette radius, pixels
-        centre = self.sph_uv[i][f]
-        if ids:
-            cv2.circle(img, tuple(int(v) for v in np.round(centre * _ONE)), max(int(rho * _ONE), 1), 1 + s.index,
-                       -1, cv2.LINE_8, _SHIFT)
-            return
-        lx, ly = self.light_cam[f, :2]  # image-plane direction of the light (y down)
-        layers = ((0.0, 1.0, _AMBIENT), (0.3, 0.95, None), (0.6, 0.8, None), (0.85, 0.53, None))
-        for c, sin_a, shade in layers:  # the cap n·l >= c projects to a disc shifted towards the light
-            shade = shade if shade is not None else _AMBIENT + _DIFFUSE * c
-            off = rho * c * np.array([lx, ly])
-            r = min(rho * sin_a, rho - np.hypot(*off)) if c else rho
-            if r <= 0.3:
-                continue
-            color = self._colour(s.color, s.heat, 0.85 + 0.15 * c if self.thermal else shade)
-            cv2.circle(img, tuple(int(v) for v in np.round((centre + off) * _ONE)), int(r * _ONE), color,
-                       -1, cv2.LINE_AA, _SHIFT)
+    def _clipped(self, f: int, m: int, face: np.ndarray) -> np.ndarray:
+        """Fixed-point pixel polygon of a face cut at the near plane."""
+        cam = (self.meshes[m].verts[f, face] - self.C[f]) @ self.R[f]  # (K, 3) camera coordinates
+        cut = _clip_near(cam)
+        uv = cut[:, :2] / cut[:, 2:3] * self.K[[0, 1], [0, 1]] + self.K[:2, 2]
+        return np.round(uv * _ONE).astype(np.int32)
 
     def frame(self, f: int, ids: bool = False) -> np.ndarray:
         S = self.size
@@ -277,24 +278,32 @@ class _Painter:
                                    (_SKY_HEAT,) * 3 if self.thermal else _SKY, cv2.LINE_AA, _SHIFT)
         aa = cv2.LINE_8 if ids else cv2.LINE_AA
         n_mesh = len(self.meshes)
-        for p in self.order[f]:
+        for p in self.order[f].tolist():
             if p >= n_mesh:
-                self._sphere(img, f, p - n_mesh, ids)
+                index = self.spheres[p - n_mesh].index
+                for centre, radius, ok, colour in self.sph[p - n_mesh][:1] if ids else self.sph[p - n_mesh]:
+                    if ok[f]:
+                        cv2.circle(img, centre[f].tolist(), int(radius[f]), 1 + index if ids else colour[f].tolist(),
+                                   -1, aa, _SHIFT)
                 continue
             mesh = self.meshes[p]
             label = 1 + mesh.index if mesh.kind == "object" else 255
-            front, shade = self.front[p][f], self.shade[p][f]
-            for j, face in enumerate(mesh.faces):
-                if front[j]:
-                    color = label if ids else self._colour(mesh.color, mesh.heat, shade[j])
-                    self._poly(img, f, p, face, color, aa)
-            if mesh.extra and front[-1]:  # decals lie on the top face
-                for verts, dcolor, dheat in mesh.extra:
-                    uv, z = project(verts[f][None], self.R[f][None], self.C[f][None], self.K)
-                    if (z > _NEAR).all():
-                        color = label if ids else self._colour(dcolor, dheat, shade[-1])
-                        cv2.fillConvexPoly(img, np.round(uv[0] * _ONE).astype(np.int32), color, aa, _SHIFT)
+            uv, colours = self.uv[p][f], self.colour[p][f]
+            for j in np.flatnonzero(self.draw[p][f]).tolist():
+                face = mesh.faces[j]
+                pts = uv[face] if self.draw[p][f, j] == 1 else self._clipped(f, p, face)
+                cv2.fillConvexPoly(img, pts, label if ids else colours[j].tolist(), aa, _SHIFT)
+            for duv, ok, dcolour in self.decals[p]:
+                if ok[f]:
+                    cv2.fillConvexPoly(img, duv[f], label if ids else dcolour[f].tolist(), aa, _SHIFT)
         return img
+
+
+def _noise_table(std: float) -> np.ndarray:
+    """256 grey-level offsets whose uniform mixture is a rounded N(0, std²): noise costs a byte draw per value."""
+    from statistics import NormalDist
+
+    return np.round([NormalDist(0.0, std).inv_cdf((i + 0.5) / 256) for i in range(256)]).astype(np.int16)
 
 
 def render3d(states: World3DStates, view: str | Camera3D, size: int = 64, seed: int = 0,
@@ -307,10 +316,11 @@ def render3d(states: World3DStates, view: str | Camera3D, size: int = 64, seed: 
     out = np.empty((E * T, size, size, 3), np.uint8)
     for f in range(E * T):
         out[f] = painter.frame(f)
-    if cam.noise > 0:
+    if cam.noise > 0:  # additive Gaussian sensor noise, saturated to 0..255
         rng = np.random.default_rng([seed, sum(map(ord, cam.name)), 3])
-        noise = rng.standard_normal(out.shape, dtype=np.float32) * cam.noise
-        out = np.clip(out + noise, 0, 255).astype(np.uint8)
+        noise = _noise_table(cam.noise)[rng.integers(0, 256, out.shape, dtype=np.uint8)]  # (F, S, S, 3) int16
+        flat = out.reshape(len(out), -1)  # (F, S*S*3)
+        out = cv2.add(flat, noise.reshape(flat.shape), dtype=cv2.CV_8U).reshape(out.shape)
     return out.reshape(E, T, size, size, 3)  # (E, T, S, S, 3)
 
 

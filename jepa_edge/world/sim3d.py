@@ -31,17 +31,17 @@ ROBOT_POSE_LABELS = ["robot0.x", "robot0.y", "robot0.cos", "robot0.sin"]
 
 @dataclass
 class World3DConfig:
-    arena: float = 4.0  # floor side, metres
+    arena: float = 3.0  # floor side, metres
     wall_height: float = 0.6
     n_objects: int = 4
     shapes: tuple[str, ...] = ("sphere", "box", "cylinder", "sphere", "box", "cylinder")  # per object
-    sizes: tuple[float, ...] = (0.22, 0.18, 0.16, 0.14, 0.2, 0.18)  # per object, metres
+    sizes: tuple[float, ...] = (0.3, 0.25, 0.22, 0.2, 0.26, 0.24)  # per object, metres
     colors: tuple[tuple[int, int, int], ...] = (  # BGR per object (colour cameras; thermal sees heat)
         (40, 40, 220), (60, 190, 60), (220, 120, 30), (0, 200, 230), (200, 60, 200), (200, 200, 200))
     speed: float = 0.05  # initial object speed, metres per step
     max_speed: float = 0.09
     dynamics_noise: float = 0.008  # std of the per-step velocity kick
-    posts: tuple[tuple[float, float], ...] = ((0.9, 0.9), (3.1, 1.0), (3.0, 3.1), (1.0, 3.0))  # fixed landmarks
+    posts: tuple[tuple[float, float], ...] = ((0.7, 0.7), (2.3, 0.75), (2.25, 2.3), (0.75, 2.25))  # fixed landmarks
     post_radius: float = 0.07
     post_height: float = 1.0
     n_robots: int = 2

@@ -6,7 +6,7 @@ same. Camera axes follow OpenCV: x right, y down, z forward. ``yaw_deg`` turns t
 then the yaw direction). A ``robot`` camera's position and yaw are in robot 0's frame (x forward, y left), so it
 moves and turns with the robot.
 
-Views: ``overhead`` (3.3 m above the arena centre, looking down: "the mountain"), ``corner`` (a grey thermal
+Views: ``overhead`` (2.4 m above the arena centre, looking down: "the mountain"), ``corner`` (a grey thermal
 camera at ground level in a corner, looking across the arena: "the forest"), and on robot 0 ``front``,
 ``rear`` (back to back: their fields of view share nothing) and ``side`` (looking left).
 """
@@ -24,7 +24,8 @@ from jepa_edge.world.sim3d import World3DStates
 class Camera3D:
     name: str
     mount: str  # "world" (fixed) | "robot" (on robot 0, moving with it)
-    position: tuple[float, float, float]  # metres: world frame, or robot 0's frame (x forward, y left, z up)
+    position: tuple[float, float, float]  # fixed: x, y as fractions of the arena side, z metres; robot: metres in
+    # robot 0's frame (x forward, y left, z up)
     yaw_deg: float  # about the vertical, relative to the mount
     pitch_deg: float  # negative looks down
     fov_deg: float  # horizontal = vertical field of view (square frames)
@@ -33,8 +34,8 @@ class Camera3D:
 
 
 VIEWS3D: dict[str, Camera3D] = {
-    "overhead": Camera3D("overhead", "world", (2.0, 2.0, 3.3), 90.0, -90.0, 75.0, "color", 3.0),
-    "corner": Camera3D("corner", "world", (0.12, 0.12, 0.45), 45.0, -12.0, 90.0, "thermal", 5.0),
+    "overhead": Camera3D("overhead", "world", (0.5, 0.5, 2.4), 90.0, -90.0, 75.0, "color", 3.0),
+    "corner": Camera3D("corner", "world", (0.03, 0.03, 0.45), 45.0, -12.0, 90.0, "thermal", 5.0),
     "front": Camera3D("front", "robot", (0.23, 0.0, 0.28), 0.0, -12.0, 90.0, "color", 4.0),
     "rear": Camera3D("rear", "robot", (-0.23, 0.0, 0.28), 180.0, -12.0, 90.0, "color", 4.0),
     "side": Camera3D("side", "robot", (0.0, 0.17, 0.28), 90.0, -12.0, 90.0, "color", 4.0),
@@ -66,14 +67,15 @@ def rotation(yaw: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     return np.stack([right, down, forward], -1)  # (..., 3, 3)
 
 
-def camera_poses(states: World3DStates, cam: Camera3D) -> tuple[np.ndarray, np.ndarray]:
-    """(R, C): world-from-camera rotation (E, T, 3, 3) and camera centre (E, T, 3) at every moment."""
+def camera_poses(states: World3DStates, cam: Camera3D, arena: float) -> tuple[np.ndarray, np.ndarray]:
+    """(R, C): world-from-camera rotation (E, T, 3, 3) and camera centre (E, T, 3) at every moment, in an arena
+    of side ``arena`` metres (World3DConfig.arena)."""
     E, T = states.positions.shape[:2]
     yaw, pitch = np.deg2rad(cam.yaw_deg), np.deg2rad(cam.pitch_deg)
     offset = np.asarray(cam.position, np.float64)
     if cam.mount == "world":
         R = np.broadcast_to(rotation(np.array(yaw), np.array(pitch)), (E, T, 3, 3))
-        return R, np.broadcast_to(offset, (E, T, 3))
+        return R, np.broadcast_to(offset * [arena, arena, 1.0], (E, T, 3))
     pose = states.robot_pose[:, :, 0].astype(np.float64)  # (E, T, 3)
     h = pose[..., 2]  # (E, T)
     c, s = np.cos(h), np.sin(h)
