@@ -16,6 +16,11 @@ Besides the map metrics it says how much the two spaces share (``study.cca``:
 held-out canonical correlations, W's R² inside / outside the shared subspace) and
 why the danger probe transfers worse than the position probe (``danger_analysis``).
 
+In the 3D world (``study.reproduce3d``) the inputs also carry robot 0's pose (one more probe), the
+obstacle label's name, and both cameras' visibility masks: the position probe is then also scored per
+(moment, object) visibility group (``study.visibility``). ``StudyConfig.findings`` names conditions shown
+beside the controls but left out of the verdicts (the 3D different-world agent).
+
 Moments are split into an anchor pool and a held-out set *by episode* (``world.dataset.heldout_split``);
 everything is scored on held-out moments. ``write_report`` turns the result
 dict into results.json, report.md (verdicts derived from config thresholds)
