@@ -154,6 +154,8 @@ def _row(res: dict[str, Any], meta_a: dict, meta_b: dict) -> dict[str, Any]:
         out[f"position_kept_{g}"] = d["kept"]
     if "robot_pose" in tr["probes"]:
         out["robot_pose_kept"] = tr["probes"]["robot_pose"]["kept"]
+        for role, meta in (("a", meta_a), ("b", meta_b)):  # the objects the agent's camera sees
+            out[f"agent_{role}_visible_position_r2"] = (meta.get("metrics") or {}).get("visible_position_r2")
     for c in ("untrained", "other_world"):
         if c in row and "error" not in row[c]:
             out[f"{c}_retrieval_top1"] = row[c]["retrieval_top1"]
@@ -263,7 +265,8 @@ CONTROL_METRICS = {"retrieval_top1": ("untrained_retrieval_top1", "other_world_r
 
 
 # 3D pairs only: the position probe kept per visibility group, the robot-pose probe kept
-METRICS_3D = (*(f"position_kept_{g}" for g in GROUPS), "robot_pose_kept")
+METRICS_3D = (*(f"position_kept_{g}" for g in GROUPS), "robot_pose_kept", "agent_a_visible_position_r2",
+              "agent_b_visible_position_r2")
 
 
 def summarise(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,11 +296,12 @@ def render_scaling(results: dict[str, Any]) -> str:
           f"(mean ± sd over seeds). Paired moments: {cfg['anchor_episodes']} × {cfg['anchor_steps']} of world "
           f"{cfg['anchor_seed']}; every metric held-out, W = `{results['study_config']['primary_estimator']}`. "
           f"{results['note']}."), ""]
-    head = ["pair", "steps × batch", "episodes", "A pos R²", "B pos R²", "W R²", "retrieval top-1",
+    three_d = any("robot_pose_kept" in r for r in results["summary"])
+    seen = "visible_" if three_d else ""  # 3D: each agent's R² on the objects its camera sees
+    head = ["pair", "steps × batch", "episodes", f"A {seen}pos R²", f"B {seen}pos R²", "W R²", "retrieval top-1",
             "untrained / shuffled / other world / time shift", "CKA", "CKA untrained / other world / time shift",
             "position kept", f"{results.get('danger_name', 'danger')} kept", "shared dims >0.9 / >0.5",
             "W R² in / out shared"]
-    three_d = any("robot_pose_kept" in r for r in results["summary"])
     if three_d:
         head += ["position kept by visibility: " + " / ".join(GROUPS), "robot pose kept"]
     rows = []
@@ -305,7 +309,7 @@ def render_scaling(results: dict[str, Any]) -> str:
         ctrl = " / ".join(_ms(r.get(c), 3) for c in CONTROL_METRICS["retrieval_top1"])
         cka_ctrl = " / ".join(_ms(r.get(c), 2) for c in CONTROL_METRICS["cka"])
         rows.append([r["pair"], f"{r['steps']} × {r['batch_size']}", str(r["n_episodes"]),
-                     _ms(r["agent_a_position_r2"]), _ms(r["agent_b_position_r2"]), _ms(r["w_r2"]),
+                     _ms(r.get(f"agent_a_{seen}position_r2")), _ms(r.get(f"agent_b_{seen}position_r2")), _ms(r["w_r2"]),
                      _ms(r["retrieval_top1"]), ctrl, _ms(r["cka"]), cka_ctrl, _ms(r["position_kept"], 2),
                      _ms(r["danger_kept"], 2), f"{_ms(r['shared_dims_0.9'], 1)} / {_ms(r['shared_dims_0.5'], 1)}",
                      f"{_ms(r['w_r2_inside_shared'], 2)} / {_ms(r['w_r2_outside_shared'], 2)}",
