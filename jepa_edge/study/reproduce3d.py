@@ -15,6 +15,7 @@ pair's postcard and agent A's probes for export (as in 2D).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,14 @@ def pair_key(a: str, b: str) -> str:
     return f"{a}_from_{b}"
 
 
-def agent_3d(cfg: ReproduceConfig, view: str, index: int, world: dict | None = None) -> RunConfig:
+def agent_3d(cfg: ReproduceConfig, view: str, index: int) -> RunConfig:
     """The agent of one view: the "3d" training preset, model seed seed_a + index, its own training episodes."""
     return agent_config(f"agent_{view}", view, preset="3d", overrides=cfg.run, seed=cfg.seed_a + index,
-                        world_seed=cfg.world_seed_a + index, steps=cfg.steps or None, data={"world3d": world or {}})
+                        world_seed=cfg.world_seed_a + index, steps=cfg.steps or None)
 
 
 def other_world_agent(cfg: ReproduceConfig, view: str) -> RunConfig:
+    """The different-world agent on ``view``: another World3DConfig (OTHER_WORLD_3D), seeds no other agent uses."""
     return agent_config(f"{OTHER_WORLD_NAME}_{view}", view, preset="3d", overrides=cfg.run, seed=cfg.seed_b + 100,
                         world_seed=cfg.world_seed_b + 100, steps=cfg.steps or None,
                         data={"world3d": OTHER_WORLD_3D})
@@ -171,8 +173,6 @@ def reproduce_3d(cfg: ReproduceConfig, out_dir: Path, progress: bool = True) -> 
 
 
 def _json(results: dict[str, Any]) -> bytes:
-    import json
-
     return json.dumps(jsonable(results), indent=1, allow_nan=False).encode()
 
 
