@@ -146,16 +146,11 @@ def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
     return from_dict(cls, deep_merge(deep_merge(default, presets[cfg.preset]), _changed(to_dict(cfg), default)))
 
 
-def agent_preset(view: str) -> str:
-    """The training preset of an agent on ``view``: "3d" (64 px) for a 3D camera, else the recipe's "demo"."""
-    from jepa_edge.world.worlds import world_kind_of_view
-
-    return "3d" if world_kind_of_view(view) == "3d" else "demo"
-
-
 def world_key(view: str) -> str:
     """The DataConfig field that holds the world of ``view``'s kind: "world" (2D) or "world3d"."""
-    return "world3d" if agent_preset(view) == "3d" else "world"
+    from jepa_edge.world.worlds import world_kind_of_view
+
+    return "world3d" if world_kind_of_view(view) == "3d" else "world"
 
 
 def check_views(world: str, views: list[str] | tuple[str, ...]) -> None:

@@ -81,13 +81,13 @@ def pair_key(a: str, b: str) -> str:
 
 def agent_3d(cfg: ReproduceConfig, view: str, index: int) -> RunConfig:
     """The agent of one view: the "3d" training preset, model seed seed_a + index, its own training episodes."""
-    return agent_config(f"agent_{view}", view, preset="3d", overrides=cfg.run, seed=cfg.seed_a + index,
+    return agent_config(f"agent_{view}", view, overrides=cfg.run, seed=cfg.seed_a + index,
                         world_seed=cfg.world_seed_a + index, steps=cfg.steps or None)
 
 
 def other_world_agent(cfg: ReproduceConfig, view: str) -> RunConfig:
     """The different-world agent on ``view``: another World3DConfig (OTHER_WORLD_3D), seeds no other agent uses."""
-    return agent_config(f"{OTHER_WORLD_NAME}_{view}", view, preset="3d", overrides=cfg.run, seed=cfg.seed_b + 100,
+    return agent_config(f"{OTHER_WORLD_NAME}_{view}", view, overrides=cfg.run, seed=cfg.seed_b + 100,
                         world_seed=cfg.world_seed_b + 100, steps=cfg.steps or None,
                         data={"world3d": OTHER_WORLD_3D})
 

@@ -82,9 +82,9 @@ class ScalingConfig:
 
     @property
     def three_d(self) -> bool:
-        from jepa_edge.study.reproduce import agent_preset
+        from jepa_edge.world.worlds import world_kind_of_view
 
-        return agent_preset(self.view_a) == "3d"
+        return world_kind_of_view(self.view_a) == "3d"
 
     def study_config(self) -> StudyConfig:
         study = from_dict(StudyConfig, deep_merge(to_dict(StudyConfig()), self.study))
@@ -105,10 +105,10 @@ OTHER_WORLD_VIEW = 0  # the different-world control agent is trained on views_b[
 def budget_agent(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
                  world: dict | None = None) -> RunConfig:
     """One agent of one budget; the workers share the cores, one torch thread each unless ``run`` sets it."""
-    from jepa_edge.study.reproduce import agent_preset, world_key
+    from jepa_edge.study.reproduce import world_key
 
     threads = {"threads": 1} if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}) else {}
-    return agent_config(name, view, preset=agent_preset(view), overrides=cfg.run, seed=seed, world_seed=world_seed,
+    return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed,
                         steps=budget["steps"], data={"n_episodes": budget["n_episodes"], world_key(view): world or {}},
                         train={"batch_size": budget["batch_size"], **threads})
 

@@ -114,20 +114,16 @@ class StudentStudyConfig:
 
 
 def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
-    from jepa_edge.study.reproduce import agent_preset
-
-    return agent_config("teacher", cfg.view_teacher, preset=agent_preset(cfg.view_teacher), overrides=cfg.run,
+    return agent_config("teacher", cfg.view_teacher, overrides=cfg.run,
                         seed=cfg.teacher_seed, world_seed=cfg.teacher_world_seed, steps=cfg.teacher_steps,
                         train={"eval_every": cfg.teacher_eval_every, "threads": cfg.teacher_threads})
 
 
 def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_run: str | Path) -> RunConfig:
     """One run on view B; the conditions of one seed differ only in the teacher section."""
-    from jepa_edge.study.reproduce import agent_preset
-
     teacher = {} if condition == "scratch" else {**cfg.teacher, "run": str(teacher_run),
                                                  "control": CONTROL_OF[condition]}
-    return agent_config(f"{condition}_s{seed}", cfg.view_student, preset=agent_preset(cfg.view_student),
+    return agent_config(f"{condition}_s{seed}", cfg.view_student,
                         overrides=cfg.run, seed=seed, world_seed=cfg.student_world_seed + seed, steps=cfg.steps,
                         train={"eval_every": cfg.eval_every}, teacher=teacher)
 
