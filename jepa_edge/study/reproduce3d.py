@@ -53,7 +53,7 @@ OTHER_WORLD_NAME = "otherworld"  # OUT/runs/otherworld_<view>
 # posts, robots and physics rules.
 OTHER_WORLD_3D: dict[str, Any] = {
     "sizes": [0.2, 0.36, 0.15, 0.3, 0.18, 0.34],
-    "colors": [[200, 200, 40], [40, 110, 230], [150, 40, 160], [90, 230, 120], [30, 160, 250], [110, 110, 110]],
+    "colors": [[120, 40, 200], [40, 110, 230], [150, 40, 160], [90, 230, 120], [30, 160, 250], [110, 110, 110]],
     "speed": 0.03, "max_speed": 0.06, "dynamics_noise": 0.012,
 }
 
