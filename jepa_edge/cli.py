@@ -493,10 +493,16 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder: runs/, report.md, results.json, plots, postcard, probes.")] = Path("demo"),
     preset: Annotated[str, typer.Option(help="demo (the recipe, 7-20 min on 2 CPU cores) | quick (tiny, ~2 min: "
                                         "undertrained agents, a smoke test, not the result).")] = "demo",
-    view_a: Annotated[str, typer.Option(help="Agent A's view (W's target).")] = "top",
-    view_b: Annotated[str, typer.Option(help="Agent B's view (W's source).")] = "oblique",
+    world: Annotated[str, typer.Option(help="2d | 3d: the 3D world, over its view pairs "
+                                       "(overhead ← front, front ← rear, corner ← front) unless --view-a/--view-b "
+                                       "name one pair.")] = "2d",
+    view_a: Annotated[str | None, typer.Option(help="Agent A's view (W's target). Default: top (2d), overhead "
+                                               "(3d --student / --scaling).")] = None,
+    view_b: Annotated[str | None, typer.Option(help="Agent B's view (W's source). Default: oblique (2d), front "
+                                               "(3d --student / --scaling).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per agent (default: the preset's).")] = None,
-    other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent.")] = True,
+    other_world: Annotated[bool, typer.Option(help="Also train the different-world control agent (3d: a finding "
+                                              "beside the pairs, not a control).")] = True,
     objects_world: Annotated[bool, typer.Option(help="Also train the control agent of a world with a different "
                                                 "number of objects (one more agent to train).")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON file of RunConfig overrides for every agent.")] = None,
@@ -512,38 +518,50 @@ def reproduce(
 ) -> None:
     """Run the paper's experiment on the simulator and write report.md + results.json + plots."""
     from jepa_edge.artifacts import refuse_existing
-    from jepa_edge.study.reproduce import ReproduceConfig
+    from jepa_edge.study.reproduce import ReproduceConfig, check_views
     from jepa_edge.study.reproduce import reproduce as run_reproduce
 
     report = out / ("scaling.md" if scaling else "student_report.md" if student else "report.md")
     refuse_existing(report, overwrite=overwrite)
+    check_views(world, [v for v in (view_a, view_b) if v is not None])  # a view of the other world fails now
+    if world == "3d" and objects_world:
+        raise ValueError("--objects-world is a 2D control; drop it with --world 3d")
+    pair = {"2d": ("top", "oblique"), "3d": ("overhead", "front")}[world]  # --student / --scaling defaults
     overrides = _checked_run_overrides(config)  # a bad key fails now, not after the first agent trained
     progress = progress and not STATE.quiet
     if scaling:
         from jepa_edge.config import ConfigError, from_dict
         from jepa_edge.study.scaling import ScalingConfig, run_scaling
 
+        default = {"view_a": pair[0], "views_b": [pair[1]]} if world == "3d" else {}  # under the file's keys
+        flags = {**({"view_a": view_a} if view_a else {}), **({"views_b": [view_b]} if view_b else {})}  # over them
         try:
-            sc = from_dict(ScalingConfig, {"run": overrides, **_load_json_arg(scaling_config, "ScalingConfig overrides")})
+            sc = from_dict(ScalingConfig, {"run": overrides, **default,
+                                           **_load_json_arg(scaling_config, "ScalingConfig overrides"), **flags})
         except ConfigError as exc:
             raise ConfigError(f"{scaling_config}: {exc}; fix or remove that key (see jepa_edge/study/scaling.py)") from exc
+        check_views(world, [sc.view_a, *sc.views_b])
         sc.validate()
         run_scaling(sc, out, progress=progress)
         say(f"report: {report}")
         return
     if student:
         from jepa_edge.config import deep_merge
-        from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study
+        from jepa_edge.study.student import SMALL_RUN, STUDENT_METRIC, StudentStudyConfig, run_student_study
 
-        scfg = StudentStudyConfig(view_teacher=view_a, view_student=view_b,
-                                  run=deep_merge(SMALL_RUN, overrides),
+        scfg = StudentStudyConfig(view_teacher=view_a or pair[0], view_student=view_b or pair[1],
+                                  run=deep_merge(SMALL_RUN, overrides), metric=STUDENT_METRIC[world],
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
         say(f"report: {report}")
         return
 
-    cfg = ReproduceConfig(view_a=view_a, view_b=view_b, steps=steps or 0, other_world=other_world,
-                          objects_world=objects_world, preset=preset, run=overrides)
+    if world == "3d" and (view_a is None) != (view_b is None):
+        raise ValueError("--world 3d: pass both --view-a and --view-b (one pair), or neither (the 3D view pairs)")
+    views = ({"pairs": ((view_a, view_b),)} if view_a else {}) if world == "3d" else \
+        {"view_a": view_a or pair[0], "view_b": view_b or pair[1]}
+    cfg = ReproduceConfig(world=world, steps=steps or 0, other_world=other_world, objects_world=objects_world,
+                          preset=preset, run=overrides, **views)
     run_reproduce(cfg, out, progress=progress)
     say(f"report: {report}")
 

@@ -3,6 +3,8 @@
 ``alignment``  the Social-JEPA alignment study on latents (numpy only) and its report.md
 ``plots``      its PNG figures (matplotlib)
 ``reproduce``  `jepa-edge reproduce`: trains the agents and controls, then runs ``alignment`` (torch)
+``reproduce3d``  `jepa-edge reproduce --world 3d`: the same over the 3D world's view pairs (torch)
+``visibility``  position transfer per visibility group of the two cameras (numpy only)
 ``student``    `jepa-edge reproduce --student`: students with/without a teacher (torch)
 ``scaling``    `jepa-edge reproduce --scaling`: alignment vs training compute, seeds, view pairs (torch)
 ``cca``        how much two latent spaces share: held-out canonical correlations (numpy only)

@@ -16,6 +16,11 @@ Besides the map metrics it says how much the two spaces share (``study.cca``:
 held-out canonical correlations, W's R² inside / outside the shared subspace) and
 why the danger probe transfers worse than the position probe (``danger_analysis``).
 
+In the 3D world (``study.reproduce3d``) the inputs also carry robot 0's pose (one more probe), the
+obstacle label's name, and both cameras' visibility masks: the position probe is then also scored per
+(moment, object) visibility group (``study.visibility``). ``StudyConfig.findings`` names conditions shown
+beside the controls but left out of the verdicts (the 3D different-world agent).
+
 Moments are split into an anchor pool and a held-out set *by episode* (``world.dataset.heldout_split``);
 everything is scored on held-out moments. ``write_report`` turns the result
 dict into results.json, report.md (verdicts derived from config thresholds)
@@ -47,6 +52,7 @@ from jepa_edge.calib.probes import Probe, ProbeConfig, evaluate_probe, fit_probe
 from jepa_edge.config import to_dict
 from jepa_edge.study.cca import fit_cca, heldout_correlations, shared_dimensions, split_r2
 from jepa_edge.study.plots import TITLES, write_plots
+from jepa_edge.study.visibility import GROUP_TITLES, GROUPS, group_table, visibility_groups
 from jepa_edge.world.dataset import heldout_split
 
 CONTROLS = ("untrained", "other_world", "objects_world", "shuffled")
@@ -81,6 +87,9 @@ class StudyConfig:
     shared_threshold: float = 0.5  # held-out canonical correlation that puts a direction in the shared subspace
     time_shifts: tuple[int, ...] = (1, 5, 25)  # Δ of the time-shifted control (steps within an episode)
     shift_verdict_min: int = 5  # shifts >= this count as controls in the retrieval verdict
+    # conditions measured and shown beside the controls but left out of the verdicts: a finding, not a control
+    # to beat (in 3D the different-world agent: does the isomorphism come from shared physics or shared data?)
+    findings: tuple[str, ...] = ()
 
     def validate(self) -> None:
         for e in (*self.estimators, *self.sweep_estimators, self.primary_estimator):
@@ -94,6 +103,9 @@ class StudyConfig:
             raise StudyError("StudyConfig: time_shifts must be >= 1, cca_ridge and cca_pca_dims >= 0")
         if not 0.0 < self.shared_threshold < 1.0:
             raise StudyError(f"StudyConfig.shared_threshold={self.shared_threshold} must be in (0, 1)")
+        unknown = sorted(set(self.findings) - set(CONTROLS))
+        if unknown:
+            raise StudyError(f"StudyConfig.findings {unknown}: use conditions among {list(CONTROLS)}")
         if self.n_anchors < 3 or self.n_perm < 1 or self.sweep_repeats < 1 or self.max_eval < 20:
             raise StudyError("StudyConfig: need n_anchors >= 3, n_perm >= 1, sweep_repeats >= 1, max_eval >= 20")
         self.probe.validate()
@@ -114,6 +126,11 @@ class StudyInputs:
     position_labels: list[str] | None = None  # names of the position columns, e.g. obj0.x
     objects_world: np.ndarray | None = None  # (M, Dd) encoder trained on a world with another object count, B's frames
     step: np.ndarray | None = None  # (M,) time step within the episode; None = row order within each episode
+    danger_name: str = "danger"  # the danger label's probe and report name ("obstacle" in the 3D world)
+    robot_pose: np.ndarray | None = None  # (M, 4) robot 0's x, y, cos, sin heading (3D world): one more probe
+    robot_pose_labels: list[str] | None = None  # names of the robot_pose columns
+    target_visible: np.ndarray | None = None  # (M, n) bool: object k shows in A's camera (3D); with source_visible,
+    source_visible: np.ndarray | None = None  # the position probe is also scored per visibility group
 
     def steps(self) -> np.ndarray:
         """Time step of every row (given, or the row's rank among its episode's rows)."""
@@ -131,7 +148,8 @@ class StudyInputs:
         arrays = {"target": self.target, "source": self.source, "positions": self.positions,
                   "danger": self.danger, "episode": self.episode, "target_untrained": self.target_untrained,
                   "source_untrained": self.source_untrained, "other_world": self.other_world,
-                  "objects_world": self.objects_world, "step": self.step}
+                  "objects_world": self.objects_world, "step": self.step, "robot_pose": self.robot_pose,
+                  "target_visible": self.target_visible, "source_visible": self.source_visible}
         for name, a in arrays.items():
             if a is None:
                 continue
@@ -139,6 +157,14 @@ class StudyInputs:
                 raise StudyError(f"StudyInputs.{name} has {len(a)} rows, target has {m}: give every array per moment")
             if not np.all(np.isfinite(a)):
                 raise StudyError(f"StudyInputs.{name} contains NaN or Inf")
+        if (self.target_visible is None) != (self.source_visible is None):
+            raise StudyError("StudyInputs: give both target_visible and source_visible, or neither")
+        n = np.asarray(self.positions).reshape(m, -1).shape[1] // 2
+        for name, a in (("target_visible", self.target_visible), ("source_visible", self.source_visible)):
+            if a is not None and np.shape(a) != (m, n):
+                raise StudyError(f"StudyInputs.{name} has shape {np.shape(a)}: need (moments, objects) = {(m, n)}")
+        if self.danger_name in ("position", "robot_pose"):
+            raise StudyError(f"StudyInputs.danger_name={self.danger_name!r} collides with another probe's name")
         if len(np.unique(self.episode)) < 2:
             raise StudyError("StudyInputs.episode has a single episode; need >= 2 to hold episodes out")
 
@@ -231,10 +257,13 @@ def _probe_scores(probes: _Probes, lm: LinearMap, pair: dict[str, Any], held: np
 
 
 def _probe_table(probes: _Probes, lm: LinearMap, pair: dict[str, Any], held: np.ndarray,
-                 labels: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
-    """Home, native and zero-shot scores; ``kept`` is the share of the native score above chance."""
+                 labels: dict[str, Any], config: StudyConfig, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Home, native and zero-shot scores; ``kept`` is the share of the native score above chance.
+
+    With visibility ``groups`` ((M, n), ``study.visibility``) the position probe is also scored per group.
+    """
     transferred = _probe_scores(probes, lm, pair, held, labels)
-    table = {}
+    table: dict[str, Any] = {}
     for name, (task, y, _) in labels.items():
         native = primary_score(evaluate_probe(probes.native[name], pair["source"][held], y[held]), task)
         home = primary_score(evaluate_probe(probes.home[name], pair["target"][held], y[held]), task)
@@ -243,13 +272,20 @@ def _probe_table(probes: _Probes, lm: LinearMap, pair: dict[str, Any], held: np.
                        "home_on_target": home, "native_on_source": native, "transferred": transferred[name],
                        "kept": kept_fraction(transferred[name], native, chance, config.min_native_above_chance),
                        "kept_raw": transferred[name] / native if native > 0 else None}
+    if groups is not None:
+        pc = Postcard.from_map(lm, "study", pair["s_agent"], pair["t_agent"])
+        src, tgt = pair["source"][held], pair["target"][held]
+        y = labels["position"][1][held]
+        table["position"]["by_visibility"] = group_table(
+            transfer_probe(probes.home["position"], pc).apply(src), probes.native["position"].apply(src),
+            probes.home["position"].apply(tgt), y, groups[held], config.min_native_above_chance)
     return table
 
 
 # ---------------------------------------------------------------- the study
 
 
-def _main_tables(pairs, anchors, held, ev, probes, labels, config, rng) -> dict[str, Any]:
+def _main_tables(pairs, anchors, held, ev, probes, labels, config, rng, groups=None) -> dict[str, Any]:
     """Per estimator: held-out map metrics and probe transfer for every condition."""
     trained = pairs["trained"]
     out: dict[str, Any] = {}
@@ -264,7 +300,7 @@ def _main_tables(pairs, anchors, held, ev, probes, labels, config, rng) -> dict[
             m = paired_metrics(lm.apply(pair["source"][ev]), pair["target"][ev], lm.target_mean)
             m.update(map_spectrum(lm.weight))
             m.pop("w_singular_values")
-            m["probes"] = _probe_table(probes[cond], lm, pair, held, labels, config)
+            m["probes"] = _probe_table(probes[cond], lm, pair, held, labels, config, groups)
             row[cond] = m
         try:
             null = permutation_null(trained["source"][anchors], trained["target"][anchors], trained["source"][ev],
@@ -398,41 +434,52 @@ def _time_shifts(inputs, pairs, pool, held, ev, probes, labels, config, rng) -> 
     return out
 
 
-def _danger_analysis(inputs, pool, held, positions, danger, main, config) -> dict[str, Any]:
+def _state_features(labels: dict[str, Any]) -> np.ndarray:
+    """The true state a danger rule can read: object positions, and robot 0's pose where it is a probe (3D)."""
+    parts = [labels["position"][1], *([labels["robot_pose"][1]] if "robot_pose" in labels else [])]
+    return np.concatenate(parts, 1)  # (M, 2n [+ 4])
+
+
+def _danger_analysis(pool, held, labels, dname, main, config) -> dict[str, Any]:
     """Why danger transfers worse than position: class balance, the label's nonlinearity, native decodability.
 
-    danger = 1 when object 0 is inside a disc: not linear in positions, linear in [positions, positions²].
-    A classifier on the true positions bounds what any linear probe on a perfect position code can do.
+    2D: danger = 1 when object 0 is inside a disc: not linear in positions, linear in [positions, positions²].
+    3D (obstacle): something within range ahead of robot 0, a rule on positions and robot 0's pose.
+    A classifier on the true state bounds what any linear probe on a perfect state code can do.
     """
-    quad = np.concatenate([positions, positions**2], 1)  # (M, 4n) for 2n position columns
+    state = _state_features(labels)
+    danger = labels[dname][1]
+    quad = np.concatenate([state, state**2], 1)  # (M, 2 x state columns)
     out: dict[str, Any] = {"positive_fraction": {"all": float(danger.mean()), "anchor_pool": float(danger[pool].mean()),
                                                  "heldout": float(danger[held].mean())}}
-    for name, feats in (("linear_on_true_positions", positions), ("quadratic_on_true_positions", quad)):
-        probe = fit_probe(feats[pool], danger[pool], "classification", "danger", AgentRef("ground_truth", "ground_truth", feats.shape[1]),
-                          config.probe)
+    for name, feats in (("linear_on_true_positions", state), ("quadratic_on_true_positions", quad)):
+        probe = fit_probe(feats[pool], danger[pool], "classification", dname,
+                          AgentRef("ground_truth", "ground_truth", feats.shape[1]), config.probe)
         out[name] = primary_score(evaluate_probe(probe, feats[held], danger[held]), "classification")
     row = main[config.primary_estimator]["trained"]
     if "error" not in row:
         p = row["probes"]
-        out["native_on_target"] = p["danger"]["home_on_target"]
-        out["native_on_source"] = p["danger"]["native_on_source"]
-        out["transferred"] = p["danger"]["transferred"]
+        out["native_on_target"] = p[dname]["home_on_target"]
+        out["native_on_source"] = p[dname]["native_on_source"]
+        out["transferred"] = p[dname]["transferred"]
         out["position_transferred_r2"] = p["position"]["transferred"]
     return out
 
 
-def _danger_via_positions(probes, pairs, anchors, held, positions, danger, config) -> float | None:
-    """Danger read from the *transferred position probe's* output by a quadratic rule fitted on true positions."""
+def _danger_via_positions(probes, pairs, anchors, held, labels, dname, config) -> float | None:
+    """Danger read from the *transferred state probes'* output by a quadratic rule fitted on the true state."""
     tr = pairs["trained"]
     try:
         lm = _fit(tr["source"][anchors], tr["target"][anchors], config.primary_estimator, config)
     except FitError:
         return None
     pc = Postcard.from_map(lm, "study", tr["s_agent"], tr["t_agent"])
-    pred = transfer_probe(probes["trained"].home["position"], pc).apply(tr["source"][held])  # (H, 2n)
-    agent = AgentRef("ground_truth", "ground_truth", 2 * positions.shape[1])
-    rule = fit_probe(np.concatenate([positions, positions**2], 1)[anchors], danger[anchors], "classification",
-                     "danger", agent, config.probe)
+    state, danger = _state_features(labels), labels[dname][1]
+    pred = np.concatenate([transfer_probe(probes["trained"].home[k], pc).apply(tr["source"][held])
+                           for k in ("position", "robot_pose") if k in labels], 1)  # (H, state columns)
+    agent = AgentRef("ground_truth", "ground_truth", 2 * state.shape[1])
+    rule = fit_probe(np.concatenate([state, state**2], 1)[anchors], danger[anchors], "classification",
+                     dname, agent, config.probe)
     feats = np.concatenate([pred, pred**2], 1)
     return primary_score(evaluate_probe(rule, feats, danger[held]), "classification")
 
@@ -463,7 +510,7 @@ def _verdicts(main: dict[str, Any], similarity: dict[str, Any], shifts: dict[str
     if "error" in trained:
         return {"error": trained["error"]}
     ctrl = {c: (row[c]["retrieval_top1"]["mean"] if c == "shuffled" else row[c]["retrieval_top1"])
-            for c in CONTROLS if c in row and "error" not in row[c]}
+            for c in CONTROLS if c in row and "error" not in row[c] and c not in config.findings}
     for d, entry in shifts.items():  # time-shifted pairing: same agents, same views, wrong moment
         if int(d) >= config.shift_verdict_min and "error" not in entry:
             ctrl[f"shift_{d}"] = entry["shifted"]["retrieval_top1"]
@@ -486,7 +533,7 @@ def _verdicts(main: dict[str, Any], similarity: dict[str, Any], shifts: dict[str
 def _cka_verdict(similarity: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
     """Map-free check: is the trained pair's CKA above every control's by config.cka_margin?"""
     trained = similarity["trained"]["cka"]
-    ctrl = {c: s["cka"] for c, s in similarity.items() if c != "trained"}
+    ctrl = {c: s["cka"] for c, s in similarity.items() if c != "trained" and c not in config.findings}
     best = max(ctrl, key=ctrl.get) if ctrl else None
     margin = trained - ctrl[best] if best else None
     return {"trained": trained, "controls": ctrl, "best_control": best, "margin": margin,
@@ -508,15 +555,24 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
     positions = np.asarray(inputs.positions, np.float64).reshape(len(inputs.target), -1)  # (M, 2n)
     pos_names = inputs.position_labels or [f"obj{i // 2}_{'xy'[i % 2]}" for i in range(positions.shape[1])]
     danger = np.asarray(inputs.danger).astype(np.int64)
+    dname = inputs.danger_name
     labels = {"position": ("regression", positions, pos_names),
-              "danger": ("classification", danger, [str(c) for c in range(int(danger.max()) + 1)])}
+              dname: ("classification", danger, [str(c) for c in range(int(danger.max()) + 1)])}
+    if inputs.robot_pose is not None:
+        pose = np.asarray(inputs.robot_pose, np.float64)  # (M, 4)
+        labels["robot_pose"] = ("regression", pose, inputs.robot_pose_labels
+                                or [f"robot_pose_{i}" for i in range(pose.shape[1])])
+    groups = (None if inputs.target_visible is None
+              else visibility_groups(inputs.target_visible, inputs.source_visible))  # (M, n)
     probes = {cond: _fit_probes(pair, pool, labels, config) for cond, pair in pairs.items()}
     similarity = {c: similarity_metrics(p["source"][ev], p["target"][ev], config.k) for c, p in pairs.items()}
-    main = _main_tables(pairs, anchors, held, ev, probes, labels, config, rng)
+    main = _main_tables(pairs, anchors, held, ev, probes, labels, config, rng, groups)
     shifts = _time_shifts(inputs, pairs, pool, held, ev, probes, labels, config, rng)
-    danger_info = _danger_analysis(inputs, pool, held, positions, danger, main, config)
-    danger_info["via_transferred_positions"] = _danger_via_positions(probes, pairs, anchors, held, positions,
-                                                                     danger, config)
+    danger_info = _danger_analysis(pool, held, labels, dname, main, config)
+    danger_info["via_transferred_positions"] = _danger_via_positions(probes, pairs, anchors, held, labels, dname,
+                                                                     config)
+    extra = {} if groups is None else {"visibility": {
+        "groups": list(GROUPS), "share_heldout": {g: float((groups[held] == i).mean()) for i, g in enumerate(GROUPS)}}}
     return {
         "config": to_dict(config),
         "agents": {"target": pairs["trained"]["t_agent"].to_dict(), "source": pairs["trained"]["s_agent"].to_dict()},
@@ -530,6 +586,8 @@ def run_study(inputs: StudyInputs, config: StudyConfig | None = None) -> dict[st
         "shared": _shared(pairs, anchors, ev, np.asarray(inputs.episode), config, rng),
         "time_shift": shifts,
         "danger_analysis": danger_info,
+        "danger_name": dname,
+        **extra,
         "verdicts": _verdicts(main, similarity, shifts, config),
     }
 
@@ -620,8 +678,11 @@ def _margin_lines(results: dict[str, Any], rows: list[dict]) -> list[str]:
     return lines
 
 
-def render_report(results: dict[str, Any]) -> str:
-    """report.md: every number beside its controls, verdicts from the config thresholds."""
+def render_report(results: dict[str, Any], assets: str = "") -> str:
+    """report.md: every number beside its controls, verdicts from the config thresholds.
+
+    ``assets``: prefix of the plots' paths (a folder, when the section is embedded in another report).
+    """
     cfg, sp, ag = results["config"], results["split"], results["agents"]
     conds = results["conditions"]
     est = cfg["primary_estimator"]
@@ -662,10 +723,44 @@ def render_report(results: dict[str, Any]) -> str:
                  "chance", "kept (above chance)", "transferred / native"], rows)
     L += ["", ("kept (above chance) = (zero-shot − chance) / (native − chance); — where the native probe is "
           f"within {cfg['min_native_above_chance']} of chance."), ""]
+    L += [*_findings_lines(results), *_visibility_section(results, assets)]
     L += ["", *_shared_section(results), "", *_shift_section(results), "", *_danger_section(results)]
-    L += ["", *_sweep_section(results), "", "![anchor sweep](anchor_sweep.png)", "",
-          "![controls](controls.png)", "", "![PCA](pca.png)", ""]
+    L += ["", *_sweep_section(results), "", f"![anchor sweep]({assets}anchor_sweep.png)", "",
+          f"![controls]({assets}controls.png)", "", f"![PCA]({assets}pca.png)", ""]
     return "\n".join(L)
+
+
+def _findings_lines(results: dict[str, Any]) -> list[str]:
+    """Conditions shown beside the controls but left out of the verdicts (StudyConfig.findings)."""
+    found = [c for c in results["config"].get("findings", ()) if c in results["conditions"]]
+    if not found:
+        return []
+    why = (" The different-world agent sees this world's frames from B's view but trained on another world (other "
+           "object sizes, speeds and colours): how well W still aligns it says whether the shared structure comes "
+           "from shared physics rather than shared data." if "other_world" in found else "")
+    return ["", f"Findings, not controls to beat (left out of the verdicts): {', '.join(_title(c) for c in found)}.{why}",
+            ""]
+
+
+def _visibility_section(results: dict[str, Any], assets: str) -> list[str]:
+    """Position transfer per (moment, object) visibility group of the two cameras (3D)."""
+    if "visibility" not in results:
+        return []
+    est, conds = results["config"]["primary_estimator"], results["conditions"]
+    rows = []
+    for c in conds:
+        groups = results["estimators"][est].get(c, {}).get("probes", {}).get("position", {}).get("by_visibility")
+        for g, d in (groups or {}).items():
+            rows.append([GROUP_TITLES[g], _title(c), str(d["n"]), f"{100 * d['share']:.0f}%", _f(d["home_on_target"]),
+                         _f(d["native_on_source"]), _f(d["transferred"]), _f(d["kept"], 2)])
+    return ["", f"## Position transfer by what each camera sees, estimator `{est}` (held-out)", "",
+            *_table(["object is…", "condition", "entries", "share", "probe_A on A (R²)", "native probe on B (R²)",
+                     "probe_A ∘ W on B (R²)", "kept (transferred / native)"], rows), "",
+            ("Every (moment, object) entry falls in one group by the two cameras' visibility masks (at least one "
+             "pixel, occlusion-aware). R² within a group is about that group's mean position; kept is — where the "
+             "native probe's R² is within "
+             f"{results['config']['min_native_above_chance']} of 0."), "",
+            f"![visibility]({assets}visibility.png)"]
 
 
 def _shared_section(results: dict[str, Any]) -> list[str]:
@@ -723,17 +818,27 @@ def _danger_section(results: dict[str, Any]) -> list[str]:
     if not d:
         return []
     pf = d["positive_fraction"]
-    L = ["## Why danger transfers worse than position", "",
-         (f"- Class balance: {100 * pf['all']:.0f}% of moments are dangerous (anchor pool {100 * pf['anchor_pool']:.0f}%, "
-          f"held-out {100 * pf['heldout']:.0f}%); scores are balanced accuracy, chance 0.5."),
-         (f"- The label is not linear in positions (object 0 inside a disc): a linear classifier on the *true* "
-          f"positions reaches {_f(d['linear_on_true_positions'])}, one on [positions, positions²] "
-          f"{_f(d['quadratic_on_true_positions'])}.")]
+    name = results.get("danger_name", "danger")
+    if name == "danger":
+        positive = "dangerous"
+        rule = (f"- The label is not linear in positions (object 0 inside a disc): a linear classifier on the *true* "
+                f"positions reaches {_f(d['linear_on_true_positions'])}, one on [positions, positions²] "
+                f"{_f(d['quadratic_on_true_positions'])}.")
+    else:
+        positive = f"labelled {name}"
+        rule = (f"- The label is not linear in the state (an object or robot within range ahead of robot 0): a linear "
+                f"classifier on the *true* object positions and robot 0's pose reaches "
+                f"{_f(d['linear_on_true_positions'])}, one on [state, state²] {_f(d['quadratic_on_true_positions'])}.")
+    L = [f"## Why {name} transfers worse than position", "",
+         (f"- Class balance: {100 * pf['all']:.0f}% of moments are {positive} (anchor pool "
+          f"{100 * pf['anchor_pool']:.0f}%, held-out {100 * pf['heldout']:.0f}%); scores are balanced accuracy, "
+          "chance 0.5."), rule]
     if "native_on_target" in d:
         L.append(f"- Natively linear in each agent: A {_f(d['native_on_target'])}, B {_f(d['native_on_source'])}; "
                  f"probe_A ∘ W on B {_f(d['transferred'])} (position R² transferred {_f(d['position_transferred_r2'])}).")
     if d.get("via_transferred_positions") is not None:
-        L.append(f"- Danger read by the quadratic rule from the transferred *position* probe's output: "
+        read = "*position* probe's output" if name == "danger" else "*position* and *robot_pose* probes' outputs"
+        L.append(f"- {name.capitalize()} read by the quadratic rule from the transferred {read}: "
                  f"{_f(d['via_transferred_positions'])}.")
     return L
 

@@ -113,9 +113,44 @@ def plot_pca(results: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_visibility(results: dict[str, Any], path: Path) -> None:
+    """Position R² per visibility group (3D): A's own probe, B's native probe, probe_A ∘ W on B; trained pair
+    and, hatched, the untrained control's transferred probe."""
+    from jepa_edge.study.visibility import GROUP_TITLES, GROUPS
+
+    row = results["estimators"][results["config"]["primary_estimator"]]
+    trained = row["trained"].get("probes", {}).get("position", {}).get("by_visibility")
+    if trained is None:  # the primary estimator could not be fitted: no figure
+        return
+    untrained = row.get("untrained", {}).get("probes", {}).get("position", {}).get("by_visibility")
+    bars = [("probe_A on A", trained, "home_on_target", "tab:gray", ""),
+            ("native probe on B", trained, "native_on_source", "tab:green", ""),
+            ("probe_A ∘ W on B", trained, "transferred", "tab:blue", "")]
+    if untrained:
+        bars.append(("probe_A ∘ W on B, untrained encoders", untrained, "transferred", "tab:orange", "//"))
+    fig, axes = _figure(1, 1, (8, 3.8))
+    ax = axes[0][0]
+    width = 0.8 / len(bars)
+    for j, (label, table, key, color, hatch) in enumerate(bars):
+        vals = [np.nan if table[g][key] is None else max(table[g][key], -1.0) for g in GROUPS]
+        ax.bar(np.arange(len(GROUPS)) + (j - (len(bars) - 1) / 2) * width, vals, width, color=color, hatch=hatch,
+               label=label)
+    ax.set_xticks(range(len(GROUPS)), [f"{GROUP_TITLES[g]}\n({100 * trained[g]['share']:.0f}% of entries)"
+                                       for g in GROUPS], fontsize=8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("object visibility (A's camera, B's camera)")
+    ax.set_ylabel("position R² within the group (held-out; floor -1)")
+    ax.set_title("position probe by what each camera sees")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     """All figures; returns their file names."""
     figures = {"anchor_sweep.png": plot_sweep, "controls.png": plot_controls, "pca.png": plot_pca}
+    if "visibility" in results:
+        figures["visibility.png"] = plot_visibility
     for name, fn in figures.items():
         fn(results, out_dir / name)
     return list(figures)

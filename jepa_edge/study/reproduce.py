@@ -5,6 +5,9 @@ simulated episodes, plus a control agent trained on a *different world*;
 renders a fresh set of paired moments; hands every latent, with untrained
 encoders as controls, to the numpy study (``jepa_edge.study.alignment``); writes
 the report, a postcard W_BA and agent A's probes for export.
+
+``world = "3d"`` runs the same experiment over several view pairs of the 3D world
+(``jepa_edge.study.reproduce3d``).
 """
 
 from __future__ import annotations
@@ -24,21 +27,28 @@ from jepa_edge.calib.probes import fit_probe, save_probe
 from jepa_edge.config import ConfigError, deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study, write_report
 from jepa_edge.train.checkpoint import load_agent
-from jepa_edge.train.config import RunConfig, agent_config
+from jepa_edge.train.config import RunConfig, agent_config, preset_config
 from jepa_edge.train.log import train_wall_time
 from jepa_edge.train.loop import ensure_trained
 from jepa_edge.world.sim import WorldConfig, position_labels, with_object_count
+
+WORLD_KINDS = ("2d", "3d")  # jepa_edge.world.worlds.WORLD_KINDS, without importing the renderers here
+
+
+# Train-time metrics of a 3D agent (meta.json): the state its camera can see, checked instead of position_r2.
+SEEN_METRICS = {"visible_position_r2": "visible-object position R²", "robot_pose_r2": "robot pose R²"}
 
 
 @dataclass
 class RecipeTargets:
     """The training recipe's targets (docs/RECIPE.md), checked on every reproduce run (report "Recipe targets")."""
 
-    agent_position_r2: float = 0.9  # each agent's own held-out position probe (train-time, meta.json)
+    agent_position_r2: float = 0.9  # each agent's own held-out position probe (train-time, meta.json; 3D: SEEN_METRICS)
     position_kept: float = 0.95  # probe_A ∘ W on B, fraction of B's native score above chance
-    danger_kept: float = 0.85
+    danger_kept: float = 0.85  # the danger label's probe (3D: the obstacle label)
     retrieval_top1: float = 0.2
-    retrieval_margin: float = 0.15  # above the best control of the retrieval verdict (different world, shifts, …)
+    retrieval_margin: float = 0.15  # above the best control of the retrieval verdict (different world, shifts, …;
+    # 3D: untrained, shuffled and shifted, the different world being a finding)
     cka: float = 0.35
     wall_s_per_agent: float = 600.0  # training wall time of each agent, from its train_state.json
 
@@ -53,12 +63,16 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
                      "digits": digits})
 
     for key, agent in results.get("agent_training", {}).items():
-        add(f"agent {key} position R²", (agent.get("metrics") or {}).get("position_r2"), targets.agent_position_r2)
+        metrics = agent.get("metrics") or {}
+        seen = [k for k in SEEN_METRICS if metrics.get(k) is not None]  # 3D: the state the agent's camera sees
+        for k in seen or ["position_r2"]:
+            add(f"agent {key} {SEEN_METRICS.get(k, 'position R²')}", metrics.get(k), targets.agent_position_r2)
     v = results["verdicts"]
     if "error" not in v:
         probes = v["probe_keep"]["probes"]
+        name = results.get("danger_name", "danger")
         add("position kept", probes.get("position", {}).get("kept"), targets.position_kept)
-        add("danger kept", probes.get("danger", {}).get("kept"), targets.danger_kept)
+        add(f"{name} kept", probes.get(name, {}).get("kept"), targets.danger_kept)
         r = v["retrieval"]
         add("retrieval top-1", r["trained"], targets.retrieval_top1)
         add(f"retrieval margin over the best control ({r['best_control']})", r["margin"], targets.retrieval_margin)
@@ -70,7 +84,9 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
 
 @dataclass
 class ReproduceConfig:
-    preset: str = "demo"  # PRESETS entry under these fields: what is left at its default here takes the preset's
+    preset: str = "demo"  # PRESETS (3D: PRESETS_3D) entry: what is left at its default here takes the preset's
+    world: str = "2d"  # "2d": one pair, view_a and view_b | "3d": the 3D world's view pairs (``pairs``)
+    pairs: tuple[tuple[str, str], ...] = ()  # 3D: (A, B) view pairs, A = W's target; () = reproduce3d.PAIRS_3D
     view_a: str = "top"  # agent A (W's target; its probes get transferred)
     view_b: str = "oblique"  # agent B (W's source; receives A's probes zero-shot)
     steps: int = 0  # training steps per agent (0 = RunConfig default)
@@ -78,7 +94,7 @@ class ReproduceConfig:
     seed_b: int = 2
     world_seed_a: int = 0  # each agent trains on its own simulated episodes
     world_seed_b: int = 1
-    other_world: bool = True  # also train the different-world control agent (costs one more run)
+    other_world: bool = True  # also train the different-world control agent (costs one more run; 3D: a finding)
     objects_world: bool = False  # also train the control agent of a world with objects_world_count objects (+1 run)
     objects_world_count: int = 5  # object count of that world (the agents' world has WorldConfig.n_objects)
     anchor_episodes: int = 96  # paired moments for W and its evaluation: 96 x 32 = 3072
@@ -104,14 +120,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The 3D world's presets: agents at the "3d" training preset (64 px); "quick" is as tiny as 2D's (a few
+# minutes on 2 CPU cores, no different-world agent).
+PRESETS_3D: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "quick": deep_merge(PRESETS["quick"], {"steps": 300, "run": {"data": {"n_episodes": 96},
+                                                                 "train": {"eval_every": 150, "ckpt_every": 300}}}),
+}
+
+
+def presets_of(world: str) -> dict[str, dict[str, Any]]:
+    return PRESETS_3D if world == "3d" else PRESETS
+
+
 def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
     """``cfg`` on top of its preset: every field the caller left at ReproduceConfig's default takes the preset's
     value; ``run`` and ``study`` merge key by key (the caller's keys win)."""
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {cfg.preset!r}; pass --preset with one of {', '.join(PRESETS)}")
+    if cfg.world not in WORLD_KINDS:
+        raise ConfigError(f"unknown world {cfg.world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
+    presets = presets_of(cfg.world)
+    if cfg.preset not in presets:
+        raise ConfigError(f"unknown preset {cfg.preset!r}; pass --preset with one of {', '.join(presets)}")
     cls = type(cfg)
     default = to_dict(cls())
-    return from_dict(cls, deep_merge(deep_merge(default, PRESETS[cfg.preset]), _changed(to_dict(cfg), default)))
+    return from_dict(cls, deep_merge(deep_merge(default, presets[cfg.preset]), _changed(to_dict(cfg), default)))
+
+
+def world_key(view: str) -> str:
+    """The DataConfig field that holds the world of ``view``'s kind: "world" (2D) or "world3d"."""
+    from jepa_edge.world.worlds import world_kind_of_view
+
+    return "world3d" if world_kind_of_view(view) == "3d" else "world"
+
+
+def check_views(world: str, views: list[str] | tuple[str, ...]) -> None:
+    """Every view exists and belongs to ``world`` (a ConfigError naming the flag and the choices otherwise)."""
+    from jepa_edge.world.worlds import views_of, world_kind_of_view
+
+    if world not in WORLD_KINDS:
+        raise ConfigError(f"unknown world {world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
+    for v in views:
+        kind = world_kind_of_view(v)  # a ValueError naming both view lists for an unknown view
+        if kind != world:
+            raise ConfigError(f"view {v!r} is a {kind.upper()} view; with --world {world} pass --view-a/--view-b "
+                              f"among {', '.join(views_of(world))} (or --world {kind})")
 
 
 def _changed(mine: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -122,12 +174,15 @@ def _changed(mine: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
 
 def short_run_notice(cfg: ReproduceConfig, run: RunConfig) -> str:
     """The report's first words when the agents trained less than the demo preset's recipe ("" when they did not)."""
-    demo_steps = RunConfig().train.steps
+    three = cfg.world == "3d"
+    demo_steps = (preset_config("3d") if three else RunConfig()).train.steps
     if cfg.preset == "demo" and run.train.steps >= demo_steps:
         return ""
+    command, make = ("jepa-edge reproduce --world 3d", "make demo WORLD=3d") if three else \
+        ("jepa-edge reproduce", "make demo")
     return (f"Short run (preset {cfg.preset}, {run.train.steps} training steps per agent; the demo preset trains "
             f"{demo_steps}): the agents are undertrained, so these numbers show the pipeline working, not the "
-            "paper's claim. `jepa-edge reproduce` with the demo preset (`make demo`) measures the claim.")
+            f"paper's claim. `{command}` with the demo preset (`{make}`) measures the claim.")
 
 
 def objects_world(cfg: ReproduceConfig, base: dict) -> dict:
@@ -151,6 +206,13 @@ def ensure_agent(run_cfg: RunConfig, out: Path, progress: bool, console: Console
 
 def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     cfg = with_preset(cfg)
+    if cfg.world == "3d":
+        from jepa_edge.study.reproduce3d import reproduce_3d
+
+        return reproduce_3d(cfg, Path(out_dir), progress)
+    if cfg.pairs:
+        raise ConfigError("ReproduceConfig.pairs is for the 3D world; in 2D set view_a and view_b (--view-a/--view-b)")
+    check_views("2d", [cfg.view_a, cfg.view_b])
     out_dir = Path(out_dir)
     console = Console(stderr=True)
     runs = out_dir / "runs"
@@ -204,13 +266,18 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, progress: bool = True) 
 
 
 def write_artifacts(inputs: StudyInputs, study: StudyConfig, out_dir: Path) -> dict[str, Path]:
+    """W_BA on all anchors and agent A's probes (position, danger or obstacle, robot pose where given)."""
     lm = fit_map(inputs.source, inputs.target, FitConfig(estimator=study.primary_estimator,
                                                           ridge_alpha=study.ridge_alpha))
     postcard = Postcard.from_map(lm, name="W_BA", source=inputs.source_agent, target=inputs.target_agent)
     paths = {"postcard": out_dir / "W_BA.postcard.safetensors"}
     save_postcard(paths["postcard"], postcard)
-    for task, y, kind, labels in (("position", inputs.positions, "regression", inputs.position_labels),
-                                  ("danger", inputs.danger, "classification", ["safe", "danger"])):
+    name = inputs.danger_name
+    tasks = [("position", inputs.positions, "regression", inputs.position_labels),
+             (name, inputs.danger, "classification", ["safe", "danger"] if name == "danger" else ["clear", name])]
+    if inputs.robot_pose is not None:
+        tasks.append(("robot_pose", inputs.robot_pose, "regression", inputs.robot_pose_labels))
+    for task, y, kind, labels in tasks:
         probe = fit_probe(inputs.target, y, kind, task, inputs.target_agent, labels=labels)
         paths[task] = out_dir / "probes" / f"agentA.{task}.probe.safetensors"
         save_probe(paths[task], probe)

@@ -9,6 +9,10 @@ seeds per budget and pair) and scaling.png (every metric against training comput
 
 Agents are reused when their run directory already holds the same finished run, so an interrupted
 study resumes and a larger study can reuse a smaller one's points.
+
+The views may be the 3D world's (all of one world): agents train at the "3d" preset, the pairs get the
+obstacle and robot-pose probes and the position probe per visibility group, and the different-world
+agent (another World3DConfig) is a finding, not a control, as in `reproduce --world 3d`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rich.console import Console
 from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json, jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study
+from jepa_edge.study.visibility import GROUPS
 from jepa_edge.train.config import RunConfig, agent_config
 from jepa_edge.world.sim import position_labels
 
@@ -39,8 +44,8 @@ class ScalingError(ValueError):
 
 @dataclass
 class ScalingConfig:
-    view_a: str = "top"  # W's target in every pair
-    views_b: tuple[str, ...] = ("oblique", "rotated")  # one pair per view: B → A
+    view_a: str = "top"  # W's target in every pair (a 2D or a 3D view: the world follows the views)
+    views_b: tuple[str, ...] = ("oblique", "rotated")  # one pair per view: B → A, views of view_a's world
     # Budgets double in clips seen and in distinct episodes; the default fits ~1 h on 2 CPU cores (docs/SCALING.md).
     steps: tuple[int, ...] = (250, 500, 1000, 1000)  # per budget (same length as batch_sizes and n_episodes)
     batch_sizes: tuple[int, ...] = (64, 64, 64, 128)
@@ -68,10 +73,26 @@ class ScalingConfig:
             raise ScalingError(f"ScalingConfig.workers={self.workers} must be >= 1")
         if min(self.steps) < 1 or min(self.batch_sizes) < 2 or min(self.n_episodes) < 2:
             raise ScalingError("ScalingConfig: steps >= 1, batch_sizes >= 2, n_episodes >= 2")
+        from jepa_edge.world.worlds import world_kind_of_view
+
+        kinds = {v: world_kind_of_view(v) for v in (self.view_a, *self.views_b)}
+        if len(set(kinds.values())) > 1:
+            raise ScalingError(f"ScalingConfig views {kinds} are of different worlds: pick every view of one world")
         self.study_config().validate()
 
+    @property
+    def three_d(self) -> bool:
+        from jepa_edge.world.worlds import world_kind_of_view
+
+        return world_kind_of_view(self.view_a) == "3d"
+
     def study_config(self) -> StudyConfig:
-        return from_dict(StudyConfig, deep_merge(to_dict(StudyConfig()), self.study))
+        study = from_dict(StudyConfig, deep_merge(to_dict(StudyConfig()), self.study))
+        if self.three_d:
+            from jepa_edge.study.reproduce3d import study_3d
+
+            return study_3d(study)
+        return study
 
     def budgets(self) -> list[dict[str, int]]:
         return [{"steps": s, "batch_size": b, "n_episodes": e, "clips": s * b}
@@ -84,15 +105,18 @@ OTHER_WORLD_VIEW = 0  # the different-world control agent is trained on views_b[
 def budget_agent(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
                  world: dict | None = None) -> RunConfig:
     """One agent of one budget; the workers share the cores, one torch thread each unless ``run`` sets it."""
+    from jepa_edge.study.reproduce import world_key
+
     threads = {"threads": 1} if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}) else {}
-    return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed, steps=budget["steps"],
-                        data={"n_episodes": budget["n_episodes"], "world": world or {}},
+    return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed,
+                        steps=budget["steps"], data={"n_episodes": budget["n_episodes"], world_key(view): world or {}},
                         train={"batch_size": budget["batch_size"], **threads})
 
 
 def _point_agents(cfg: ScalingConfig, budget: dict[str, int], seed: int) -> dict[str, tuple[RunConfig, str]]:
     """name → (RunConfig, view) of every agent of one (budget, seed) point."""
     from jepa_edge.study.reproduce import OTHER_WORLD
+    from jepa_edge.study.reproduce3d import OTHER_WORLD_3D
 
     base = 1000 * (seed + 1)
     agents = {"A": (budget_agent(cfg, budget, "agentA", cfg.view_a, base + 1, base), cfg.view_a)}
@@ -100,7 +124,8 @@ def _point_agents(cfg: ScalingConfig, budget: dict[str, int], seed: int) -> dict
         agents[f"B_{v}"] = (budget_agent(cfg, budget, f"agentB_{v}", v, base + 2 + i, base + 1 + i), v)
     if cfg.other_world:
         v = cfg.views_b[OTHER_WORLD_VIEW]
-        agents["C"] = (budget_agent(cfg, budget, "agentC_otherworld", v, base + 100, base + 100, OTHER_WORLD), v)
+        world = OTHER_WORLD_3D if cfg.three_d else OTHER_WORLD
+        agents["C"] = (budget_agent(cfg, budget, "agentC_otherworld", v, base + 100, base + 100, world), v)
     return agents
 
 
@@ -110,20 +135,27 @@ def _row(res: dict[str, Any], meta_a: dict, meta_b: dict) -> dict[str, Any]:
     row = res["estimators"][est]
     tr = row["trained"]
     sim = res["similarity"]
+    danger = res["danger_name"]
     out: dict[str, Any] = {
         "agent_a_position_r2": (meta_a.get("metrics") or {}).get("position_r2"),
         "agent_b_position_r2": (meta_b.get("metrics") or {}).get("position_r2"),
         "w_r2": tr.get("r2"), "retrieval_top1": tr.get("retrieval_top1"), "cka": sim["trained"]["cka"],
         "mutual_knn": sim["trained"]["mutual_knn"],
-        "position_kept": tr["probes"]["position"]["kept"], "danger_kept": tr["probes"]["danger"]["kept"],
+        "position_kept": tr["probes"]["position"]["kept"], "danger_kept": tr["probes"][danger]["kept"],
         "position_transferred": tr["probes"]["position"]["transferred"],
-        "danger_transferred": tr["probes"]["danger"]["transferred"],
+        "danger_transferred": tr["probes"][danger]["transferred"],
         "shared_dims_0.9": res["shared"]["trained"]["n_above"]["0.9"],
         "shared_dims_0.5": res["shared"]["trained"]["n_above"]["0.5"],
         "w_r2_inside_shared": res["shared"]["w_split"]["by_threshold"].get("0.5", {}).get("r2_inside"),
         "w_r2_outside_shared": res["shared"]["w_split"]["by_threshold"].get("0.5", {}).get("r2_outside"),
         "retrieval_chance": tr.get("retrieval_chance"),
     }
+    for g, d in tr["probes"]["position"].get("by_visibility", {}).items():  # 3D: what each camera sees
+        out[f"position_kept_{g}"] = d["kept"]
+    if "robot_pose" in tr["probes"]:
+        out["robot_pose_kept"] = tr["probes"]["robot_pose"]["kept"]
+        for role, meta in (("a", meta_a), ("b", meta_b)):  # the objects the agent's camera sees
+            out[f"agent_{role}_visible_position_r2"] = (meta.get("metrics") or {}).get("visible_position_r2")
     for c in ("untrained", "other_world"):
         if c in row and "error" not in row[c]:
             out[f"{c}_retrieval_top1"] = row[c]["retrieval_top1"]
@@ -153,26 +185,35 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
     study = cfg.study_config()
     views = [cfg.view_a, *cfg.views_b]
     first = budget_agent(cfg, cfg.budgets()[0], "probe", cfg.view_a, 0, 0)
-    moments = world_moments(views, cfg.anchor_episodes, cfg.anchor_steps, first.data.img_size, cfg.anchor_seed,
-                            first.data.world)
+    world = first.data.world3d if cfg.three_d else first.data.world
+    moments = world_moments(views, cfg.anchor_episodes, cfg.anchor_steps, first.data.img_size, cfg.anchor_seed, world)
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
     labels = position_labels(moments.positions.shape[1] // 2)
+    pairs = [(cfg.view_a, v) for v in cfg.views_b]
+    if cfg.three_d:  # obstacle and robot-pose probes, the position probe per visibility group
+        from jepa_edge.study.reproduce3d import study_extras
+
+        extras = {b: e for (_, b), e in study_extras(moments, pairs, first.data.img_size, world).items()}
+    else:
+        extras = {b: {} for _, b in pairs}
     pool = worker_pool(cfg.workers) if cfg.workers > 1 else None
     try:
-        points = _run_points(cfg, out_dir, console, study, moments, step, labels, pool, progress)
+        points = _run_points(cfg, out_dir, console, study, moments, step, labels, extras, pool, progress)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    role = "a finding about shared physics, not a control" if cfg.three_d else "a control"
     results = {"config": to_dict(cfg), "study_config": to_dict(study), "points": points,
-               "summary": summarise(points), "note": ("The different-world control agent is trained on "
-                                                      f"{cfg.views_b[OTHER_WORLD_VIEW]} in another world and fed each "
-                                                      "pair's B frames")}
+               "summary": summarise(points), "danger_name": "obstacle" if cfg.three_d else "danger",
+               "note": (f"The different-world agent ({role}) is trained on {cfg.views_b[OTHER_WORLD_VIEW]} in another "
+                        "world and fed each pair's B frames")}
     write_scaling(results, out_dir)
     return results
 
 
 def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: StudyConfig, moments: Any,
-                step: np.ndarray, labels: list[str], pool: Any, progress: bool) -> list[dict[str, Any]]:
+                step: np.ndarray, labels: list[str], extras: dict[str, dict], pool: Any, progress: bool
+                ) -> list[dict[str, Any]]:
     """Train every (budget, seed) point's agents, then study each pair: one row per (budget, seed, pair)."""
     from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like
     from jepa_edge.train.checkpoint import load_agent
@@ -204,6 +245,7 @@ def _run_points(cfg: ScalingConfig, out_dir: Path, console: Console, study: Stud
                     target_untrained=latents_of(untrained_like(meta_a, 10_001), moments.frames[cfg.view_a]),
                     source_untrained=latents_of(untrained_like(meta_b, 10_002), moments.frames[v]),
                     other_world=(latents_of(loaded["C"][0], moments.frames[v]) if "C" in loaded else None),
+                    **extras[v],
                 )
                 res = run_study(inputs, study)
                 points.append({"budget": bi, **budget, "seed": seed, "pair": f"{v}->{cfg.view_a}",
@@ -222,9 +264,15 @@ CONTROL_METRICS = {"retrieval_top1": ("untrained_retrieval_top1", "other_world_r
                                             "shuffled_position_transferred")}
 
 
+# 3D pairs only: the position probe kept per visibility group, the robot-pose probe kept
+METRICS_3D = (*(f"position_kept_{g}" for g in GROUPS), "robot_pose_kept", "agent_a_visible_position_r2",
+              "agent_b_visible_position_r2")
+
+
 def summarise(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sd over seeds per (budget, pair), for every metric and control."""
-    keys = [*METRICS, *(c for cs in CONTROL_METRICS.values() for c in cs)]
+    keys = [*METRICS, *(c for cs in CONTROL_METRICS.values() for c in cs),
+            *(k for k in METRICS_3D if any(k in p for p in points))]
     out = []
     for bi, pair in dict.fromkeys((p["budget"], p["pair"]) for p in points):
         group = [p for p in points if p["budget"] == bi and p["pair"] == pair]
@@ -248,18 +296,25 @@ def render_scaling(results: dict[str, Any]) -> str:
           f"(mean ± sd over seeds). Paired moments: {cfg['anchor_episodes']} × {cfg['anchor_steps']} of world "
           f"{cfg['anchor_seed']}; every metric held-out, W = `{results['study_config']['primary_estimator']}`. "
           f"{results['note']}."), ""]
-    head = ["pair", "steps × batch", "episodes", "A pos R²", "B pos R²", "W R²", "retrieval top-1",
+    three_d = any("robot_pose_kept" in r for r in results["summary"])
+    seen = "visible_" if three_d else ""  # 3D: each agent's R² on the objects its camera sees
+    head = ["pair", "steps × batch", "episodes", f"A {seen}pos R²", f"B {seen}pos R²", "W R²", "retrieval top-1",
             "untrained / shuffled / other world / time shift", "CKA", "CKA untrained / other world / time shift",
-            "position kept", "danger kept", "shared dims >0.9 / >0.5", "W R² in / out shared"]
+            "position kept", f"{results.get('danger_name', 'danger')} kept", "shared dims >0.9 / >0.5",
+            "W R² in / out shared"]
+    if three_d:
+        head += ["position kept by visibility: " + " / ".join(GROUPS), "robot pose kept"]
     rows = []
     for r in results["summary"]:
         ctrl = " / ".join(_ms(r.get(c), 3) for c in CONTROL_METRICS["retrieval_top1"])
         cka_ctrl = " / ".join(_ms(r.get(c), 2) for c in CONTROL_METRICS["cka"])
         rows.append([r["pair"], f"{r['steps']} × {r['batch_size']}", str(r["n_episodes"]),
-                     _ms(r["agent_a_position_r2"]), _ms(r["agent_b_position_r2"]), _ms(r["w_r2"]),
+                     _ms(r.get(f"agent_a_{seen}position_r2")), _ms(r.get(f"agent_b_{seen}position_r2")), _ms(r["w_r2"]),
                      _ms(r["retrieval_top1"]), ctrl, _ms(r["cka"]), cka_ctrl, _ms(r["position_kept"], 2),
                      _ms(r["danger_kept"], 2), f"{_ms(r['shared_dims_0.9'], 1)} / {_ms(r['shared_dims_0.5'], 1)}",
-                     f"{_ms(r['w_r2_inside_shared'], 2)} / {_ms(r['w_r2_outside_shared'], 2)}"])
+                     f"{_ms(r['w_r2_inside_shared'], 2)} / {_ms(r['w_r2_outside_shared'], 2)}",
+                     *([" / ".join(_ms(r.get(f"position_kept_{g}"), 2) for g in GROUPS), _ms(r.get("robot_pose_kept"), 2)]
+                       if three_d else [])])
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
     L += ["", "![scaling](scaling.png)", ""]
     return "\n".join(L)

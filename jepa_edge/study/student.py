@@ -42,6 +42,9 @@ CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # 
 TITLES = {"scratch": "scratch", "teacher": "with teacher", "shuffled": "shuffled teacher (control)",
           "random": "untrained teacher (control)"}
 TARGET_MODES = ("final", "gain")
+# The student's metric per world: what its camera can see (a 3D camera sees part of the arena; the held-out
+# probe scores positions on the (moment, object) entries in view, train.evaluate.state_probe)
+STUDENT_METRIC = {"2d": "position_r2", "3d": "visible_position_r2"}
 COLORS = {"scratch": "tab:gray", "teacher": "tab:blue", "shuffled": "tab:orange", "random": "tab:green"}
 
 # The recipe's model (jepa.py / model.py defaults) on CPU; sizes are the recipe owner's, only the run
@@ -57,8 +60,8 @@ class StudentStudyError(ValueError):
 
 @dataclass
 class StudentStudyConfig:
-    view_teacher: str = "top"  # view A: the existing agent
-    view_student: str = "oblique"  # view B: the new agent
+    view_teacher: str = "top"  # view A: the existing agent (a 2D or a 3D view: the world follows the view)
+    view_student: str = "oblique"  # view B: the new agent, a view of the teacher's world
     teacher_run: str = ""  # reuse this finished teacher ("" = train one into out_dir/runs/teacher)
     teacher_steps: int = 2000  # TrainConfig default, longer than any student: the teacher stands for a mature agent
     teacher_eval_every: int = 250  # the teacher's curve is not analysed: evaluate it rarely
@@ -99,14 +102,20 @@ class StudentStudyConfig:
             raise StudentStudyError(f"steps={self.steps} must be >= eval_every={self.eval_every} >= 1")
         if "run" in self.teacher or "control" in self.teacher:
             raise StudentStudyError("StudentStudyConfig.teacher must not set run/control: the study sets them")
+        from jepa_edge.world.worlds import world_kind_of_view
+
+        kinds = {v: world_kind_of_view(v) for v in (self.view_teacher, self.view_student)}
+        if len(set(kinds.values())) > 1:
+            raise StudentStudyError(f"teacher and student views {kinds} are of different worlds: pick both views "
+                                    "of one world (--world 2d or --world 3d)")
 
 
 # ---------------------------------------------------------------- run configs
 
 
 def teacher_config(cfg: StudentStudyConfig) -> RunConfig:
-    return agent_config("teacher", cfg.view_teacher, overrides=cfg.run, seed=cfg.teacher_seed,
-                        world_seed=cfg.teacher_world_seed, steps=cfg.teacher_steps,
+    return agent_config("teacher", cfg.view_teacher, overrides=cfg.run,
+                        seed=cfg.teacher_seed, world_seed=cfg.teacher_world_seed, steps=cfg.teacher_steps,
                         train={"eval_every": cfg.teacher_eval_every, "threads": cfg.teacher_threads})
 
 
@@ -114,8 +123,8 @@ def student_config(cfg: StudentStudyConfig, condition: str, seed: int, teacher_r
     """One run on view B; the conditions of one seed differ only in the teacher section."""
     teacher = {} if condition == "scratch" else {**cfg.teacher, "run": str(teacher_run),
                                                  "control": CONTROL_OF[condition]}
-    return agent_config(f"{condition}_s{seed}", cfg.view_student, overrides=cfg.run, seed=seed,
-                        world_seed=cfg.student_world_seed + seed, steps=cfg.steps,
+    return agent_config(f"{condition}_s{seed}", cfg.view_student,
+                        overrides=cfg.run, seed=seed, world_seed=cfg.student_world_seed + seed, steps=cfg.steps,
                         train={"eval_every": cfg.eval_every}, teacher=teacher)
 
 

@@ -129,11 +129,12 @@ PRESETS: dict[str, dict] = {
     },
     # The scale an earlier session measured on one H200 (docs/RECIPE.md, "GPU preset"): the demo architecture,
     # 4x the batch, 2x the episodes, 1.5x the steps, CUDA graphs required (a CPU run is refused: it would take hours).
-    # The 3-D world's views: 64 px (a 0.15 m object 3 m away is ~2 px at 32 px), patch 16 keeps the 4x4 token
-    # grid of the 32 px recipe, so the transformer costs the same; 1024 episodes (~0.4 GB uint8 at 64 px).
+    # The 3-D world's views: 64 px (a 0.2 m object 3 m away is ~2 px at 32 px), patch 16 keeps the 4x4 token
+    # grid of the 32 px recipe, so the transformer costs the same; 1024 episodes (~0.4 GB uint8 at 64 px);
+    # horizon 3: objects move under 1 px per step at 64 px, so t+1 is nearly a copy of t (docs/RECIPE.md).
     "3d": {
         "data": {"img_size": 64, "n_episodes": 1024},
-        "jepa": {"encoder": {"img_size": 64, "patch_size": 16}},
+        "jepa": {"encoder": {"img_size": 64, "patch_size": 16}, "horizon": 3},
     },
     "gpu": {
         "data": {"n_episodes": 4096},

@@ -36,9 +36,10 @@ _SKY, _SKY_HEAT = (235, 206, 170), 25  # BGR; grey level of the thermal sky
 _OUTSIDE, _OUTSIDE_HEAT = (55, 60, 60), 40
 _WALLS = ((70, 70, 170), (80, 150, 80), (170, 100, 60), (60, 170, 190))  # south, east, north, west (BGR)
 _WALL_HEAT = (95, 105, 85, 115)
-_POSTS = ((30, 30, 30), (240, 240, 240), (180, 40, 120), (20, 120, 250))
+_POSTS = ((30, 30, 30), (240, 240, 240), (100, 100, 100), (20, 120, 250))
 _POST_HEAT = (150, 135, 140, 145)
-_ROBOTS = ((90, 90, 90), (20, 60, 120), (120, 30, 30), (30, 100, 30))
+_ROBOTS = ((210, 190, 40), (150, 40, 110), (40, 140, 140), (120, 30, 30))  # saturated: a dark grey robot
+# was confounded with the floor's dark ring and the black post (its position not linear in the pixels)
 _ROBOT_HEAT = (185, 175, 170, 165)
 _MARKER, _MARKER_HEAT = (0, 215, 255), 210  # the arrow on a robot's top: its heading
 _OBJECT_HEAT = (245, 225, 205, 235, 215, 200)

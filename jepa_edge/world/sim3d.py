@@ -33,7 +33,7 @@ ROBOT_POSE_LABELS = ["robot0.x", "robot0.y", "robot0.cos", "robot0.sin"]
 class World3DConfig:
     arena: float = 3.0  # floor side, metres
     wall_height: float = 0.6
-    n_objects: int = 4
+    n_objects: int = 3  # one sphere, one box, one cylinder (why not more: docs/RECIPE.md, "The 3-D world")
     shapes: tuple[str, ...] = ("sphere", "box", "cylinder", "sphere", "box", "cylinder")  # per object
     sizes: tuple[float, ...] = (0.3, 0.25, 0.22, 0.2, 0.26, 0.24)  # per object, metres
     colors: tuple[tuple[int, int, int], ...] = (  # BGR per object (colour cameras; thermal sees heat)
