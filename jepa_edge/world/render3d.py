@@ -5,8 +5,10 @@ microseconds, so painting them in depth order (the painter's algorithm) renders 
 per second on one CPU core with no display, EGL or GPU; per-pixel ray casting in numpy ran at ~230 frames/s
 for five spheres, and MuJoCo's software renderer at ~15. The scene is convex where it matters: the walls
 bound the arena (so everything inside lies in front of them from any camera inside it), each mesh is convex
-(back faces culled, so its own faces never overlap), and objects bounce off each other's footprints only
-approximately, so two primitives are ordered by the distance of their centres from the camera.
+(back faces culled, so its own faces never overlap), and two primitives are ordered by the distance of their
+centres from the camera. That order is exact for separate bodies of similar size; where bodies overlap (objects
+do not collide with each other, robots drive through posts) or a large face lies next to a small body, the
+painter can draw the wrong one on top for those pixels: the price of speed, shared by every painter's renderer.
 
 Per frame: the textured floor is one perspective warp of the floor texture (a plane's image is a homography
 of it); the sky is the half-plane above the horizon line; then walls, posts, objects and robots, far to near.
