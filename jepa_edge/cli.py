@@ -547,10 +547,10 @@ def reproduce(
         return
     if student:
         from jepa_edge.config import deep_merge
-        from jepa_edge.study.student import SMALL_RUN, STUDENT_METRIC, StudentStudyConfig, run_student_study
+        from jepa_edge.study.student import SMALL_RUN, StudentStudyConfig, run_student_study, student_metric
 
         scfg = StudentStudyConfig(view_teacher=view_a or pair[0], view_student=view_b or pair[1],
-                                  run=deep_merge(SMALL_RUN, overrides), metric=STUDENT_METRIC[world],
+                                  run=deep_merge(SMALL_RUN, overrides), metric=student_metric(view_b or pair[1]),
                                   **({"steps": steps} if steps else {}))
         run_student_study(scfg, out, progress=progress)
         say(f"report: {report}")

@@ -277,7 +277,7 @@ def test_cli_student_on_3d_views_builds_the_3d_study(tmp_path, monkeypatch):
         res = CliRunner().invoke(app, ["reproduce", "--student", "--out", str(tmp_path / "s"), *args])
         assert res.exit_code == 0, res.output
     (d3, pair, d2) = seen
-    assert (d3.view_teacher, d3.view_student, d3.metric) == ("overhead", "front", "visible_position_r2")
+    assert (d3.view_teacher, d3.view_student, d3.metric) == ("overhead", "front", "visible_ego_r2")
     assert (pair.view_teacher, pair.view_student) == ("corner", "rear")
     assert (d2.view_teacher, d2.view_student, d2.metric) == ("top", "oblique", "position_r2")  # 2D unchanged
 
@@ -310,3 +310,14 @@ def test_student_and_scaling_studies_run_on_a_3d_pair(tmp_path):
     assert loaded["study_config"]["findings"] == ["other_world"] and "robot_pose_kept" in loaded["points"][0]
     md = (tmp_path / "scaling/scaling.md").read_text()
     assert "obstacle kept" in md and "position kept by visibility" in md and "a finding" in md
+
+
+def test_a_robot_camera_is_held_to_its_own_frame():
+    from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
+
+    res = _pair_results(3, "front", "rear", {"visible_position_r2": -0.3, "visible_ego_r2": 0.92,
+                                             "robot_pose_r2": 0.6, "position_r2": -0.3})
+    rows = {t["target"]: t for t in recipe_targets(res, {}, RecipeTargets())}
+    assert rows["agent A (front) visible-object position R² (robot frame)"]["pass"] is True
+    assert "agent A (front) visible-object position R²" not in rows  # world positions: not what it sees
+    assert rows["agent A (front) robot pose R²"]["pass"] is False

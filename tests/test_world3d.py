@@ -177,3 +177,8 @@ def test_states_round_trip_through_arrays():
     np.testing.assert_array_equal(back.robot_pose, s.robot_pose)
     with pytest.raises(ValueError, match="robot_pose"):
         World3DStates.from_arrays({k: v for k, v in s.to_arrays().items() if k != "robot_pose"})
+
+
+def test_ego_positions_are_in_robot0s_frame():
+    s = scene([(1.0, 2.0), (0.0, 1.0), (1.0, 0.5)], [(1.0, 1.0, np.pi / 2), (2.5, 2.5, 0.0)])  # robot 0 faces +y
+    np.testing.assert_allclose(s.ego_positions()[0, 0], [[1.0, 0.0], [0.0, 1.0], [-0.5, 0.0]], atol=1e-6)

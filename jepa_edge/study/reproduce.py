@@ -36,7 +36,10 @@ WORLD_KINDS = ("2d", "3d")  # jepa_edge.world.worlds.WORLD_KINDS, without import
 
 
 # Train-time metrics of a 3D agent (meta.json): the state its camera can see, checked instead of position_r2.
-SEEN_METRICS = {"visible_position_r2": "visible-object position R²", "robot_pose_r2": "robot pose R²"}
+# 3D: the state an agent's camera sees. A camera on robot 0 sees objects in the robot's frame (visible_ego_r2, which
+# then replaces the world-frame visible_position_r2: world positions are its pose composed with them).
+SEEN_METRICS = {"visible_ego_r2": "visible-object position R² (robot frame)",
+                "visible_position_r2": "visible-object position R²", "robot_pose_r2": "robot pose R²"}
 
 
 @dataclass
@@ -65,6 +68,8 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
     for key, agent in results.get("agent_training", {}).items():
         metrics = agent.get("metrics") or {}
         seen = [k for k in SEEN_METRICS if metrics.get(k) is not None]  # 3D: the state the agent's camera sees
+        if "visible_ego_r2" in seen and "visible_position_r2" in seen:
+            seen.remove("visible_position_r2")
         for k in seen or ["position_r2"]:
             add(f"agent {key} {SEEN_METRICS.get(k, 'position R²')}", metrics.get(k), targets.agent_position_r2)
     v = results["verdicts"]

@@ -42,9 +42,17 @@ CONTROL_OF = {"teacher": "none", "shuffled": "shuffled", "random": "random"}  # 
 TITLES = {"scratch": "scratch", "teacher": "with teacher", "shuffled": "shuffled teacher (control)",
           "random": "untrained teacher (control)"}
 TARGET_MODES = ("final", "gain")
-# The student's metric per world: what its camera can see (a 3D camera sees part of the arena; the held-out
-# probe scores positions on the (moment, object) entries in view, train.evaluate.state_probe)
-STUDENT_METRIC = {"2d": "position_r2", "3d": "visible_position_r2"}
+
+
+def student_metric(view: str) -> str:
+    """The student's metric: what its camera can see (train.evaluate.state_probe). position_r2 (2D);
+    visible_position_r2 (a fixed 3D camera: positions of the objects in view); visible_ego_r2 (a camera on robot 0:
+    the same in the robot's frame)."""
+    from jepa_edge.world.worlds import on_robot, world_kind_of_view
+
+    if world_kind_of_view(view) == "2d":
+        return "position_r2"
+    return "visible_ego_r2" if on_robot(view) else "visible_position_r2"
 COLORS = {"scratch": "tab:gray", "teacher": "tab:blue", "shuffled": "tab:orange", "random": "tab:green"}
 
 # The recipe's model (jepa.py / model.py defaults) on CPU; sizes are the recipe owner's, only the run

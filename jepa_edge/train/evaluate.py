@@ -60,12 +60,14 @@ def visible_r2(pred: np.ndarray, pos: np.ndarray, visible: np.ndarray) -> float 
 
 
 def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25,
-                visible: np.ndarray | None = None) -> dict[str, float]:
+                visible: np.ndarray | None = None, ego: bool = False) -> dict[str, float]:
     """Position R² and danger-label balanced accuracy on held-out episodes.
 
     3-D world (``World3DStates``): ``danger`` is the obstacle label, plus ``robot_pose_r2`` (robot 0's x, y,
     cos, sin heading) and, with ``visible`` ((E, T, n) bool, ``render3d.visibility`` of the view),
     ``visible_position_r2``: the position probe scored only on the (moment, object) entries the camera sees.
+    ``ego`` (a camera on robot 0) adds ``visible_ego_r2``: the same for positions in robot 0's frame, what a
+    moving camera sees (world positions are its pose composed with them: not linear in what it sees).
     """
     E, T = states.n_episodes, states.n_steps
     fit, held = heldout_split(np.repeat(np.arange(E), T), heldout_fraction)
@@ -83,6 +85,12 @@ def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.
             r2 = visible_r2(reg.apply(z[held]), pos[held], seen[held])
             if r2 is not None:
                 out["visible_position_r2"] = r2
+            if ego:
+                rel = states.ego_positions().reshape(E * T, -1)  # (M, 2n)
+                ego_probe = fit_probe(z[fit], rel[fit], "regression", "ego_position", agent)
+                r2 = visible_r2(ego_probe.apply(z[held]), rel[held], seen[held])
+                if r2 is not None:
+                    out["visible_ego_r2"] = r2
     if len(np.unique(danger[fit])) > 1:
         cls = fit_probe(z[fit], danger[fit], "classification", "danger", agent, labels=["safe", "danger"])
         out["danger_bal_acc"] = evaluate_probe(cls, z[held], danger[held])["balanced_accuracy"]

@@ -55,7 +55,7 @@ from jepa_edge.train.log import STATE_FILE, open_log, read_train_state
 from jepa_edge.world.dataset import ViewData, make_view_dataset
 from jepa_edge.world.sim import WorldConfig
 from jepa_edge.world.sim3d import World3DConfig
-from jepa_edge.world.worlds import world_kind_of_view
+from jepa_edge.world.worlds import on_robot, world_kind_of_view
 
 
 class TrainingDivergedError(RuntimeError):
@@ -427,7 +427,9 @@ def evaluate(model: JEPA, held_out: ViewData | None, device: torch.device) -> di
     out: dict[str, Any] = {}
     for tag, enc in (("", model.target_encoder), ("online_", model.encoder)):
         z = encode_frames(enc, held_out.frames, device=device)
-        out.update({f"{tag}{k}": v for k, v in state_probe(z, held_out.states, visible=held_out.visible).items()})
+        ego = held_out.states.kind == "3d" and on_robot(held_out.view)  # a camera on robot 0
+        out.update({f"{tag}{k}": v for k, v in state_probe(z, held_out.states, visible=held_out.visible,
+                                                                ego=ego).items()})
     return out
 
 

@@ -89,6 +89,13 @@ class World3DStates(WorldStates):
         pose = self.robot_pose[:, :, 0]  # (E, T, 3)
         return np.concatenate([pose[..., :2], np.cos(pose[..., 2:3]), np.sin(pose[..., 2:3])], -1)  # (E, T, 4)
 
+    def ego_positions(self) -> np.ndarray:
+        """Object centres in robot 0's frame (x forward, y left), metres: what its cameras see (E, T, n, 2)."""
+        pose = self.robot_pose[:, :, 0]  # (E, T, 3)
+        d = self.positions - pose[:, :, None, :2]  # (E, T, n, 2)
+        c, s = np.cos(pose[..., 2])[..., None], np.sin(pose[..., 2])[..., None]  # (E, T, 1)
+        return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)  # (E, T, n, 2)
+
     def heading_vector(self) -> np.ndarray:
         """Robot 0's heading as (cos, sin) (E, T, 2)."""
         h = self.robot_pose[:, :, 0, 2]  # (E, T)

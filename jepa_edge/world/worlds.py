@@ -11,7 +11,7 @@ from jepa_edge.world.render3d import render3d
 from jepa_edge.world.sim import WorldConfig, WorldStates, simulate
 from jepa_edge.world.sim3d import World3DConfig, World3DStates, simulate3d
 from jepa_edge.world.views import render, view_names
-from jepa_edge.world.views3d import view3d_names
+from jepa_edge.world.views3d import get_view3d, view3d_names
 
 WORLD_KINDS = ("2d", "3d")
 DEFAULT_SIZE = {"2d": 32, "3d": 64}  # frame side each world is rendered at by default (docs/RECIPE.md)
@@ -35,6 +35,11 @@ def world_kind_of_view(view: str) -> str:
         return "3d"
     raise ValueError(f"unknown view {view!r}: the 2-D world's views are {', '.join(view_names())}; the 3-D "
                      f"world's are {', '.join(view3d_names())}")
+
+
+def on_robot(view: str) -> bool:
+    """True for a camera mounted on robot 0 (it moves and turns with the robot: it sees the world in its frame)."""
+    return world_kind_of_view(view) == "3d" and get_view3d(view).mount == "robot"
 
 
 def default_world(kind: str) -> WorldConfig | World3DConfig:
