@@ -227,7 +227,7 @@ class _Painter:
             for verts, dcolor, dheat in mesh.extra or []:  # decals lie on the top face (the last one)
                 duv, dz = project(verts, self.R, self.C, self.K)  # (F, 3, 2), (F, 3)
                 ok = (self.draw[-1][:, -1] == 1) & (dz > _NEAR).all(1)
-                decals.append((np.round(duv * _ONE).astype(np.int32), ok,
+                decals.append((np.round(duv * _ONE).clip(-2**28, 2**28).astype(np.int32), ok,
                                self._colours(dcolor, dheat, shade[:, -1])))
             self.decals.append(decals)
 
@@ -246,7 +246,8 @@ class _Painter:
                 off = rho[:, None] * c * light  # (F, 2)
                 r = np.minimum(rho * sin_a, rho - np.linalg.norm(off, axis=-1)) if c else rho  # (F,)
                 shade = np.full(self.F, 0.85 + 0.15 * c if self.thermal else _AMBIENT + _DIFFUSE * c)
-                discs.append((np.round((uv + off) * _ONE).astype(np.int64), np.round(r * _ONE).astype(np.int64),
+                discs.append((np.round((uv + off) * _ONE).clip(-2**28, 2**28).astype(np.int64),
+                              np.round(r * _ONE).clip(0, 2**28).astype(np.int64),
                               ok & (r > 0.3), self._colours(s.color, s.heat, shade)))
             self.sph.append(discs)
 
