@@ -59,13 +59,33 @@ def visible_r2(pred: np.ndarray, pos: np.ndarray, visible: np.ndarray) -> float 
     return 1.0 - sse / sst if sst > 0 else None
 
 
+def visible_probe_r2(z: np.ndarray, pos: np.ndarray, seen: np.ndarray, fit: np.ndarray, held: np.ndarray,
+                     agent: AgentRef, min_rows: int = 10) -> float | None:
+    """``visible_r2`` of a probe per object fitted only where the camera sees it: object k's (x, y) in ``pos``
+    (M, 2n) is regressed on z over the ``fit`` rows with ``seen[:, k]`` (M, n) and scored on the ``held`` rows
+    where it is seen. A camera cannot know where an object is while it is out of view, so those moments would
+    only pull the probe away from what the camera does see. Objects seen in fewer than ``min_rows`` fit rows
+    are left out."""
+    n = seen.shape[1]
+    pred = np.zeros((len(held), 2 * n))  # (H, 2n)
+    scored = np.zeros((len(held), n), bool)  # (H, n)
+    for k in range(n):
+        rows = fit[seen[fit, k]]
+        if len(rows) >= min_rows:
+            probe = fit_probe(z[rows], pos[rows, 2 * k:2 * k + 2], "regression", f"obj{k}", agent)
+            pred[:, 2 * k:2 * k + 2] = probe.apply(z[held])
+            scored[:, k] = seen[held, k]
+    return visible_r2(pred, pos[held], scored)
+
+
 def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.25,
                 visible: np.ndarray | None = None, ego: bool = False) -> dict[str, float]:
     """Position R² and danger-label balanced accuracy on held-out episodes.
 
     3-D world (``World3DStates``): ``danger`` is the obstacle label, plus ``robot_pose_r2`` (robot 0's x, y,
     cos, sin heading) and, with ``visible`` ((E, T, n) bool, ``render3d.visibility`` of the view),
-    ``visible_position_r2``: the position probe scored only on the (moment, object) entries the camera sees.
+    ``visible_position_r2``: positions of the objects the camera sees (``visible_probe_r2``: probes fitted and
+    scored on the (moment, object) entries in view).
     ``ego`` (a camera on robot 0) adds ``visible_ego_r2``: the same for positions in robot 0's frame, what a
     moving camera sees (world positions are its pose composed with them: not linear in what it sees).
     """
@@ -82,13 +102,11 @@ def state_probe(z: np.ndarray, states: WorldStates, heldout_fraction: float = 0.
         out["robot_pose_r2"] = evaluate_probe(pose_probe, z[held], pose[held])["r2"]
         if visible is not None:
             seen = np.asarray(visible, bool).reshape(E * T, -1)  # (E, T, n) → (M, n)
-            r2 = visible_r2(reg.apply(z[held]), pos[held], seen[held])
+            r2 = visible_probe_r2(z, pos, seen, fit, held, agent)
             if r2 is not None:
                 out["visible_position_r2"] = r2
             if ego:
-                rel = states.ego_positions().reshape(E * T, -1)  # (M, 2n)
-                ego_probe = fit_probe(z[fit], rel[fit], "regression", "ego_position", agent)
-                r2 = visible_r2(ego_probe.apply(z[held]), rel[held], seen[held])
+                r2 = visible_probe_r2(z, states.ego_positions().reshape(E * T, -1), seen, fit, held, agent)
                 if r2 is not None:
                     out["visible_ego_r2"] = r2
     if len(np.unique(danger[fit])) > 1:
