@@ -285,17 +285,17 @@ def test_the_3d_preset_applies_to_3d_views_unless_a_preset_is_named():
 def test_state_probe_of_the_3d_world():
     from jepa_edge.train.evaluate import state_probe, visible_r2
 
-    states = simulate_world(World3DConfig(), 12, 6, 1)
+    states = simulate_world(World3DConfig(), 40, 8, 1)
     E, T = states.positions.shape[:2]
     rng = np.random.default_rng(0)
     truth = np.concatenate([states.state_vector(), states.robot_pose_vector()], -1).reshape(E * T, -1)  # (M, 2n+4)
     noise = 0.01 * rng.standard_normal((E * T, 4))
     z = np.concatenate([truth, noise], 1) @ np.linalg.qr(rng.standard_normal((truth.shape[1] + 4,) * 2))[0]
     seen = visibility(states, "front", S)
-    assert seen[9:].sum(axis=(0, 1)).max() >= 2  # the held-out episodes see some object twice
+    assert seen[30:].sum(axis=(0, 1)).max() >= 2  # the held-out episodes see some object twice
     out = state_probe(z, states, visible=seen)
     assert out["position_r2"] > 0.95 and out["robot_pose_r2"] > 0.95 and out["visible_position_r2"] > 0.95
-    flat = simulate_world(WorldConfig(), 12, 6, 1)
+    flat = simulate_world(WorldConfig(), E, T, 1)
     assert "robot_pose_r2" not in state_probe(flat.state_vector().reshape(E * T, -1), flat)
 
     pos = np.array([[0.0, 0.0, 5.0, 5.0], [1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 7.0, 7.0]])  # (M=3, 2n=4)
@@ -345,3 +345,24 @@ def test_cli_train_and_probe_on_a_3d_view(tmp_path):
     mixed = error_line(cli("calib", "--from", top, "--to", run, "--out", tmp_path / "X.postcard.safetensors",
                            "--episodes", 6, "--episode-len", 6))
     assert "mix worlds" in mixed and "top: 2d" in mixed
+
+
+def test_visible_probe_is_fitted_where_the_camera_sees():
+    from jepa_edge.artifacts import AgentRef
+    from jepa_edge.train.evaluate import visible_probe_r2
+
+    rng = np.random.default_rng(3)
+    M = 600
+    pos = rng.uniform(0, 3, (M, 2))  # (M, 2n), one object
+    seen = rng.random((M, 1)) < 0.4  # (M, n)
+    z = np.where(seen, pos, 0.0) + 0.01 * rng.standard_normal((M, 2))  # out of view the latent knows nothing
+    fit, held = np.arange(450), np.arange(450, M)
+    agent = AgentRef("probe", "eval", 2)
+    assert visible_probe_r2(z, pos, seen, fit, held, agent) > 0.99
+    # a probe fitted on every moment is pulled toward the zeros of the moments out of view
+    from jepa_edge.calib.probes import fit_probe
+    from jepa_edge.train.evaluate import visible_r2
+
+    everywhere = fit_probe(z[fit], pos[fit], "regression", "obj0", agent).apply(z[held])
+    assert visible_r2(everywhere, pos[held], seen[held]) < 0.9
+    assert visible_probe_r2(z, pos, np.zeros_like(seen), fit, held, agent) is None  # never seen: no score

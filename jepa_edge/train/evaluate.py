@@ -60,13 +60,13 @@ def visible_r2(pred: np.ndarray, pos: np.ndarray, visible: np.ndarray) -> float 
 
 
 def visible_probe_r2(z: np.ndarray, pos: np.ndarray, seen: np.ndarray, fit: np.ndarray, held: np.ndarray,
-                     agent: AgentRef, min_rows: int = 10) -> float | None:
+                     agent: AgentRef) -> float | None:
     """``visible_r2`` of a probe per object fitted only where the camera sees it: object k's (x, y) in ``pos``
     (M, 2n) is regressed on z over the ``fit`` rows with ``seen[:, k]`` (M, n) and scored on the ``held`` rows
     where it is seen. A camera cannot know where an object is while it is out of view, so those moments would
-    only pull the probe away from what the camera does see. Objects seen in fewer than ``min_rows`` fit rows
-    are left out."""
-    n = seen.shape[1]
+    only pull the probe away from what the camera does see. Objects seen in fewer fit rows than twice z's width
+    (an underdetermined fit) are left out."""
+    n, min_rows = seen.shape[1], max(10, 2 * z.shape[1])
     pred = np.zeros((len(held), 2 * n))  # (H, 2n)
     scored = np.zeros((len(held), n), bool)  # (H, n)
     for k in range(n):
