@@ -493,8 +493,8 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder: runs/, report.md, results.json, plots, postcard, probes.")] = Path("demo"),
     preset: Annotated[str, typer.Option(help="demo (the recipe, 7-20 min on 2 CPU cores) | quick (tiny, ~2 min: "
                                         "undertrained agents, a smoke test, not the result).")] = "demo",
-    world: Annotated[str, typer.Option(help="2d | 3d: the 3D world, over its view pairs "
-                                       "(overhead ← front, front ← rear, corner ← front) unless --view-a/--view-b "
+    world: Annotated[str, typer.Option(help="2d | 3d: the 3D world, over its view pairs (overhead ← front, "
+                                       "front ← rear, corner ← front, overhead ← corner) unless --view-a/--view-b "
                                        "name one pair.")] = "2d",
     view_a: Annotated[str | None, typer.Option(help="Agent A's view (W's target). Default: top (2d), overhead "
                                                "(3d --student / --scaling).")] = None,

@@ -180,14 +180,15 @@ def test_3d_presets_and_configs():
     quick = with_preset(ReproduceConfig(world="3d", preset="quick"))
     assert not quick.other_world and quick.steps < 1000 and quick.anchor_episodes == PRESETS["quick"]["anchor_episodes"]
     assert study_3d(quick.study).findings == ("other_world",) == study_3d(study_3d(quick.study)).findings
-    assert pairs_of(quick) == PAIRS_3D == (("overhead", "front"), ("front", "rear"), ("corner", "front"))
+    assert pairs_of(quick) == PAIRS_3D == (("overhead", "front"), ("front", "rear"), ("corner", "front"),
+                                               ("overhead", "corner"))
     with pytest.raises(ConfigError, match="twice"):
         pairs_of(ReproduceConfig(world="3d", pairs=(("overhead", "front"),) * 2))
     with pytest.raises(ConfigError, match="must be different views"):
         pairs_of(ReproduceConfig(world="3d", pairs=(("front", "front"),)))
     with pytest.raises(ConfigError, match="--world 3d"):
         pairs_of(ReproduceConfig(world="3d", pairs=(("top", "front"),)))
-    a, b = agent_3d(quick, "overhead", 0), agent_3d(quick, "front", 1)
+    a, b = agent_3d(quick, "overhead"), agent_3d(quick, "front")
     three = preset_config("3d")
     assert (a.data.img_size, a.jepa.encoder.patch_size) == (three.data.img_size, three.jepa.encoder.patch_size)
     assert (a.train.seed, a.data.world_seed) != (b.train.seed, b.data.world_seed)  # nothing shared but physics

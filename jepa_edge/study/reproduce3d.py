@@ -45,6 +45,7 @@ PAIRS_3D: tuple[tuple[str, str], ...] = (
     ("overhead", "front"),  # the mountain and the forest: a fixed view from above, a camera on a moving robot
     ("front", "rear"),  # one robot, two cameras with disjoint fields of view
     ("corner", "front"),  # a grey thermal camera at ground level in a corner, the robot's colour camera
+    ("overhead", "corner"),  # two fixed cameras: from above, and across the arena from the ground (grey, thermal)
 )
 OBSTACLE = "obstacle"  # the 3D name of the states' danger label
 OTHER_WORLD_NAME = "otherworld"  # OUT/runs/otherworld_<view>
@@ -79,10 +80,16 @@ def pair_key(a: str, b: str) -> str:
     return f"{a}_from_{b}"
 
 
-def agent_3d(cfg: ReproduceConfig, view: str, index: int) -> RunConfig:
-    """The agent of one view: the "3d" training preset, model seed seed_a + index, its own training episodes."""
-    return agent_config(f"agent_{view}", view, overrides=cfg.run, seed=cfg.seed_a + index,
-                        world_seed=cfg.world_seed_a + index, steps=cfg.steps or None)
+# Each view's agent has its own model seed and training episodes (seed_a + offset), whichever pairs are run, so
+# OUT/runs/<view> is the same agent for every choice of pairs.
+VIEW_SEED_OFFSET = {"overhead": 0, "front": 1, "rear": 2, "corner": 3, "side": 4}
+
+
+def agent_3d(cfg: ReproduceConfig, view: str) -> RunConfig:
+    """The agent of one view: the "3d" training preset, model seed seed_a + the view's offset, its own episodes."""
+    offset = VIEW_SEED_OFFSET[view]
+    return agent_config(f"agent_{view}", view, overrides=cfg.run, seed=cfg.seed_a + offset,
+                        world_seed=cfg.world_seed_a + offset, steps=cfg.steps or None)
 
 
 def other_world_agent(cfg: ReproduceConfig, view: str) -> RunConfig:
@@ -116,7 +123,7 @@ def reproduce_3d(cfg: ReproduceConfig, out_dir: Path, progress: bool = True) -> 
 
     # ---- agents: one per view, shared by the pairs; the different world on the first pair's B view
     views = list(dict.fromkeys(v for p in pairs for v in p))
-    configs = {v: agent_3d(cfg, v, i) for i, v in enumerate(views)}
+    configs = {v: agent_3d(cfg, v) for v in views}
     for v, run_cfg in configs.items():
         ensure_agent(run_cfg, runs / v, progress, console)
     other_view = pairs[0][1]
