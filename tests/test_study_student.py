@@ -214,3 +214,14 @@ def test_pool_progress_reads_the_last_logged_step(tmp_path):
     assert last_logged_step(tmp_path) == 0  # a record being written is not read as a step
     (tmp_path / "log.jsonl").write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "eval": {}}\n')
     assert last_logged_step(tmp_path) == 50
+
+
+def test_a_teacher_that_reaches_the_target_on_fewer_seeds_than_a_control_does_not_beat_it():
+    from jepa_edge.study.student import _beats
+
+    teacher = {"n": 1, "of": 3, "mean": 0.25}
+    assert not _beats(teacher, {"n": 2, "of": 3, "mean": 1.0})  # the control reached on more seeds
+    assert _beats(teacher, {"n": 0, "of": 3, "mean": None})
+    assert _beats({"n": 3, "of": 3, "mean": 4.0}, {"n": 3, "of": 3, "mean": 1.0})
+    assert not _beats({"n": 3, "of": 3, "mean": 1.0}, {"n": 3, "of": 3, "mean": 1.5})
+    assert not _beats({"n": 0, "of": 3, "mean": None}, {"n": 0, "of": 3, "mean": None})  # nobody reached it
