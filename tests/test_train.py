@@ -117,6 +117,21 @@ def test_a_run_saved_with_cuda_graphs_off_resumes_under_auto_where_auto_is_off(t
     assert train(auto, tmp_path / "run", resume=True, progress=False).step == 8
 
 
+def test_the_other_worlds_defaults_do_not_stop_a_resume_or_a_reuse(tmp_path):
+    """A 2-D run never reads data.world3d: a release that changes the 3-D world's defaults still resumes it and
+    reuses it when finished; a change of its own world is still a different config."""
+    from jepa_edge.train.loop import ensure_trained
+
+    cfg = tiny_config()
+    train(cfg, tmp_path / "run", progress=False, stop_at=4)
+    moved = replace(cfg, data=replace(cfg.data, world3d=replace(cfg.data.world3d, arena=5.0)))
+    assert train(moved, tmp_path / "run", resume=True, progress=False).step == 8
+    assert ensure_trained(moved, tmp_path / "run", progress=False) is True  # finished: reused
+    own = replace(cfg, data=replace(cfg.data, world=replace(cfg.data.world, speed=0.03)))
+    with pytest.raises(CheckpointError, match="data.world.speed"):
+        ensure_trained(own, tmp_path / "run", progress=False)
+
+
 def test_refuses_to_overwrite_or_resume_mismatched(tmp_path):
     train(tiny_config(), tmp_path / "run", progress=False, stop_at=4)
     with pytest.raises(FileExistsError, match="--resume"):

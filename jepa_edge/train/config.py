@@ -113,6 +113,23 @@ def saved_run_config(d: dict) -> RunConfig:
     return from_dict(RunConfig, d)
 
 
+def unused_worlds_from(saved: RunConfig, wanted: RunConfig) -> RunConfig:
+    """``saved`` with the simulated worlds ``wanted`` does not train on taken from ``wanted``: a 2-D run never
+    reads ``data.world3d`` (nor a 3-D run ``data.world``, nor a recording's either), so a change of the other
+    world's defaults must not stop a finished run from being reused or an interrupted one from resuming."""
+    from dataclasses import replace
+
+    from jepa_edge.world.worlds import world_kind_of_view
+
+    d = saved.data
+    kind = None if wanted.data.recording or d.recording else world_kind_of_view(wanted.data.view)
+    if kind != "2d":
+        d = replace(d, world=wanted.data.world)
+    if kind != "3d":
+        d = replace(d, world3d=wanted.data.world3d)
+    return replace(saved, data=d)
+
+
 # ---- presets: named starting points for RunConfig (the "demo" preset is RunConfig() itself) -------------------
 
 PRESETS: dict[str, dict] = {

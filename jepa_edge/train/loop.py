@@ -48,7 +48,7 @@ from jepa_edge.train.checkpoint import (
     state_to_numpy,
 )
 from jepa_edge.train.clips import DeviceClips
-from jepa_edge.train.config import DataConfig, RunConfig, TrainConfig, saved_run_config
+from jepa_edge.train.config import DataConfig, RunConfig, TrainConfig, saved_run_config, unused_worlds_from
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.train.log import STATE_FILE, open_log, read_train_state
@@ -355,7 +355,7 @@ def restore(cfg: RunConfig, out_dir: Path, modules: dict[str, torch.nn.Module], 
     if not (out_dir / STATE_FILE).is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no {STATE_FILE}); drop --resume to start fresh")
     saved = read_train_state(out_dir)
-    saved_cfg = saved_run_config(saved["config"])
+    saved_cfg = unused_worlds_from(saved_run_config(saved["config"]), cfg)
     if saved_cfg.train.cuda_graphs != cfg.train.cuda_graphs:  # e.g. "off" saved, "auto" now: the same if it is off here
         renamed = replace(saved_cfg, train=replace(saved_cfg.train, cuda_graphs=cfg.train.cuda_graphs))
         if renamed == cfg and bool(saved.get("cuda_graphs", {}).get("used", False)) == graphs_used:
@@ -585,7 +585,7 @@ def ensure_trained(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -
     out_dir = Path(out_dir)
     try:
         meta = load_agent_meta(out_dir)
-        if saved_run_config(meta["run"]) == cfg and meta["step"] == cfg.train.steps:
+        if unused_worlds_from(saved_run_config(meta["run"]), cfg) == cfg and meta["step"] == cfg.train.steps:
             return True
     except CheckpointError:
         pass
