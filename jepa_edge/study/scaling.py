@@ -300,7 +300,7 @@ def render_scaling(results: dict[str, Any]) -> str:
     three_d = any("robot_pose_kept" in r for r in results["summary"])
     seen = "visible_" if three_d else ""  # 3D: each agent's R² on the objects its camera sees
     head = ["pair", "steps × batch", "episodes", f"A {seen}pos R²", f"B {seen}pos R²", "W R²", "retrieval top-1",
-            "untrained / shuffled / other world / time shift", "CKA", "CKA untrained / other world / time shift",
+            "untrained / other world / shuffled / time shift", "CKA", "CKA untrained / other world / time shift",
             "position kept", f"{results.get('danger_name', 'danger')} kept", "shared dims >0.9 / >0.5",
             "W R² in / out shared"]
     if three_d:
