@@ -242,7 +242,8 @@ def test_reproduce_3d_quick_runs_every_pair_and_writes_the_export_artifacts(tmp_
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["corner", "front", "otherworld_front", "overhead",
                                                                 "rear"]
     results = json.loads((out / "results.json").read_text())
-    assert list(results["pairs"]) == ["overhead_from_front", "front_from_rear", "corner_from_front"]
+    assert list(results["pairs"]) == ["overhead_from_front", "front_from_rear", "corner_from_front",
+                                      "overhead_from_corner"]
     for key, pair in results["pairs"].items():
         assert pair["config"]["findings"] == ["other_world"]
         assert ("other_world" in pair["conditions"]) == key.endswith("_from_front")
@@ -251,7 +252,8 @@ def test_reproduce_3d_quick_runs_every_pair_and_writes_the_export_artifacts(tmp_
         assert set(probes["position"]["by_visibility"]) == {"both", "only_a", "only_b", "neither"}
         assert {"visibility.png", "report.md", "results.json"} <= {p.name for p in (out / "pairs" / key).iterdir()}
         names = [t["target"] for t in pair["recipe_targets"]]
-        assert any("visible-object position R²" in n for n in names) and "obstacle kept" in names
+        assert any("position R²" in n for n in names) and "obstacle kept" in names  # tiny runs: too few seen rows
+        # for the visible-object probe, whose target falls back to the all-object position R²
     front = json.loads((out / "runs/front/meta.json").read_text())
     assert front["run"]["data"]["img_size"] == 32 and front["view"] == "front"
     other = json.loads((out / "runs/otherworld_front/meta.json").read_text())
