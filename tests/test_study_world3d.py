@@ -252,8 +252,7 @@ def test_reproduce_3d_quick_runs_every_pair_and_writes_the_export_artifacts(tmp_
         assert set(probes["position"]["by_visibility"]) == {"both", "only_a", "only_b", "neither"}
         assert {"visibility.png", "report.md", "results.json"} <= {p.name for p in (out / "pairs" / key).iterdir()}
         names = [t["target"] for t in pair["recipe_targets"]]
-        assert any("position R²" in n for n in names) and "obstacle kept" in names  # tiny runs: too few seen rows
-        # for the visible-object probe, whose target falls back to the all-object position R²
+        assert any("visible-object position R²" in n for n in names) and "obstacle kept" in names
     front = json.loads((out / "runs/front/meta.json").read_text())
     assert front["run"]["data"]["img_size"] == 32 and front["view"] == "front"
     other = json.loads((out / "runs/otherworld_front/meta.json").read_text())
@@ -324,3 +323,12 @@ def test_a_robot_camera_is_held_to_its_own_frame():
     assert rows["agent A (front) visible-object position R² (robot frame)"]["pass"] is True
     assert "agent A (front) visible-object position R²" not in rows  # world positions: not what it sees
     assert rows["agent A (front) robot pose R²"]["pass"] is False
+
+
+def test_a_3d_agent_without_objects_in_view_is_not_measured_never_scored_on_all_objects():
+    from jepa_edge.study.reproduce import RecipeTargets, recipe_targets
+
+    res = _pair_results(5, "front", "rear", {"robot_pose_r2": 0.6, "position_r2": 0.95})
+    rows = {t["target"]: t for t in recipe_targets(res, {}, RecipeTargets())}
+    assert rows["agent A (front) visible-object position R²"]["pass"] is None
+    assert not any(name.endswith(") position R²") for name in rows)  # the all-object R² is no 3D target

@@ -67,11 +67,14 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
 
     for key, agent in results.get("agent_training", {}).items():
         metrics = agent.get("metrics") or {}
-        seen = [k for k in SEEN_METRICS if metrics.get(k) is not None]  # 3D: the state the agent's camera sees
-        if "visible_ego_r2" in seen and "visible_position_r2" in seen:
-            seen.remove("visible_position_r2")
-        for k in seen or ["position_r2"]:
-            add(f"agent {key} {SEEN_METRICS.get(k, 'position R²')}", metrics.get(k), targets.agent_position_r2)
+        if "robot_pose_r2" not in metrics:  # 2D: every object is in view
+            add(f"agent {key} position R²", metrics.get("position_r2"), targets.agent_position_r2)
+            continue
+        # 3D: the state the agent's camera sees; the objects in view in the robot's frame for a robot camera, where
+        # that was measured (too few moments with an object in view: not measured, never the all-object R²)
+        objects = "visible_ego_r2" if metrics.get("visible_ego_r2") is not None else "visible_position_r2"
+        for k in (objects, "robot_pose_r2"):
+            add(f"agent {key} {SEEN_METRICS[k]}", metrics.get(k), targets.agent_position_r2)
     v = results["verdicts"]
     if "error" not in v:
         probes = v["probe_keep"]["probes"]
