@@ -8,9 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from jepa_edge.cli import app
 from jepa_edge.config import to_dict
 from jepa_edge.world import (
     RecordingError,
@@ -27,6 +25,7 @@ from jepa_edge.world import (
     views_of,
 )
 from jepa_edge.world.render3d import visibility
+from tests.test_cli import assert_ok, cli, error_line
 
 S = 32  # px: every 3-D frame here is rendered at 32 px
 
@@ -37,21 +36,6 @@ TINY3D = {
     "jepa": {"encoder": {"img_size": S, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
                          "latent_dim": 16}},
 }
-
-
-def cli(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------- recordings

@@ -122,6 +122,20 @@ class WorldStates:
         )
 
 
+def step_objects(pos: np.ndarray, vel: np.ndarray, lo: np.ndarray, hi: np.ndarray, noise: float, max_speed: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One step of both worlds' objects (E, n, 2): a Gaussian velocity kick, the speed limit, the move, and a
+    mirror bounce off the walls at ``lo`` / ``hi`` (n,), the per-object bounds of the centre."""
+    vel = vel + noise * rng.standard_normal(vel.shape)
+    norm = np.linalg.norm(vel, axis=-1, keepdims=True)
+    vel = vel * np.minimum(1.0, max_speed / np.maximum(norm, 1e-9))
+    pos = pos + vel
+    low, high = pos < lo[:, None], pos > hi[:, None]  # (E, n, 2) wall hits
+    pos = np.where(low, 2 * lo[:, None] - pos, pos)
+    pos = np.where(high, 2 * hi[:, None] - pos, pos)
+    return pos, np.where(low | high, -vel, vel)
+
+
 def simulate(cfg: WorldConfig, n_episodes: int, n_steps: int, seed: int) -> WorldStates:
     """Roll out ``n_episodes`` independent episodes of ``n_steps`` each."""
     cfg.validate()
@@ -138,14 +152,7 @@ def simulate(cfg: WorldConfig, n_episodes: int, n_steps: int, seed: int) -> Worl
     V = np.empty_like(P)
     for t in range(n_steps):
         P[:, t], V[:, t] = pos, vel
-        vel = vel + cfg.dynamics_noise * rng.standard_normal(vel.shape)
-        norm = np.linalg.norm(vel, axis=-1, keepdims=True)
-        vel = vel * np.minimum(1.0, cfg.max_speed / np.maximum(norm, 1e-9))
-        pos = pos + vel
-        low, high = pos < lo[:, None], pos > hi[:, None]  # (E, n, 2) wall hits
-        pos = np.where(low, 2 * lo[:, None] - pos, pos)
-        pos = np.where(high, 2 * hi[:, None] - pos, pos)
-        vel = np.where(low | high, -vel, vel)
+        pos, vel = step_objects(pos, vel, lo, hi, cfg.dynamics_noise, cfg.max_speed, rng)
     d = np.linalg.norm(P[:, :, 0] - np.asarray(cfg.danger_center), axis=-1)  # (E, T)
     danger = (d < cfg.danger_radius).astype(np.int64)
     return WorldStates(P, V, danger, radius.astype(np.float32))

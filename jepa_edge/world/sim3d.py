@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jepa_edge.world.sim import WorldStates
+from jepa_edge.world.sim import WorldStates, step_objects
 
 SHAPES = ("sphere", "box", "cylinder")
 ROBOT_POSE_LABELS = ["robot0.x", "robot0.y", "robot0.cos", "robot0.sin"]
@@ -167,14 +167,7 @@ def simulate3d(cfg: World3DConfig, n_episodes: int, n_steps: int, seed: int) -> 
         P[:, t], V[:, t], pose[:, t] = pos, vel, robots
         danger[:, t] = _obstacle(pos, robots, cfg)
         # ---- objects: velocity kick, speed limit, move, bounce (walls, posts, robots)
-        vel = vel + cfg.dynamics_noise * rng.standard_normal(vel.shape)
-        norm = np.linalg.norm(vel, axis=-1, keepdims=True)
-        vel = vel * np.minimum(1.0, cfg.max_speed / np.maximum(norm, 1e-9))
-        pos = pos + vel
-        low, high = pos < lo[:, None], pos > hi[:, None]  # (E, n, 2) wall hits
-        pos = np.where(low, 2 * lo[:, None] - pos, pos)
-        pos = np.where(high, 2 * hi[:, None] - pos, pos)
-        vel = np.where(low | high, -vel, vel)
+        pos, vel = step_objects(pos, vel, lo, hi, cfg.dynamics_noise, cfg.max_speed, rng)
         pos, vel = _bounce_off_circles(pos, vel, radius, posts, cfg.post_radius)
         # ---- robots: mean-reverting turn rate, steer toward the centre near a wall, cruise
         turn = 0.9 * turn + cfg.robot_turn_noise * rng.standard_normal(turn.shape)
