@@ -13,6 +13,7 @@ import torch
 
 from jepa_edge.artifacts import AgentRef
 from jepa_edge.config import from_dict
+from jepa_edge.train.config import world_key
 from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates
@@ -84,7 +85,7 @@ def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, se
     cfg = default_world(kind) if world is None else world
     if world_kind_of(cfg) != kind:
         raise ValueError(f"views {views} are of the {kind} world but the world config is a {type(cfg).__name__}; "
-                         f"pass the {kind} world's config (data.{'world3d' if kind == '3d' else 'world'})")
+                         f"pass the {kind} world's config (data.{world_key(views[0])})")
     states = simulate_world(cfg, n_episodes, n_steps, seed)
     return Moments({v: render_view(states, v, size, seed, world=cfg) for v in views}, states)
 

@@ -154,13 +154,6 @@ def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
     return from_dict(cls, deep_merge(deep_merge(default, presets[cfg.preset]), _changed(to_dict(cfg), default)))
 
 
-def world_key(view: str) -> str:
-    """The DataConfig field that holds the world of ``view``'s kind: "world" (2D) or "world3d"."""
-    from jepa_edge.world.worlds import world_kind_of_view
-
-    return "world3d" if world_kind_of_view(view) == "3d" else "world"
-
-
 def check_views(world: str, views: list[str] | tuple[str, ...]) -> None:
     """Every view exists and belongs to ``world`` (a ConfigError naming the flag and the choices otherwise)."""
     from jepa_edge.world.worlds import views_of, world_kind_of_view

@@ -30,7 +30,7 @@ from jepa_edge.artifacts import atomic_write_bytes, atomic_write_json, jsonable
 from jepa_edge.config import deep_merge, from_dict, to_dict
 from jepa_edge.study.alignment import StudyConfig, StudyInputs, run_study
 from jepa_edge.study.visibility import GROUPS
-from jepa_edge.train.config import RunConfig, agent_config
+from jepa_edge.train.config import RunConfig, agent_config, world_key
 from jepa_edge.world.sim import position_labels
 
 # The study per point: the anchor sweep and most permutations are dropped (they are in `reproduce`).
@@ -105,8 +105,6 @@ OTHER_WORLD_VIEW = 0  # the different-world control agent is trained on views_b[
 def budget_agent(cfg: ScalingConfig, budget: dict[str, int], name: str, view: str, seed: int, world_seed: int,
                  world: dict | None = None) -> RunConfig:
     """One agent of one budget; the workers share the cores, one torch thread each unless ``run`` sets it."""
-    from jepa_edge.study.reproduce import world_key
-
     threads = {"threads": 1} if cfg.workers > 1 and "threads" not in cfg.run.get("train", {}) else {}
     return agent_config(name, view, overrides=cfg.run, seed=seed, world_seed=world_seed,
                         steps=budget["steps"], data={"n_episodes": budget["n_episodes"], world_key(view): world or {}},
@@ -186,7 +184,7 @@ def run_scaling(cfg: ScalingConfig, out_dir: str | Path, progress: bool = True) 
     study = cfg.study_config()
     views = [cfg.view_a, *cfg.views_b]
     first = budget_agent(cfg, cfg.budgets()[0], "probe", cfg.view_a, 0, 0)
-    world = first.data.world3d if cfg.three_d else first.data.world
+    world = first.data.sim_world()
     moments = world_moments(views, cfg.anchor_episodes, cfg.anchor_steps, first.data.img_size, cfg.anchor_seed, world)
     step = np.tile(np.arange(cfg.anchor_steps), cfg.anchor_episodes)  # rows are episode-major
     labels = position_labels(moments.positions.shape[1] // 2)

@@ -25,6 +25,17 @@ class DataConfig:
     world: WorldConfig = field(default_factory=WorldConfig)  # the 2-D world (views top, oblique, rotated, partial)
     world3d: World3DConfig = field(default_factory=World3DConfig)  # the 3-D world (overhead, corner, front, rear, side)
 
+    def sim_world(self) -> WorldConfig | World3DConfig:
+        """The simulated world of ``view``: ``world`` for a view of the 2-D world, ``world3d`` for a 3-D one."""
+        return getattr(self, world_key(self.view))
+
+
+def world_key(view: str) -> str:
+    """The DataConfig field that holds the world of ``view``'s kind: "world" (2-D) or "world3d"."""
+    from jepa_edge.world.worlds import world_kind_of_view
+
+    return "world3d" if world_kind_of_view(view) == "3d" else "world"
+
 
 CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
 

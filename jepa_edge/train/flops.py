@@ -32,7 +32,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from jepa_edge.agents.latents import world_moments
 from jepa_edge.train.config import RunConfig
 from jepa_edge.train.jepa import JEPA
-from jepa_edge.train.loop import sim_world
 
 EMA_FLOPS_PER_PARAM = 3  # lerp: sub, mul, add
 ADAMW_FLOPS_PER_PARAM = 12  # moments, bias corrections, sqrt, div, decay, update: an order-of-magnitude estimate
@@ -56,7 +55,7 @@ def _use_manual_attention(module: torch.nn.Module) -> None:
 def _one_clip(cfg: RunConfig) -> torch.Tensor:
     """A real batch: B short simulated episodes from the run's view → (B, L, 3, S, S) float."""
     L = cfg.jepa.context_frames + cfg.jepa.horizon
-    m = world_moments([cfg.data.view], cfg.train.batch_size, L, cfg.data.img_size, cfg.train.seed, sim_world(cfg.data))
+    m = world_moments([cfg.data.view], cfg.train.batch_size, L, cfg.data.img_size, cfg.train.seed, cfg.data.sim_world())
     return torch.from_numpy(m.frames[cfg.data.view]).permute(0, 1, 4, 2, 3).float()  # (B, L, 3, S, S)
 
 

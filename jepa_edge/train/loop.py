@@ -48,14 +48,12 @@ from jepa_edge.train.checkpoint import (
     state_to_numpy,
 )
 from jepa_edge.train.clips import DeviceClips
-from jepa_edge.train.config import DataConfig, RunConfig, TrainConfig, saved_run_config, unused_worlds_from
+from jepa_edge.train.config import RunConfig, TrainConfig, saved_run_config, unused_worlds_from
 from jepa_edge.train.evaluate import encode_frames, state_probe
 from jepa_edge.train.jepa import JEPA, ema_momentum_at, lr_at
 from jepa_edge.train.log import STATE_FILE, open_log, read_train_state
 from jepa_edge.world.dataset import ViewData, make_view_dataset
-from jepa_edge.world.sim import WorldConfig
-from jepa_edge.world.sim3d import World3DConfig
-from jepa_edge.world.worlds import on_robot, world_kind_of_view
+from jepa_edge.world.worlds import on_robot
 
 
 class TrainingDivergedError(RuntimeError):
@@ -121,17 +119,12 @@ def setup_distributed(tc: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def sim_world(d: DataConfig) -> WorldConfig | World3DConfig:
-    """The simulated world of ``d.view``: ``d.world`` for a view of the 2-D world, ``d.world3d`` for a 3-D one."""
-    return d.world3d if world_kind_of_view(d.view) == "3d" else d.world
-
-
 def load_view_data(cfg: RunConfig) -> tuple[ViewData, ViewData | None]:
     """Training frames and held-out eval frames (a different world seed, with what a 3-D view shows) of one view."""
     d = cfg.data
     if d.recording:
         return make_view_dataset(d.view, d.img_size, recording=d.recording, topics=d.topics or None), None
-    world = sim_world(d)
+    world = d.sim_world()
     train = make_view_dataset(d.view, d.img_size, world=world, n_episodes=d.n_episodes,
                               n_steps=d.episode_len, seed=d.world_seed)
     held_out = make_view_dataset(d.view, d.img_size, world=world, n_episodes=d.eval_episodes,

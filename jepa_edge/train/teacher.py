@@ -37,10 +37,8 @@ from torch import nn
 from jepa_edge.agents.latents import agent_descriptor, latents_of, untrained_like, world_moments
 from jepa_edge.config import from_dict
 from jepa_edge.train.checkpoint import CheckpointError, load_agent, load_agent_meta
-from jepa_edge.train.config import RunConfig
-from jepa_edge.train.loop import sim_world
+from jepa_edge.train.config import RunConfig, world_key
 from jepa_edge.train.model import Encoder
-from jepa_edge.world.sim3d import World3DConfig
 from jepa_edge.world.worlds import all_view_names, world_kind_of_view
 
 CONTROLS = ("none", "shuffled", "random")
@@ -215,7 +213,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
     _check_options(cfg)
     meta = _teacher_meta(cfg)
     anchors = AnchorSet.make(cfg.teacher.anchors, cfg.teacher.anchor_seed)
-    frames = anchors.frames([meta["view"]], cfg.data.img_size, sim_world(cfg.data))[meta["view"]]  # (N, S, S, 3)
+    frames = anchors.frames([meta["view"]], cfg.data.img_size, cfg.data.sim_world())[meta["view"]]  # (N, S, S, 3)
     encoder, teacher = _teacher_encoder(cfg, meta)
     latents = latents_of(encoder, frames).astype(np.float32)  # (N, D)
     n_weights = sum(p.numel() for p in encoder.parameters())
@@ -225,8 +223,8 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
     if cfg.teacher.control == "shuffled":
         perm = np.random.default_rng(cfg.teacher.anchor_seed + SHUFFLE_SEED_OFFSET).permutation(len(latents))
         latents = latents[perm]  # same targets, pairing with the moments destroyed
-    world = sim_world(cfg.data)  # the student's world config; the teacher's is of the same kind (_teacher_meta)
-    teacher_world = meta.get("run", {}).get("data", {}).get("world3d" if isinstance(world, World3DConfig) else "world")
+    world = cfg.data.sim_world()  # the student's world config; the teacher's is of the same kind (_teacher_meta)
+    teacher_world = meta.get("run", {}).get("data", {}).get(world_key(cfg.data.view))
     crossed = {
         "teacher": teacher, "control": cfg.teacher.control, "student_view": cfg.data.view,
         "n_anchors": int(latents.shape[0]), "latent_dim": int(latents.shape[1]),
@@ -243,7 +241,7 @@ def receive_teacher_latents(cfg: RunConfig) -> tuple[np.ndarray, AnchorSet, dict
 def build_alignment(cfg: RunConfig, device: str | torch.device = "cpu") -> Alignment:
     """The student's alignment term for ``cfg`` (teacher run, anchors, control); see the module docstring."""
     latents, anchors, crossed = receive_teacher_latents(cfg)
-    own = anchors.frames([cfg.data.view], cfg.data.img_size, sim_world(cfg.data))[cfg.data.view]  # the student's view
+    own = anchors.frames([cfg.data.view], cfg.data.img_size, cfg.data.sim_world())[cfg.data.view]  # the student's view
     align = Alignment(torch.from_numpy(latents), torch.from_numpy(own), cfg.teacher.anchor_batch,
                       cfg.teacher.anchor_seed, crossed)
     return align.to(device)
