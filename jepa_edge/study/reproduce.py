@@ -31,13 +31,11 @@ from jepa_edge.train.config import RunConfig, agent_config, preset_config
 from jepa_edge.train.log import train_wall_time
 from jepa_edge.train.loop import ensure_trained
 from jepa_edge.world.sim import WorldConfig, position_labels, with_object_count
+from jepa_edge.world.worlds import WORLD_KINDS, views_of, world_kind_of_view
 
-WORLD_KINDS = ("2d", "3d")  # jepa_edge.world.worlds.WORLD_KINDS, without importing the renderers here
-
-
-# Train-time metrics of a 3D agent (meta.json): the state its camera can see, checked instead of position_r2.
-# 3D: the state an agent's camera sees. A camera on robot 0 sees objects in the robot's frame (visible_ego_r2, which
-# then replaces the world-frame visible_position_r2: world positions are its pose composed with them).
+# Train-time metrics of a 3D agent (meta.json): the state its camera can see, checked instead of position_r2. A camera
+# on robot 0 sees objects in the robot's frame (visible_ego_r2, which then replaces the world-frame visible_position_r2:
+# world positions are its pose composed with them).
 SEEN_METRICS = {"visible_ego_r2": "visible-object position R² (robot frame)",
                 "visible_position_r2": "visible-object position R²", "robot_pose_r2": "robot pose R²"}
 
@@ -144,8 +142,7 @@ def presets_of(world: str) -> dict[str, dict[str, Any]]:
 def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
     """``cfg`` on top of its preset: every field the caller left at ReproduceConfig's default takes the preset's
     value; ``run`` and ``study`` merge key by key (the caller's keys win)."""
-    if cfg.world not in WORLD_KINDS:
-        raise ConfigError(f"unknown world {cfg.world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
+    check_views(cfg.world, [])
     presets = presets_of(cfg.world)
     if cfg.preset not in presets:
         raise ConfigError(f"unknown preset {cfg.preset!r}; pass --preset with one of {', '.join(presets)}")
@@ -156,8 +153,6 @@ def with_preset(cfg: ReproduceConfig) -> ReproduceConfig:
 
 def check_views(world: str, views: list[str] | tuple[str, ...]) -> None:
     """Every view exists and belongs to ``world`` (a ConfigError naming the flag and the choices otherwise)."""
-    from jepa_edge.world.worlds import views_of, world_kind_of_view
-
     if world not in WORLD_KINDS:
         raise ConfigError(f"unknown world {world!r}; pass --world with one of {', '.join(WORLD_KINDS)}")
     for v in views:

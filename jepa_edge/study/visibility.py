@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from jepa_edge.calib.metrics import kept_fraction
+
 GROUPS = ("both", "only_a", "only_b", "neither")
 GROUP_TITLES = {"both": "both cameras see it", "only_a": "only A sees it", "only_b": "only B sees it",
                 "neither": "neither sees it"}
@@ -53,13 +55,14 @@ def group_table(transferred: np.ndarray, native: np.ndarray, home: np.ndarray, t
                 groups: np.ndarray, min_native: float) -> dict[str, dict[str, Any]]:
     """Per group: probe_A ∘ W on B, B's native probe, A's own probe (R²), entry count, and the kept fraction.
 
-    kept = transferred / native (R² chance is 0); None where the native probe's R² is below ``min_native``.
+    kept = ``calib.metrics.kept_fraction`` with R²'s chance 0 (transferred / native); None where the native probe's R²
+    is below ``min_native`` or a group is too small to score.
     """
     t, nat, hom = (grouped_r2(x, true, groups) for x in (transferred, native, home))
     out = {}
     for g in GROUPS:
         tr, nv = t[g]["r2"], nat[g]["r2"]
-        kept = tr / nv if tr is not None and nv is not None and nv >= min_native else None
+        kept = None if tr is None or nv is None else kept_fraction(tr, nv, 0.0, min_native)
         out[g] = {"n": t[g]["n"], "share": t[g]["share"], "transferred": tr, "native_on_source": nv,
                   "home_on_target": hom[g]["r2"], "kept": kept}
     return out
