@@ -18,7 +18,7 @@ from jepa_edge.train.evaluate import encode_frames
 from jepa_edge.train.model import Encoder, EncoderConfig, saved_encoder_dict
 from jepa_edge.world.sim import WorldConfig, WorldStates
 from jepa_edge.world.sim3d import World3DConfig
-from jepa_edge.world.worlds import default_world, render_view, simulate_world, world_kind_of, world_kind_of_view
+from jepa_edge.world.worlds import render_view, simulate_world, world_kind_of_view, world_of_kind
 
 
 @dataclass
@@ -81,11 +81,7 @@ def world_moments(views: list[str], n_episodes: int, n_steps: int, size: int, se
     if len(set(kinds.values())) > 1:
         raise ValueError(f"views {views} mix worlds ({', '.join(f'{v}: {k}' for v, k in kinds.items())}); "
                          "moments are paired inside one world: use views of one world (2d or 3d)")
-    kind = kinds[views[0]]
-    cfg = default_world(kind) if world is None else world
-    if world_kind_of(cfg) != kind:
-        raise ValueError(f"views {views} are of the {kind} world but the world config is a {type(cfg).__name__}; "
-                         f"pass the {kind} world's config (data.{world_key(views[0])})")
+    cfg = world_of_kind(kinds[views[0]], world, f"views {views} (data.{world_key(views[0])})")
     states = simulate_world(cfg, n_episodes, n_steps, seed)
     return Moments({v: render_view(states, v, size, seed, world=cfg) for v in views}, states)
 

@@ -60,6 +60,7 @@ from jepa_edge.world.worlds import (
     views_of,
     world_kind_of,
     world_kind_of_view,
+    world_of_kind,
 )
 
 RECORDING_FORMAT = "jepa-edge/recording"
@@ -273,9 +274,10 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _check_world(world_config: WorldConfig | World3DConfig, kind: str) -> None:
-    if world_kind_of(world_config) != kind:
-        raise RecordingError(f"world_config is a {type(world_config).__name__}, not a config of the {kind} world; "
-                             f"pass the {type(default_world(kind)).__name__} the states were simulated with")
+    try:
+        world_of_kind(kind, world_config, "recording")
+    except ValueError as exc:
+        raise RecordingError(str(exc)) from exc
     world_config.validate()
 
 

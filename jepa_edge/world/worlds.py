@@ -55,6 +55,17 @@ def world_kind_of(world: WorldConfig | World3DConfig) -> str:
     raise TypeError(f"not a world config: {type(world).__name__}")
 
 
+def world_of_kind(kind: str, world: WorldConfig | World3DConfig | None, who: str) -> WorldConfig | World3DConfig:
+    """``world`` checked to configure the ``kind`` world ("2d" or "3d"); that world's default config when None.
+    ``who`` names the caller's views or argument in the error."""
+    if world is None:
+        return default_world(kind)
+    if world_kind_of(world) != kind:
+        raise ValueError(f"{who}: the world config is a {type(world).__name__}, not a config of the {kind} world; "
+                         f"pass a {type(default_world(kind)).__name__}")
+    return world
+
+
 def simulate_world(world: WorldConfig | World3DConfig, n_episodes: int, n_steps: int,
                    seed: int) -> WorldStates | World3DStates:
     """Roll out episodes of the world ``world`` configures (2-D or 3-D by its type)."""
@@ -80,10 +91,6 @@ def episode_frames(view: str, n_episodes: int, n_steps: int, size: int, seed: in
                    world: WorldConfig | World3DConfig | None = None):
     """Simulate ``n_episodes`` x ``n_steps`` of the view's world with ``seed`` and render ``view`` with the same
     seed → (frames (E, T, S, S, 3), states). ``world`` must be a config of the view's world (default: its own)."""
-    kind = world_kind_of_view(view)
-    world = default_world(kind) if world is None else world
-    if world_kind_of(world) != kind:
-        raise ValueError(f"view {view!r} belongs to the {kind} world but the world config is the "
-                         f"{world_kind_of(world)} world's; pass a {type(default_world(kind)).__name__}")
+    world = world_of_kind(world_kind_of_view(view), world, f"view {view!r}")
     states = simulate_world(world, n_episodes, n_steps, seed)
     return render_view(states, view, size, seed, world), states
