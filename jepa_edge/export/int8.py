@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from jepa_edge.artifacts import atomic_write_bytes, read_json_capped
-
-SIM_PREFIXES = ("sim:", "sim3d:")  # the 2-D and the 3-D world (as in runtime.sources)
+from jepa_edge.runtime.errors import SourceOpenError
+from jepa_edge.runtime.sources import SIM_PREFIXES, check_sim_view
 
 
 class Int8DataError(ValueError):
@@ -69,12 +69,12 @@ class Int8Config:
 
     @property
     def is_sim(self) -> bool:
-        return self.source == "sim" or self.source.startswith(SIM_PREFIXES)
+        return self.source == "sim" or self.source.startswith(tuple(SIM_PREFIXES.values()))
 
     def resolved_view(self, agent_view: str) -> str:
         """The simulator view / recording camera: ``sim:VIEW`` / ``sim3d:VIEW``, else ``view``, else the agent's
         own view."""
-        view = self.source.split(":", 1)[1] if self.source.startswith(SIM_PREFIXES) else self.view
+        view = self.source.split(":", 1)[1] if self.source.startswith(tuple(SIM_PREFIXES.values())) else self.view
         view = view or agent_view
         if not view:
             raise Int8DataError("the ONNX metadata names no agent view, so the INT8 frames' view is unknown; "
@@ -83,16 +83,11 @@ class Int8Config:
 
     def check_sim_view(self, view: str) -> None:
         """``sim:VIEW`` names a view of the 2-D world, ``sim3d:VIEW`` one of the 3-D world (one line otherwise)."""
-        from jepa_edge.world.worlds import world_kind_of_view
-
-        try:
-            kind = world_kind_of_view(view)
-        except ValueError as exc:
-            raise Int8DataError(f"INT8 source {self.source!r}: {exc}") from exc
-        named = "3d" if self.source.startswith("sim3d:") else "2d" if self.source.startswith("sim:") else kind
-        if named != kind:
-            raise Int8DataError(f"INT8 source {self.source!r}: {view} is a view of the {kind} world; pass "
-                                f"--int8-source {'sim3d' if kind == '3d' else 'sim'}:{view}")
+        named = next((k for k, prefix in SIM_PREFIXES.items() if self.source.startswith(prefix)), None)
+        try:  # bare "sim" (named None): the agent's own view, of either world
+            check_sim_view(self.source, view, named)
+        except SourceOpenError as exc:
+            raise Int8DataError(f"--int8-source: {exc}") from exc
 
 
 def _check_budget(n: int, height: int, width: int, cfg: Int8Config) -> None:

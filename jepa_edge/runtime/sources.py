@@ -514,22 +514,28 @@ class SimSource(Source):
         return self._chunk[t]
 
 
-def parse_sim_spec(spec: str) -> tuple[str, SimSourceConfig]:
-    """``sim:VIEW?key=value&…`` (2-D world) or ``sim3d:VIEW?…`` (3-D world) → (view, SimSourceConfig);
-    unknown keys are errors, and so is a view of the other world (the error names the right prefix)."""
+def check_sim_view(spec: str, view: str, kind: str | None, query: str = "") -> None:
+    """``view`` is a simulator view of the ``kind`` world its spec's prefix names ("2d": ``sim:``, "3d": ``sim3d:``;
+    None: either world); a one-line SourceOpenError naming the right prefix otherwise."""
     from jepa_edge.world.worlds import world_kind_of_view
 
-    kind = "3d" if spec.startswith(SIM_PREFIXES["3d"]) else "2d"
-    prefix = SIM_PREFIXES[kind]
-    example = "'sim3d:front?size=64&seed=0&fps=30'" if kind == "3d" else "'sim:top?size=32&seed=0&fps=30'"
-    view, _, query = spec[len(prefix):].partition("?")
     try:
         other = world_kind_of_view(view)
     except ValueError as exc:
         raise SourceOpenError(f"bad simulator spec {spec!r}: {exc}") from exc
-    if other != kind:
+    if kind is not None and other != kind:
         raise SourceOpenError(f"bad simulator spec {spec!r}: {view} is a view of the {other} world; "
                               f"use {SIM_PREFIXES[other]}{view}{'?' + query if query else ''}")
+
+
+def parse_sim_spec(spec: str) -> tuple[str, SimSourceConfig]:
+    """``sim:VIEW?key=value&…`` (2-D world) or ``sim3d:VIEW?…`` (3-D world) → (view, SimSourceConfig);
+    unknown keys are errors, and so is a view of the other world (the error names the right prefix)."""
+    kind = "3d" if spec.startswith(SIM_PREFIXES["3d"]) else "2d"
+    prefix = SIM_PREFIXES[kind]
+    example = "'sim3d:front?size=64&seed=0&fps=30'" if kind == "3d" else "'sim:top?size=32&seed=0&fps=30'"
+    view, _, query = spec[len(prefix):].partition("?")
+    check_sim_view(spec, view, kind, query)
     raw = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
     types = {"size": int, "seed": int, "fps": float, "frames": int, "steps": int}
     try:
