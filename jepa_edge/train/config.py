@@ -130,15 +130,9 @@ def unused_worlds_from(saved: RunConfig, wanted: RunConfig) -> RunConfig:
     world's defaults must not stop a finished run from being reused or an interrupted one from resuming."""
     from dataclasses import replace
 
-    from jepa_edge.world.worlds import world_kind_of_view
-
-    d = saved.data
-    kind = None if wanted.data.recording or d.recording else world_kind_of_view(wanted.data.view)
-    if kind != "2d":
-        d = replace(d, world=wanted.data.world)
-    if kind != "3d":
-        d = replace(d, world3d=wanted.data.world3d)
-    return replace(saved, data=d)
+    used = None if wanted.data.recording or saved.data.recording else world_key(wanted.data.view)
+    unused = {key: getattr(wanted.data, key) for key in ("world", "world3d") if key != used}
+    return replace(saved, data=replace(saved.data, **unused))
 
 
 # ---- presets: named starting points for RunConfig (the "demo" preset is RunConfig() itself) -------------------

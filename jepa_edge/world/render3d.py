@@ -180,7 +180,9 @@ class _Painter:
     Everything that can be is computed once for all frames (projections, culling, shading, depth order, the
     floor's homography, the horizon); the per-frame loop only issues OpenCV fills."""
 
-    def __init__(self, states: World3DStates, cam: Camera3D, size: int, world: World3DConfig) -> None:
+    def __init__(self, states: World3DStates, view: str | Camera3D, size: int, world: World3DConfig | None) -> None:
+        cam = get_view3d(view) if isinstance(view, str) else view
+        world = world or World3DConfig()
         E, T = states.positions.shape[:2]
         self.F, self.size, self.cam = E * T, size, cam
         self.thermal = cam.sensor == "thermal"
@@ -313,10 +315,9 @@ def _noise_table(std: float) -> np.ndarray:
 def render3d(states: World3DStates, view: str | Camera3D, size: int = 64, seed: int = 0,
              world: World3DConfig | None = None) -> np.ndarray:
     """Render every moment of ``states`` from one camera → (E, T, S, S, 3) uint8 BGR."""
-    cam = get_view3d(view) if isinstance(view, str) else view
-    world = world or World3DConfig()
     E, T = states.positions.shape[:2]
-    painter = _Painter(states, cam, size, world)
+    painter = _Painter(states, view, size, world)
+    cam = painter.cam
     out = np.empty((E * T, size, size, 3), np.uint8)
     for f in range(E * T):
         out[f] = painter.frame(f)
@@ -331,8 +332,7 @@ def render3d(states: World3DStates, view: str | Camera3D, size: int = 64, seed: 
 def id_buffers(states: World3DStates, view: str | Camera3D, size: int = 64,
                world: World3DConfig | None = None) -> np.ndarray:
     """Which primitive shows at each pixel → (E, T, S, S) uint8: 1 + object index, 255 other things, 0 floor/sky."""
-    cam = get_view3d(view) if isinstance(view, str) else view
-    painter = _Painter(states, cam, size, world or World3DConfig())
+    painter = _Painter(states, view, size, world)
     E, T = states.positions.shape[:2]
     return np.stack([painter.frame(f, ids=True) for f in range(E * T)]).reshape(E, T, size, size)
 
