@@ -345,12 +345,11 @@ def world_record(
 def world_info(path: Annotated[Path, typer.Argument(help="Recording folder, ROS 2 bag folder or .mcap file.")],
                as_json: JsonOpt = False) -> None:
     """Describe a recording."""
+    from jepa_edge.describe import recording_info
     from jepa_edge.world.dataset import load_recording
 
     rec = load_recording(path)
-    info = {"path": str(path), "views": list(rec.views), "episodes": rec.n_episodes, "episode_len": rec.n_steps,
-            "states": rec.states is not None, "world": rec.world_kind if rec.states is not None else None,
-            "topics": rec.meta.get("topics") or {}, "pairing": rec.meta.get("pairing") or {}}
+    info = {"path": str(path), **recording_info(rec), "pairing": rec.meta.get("pairing") or {}}
     if as_json:
         emit_json(info)
         return

@@ -83,7 +83,11 @@ def _run(path: Path) -> dict[str, Any]:
 def _recording(path: Path) -> dict[str, Any]:
     from jepa_edge.world.dataset import load_recording
 
-    rec = load_recording(path)
+    return recording_info(load_recording(path))
+
+
+def recording_info(rec: Any) -> dict[str, Any]:
+    """What a loaded ``world.dataset.Recording`` holds (``inspect`` and ``world info``)."""
     return {"views": list(rec.views), "episodes": rec.n_episodes, "episode_len": rec.n_steps,
             "states": rec.states is not None, "world": rec.world_kind if rec.states is not None else None,
             "topics": rec.meta.get("topics") or {}}
