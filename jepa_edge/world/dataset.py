@@ -136,13 +136,17 @@ class Recording:
     @property
     def world_kind(self) -> str:
         """"2d" or "3d": the simulated world a recording is of ("2d" for recordings older than the 3-D world)."""
-        return self.meta.get("world_kind") or "2d"
+        return _world_kind(self.meta)
 
     def world_config(self) -> WorldConfig | World3DConfig | None:
         world = self.meta.get("world")
         if world is None:
             return None
         return from_dict(World3DConfig if self.world_kind == "3d" else WorldConfig, world)
+
+
+def _world_kind(meta: dict) -> str:
+    return meta.get("world_kind") or "2d"  # recordings older than the 3-D world do not say
 
 
 def _pick_views(available: list[str], views: list[str] | None, where: Path) -> list[str]:
@@ -228,7 +232,7 @@ def _load_simulated(path: Path, views: list[str] | None, resize: int | None) -> 
                 f"{file} holds {len(video)} frames; recording.json says {E} episodes x {T} steps = {E * T}"
             )
         frames[view] = video.reshape(E, T, *video.shape[1:])  # (E, T, S', S', 3)
-    kind = meta.get("world_kind") or "2d"
+    kind = _world_kind(meta)
     if kind not in WORLD_KINDS:
         raise RecordingError(f"{path / RECORDING_JSON} says world_kind {kind!r}; this jepa-edge knows "
                              f"{', '.join(WORLD_KINDS)}: upgrade jepa-edge")
