@@ -40,6 +40,12 @@ SEEN_METRICS = {"visible_ego_r2": "visible-object position R² (robot frame)",
                 "visible_position_r2": "visible-object position R²", "robot_pose_r2": "robot pose R²"}
 
 
+def seen_objects_metric(metrics: dict[str, Any]) -> str:
+    """The train-time metric of the objects a 3D agent's camera sees: in the robot's frame for a robot camera
+    (visible_ego_r2, where measured), else in the world (visible_position_r2)."""
+    return "visible_ego_r2" if metrics.get("visible_ego_r2") is not None else "visible_position_r2"
+
+
 @dataclass
 class RecipeTargets:
     """The training recipe's targets (docs/RECIPE.md), checked on every reproduce run (report "Recipe targets")."""
@@ -70,8 +76,7 @@ def recipe_targets(results: dict[str, Any], walls: dict[str, float | None], targ
             continue
         # 3D: the state the agent's camera sees; the objects in view in the robot's frame for a robot camera, where
         # that was measured (too few moments with an object in view: not measured, never the all-object R²)
-        objects = "visible_ego_r2" if metrics.get("visible_ego_r2") is not None else "visible_position_r2"
-        for k in (objects, "robot_pose_r2"):
+        for k in (seen_objects_metric(metrics), "robot_pose_r2"):
             add(f"agent {key} {SEEN_METRICS[k]}", metrics.get(k), targets.agent_position_r2)
     v = results["verdicts"]
     if "error" not in v:

@@ -152,9 +152,11 @@ def _row(res: dict[str, Any], meta_a: dict, meta_b: dict) -> dict[str, Any]:
         out[f"position_kept_{g}"] = d["kept"]
     if "robot_pose" in tr["probes"]:
         out["robot_pose_kept"] = tr["probes"]["robot_pose"]["kept"]
-        for role, meta in (("a", meta_a), ("b", meta_b)):  # the objects the agent's camera sees (a robot camera:
-            metrics = meta.get("metrics") or {}  # in the robot's frame)
-            out[f"agent_{role}_visible_position_r2"] = metrics.get("visible_ego_r2", metrics.get("visible_position_r2"))
+        from jepa_edge.study.reproduce import seen_objects_metric
+
+        for role, meta in (("a", meta_a), ("b", meta_b)):  # the objects the agent's camera sees
+            metrics = meta.get("metrics") or {}
+            out[f"agent_{role}_visible_position_r2"] = metrics.get(seen_objects_metric(metrics))
     for c in ("untrained", "other_world"):
         if c in row and "error" not in row[c]:
             out[f"{c}_retrieval_top1"] = row[c]["retrieval_top1"]
